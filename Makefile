@@ -1,0 +1,42 @@
+# Entry points (DESIGN.md, "Conventions"): make run | test | bench | demo | fuzz
+VENV ?= .venv
+BIN := $(VENV)/bin
+export VENV
+
+.PHONY: run test lint format system-deps lock clean
+
+## run: the service on the embedded default (SQLite + software key backend), on 127.0.0.1:8080
+run: $(VENV)/.installed-runtime
+	$(BIN)/keyserver serve
+
+## test: installs what it needs (Debian packages, the venv), then lint + mypy + pytest on both databases
+test: system-deps $(VENV)/.installed-dev
+	scripts/run-tests
+
+system-deps:
+	scripts/install-system-deps
+
+$(VENV)/.installed-runtime: pyproject.toml requirements/runtime.txt
+	scripts/bootstrap-venv runtime
+
+$(VENV)/.installed-dev: pyproject.toml requirements/dev.txt
+	scripts/bootstrap-venv dev
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+format: $(VENV)/.installed-dev
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## lock: re-resolve the hash-pinned lock files from pyproject.toml
+lock: $(VENV)/.installed-dev
+	$(BIN)/pip install --quiet pip-tools
+	$(BIN)/pip-compile -q --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url \
+	  --no-emit-find-links -o requirements/runtime.txt pyproject.toml
+	$(BIN)/pip-compile -q --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url \
+	  --no-emit-find-links --extra test -o requirements/dev.txt pyproject.toml
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

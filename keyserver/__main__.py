@@ -1,0 +1,5 @@
+import sys
+
+from keyserver.cli import main
+
+sys.exit(main())

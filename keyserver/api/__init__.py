@@ -1,0 +1,1 @@
+"""The HTTP edge: Litestar controllers, authentication, problem responses, middleware."""

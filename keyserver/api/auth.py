@@ -1,0 +1,32 @@
+"""Bearer-token authentication as a Litestar dependency."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request
+from litestar.di import NamedDependency
+
+from keyserver.db.session import Database
+from keyserver.errors import Unauthenticated
+from keyserver.tenancy import Principal, authenticate
+
+BEARER_SCHEME = "BearerToken"
+SECURITY: tuple[dict[str, list[str]], ...] = ({BEARER_SCHEME: []},)
+
+
+async def provide_principal(request: Request[Any, Any, Any], db: NamedDependency[Database]) -> Principal:
+    # Depending on ``db`` keeps the two resolved one after the other: Litestar resolves sibling
+    # dependencies in a task group, which would wrap our typed errors in an ExceptionGroup.
+    header = request.headers.get("authorization")
+    if not header:
+        raise Unauthenticated("send a keyserver token as `Authorization: Bearer <token>`")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise Unauthenticated("the Authorization header must be `Bearer <token>`")
+    return await authenticate(db, value.strip())
+
+
+def provide_db(request: Request[Any, Any, Any]) -> Database:
+    db: Database = request.app.state.db
+    return db

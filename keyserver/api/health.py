@@ -1,0 +1,20 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from litestar import get
+from litestar.di import NamedDependency
+
+from keyserver.api.schemas import Status
+from keyserver.db.session import Database
+
+
+@get("/healthz", tags=["health"], summary="Liveness: the process answers", sync_to_thread=False)
+def healthz() -> Status:
+    return Status(status="ok")
+
+
+@get("/readyz", tags=["health"], summary="Readiness: the database answers (503 otherwise)")
+async def readyz(db: NamedDependency[Database]) -> Status:
+    await db.ping()
+    return Status(status="ready")

@@ -1,0 +1,75 @@
+"""Request and response bodies. Request bodies forbid unknown fields: a typo is an error, not a no-op."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+
+from keyserver.db.models import ApiToken, Tenant
+
+TenantName = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=63, pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+]
+TenantRoleName = Literal["tenant-admin", "ci-signer", "auditor"]
+
+
+class TenantCreate(msgspec.Struct, forbid_unknown_fields=True):
+    name: TenantName
+
+
+class TenantOut(msgspec.Struct):
+    id: str
+    name: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, tenant: Tenant) -> TenantOut:
+        return cls(id=str(tenant.id), name=tenant.name, created_at=tenant.created_at)
+
+
+class TokenCreate(msgspec.Struct, forbid_unknown_fields=True):
+    role: TenantRoleName
+    description: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    # Omitted: the token does not expire (revoke it instead). At most ten years.
+    expires_in_seconds: Annotated[int, msgspec.Meta(gt=0, le=10 * 365 * 86400)] | None = None
+
+
+class TokenOut(msgspec.Struct):
+    id: str
+    tenant: str | None
+    role: str
+    description: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, token: ApiToken, tenant_name: str | None) -> TokenOut:
+        return cls(
+            id=str(token.id),
+            tenant=tenant_name,
+            role=token.role,
+            description=token.description,
+            created_at=token.created_at,
+            expires_at=token.expires_at,
+            revoked_at=token.revoked_at,
+        )
+
+
+class TokenIssued(msgspec.Struct):
+    """``token`` is the credential itself; it is shown here once and stored nowhere in clear."""
+
+    token: str
+    info: TokenOut
+
+
+class WhoAmI(msgspec.Struct):
+    token_id: str
+    role: str
+    tenant: str | None
+
+
+class Status(msgspec.Struct):
+    status: str

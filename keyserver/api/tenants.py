@@ -1,0 +1,114 @@
+"""Tenants and their tokens."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from litestar import Controller, delete, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
+
+from keyserver.api.auth import SECURITY
+from keyserver.api.schemas import TenantCreate, TenantOut, TokenCreate, TokenIssued, TokenOut, WhoAmI
+from keyserver.db.session import Database, Scope
+from keyserver.tenancy import (
+    Principal,
+    Role,
+    check_may_issue,
+    create_tenant,
+    issue_token,
+    list_tenants,
+    list_tokens,
+    require_operator,
+    require_role,
+    resolve_tenant,
+    revoke_token,
+)
+
+
+@get("/v1/whoami", tags=["auth"], security=SECURITY, summary="The caller's token, role and tenant")
+async def whoami(principal: NamedDependency[Principal]) -> WhoAmI:
+    return WhoAmI(token_id=str(principal.token_id), role=principal.role, tenant=principal.tenant_name)
+
+
+class TenantController(Controller):
+    path = "/v1/tenants"
+    tags = ("tenants",)
+    security = SECURITY
+
+    @post("/", summary="Create a tenant (operator)")
+    async def create(
+        self,
+        principal: NamedDependency[Principal],
+        db: NamedDependency[Database],
+        data: JSONBody[TenantCreate],
+    ) -> TenantOut:
+        require_operator(principal)
+        async with db.transaction(Scope.for_operator()) as session:
+            tenant = await create_tenant(session, data.name)
+        return TenantOut.of(tenant)
+
+    @get("/", summary="List tenants (operator)")
+    async def list_all(
+        self, principal: NamedDependency[Principal], db: NamedDependency[Database]
+    ) -> list[TenantOut]:
+        require_operator(principal)
+        async with db.transaction(Scope.for_operator()) as session:
+            return [TenantOut.of(t) for t in await list_tenants(session)]
+
+    @get("/{tenant:str}", summary="One tenant (operator, or the tenant's own tokens)")
+    async def show(
+        self, principal: NamedDependency[Principal], db: NamedDependency[Database], tenant: FromPath[str]
+    ) -> TenantOut:
+        async with db.transaction(principal.scope) as session:
+            return TenantOut.of(await resolve_tenant(session, principal, tenant))
+
+    @post("/{tenant:str}/tokens", summary="Issue a token (tenant-admin; the operator issues tenant-admin)")
+    async def create_token(
+        self,
+        principal: NamedDependency[Principal],
+        db: NamedDependency[Database],
+        tenant: FromPath[str],
+        data: JSONBody[TokenCreate],
+    ) -> TokenIssued:
+        role = Role(data.role)
+        check_may_issue(principal, role)
+        async with db.transaction(principal.scope) as session:
+            target = await resolve_tenant(session, principal, tenant)
+            issued = await issue_token(
+                session,
+                tenant_id=target.id,
+                role=role,
+                description=data.description,
+                expires_in=(timedelta(seconds=data.expires_in_seconds) if data.expires_in_seconds else None),
+                created_by=principal.token_id,
+            )
+        return TokenIssued(token=issued.secret, info=TokenOut.of(issued.token, target.name))
+
+    @get("/{tenant:str}/tokens", summary="List a tenant's tokens (tenant-admin, operator)")
+    async def tokens(
+        self, principal: NamedDependency[Principal], db: NamedDependency[Database], tenant: FromPath[str]
+    ) -> list[TokenOut]:
+        require_role(principal, Role.TENANT_ADMIN, Role.OPERATOR)
+        async with db.transaction(principal.scope) as session:
+            target = await resolve_tenant(session, principal, tenant)
+            return [TokenOut.of(t, target.name) for t in await list_tokens(session, target.id)]
+
+    @delete(
+        "/{tenant:str}/tokens/{token_id:uuid}",
+        status_code=200,
+        summary="Revoke a token (tenant-admin, operator)",
+    )
+    async def revoke(
+        self,
+        principal: NamedDependency[Principal],
+        db: NamedDependency[Database],
+        tenant: FromPath[str],
+        token_id: FromPath[uuid.UUID],
+    ) -> TokenOut:
+        require_role(principal, Role.TENANT_ADMIN, Role.OPERATOR)
+        async with db.transaction(principal.scope) as session:
+            target = await resolve_tenant(session, principal, tenant)
+            token = await revoke_token(session, target.id, token_id)
+            return TokenOut.of(token, target.name)

@@ -1,0 +1,88 @@
+"""The Litestar application factory: ``keyserver.app:create_app()``.
+
+With no arguments it serves the embedded default (SQLite in ./keyserver-data, software key backend),
+configured from KEYSERVER_* environment variables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+
+from keyserver import __version__
+from keyserver.api.auth import BEARER_SCHEME, provide_db, provide_principal
+from keyserver.api.health import healthz, readyz
+from keyserver.api.middleware import RequestContextMiddleware
+from keyserver.api.problems import EXCEPTION_HANDLERS
+from keyserver.api.tenants import TenantController, whoami
+from keyserver.bootstrap import Announce, initialise, print_operator_token
+from keyserver.config import Settings
+from keyserver.db.session import Database
+from keyserver.logs import configure_logging
+
+
+class MetricsController(PrometheusController):
+    path = "/metrics"
+    include_in_schema = False
+
+
+def create_app(settings: Settings | None = None, *, announce: Announce = print_operator_token) -> Litestar:
+    settings = settings or Settings.from_env()
+    configure_logging(settings.log_level)
+    db = Database(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        try:
+            await initialise(db, announce)
+            yield
+        finally:
+            await db.dispose()
+
+    prometheus = PrometheusConfig(
+        app_name="keyserver",
+        prefix="keyserver",
+        # Route templates, not raw paths: no tenant names in labels, bounded cardinality.
+        group_path=True,
+        exclude=["/metrics"],
+    )
+    app = Litestar(
+        route_handlers=[healthz, readyz, whoami, TenantController, MetricsController],
+        dependencies={
+            "principal": Provide(provide_principal),
+            "db": Provide(provide_db, sync_to_thread=False),
+        },
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        middleware=[prometheus.middleware],
+        request_max_body_size=settings.max_request_bytes,
+        lifespan=[lifespan],
+        state=State({"db": db, "settings": settings}),
+        # Logging is ours (keyserver.logs): one JSON line per record.
+        logging_config=None,
+        openapi_config=OpenAPIConfig(
+            title="keyserver",
+            version=__version__,
+            path="/schema",
+            render_plugins=[JsonRenderPlugin()],
+            components=Components(
+                security_schemes={
+                    BEARER_SCHEME: SecurityScheme(
+                        type="http", scheme="bearer", description="A keyserver token (ks1.…)"
+                    )
+                }
+            ),
+        ),
+        debug=False,
+    )
+    # Outermost, around the router itself: route middleware would miss requests that match no route,
+    # and every response (404s included) must carry its request id and reach the access log.
+    app.asgi_handler = RequestContextMiddleware(app.asgi_handler)
+    return app

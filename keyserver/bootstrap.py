@@ -1,0 +1,66 @@
+"""First start and every start: the data directory, the schema, the operator credential."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from keyserver.config import Settings
+from keyserver.db import migrate
+from keyserver.db.session import Database, Scope
+from keyserver.errors import ConfigurationError
+from keyserver.tenancy import Role, has_operator_token, issue_token
+
+log = logging.getLogger("keyserver.bootstrap")
+
+Announce = Callable[[str], None]
+
+
+def print_operator_token(token: str) -> None:
+    """Shown once, on the terminal that started the service; it is stored only as a hash."""
+    sys.stderr.write(
+        "\n"
+        "==================================================================================\n"
+        " keyserver initialised. The operator credential (shown once, stored only hashed):\n\n"
+        f"   {token}\n\n"
+        " Keep it secret. Lost it? On this host: `keyserver token create --operator`.\n"
+        "==================================================================================\n\n"
+    )
+    sys.stderr.flush()
+
+
+def prepare_data_dir(settings: Settings) -> None:
+    # The data directory holds the database and key material: owner-only from the first moment.
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if os.name == "posix":
+        os.chmod(settings.data_dir, 0o700)
+
+
+async def initialise(db: Database, announce: Announce = print_operator_token) -> None:
+    """Make the store ready to serve. Idempotent; safe to run in every worker.
+
+    On SQLite (and where KEYSERVER_AUTO_MIGRATE is true) the schema is upgraded here; otherwise a
+    schema behind this version's migrations stops the start with what to run.
+    """
+    settings = db.settings
+    if settings.is_sqlite and settings.database_url is None:
+        prepare_data_dir(settings)
+    await db.check_isolation_enforced()
+    if settings.should_auto_migrate:
+        await migrate.upgrade(db.engine)
+    current, head = await migrate.current_revision(db.engine), migrate.head_revision()
+    if current != head:
+        raise ConfigurationError(
+            f"the database schema is at revision {current or 'none'} but this keyserver needs {head}:"
+            " run `keyserver db upgrade` first"
+        )
+    async with db.transaction(Scope.for_operator()) as session:
+        if await has_operator_token(session):
+            return
+        issued = await issue_token(
+            session, tenant_id=None, role=Role.OPERATOR, description="created at first start"
+        )
+    log.info("created the operator credential", extra={"fields": {"token_id": str(issued.token.id)}})
+    announce(issued.secret)

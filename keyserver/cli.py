@@ -1,0 +1,260 @@
+"""The ``keyserver`` command: one entry point for serving, the database, tenants and tokens.
+
+Administrative commands act on the database directly, as the operator: whoever can run them on the
+server host already holds the data directory. Output is for people by default and one JSON document
+with ``--json``. Exit status: 0 success, 1 refused or failed (reason on stderr), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from keyserver.bootstrap import initialise
+from keyserver.config import Settings
+from keyserver.db import migrate
+from keyserver.db.session import Database, Scope
+from keyserver.errors import InvalidRequest, KeyserverError, NotFound
+from keyserver.tenancy import Role, create_tenant, issue_token, list_tenants, list_tokens, revoke_token
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+_DURATION_RE = re.compile(r"^(\d+)([smhd])$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    match = _DURATION_RE.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 15m, 12h or 30d")
+    return timedelta(seconds=int(match.group(1)) * _DURATION_UNITS[match.group(2)])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="keyserver", description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, help="state directory (env KEYSERVER_DATA_DIR)")
+    parser.add_argument("--database-url", help="database URL (env KEYSERVER_DATABASE_URL)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the HTTP service")
+    serve.add_argument("--host", help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default 8080)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+
+    db = commands.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
+    upgrade = db.add_parser("upgrade", help="migrate the schema up (default: to the newest revision)")
+    upgrade.add_argument("--revision", default="head")
+    downgrade = db.add_parser("downgrade", help="migrate the schema down to REVISION (base = empty)")
+    downgrade.add_argument("revision")
+    db.add_parser("current", help="print the schema revision")
+
+    tenant = commands.add_parser("tenant", help="tenants").add_subparsers(
+        dest="tenant_command", required=True
+    )
+    tenant_create = tenant.add_parser("create", help="create a tenant")
+    tenant_create.add_argument("name")
+    _json_flag(tenant_create)
+    _json_flag(tenant.add_parser("list", help="list tenants"))
+
+    token = commands.add_parser("token", help="API tokens").add_subparsers(
+        dest="token_command", required=True
+    )
+    token_create = token.add_parser("create", help="issue a token (printed once)")
+    _token_owner(token_create)
+    token_create.add_argument("--role", choices=[r.value for r in Role if r is not Role.OPERATOR])
+    token_create.add_argument("--description", default="")
+    token_create.add_argument("--expires-in", type=parse_duration, help="e.g. 30d, 12h (default: never)")
+    _json_flag(token_create)
+    token_list = token.add_parser("list", help="list tokens (never their secrets)")
+    _token_owner(token_list)
+    _json_flag(token_list)
+    token_revoke = token.add_parser("revoke", help="revoke a token")
+    token_revoke.add_argument("token_id", type=uuid.UUID)
+    _token_owner(token_revoke)
+    _json_flag(token_revoke)
+    return parser
+
+
+def _json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def _token_owner(parser: argparse.ArgumentParser) -> None:
+    owner = parser.add_mutually_exclusive_group(required=True)
+    owner.add_argument("--tenant", help="the tenant's name")
+    owner.add_argument("--operator", action="store_true", help="operator tokens")
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return Settings.from_env().with_overrides(
+        data_dir=args.data_dir,
+        database_url=args.database_url,
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+    )
+
+
+# --- commands ---------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from keyserver.logs import configure_logging
+
+    configure_logging(settings.log_level)
+    # Initialise once here, before any worker starts, so the operator credential is printed once and
+    # workers never race each other over migrations.
+    asyncio.run(_with_db(settings, lambda db: initialise(db)))
+    # Workers are separate processes that build their own app from the environment.
+    os.environ["KEYSERVER_DATA_DIR"] = str(settings.data_dir)
+    if settings.database_url:
+        os.environ["KEYSERVER_DATABASE_URL"] = settings.database_url
+    uvicorn.run(
+        "keyserver.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=args.workers,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+    )
+    return EXIT_OK
+
+
+async def _with_db(settings: Settings, action: Callable[[Database], Awaitable[Any]]) -> Any:
+    db = Database(settings)
+    try:
+        return await action(db)
+    finally:
+        await db.dispose()
+
+
+async def _db_command(args: argparse.Namespace, settings: Settings) -> int:
+    async def run(db: Database) -> int:
+        if settings.is_sqlite and settings.database_url is None:
+            from keyserver.bootstrap import prepare_data_dir
+
+            prepare_data_dir(settings)
+        if args.db_command == "upgrade":
+            await migrate.upgrade(db.engine, args.revision)
+        elif args.db_command == "downgrade":
+            await migrate.downgrade(db.engine, args.revision)
+        print(await migrate.current_revision(db.engine) or "base")
+        return EXIT_OK
+
+    result: int = await _with_db(settings, run)
+    return result
+
+
+async def _admin_command(args: argparse.Namespace, settings: Settings) -> int:
+    async def run(db: Database) -> int:
+        await initialise(db)
+        async with db.transaction(Scope.for_operator()) as session:
+            if args.command == "tenant" and args.tenant_command == "create":
+                tenant = await create_tenant(session, args.name)
+                _emit(args, _tenant_doc(tenant), f"created tenant {tenant.name} ({tenant.id})")
+            elif args.command == "tenant":
+                tenants = await list_tenants(session)
+                _emit(
+                    args, [_tenant_doc(t) for t in tenants], "\n".join(f"{t.name}\t{t.id}" for t in tenants)
+                )
+            else:
+                await _token_command(args, session)
+        return EXIT_OK
+
+    result: int = await _with_db(settings, run)
+    return result
+
+
+async def _token_command(args: argparse.Namespace, session: Any) -> None:
+    tenant_id, tenant_name = await _owner(args, session)
+    if args.token_command == "create":
+        if args.operator:
+            role = Role.OPERATOR
+        elif args.role is None:
+            raise InvalidRequest("say which role the token has: --role tenant-admin|ci-signer|auditor")
+        else:
+            role = Role(args.role)
+        issued = await issue_token(
+            session, tenant_id=tenant_id, role=role, description=args.description, expires_in=args.expires_in
+        )
+        doc = {**_token_doc(issued.token, tenant_name), "token": issued.secret}
+        _emit(args, doc, f"{issued.secret}\n(token id {issued.token.id}, role {role}; shown once)")
+    elif args.token_command == "list":
+        tokens = await list_tokens(session, tenant_id)
+        lines = [
+            f"{t.id}\t{t.role}\t{'revoked' if t.revoked_at else 'active'}\t{t.description}" for t in tokens
+        ]
+        _emit(args, [_token_doc(t, tenant_name) for t in tokens], "\n".join(lines))
+    else:
+        token = await revoke_token(session, tenant_id, args.token_id)
+        _emit(args, _token_doc(token, tenant_name), f"revoked {token.id}")
+
+
+async def _owner(args: argparse.Namespace, session: Any) -> tuple[uuid.UUID | None, str | None]:
+    if args.operator:
+        return None, None
+    for tenant in await list_tenants(session):
+        if tenant.name == args.tenant:
+            return tenant.id, tenant.name
+    raise NotFound(f"no tenant named {args.tenant!r}; see `keyserver tenant list`")
+
+
+def _tenant_doc(tenant: Any) -> dict[str, Any]:
+    return {"id": str(tenant.id), "name": tenant.name, "created_at": tenant.created_at.isoformat()}
+
+
+def _token_doc(token: Any, tenant_name: str | None) -> dict[str, Any]:
+    def iso(value: Any) -> str | None:
+        return value.isoformat() if value is not None else None
+
+    return {
+        "id": str(token.id),
+        "tenant": tenant_name,
+        "role": token.role,
+        "description": token.description,
+        "created_at": iso(token.created_at),
+        "expires_at": iso(token.expires_at),
+        "revoked_at": iso(token.revoked_at),
+    }
+
+
+def _emit(args: argparse.Namespace, document: Any, human: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(document, indent=2))
+    elif human:
+        print(human)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors and 0 on --help
+        return int(exc.code or 0)
+    try:
+        settings = settings_from(args)
+        if args.command == "serve":
+            return cmd_serve(args, settings)
+        if args.command == "db":
+            return asyncio.run(_db_command(args, settings))
+        return asyncio.run(_admin_command(args, settings))
+    except KeyserverError as exc:
+        if getattr(args, "json", False):
+            print(json.dumps({"error": exc.code, "detail": exc.message}))
+        print(f"keyserver: {exc.message}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

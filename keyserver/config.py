@@ -1,0 +1,107 @@
+"""Service settings: read once from the environment, with defaults that give the embedded setup.
+
+With no environment at all, keyserver keeps its state in ``./keyserver-data`` (SQLite database and,
+later, the software key backend's key-encryption key) and listens on 127.0.0.1:8080.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from keyserver.errors import ConfigurationError
+
+ENV_PREFIX = "KEYSERVER_"
+DEFAULT_DATA_DIR = Path("keyserver-data")
+SQLITE_FILENAME = "keyserver.sqlite3"
+KEY_BACKENDS = ("software", "pkcs11", "vault")
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = DEFAULT_DATA_DIR
+    # None means "the SQLite file inside data_dir" (the embedded default).
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    key_backend: str = "software"
+    # Bodies larger than this are refused with 413 before they are parsed.
+    max_request_bytes: int = 1024 * 1024
+    log_level: str = "INFO"
+    # Run migrations at start-up. Default: yes on SQLite (single node), no on PostgreSQL, where
+    # several replicas must not race each other: run `keyserver db upgrade` once instead.
+    auto_migrate: bool | None = None
+    # PostgreSQL roles that bypass row-level security (superusers, BYPASSRLS) would turn the
+    # database's tenant isolation off; the service refuses them unless this is set on purpose.
+    allow_rls_bypass: bool = False
+    db_pool_size: int = 10
+    db_timeout_s: float = 5.0
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / SQLITE_FILENAME).resolve()}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.effective_database_url.startswith("sqlite")
+
+    @property
+    def should_auto_migrate(self) -> bool:
+        return self.is_sqlite if self.auto_migrate is None else self.auto_migrate
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(ENV_PREFIX + name)
+            return value if value not in (None, "") else None
+
+        settings = cls()
+        data_dir = get("DATA_DIR")
+        port = get("PORT")
+        max_body = get("MAX_REQUEST_BYTES")
+        backend = get("KEY_BACKEND") or settings.key_backend
+        if backend not in KEY_BACKENDS:
+            raise ConfigurationError(
+                f"KEYSERVER_KEY_BACKEND={backend!r} is not one of {', '.join(KEY_BACKENDS)}"
+            )
+        return replace(
+            settings,
+            data_dir=Path(data_dir) if data_dir else settings.data_dir,
+            database_url=get("DATABASE_URL"),
+            host=get("HOST") or settings.host,
+            port=_int("KEYSERVER_PORT", port) if port else settings.port,
+            key_backend=backend,
+            max_request_bytes=(
+                _int("KEYSERVER_MAX_REQUEST_BYTES", max_body) if max_body else settings.max_request_bytes
+            ),
+            log_level=(get("LOG_LEVEL") or settings.log_level).upper(),
+            auto_migrate=_bool("KEYSERVER_AUTO_MIGRATE", get("AUTO_MIGRATE")),
+            allow_rls_bypass=bool(_bool("KEYSERVER_ALLOW_RLS_BYPASS", get("ALLOW_RLS_BYPASS"))),
+        )
+
+
+def _int(name: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigurationError(f"{name}={value!r} is not an integer") from None
+
+
+def _bool(name: str, value: str | None) -> bool | None:
+    if value is None:
+        return None
+    lowered = value.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"{name}={value!r} is not a boolean (use true or false)")

@@ -1,0 +1,1 @@
+"""Storage: SQLAlchemy models, the tenant-scoped session, and migrations."""

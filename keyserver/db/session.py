@@ -1,0 +1,181 @@
+"""Engine, sessions and the tenant scope of a transaction.
+
+Every unit of work runs under a :class:`Scope`: the tenant it may touch, or the operator. On
+PostgreSQL the scope is written into the transaction (``set_config(..., is_local => true)``) at the
+start of *every* transaction of the session, and row-level security policies read it back; a query
+that forgets its ``tenant_id`` filter still sees only its own tenant's rows. A session opened with no
+scope sees nothing at all. SQLite has no row-level security: there the application's filters are the
+only guard (the tests cover both).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session, SessionTransaction
+
+from keyserver.config import Settings
+from keyserver.errors import ConfigurationError, Unavailable
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a transaction may see: one tenant's rows, or (operator) the tenant registry."""
+
+    tenant_id: uuid.UUID | None = None
+    operator: bool = False
+
+    @classmethod
+    def for_tenant(cls, tenant_id: uuid.UUID) -> Scope:
+        return cls(tenant_id=tenant_id)
+
+    @classmethod
+    def for_operator(cls) -> Scope:
+        return cls(operator=True)
+
+
+NO_SCOPE = Scope()
+
+
+class ScopedSession(Session):
+    """A session that stamps its scope on every transaction it begins (see module docstring)."""
+
+
+@event.listens_for(ScopedSession, "after_begin")
+def _apply_scope(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
+    if connection.dialect.name != "postgresql":
+        return
+    scope: Scope = session.info.get("scope", NO_SCOPE)
+    connection.execute(
+        text(
+            "SELECT set_config('keyserver.tenant_id', :tenant, true),"
+            " set_config('keyserver.operator', :operator, true)"
+        ),
+        {
+            "tenant": str(scope.tenant_id) if scope.tenant_id else "",
+            "operator": "on" if scope.operator else "off",
+        },
+    )
+
+
+def _make_engine(settings: Settings) -> AsyncEngine:
+    url = settings.effective_database_url
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        _configure_sqlite(engine)
+        return engine
+    if url.startswith("postgresql"):
+        return create_async_engine(
+            url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_pool_size,
+            pool_pre_ping=True,
+            pool_timeout=settings.db_timeout_s,
+            connect_args={
+                "timeout": settings.db_timeout_s,
+                "command_timeout": settings.db_timeout_s * 2,
+                "server_settings": {"application_name": "keyserver"},
+            },
+        )
+    raise ConfigurationError(
+        f"unsupported database URL scheme in {url.split(':', 1)[0]!r}: use postgresql+asyncpg:// or"
+        " sqlite+aiosqlite://"
+    )
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, decide when transactions begin (see on_begin).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        # WAL: readers never block the writer. FULL: a committed transaction survives power loss,
+        # which the release log's "committed before release" promise depends on.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def on_begin(conn: Connection) -> None:
+        # SQLite allows one writer. A deferred transaction that reads and then writes can fail at once
+        # with "database is locked" instead of waiting; taking the write lock up front makes
+        # concurrent transactions queue on busy_timeout instead.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Database:
+    """The one handle the service has on its store."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine = _make_engine(settings)
+        self._sessions = async_sessionmaker(
+            self.engine, expire_on_commit=False, sync_session_class=ScopedSession
+        )
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def session(self, scope: Scope) -> AsyncSession:
+        """A session whose every transaction runs under ``scope``; prefer :meth:`transaction`."""
+        return self._sessions(info={"scope": scope})
+
+    @asynccontextmanager
+    async def transaction(self, scope: Scope) -> AsyncIterator[AsyncSession]:
+        """One transaction under ``scope``: committed when the block ends, rolled back on error.
+
+        Connection failures surface as :class:`Unavailable` (HTTP 503), never as half-done work.
+        """
+        try:
+            async with self.session(scope) as session, session.begin():
+                yield session
+        except (TimeoutError, OperationalError, DBAPIError, OSError) as exc:
+            if isinstance(exc, DBAPIError) and not _is_connectivity_error(exc):
+                raise
+            raise Unavailable("the database is unreachable; retry shortly") from exc
+
+    async def ping(self) -> None:
+        """Raise :class:`Unavailable` unless the database answers within the configured timeout."""
+        try:
+            async with asyncio.timeout(self.settings.db_timeout_s), self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            raise Unavailable("the database is unreachable; retry shortly") from exc
+
+    async def check_isolation_enforced(self) -> None:
+        """Refuse a PostgreSQL role that would bypass row-level security (superuser or BYPASSRLS)."""
+        if self.dialect != "postgresql" or self.settings.allow_rls_bypass:
+            return
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
+                )
+            ).one()
+        if row.rolsuper or row.rolbypassrls:
+            raise ConfigurationError(
+                "the database role in KEYSERVER_DATABASE_URL is a superuser or has BYPASSRLS, which would"
+                " disable tenant isolation in the database; connect as an ordinary role that owns the"
+                " schema (see README, 'PostgreSQL'), or set KEYSERVER_ALLOW_RLS_BYPASS=true knowingly"
+            )
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def _is_connectivity_error(exc: DBAPIError) -> bool:
+    return bool(exc.connection_invalidated) or isinstance(exc, OperationalError)

@@ -1,0 +1,17 @@
+"""The claim set: the contract between verifiers and policies (DESIGN.md, "Claims").
+
+Claims are one flat mapping from a dotted name (``snp.measurement``, ``tpm.pcrs.sha256.7``) to a JSON
+scalar or a list of strings. Byte strings are lowercase hex. Verifiers produce them; nothing else does.
+"""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+ClaimValue: TypeAlias = str | int | bool | list[str] | None
+Claims: TypeAlias = dict[str, ClaimValue]
+
+TEE_TPM = "tpm"
+TEE_SEV_SNP = "sev-snp"
+TEE_TDX = "tdx"
+TEES = (TEE_TPM, TEE_SEV_SNP, TEE_TDX)

@@ -1,0 +1,228 @@
+"""Tenants, principals and their tokens: who may do what, and in which tenant.
+
+Every function takes the acting :class:`Principal` (or an explicit scope) and filters by tenant itself;
+row-level security on PostgreSQL is the second line, not the first.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keyserver.db.models import ApiToken, Tenant
+from keyserver.db.session import Database, Scope
+from keyserver.db.types import utcnow
+from keyserver.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthenticated
+from keyserver.tokens import hash_token, new_token, parse_token, token_matches
+
+TENANT_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+MAX_TOKEN_LIFETIME = timedelta(days=3650)
+
+
+class Role(StrEnum):
+    OPERATOR = "operator"
+    TENANT_ADMIN = "tenant-admin"
+    CI_SIGNER = "ci-signer"
+    AUDITOR = "auditor"
+
+
+TENANT_ROLES = (Role.TENANT_ADMIN, Role.CI_SIGNER, Role.AUDITOR)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller."""
+
+    token_id: uuid.UUID
+    role: Role
+    tenant_id: uuid.UUID | None
+    tenant_name: str | None
+
+    @property
+    def is_operator(self) -> bool:
+        return self.role is Role.OPERATOR
+
+    @property
+    def scope(self) -> Scope:
+        if self.tenant_id is None:
+            return Scope.for_operator()
+        return Scope.for_tenant(self.tenant_id)
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """A token as created: ``secret`` is the only copy of the credential and is shown once."""
+
+    token: ApiToken
+    secret: str
+
+
+# --- authentication ---------------------------------------------------------------------------------
+
+
+async def authenticate(db: Database, raw_token: str, now: datetime | None = None) -> Principal:
+    parsed = parse_token(raw_token)
+    scope = Scope.for_operator() if parsed.tenant_id is None else Scope.for_tenant(parsed.tenant_id)
+    now = now or utcnow()
+    async with db.transaction(scope) as session:
+        row = await session.get(ApiToken, parsed.token_id)
+        if row is None or row.tenant_id != parsed.tenant_id or not token_matches(raw_token, row.secret_hash):
+            raise Unauthenticated("the bearer token is not valid for this keyserver")
+        if row.revoked_at is not None:
+            raise Unauthenticated("the bearer token was revoked; ask your tenant admin for a new one")
+        if row.expires_at is not None and row.expires_at <= now:
+            raise Unauthenticated(
+                f"the bearer token expired at {row.expires_at.isoformat()}; ask for a new one"
+            )
+        tenant_name = None
+        if row.tenant_id is not None:
+            tenant = await session.get(Tenant, row.tenant_id)
+            if tenant is None:  # cannot happen with the foreign key; fail closed all the same
+                raise Unauthenticated("the bearer token's tenant no longer exists")
+            tenant_name = tenant.name
+    return Principal(token_id=row.id, role=Role(row.role), tenant_id=row.tenant_id, tenant_name=tenant_name)
+
+
+# --- authorisation ----------------------------------------------------------------------------------
+
+
+def require_operator(principal: Principal) -> None:
+    if not principal.is_operator:
+        raise Forbidden("this action needs the operator credential")
+
+
+def require_role(principal: Principal, *roles: Role) -> None:
+    if principal.role not in roles:
+        allowed = ", ".join(role.value for role in roles)
+        raise Forbidden(f"this action needs one of the roles: {allowed}; this token is {principal.role}")
+
+
+async def resolve_tenant(session: AsyncSession, principal: Principal, name: str) -> Tenant:
+    """The tenant named in a request path, as far as ``principal`` may see it.
+
+    Another tenant's name gives exactly the same answer as a name that does not exist, so a token
+    cannot be used to probe which tenants a keyserver serves.
+    """
+    not_found = NotFound(f"no tenant named {name!r} is visible to this credential")
+    if not principal.is_operator and principal.tenant_name != name:
+        raise not_found
+    query = select(Tenant).where(Tenant.name == name)
+    if principal.tenant_id is not None:
+        query = query.where(Tenant.id == principal.tenant_id)
+    tenant = (await session.execute(query)).scalar_one_or_none()
+    if tenant is None:
+        raise not_found
+    return tenant
+
+
+# --- tenants ----------------------------------------------------------------------------------------
+
+
+def validate_tenant_name(name: str) -> None:
+    if not TENANT_NAME_RE.match(name):
+        raise InvalidRequest(
+            f"tenant name {name!r} is not valid: use 1-63 lowercase letters, digits and inner hyphens"
+        )
+
+
+async def create_tenant(session: AsyncSession, name: str) -> Tenant:
+    """Operator scope only (row-level security refuses the insert otherwise)."""
+    validate_tenant_name(name)
+    tenant = Tenant(id=uuid.uuid4(), name=name, created_at=utcnow())
+    session.add(tenant)
+    try:
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError:
+        raise Conflict(f"a tenant named {name!r} already exists") from None
+    return tenant
+
+
+async def list_tenants(session: AsyncSession) -> list[Tenant]:
+    """Operator scope: every tenant."""
+    return list((await session.execute(select(Tenant).order_by(Tenant.name))).scalars())
+
+
+# --- tokens -----------------------------------------------------------------------------------------
+
+
+def check_may_issue(principal: Principal, role: Role) -> None:
+    """The operator bootstraps a tenant with a tenant-admin token; everything else is the tenant's."""
+    if role is Role.OPERATOR:
+        raise Forbidden("operator tokens are created on the server only: `keyserver token create --operator`")
+    if principal.is_operator:
+        if role is not Role.TENANT_ADMIN:
+            raise Forbidden("the operator issues tenant-admin tokens only; the tenant admin issues the rest")
+        return
+    require_role(principal, Role.TENANT_ADMIN)
+
+
+async def issue_token(
+    session: AsyncSession,
+    *,
+    tenant_id: uuid.UUID | None,
+    role: Role,
+    description: str = "",
+    expires_in: timedelta | None = None,
+    created_by: uuid.UUID | None = None,
+) -> IssuedToken:
+    """Create a token. Callers check authorisation first (:func:`check_may_issue`)."""
+    if (role is Role.OPERATOR) != (tenant_id is None):
+        raise InvalidRequest("operator tokens have no tenant and every other token has exactly one")
+    if expires_in is not None and not timedelta(0) < expires_in <= MAX_TOKEN_LIFETIME:
+        raise InvalidRequest("a token's lifetime must be positive and at most ten years")
+    if len(description) > 200:
+        raise InvalidRequest("a token description is at most 200 characters")
+    token_id = uuid.uuid4()
+    secret = new_token(tenant_id, token_id)
+    now = utcnow()
+    token = ApiToken(
+        id=token_id,
+        tenant_id=tenant_id,
+        role=role.value,
+        secret_hash=hash_token(secret),
+        description=description,
+        created_at=now,
+        expires_at=now + expires_in if expires_in is not None else None,
+        created_by=created_by,
+    )
+    session.add(token)
+    await session.flush()
+    return IssuedToken(token=token, secret=secret)
+
+
+async def list_tokens(session: AsyncSession, tenant_id: uuid.UUID | None) -> list[ApiToken]:
+    """The tokens of one tenant (``None``: the operator tokens)."""
+    query = select(ApiToken).order_by(ApiToken.created_at)
+    if tenant_id is None:
+        query = query.where(ApiToken.tenant_id.is_(None))
+    else:
+        query = query.where(ApiToken.tenant_id == tenant_id)
+    return list((await session.execute(query)).scalars())
+
+
+async def revoke_token(session: AsyncSession, tenant_id: uuid.UUID | None, token_id: uuid.UUID) -> ApiToken:
+    query = select(ApiToken).where(ApiToken.id == token_id)
+    if tenant_id is None:
+        query = query.where(ApiToken.tenant_id.is_(None))
+    else:
+        query = query.where(ApiToken.tenant_id == tenant_id)
+    token = (await session.execute(query)).scalar_one_or_none()
+    if token is None:
+        raise NotFound(f"no token {token_id} in this tenant")
+    if token.revoked_at is None:
+        token.revoked_at = utcnow()
+        await session.flush()
+    return token
+
+
+async def has_operator_token(session: AsyncSession) -> bool:
+    query = select(ApiToken.id).where(ApiToken.role == Role.OPERATOR.value).limit(1)
+    return (await session.execute(query)).first() is not None

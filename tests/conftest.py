@@ -1,0 +1,69 @@
+"""Shared fixtures. The heavy ones (PostgreSQL, swtpm, SoftHSM2, OpenBao) live in tests/fixtures/."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from keyserver.app import create_app
+from keyserver.config import Settings
+from keyserver.db.session import Database
+
+pytest_plugins = ["tests.fixtures.postgres"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED = REPO_ROOT.parent / "shared"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test that uses it runs twice: on the embedded SQLite and on a real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'keyserver.sqlite3'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", database_url=database_url)
+
+
+@dataclass
+class Service:
+    """A running app and the operator credential it printed at first start."""
+
+    app: Litestar
+    client: AsyncTestClient[Litestar]
+    announced: list[str] = field(default_factory=list)
+
+    @property
+    def operator_token(self) -> str:
+        assert len(self.announced) == 1, "the operator credential must be announced exactly once"
+        return self.announced[0]
+
+
+@pytest.fixture
+async def service(settings: Settings) -> AsyncIterator[Service]:
+    announced: list[str] = []
+    app = create_app(settings, announce=announced.append)
+    async with AsyncTestClient(app=app) as client:
+        yield Service(app=app, client=client, announced=announced)
+
+
+@pytest.fixture
+async def db(settings: Settings, service: Service) -> AsyncIterator[Database]:
+    """Direct access to the service's store, from the test's own event loop (the test client runs
+    the app on another loop, whose connections cannot be shared)."""
+    database = Database(settings)
+    yield database
+    await database.dispose()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
