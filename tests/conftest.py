@@ -14,7 +14,13 @@ from keyserver.app import create_app
 from keyserver.config import Settings
 from keyserver.db.session import Database
 
-pytest_plugins = ["tests.fixtures.postgres"]
+pytest_plugins = [
+    "tests.fixtures.postgres",
+    "tests.fixtures.server",
+    "tests.fixtures.swtpm",
+    "tests.fixtures.softhsm",
+    "tests.fixtures.openbao",
+]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED = REPO_ROOT.parent / "shared"
@@ -61,6 +67,17 @@ async def db(settings: Settings, service: Service) -> AsyncIterator[Database]:
     """Direct access to the service's store, from the test's own event loop (the test client runs
     the app on another loop, whose connections cannot be shared)."""
     database = Database(settings)
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture
+async def migrated_db(settings: Settings) -> AsyncIterator[Database]:
+    """The store alone, initialised (schema at head, operator credential made), without the app."""
+    from keyserver.bootstrap import initialise
+
+    database = Database(settings)
+    await initialise(database, announce=lambda _token: None)
     yield database
     await database.dispose()
 
