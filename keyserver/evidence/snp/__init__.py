@@ -13,6 +13,8 @@ Public API:
 * :class:`SnpProduct`, :class:`SigningKey`
 """
 
+from keyserver.evidence.timeparse import parse_now
+
 from .cache import ChainCache, VerifiedLeaf
 from .inputs import decode_report_input
 from .report import (
@@ -29,7 +31,7 @@ from .report import (
     product_from_cpuid,
 )
 from .trust import AMD_ARK_SHA256, ProductRoots, SnpRoots, TrustedCert, default_snp_roots
-from .verify import parse_now, verify_snp_certificate, verify_snp_files, verify_snp_report
+from .verify import verify_snp_certificate, verify_snp_files, verify_snp_report
 
 __all__ = [
     "AMD_ARK_SHA256",

@@ -568,14 +568,3 @@ def verify_snp_files(
     return verify_snp_report(
         report, vcek_or_vlek=cert, product=product, now=now, roots=roots, crl=crl, chain_cache=chain_cache
     )
-
-
-def parse_now(text: str | None) -> datetime:
-    """Parse the CLI's ``--now`` (ISO 8601 with an offset or ``Z``); ``None`` means the current time.
-    ``ValueError`` for a naive or malformed time (a usage error)."""
-    if text is None:
-        return datetime.now(UTC)
-    value = datetime.fromisoformat(text.strip().replace("z", "Z").replace("Z", "+00:00"))
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"--now {text!r} has no timezone; write e.g. 2025-06-01T00:00:00Z")
-    return value.astimezone(UTC)

@@ -15,6 +15,8 @@ Public API:
 Errors are :class:`keyserver.errors.EvidenceError`; ``reason`` is one of :data:`REASONS`.
 """
 
+from keyserver.evidence.timeparse import parse_now
+
 from .ccel import CcelEvent, CcelReplay, CcelTable, parse_ccel_table, replay_ccel, verify_ccel
 from .certs import INTEL_SGX_ROOT_CA_SHA256, intel_sgx_root_ca, load_root
 from .collateral import (
@@ -35,7 +37,6 @@ from .tcb import TcbEvaluation, evaluate_tcb
 from .verify import (
     build_claims,
     decode_quote_input,
-    parse_now,
     read_quote_file,
     verify_quote_signatures,
     verify_tdx_files,

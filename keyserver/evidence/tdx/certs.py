@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 
 from keyserver.errors import ConfigurationError, EvidenceError
+from keyserver.evidence.x509errors import X509_DECODE_ERRORS
 
 # SHA-256 of the DER of the Intel SGX Root CA (valid 2018-05-21..2049-12-31).
 INTEL_SGX_ROOT_CA_SHA256 = "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"
@@ -89,7 +90,7 @@ def split_pem_certificates(data: bytes, *, what: str, reason: str) -> list[x509.
             raise EvidenceError(reason, f"the {what} is not a sequence of PEM certificates (at byte {pos})")
         try:
             certs.append(touch_certificate(x509.load_pem_x509_certificate(match.group(0))))
-        except (ValueError, UnsupportedAlgorithm) as exc:
+        except X509_DECODE_ERRORS as exc:
             raise EvidenceError(
                 reason, f"certificate {len(certs) + 1} of the {what} does not parse: {exc}"
             ) from exc
@@ -180,7 +181,7 @@ def load_root(pem_or_der: bytes, *, sha256_pins: frozenset[str] | None = None) -
             else x509.load_der_x509_certificate(pem_or_der)
         )
         touch_certificate(cert)
-    except (ValueError, UnsupportedAlgorithm) as exc:
+    except X509_DECODE_ERRORS as exc:
         raise ConfigurationError(f"the TDX trust root does not parse: {exc}") from exc
     if sha256_pins is not None and sha256_hex(der(cert)) not in sha256_pins:
         raise ConfigurationError(

@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from keyserver.errors import EvidenceError
+from keyserver.evidence.x509errors import X509_DECODE_ERRORS
 
 from .certs import (
     INTEL_SGX_ROOT_CA_CN,
@@ -590,7 +591,7 @@ def parse_crl(data: bytes, what: str) -> x509.CertificateRevocationList:
         )
         for entry in crl:
             _ = (entry.serial_number, entry.revocation_date_utc)
-    except (ValueError, UnsupportedAlgorithm) as exc:
+    except X509_DECODE_ERRORS as exc:
         raise _malformed(what, f"not a DER/PEM/hex CRL ({exc})") from exc
     return crl
 

@@ -221,14 +221,3 @@ def verify_tdx_files(
     quote = read_quote_file(quote_path)
     collateral = load_collateral(collateral_path) if collateral_path is not None else None
     return verify_tdx_quote(quote, now=now, collateral=collateral, root=root)
-
-
-def parse_now(text: str | None) -> datetime:
-    """Parse the CLI's ``--now`` (ISO 8601 with an offset or ``Z``); ``None`` means the current time.
-    ``ValueError`` for a naive or malformed time (a usage error)."""
-    if text is None:
-        return datetime.now(UTC)
-    value = datetime.fromisoformat(text.strip().replace("z", "Z").replace("Z", "+00:00"))
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"--now {text!r} has no timezone; write e.g. 2025-07-19T10:00:34Z")
-    return value.astimezone(UTC)
