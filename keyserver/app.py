@@ -18,15 +18,20 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
 from keyserver import __version__
-from keyserver.api.auth import BEARER_SCHEME, provide_db, provide_principal
+from keyserver.api.auth import BEARER_SCHEME, provide_db, provide_principal, provide_release_log
 from keyserver.api.health import healthz, readyz
+from keyserver.api.log import LogController
 from keyserver.api.middleware import RequestContextMiddleware
 from keyserver.api.problems import EXCEPTION_HANDLERS
 from keyserver.api.tenants import TenantController, whoami
+from keyserver.api.tpm import TpmAdminController, TpmEnrolmentController
+from keyserver.backends.factory import backend_from_settings
 from keyserver.bootstrap import Announce, initialise, print_operator_token
 from keyserver.config import Settings
 from keyserver.db.session import Database
 from keyserver.logs import configure_logging
+from keyserver.releaselog.signing import LogSigner
+from keyserver.releaselog.store import ReleaseLog
 
 
 class MetricsController(PrometheusController):
@@ -38,11 +43,15 @@ def create_app(settings: Settings | None = None, *, announce: Announce = print_o
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level)
     db = Database(settings)
+    state = State({"db": db, "settings": settings})
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         try:
             await initialise(db, announce)
+            # After initialise: the data directory (and so the software KEK's home) exists now.
+            backend = backend_from_settings(settings)
+            state.release_log = ReleaseLog(LogSigner(backend, settings.log_origin))
             yield
         finally:
             await db.dispose()
@@ -55,16 +64,26 @@ def create_app(settings: Settings | None = None, *, announce: Announce = print_o
         exclude=["/metrics"],
     )
     app = Litestar(
-        route_handlers=[healthz, readyz, whoami, TenantController, MetricsController],
+        route_handlers=[
+            healthz,
+            readyz,
+            whoami,
+            TenantController,
+            LogController,
+            TpmAdminController,
+            TpmEnrolmentController,
+            MetricsController,
+        ],
         dependencies={
             "principal": Provide(provide_principal),
             "db": Provide(provide_db, sync_to_thread=False),
+            "release_log": Provide(provide_release_log, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         middleware=[prometheus.middleware],
         request_max_body_size=settings.max_request_bytes,
         lifespan=[lifespan],
-        state=State({"db": db, "settings": settings}),
+        state=state,
         # Logging is ours (keyserver.logs): one JSON line per record.
         logging_config=None,
         openapi_config=OpenAPIConfig(

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from keyserver.bootstrap import initialise
+from keyserver.cli_audit import add_audit_commands, run_audit
+from keyserver.cli_evidence import add_evidence_commands, run_evidence
 from keyserver.config import Settings
 from keyserver.db import migrate
 from keyserver.db.session import Database, Scope
@@ -80,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     token_revoke.add_argument("token_id", type=uuid.UUID)
     _token_owner(token_revoke)
     _json_flag(token_revoke)
+
+    add_audit_commands(commands)
+    add_evidence_commands(commands)
     return parser
 
 
@@ -242,6 +247,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors and 0 on --help
         return int(exc.code or 0)
+    if args.command == "audit":  # a client of some keyserver: no local settings involved
+        return run_audit(args)
+    if args.command == "evidence":  # offline: files in, claims out
+        return run_evidence(args)
     try:
         settings = settings_from(args)
         if args.command == "serve":

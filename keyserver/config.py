@@ -36,6 +36,10 @@ class Settings:
     # PostgreSQL roles that bypass row-level security (superusers, BYPASSRLS) would turn the
     # database's tenant isolation off; the service refuses them unless this is set on purpose.
     allow_rls_bypass: bool = False
+    # Checkpoint origins are "<log_origin>/<tenant name>"; set it to the keyserver's public name.
+    log_origin: str = "keyserver.local"
+    # The software backend's key-encryption key; None means "kek.bin in data_dir".
+    kek_file: Path | None = None
     db_pool_size: int = 10
     db_timeout_s: float = 5.0
 
@@ -44,6 +48,10 @@ class Settings:
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / SQLITE_FILENAME).resolve()}"
+
+    @property
+    def effective_kek_file(self) -> Path:
+        return self.kek_file or self.data_dir / "kek.bin"
 
     @property
     def is_sqlite(self) -> bool:
@@ -68,6 +76,7 @@ class Settings:
         data_dir = get("DATA_DIR")
         port = get("PORT")
         max_body = get("MAX_REQUEST_BYTES")
+        kek_file = get("KEK_FILE")
         backend = get("KEY_BACKEND") or settings.key_backend
         if backend not in KEY_BACKENDS:
             raise ConfigurationError(
@@ -84,6 +93,8 @@ class Settings:
                 _int("KEYSERVER_MAX_REQUEST_BYTES", max_body) if max_body else settings.max_request_bytes
             ),
             log_level=(get("LOG_LEVEL") or settings.log_level).upper(),
+            log_origin=get("LOG_ORIGIN") or settings.log_origin,
+            kek_file=Path(kek_file) if kek_file else None,
             auto_migrate=_bool("KEYSERVER_AUTO_MIGRATE", get("AUTO_MIGRATE")),
             allow_rls_bypass=bool(_bool("KEYSERVER_ALLOW_RLS_BYPASS", get("ALLOW_RLS_BYPASS"))),
         )

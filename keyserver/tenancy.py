@@ -226,3 +226,13 @@ async def revoke_token(session: AsyncSession, tenant_id: uuid.UUID | None, token
 async def has_operator_token(session: AsyncSession) -> bool:
     query = select(ApiToken.id).where(ApiToken.role == Role.OPERATOR.value).limit(1)
     return (await session.execute(query)).first() is not None
+
+
+async def lookup_tenant(db: Database, name: str) -> Tenant:
+    """The tenant named in an unauthenticated request (loaders, enrolling TPMs): registry only."""
+    async with db.transaction(Scope.for_tenant_lookup()) as session:
+        query = select(Tenant).where(Tenant.name == name)
+        tenant = (await session.execute(query)).scalar_one_or_none()
+    if tenant is None:
+        raise NotFound(f"no tenant named {name!r}")
+    return tenant

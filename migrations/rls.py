@@ -54,3 +54,48 @@ def disable_rls(table: str) -> None:
     op.execute(f"DROP POLICY IF EXISTS {table}_scope ON {table}")
     op.execute(f"ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY")
     op.execute(f"ALTER TABLE {table} DISABLE ROW LEVEL SECURITY")
+
+
+# --- append-only tables ----------------------------------------------------------------------------
+#
+# PostgreSQL: a statement-level trigger refuses every UPDATE, DELETE and TRUNCATE, even one that would
+# touch no row. SQLite: row-level triggers refuse UPDATE and DELETE; SQLite has no TRUNCATE (its
+# DELETE-all is caught by the trigger, which also disables the truncate optimisation). Neither stops
+# someone who can run DDL as the owner (DROP TRIGGER) or, on SQLite, who can write the file: the
+# signed checkpoints and the auditors' consistency checks are what detect that.
+
+_PG_APPEND_ONLY_FUNCTION = """
+CREATE OR REPLACE FUNCTION keyserver_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION 'table % is append-only: % refused', TG_TABLE_NAME, TG_OP
+    USING ERRCODE = 'insufficient_privilege';
+END $$
+"""
+
+
+def make_append_only(table: str) -> None:
+    if is_postgresql():
+        op.execute(_PG_APPEND_ONLY_FUNCTION)
+        op.execute(
+            f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON {table}"
+            " FOR EACH STATEMENT EXECUTE FUNCTION keyserver_refuse_change()"
+        )
+        return
+    for action in ("UPDATE", "DELETE"):
+        op.execute(
+            f"CREATE TRIGGER {table}_no_{action.lower()} BEFORE {action} ON {table}"
+            f" BEGIN SELECT RAISE(ABORT, 'table {table} is append-only: {action} refused'); END"
+        )
+
+
+def drop_append_only(table: str) -> None:
+    if is_postgresql():
+        op.execute(f"DROP TRIGGER IF EXISTS {table}_append_only ON {table}")
+        return
+    for action in ("update", "delete"):
+        op.execute(f"DROP TRIGGER IF EXISTS {table}_no_{action}")
+
+
+def drop_append_only_function() -> None:
+    if is_postgresql():
+        op.execute("DROP FUNCTION IF EXISTS keyserver_refuse_change()")

@@ -9,6 +9,7 @@ from litestar.di import NamedDependency
 
 from keyserver.db.session import Database
 from keyserver.errors import Unauthenticated
+from keyserver.releaselog.store import ReleaseLog
 from keyserver.tenancy import Principal, authenticate
 
 BEARER_SCHEME = "BearerToken"
@@ -30,3 +31,8 @@ async def provide_principal(request: Request[Any, Any, Any], db: NamedDependency
 def provide_db(request: Request[Any, Any, Any]) -> Database:
     db: Database = request.app.state.db
     return db
+
+
+def provide_release_log(request: Request[Any, Any, Any]) -> ReleaseLog:
+    release_log: ReleaseLog = request.app.state.release_log
+    return release_log

@@ -6,7 +6,17 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, ForeignKey, LargeBinary, MetaData, String, Uuid
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Text,
+    Uuid,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from keyserver.db.types import UTCDateTime, utcnow
@@ -55,3 +65,135 @@ class ApiToken(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_by: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+
+
+# --- the release log (audit/): one append-only RFC 9162 Merkle tree per tenant ---------------------
+
+
+class LogHead(Base):
+    """The tree's current size, root and signed checkpoint. The one mutable log row: appends lock it
+    (``SELECT … FOR UPDATE``) so that a tenant's appends are serialised and indices are gap-free."""
+
+    __tablename__ = "log_heads"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("tenants.id", ondelete="RESTRICT"), primary_key=True
+    )
+    size: Mapped[int] = mapped_column(BigInteger)
+    root_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    checkpoint: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class LogEntry(Base):
+    """An entry's canonical bytes (audit.entry) at its index. Append-only: the database refuses
+    UPDATE and DELETE (triggers, see migration 0002)."""
+
+    __tablename__ = "log_entries"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("tenants.id", ondelete="RESTRICT"), primary_key=True
+    )
+    idx: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    entry: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class LogNode(Base):
+    """The hash of a perfect subtree ``(level, idx)`` (audit.merkle). Written once, never changed."""
+
+    __tablename__ = "log_nodes"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("tenants.id", ondelete="RESTRICT"), primary_key=True
+    )
+    level: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    idx: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class LogKey(Base):
+    """The tenant log's Ed25519 checkpoint-signing key; the private half wrapped by the key backend."""
+
+    __tablename__ = "log_keys"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("tenants.id", ondelete="RESTRICT"), primary_key=True
+    )
+    origin: Mapped[str] = mapped_column(String(255))
+    public_key: Mapped[bytes] = mapped_column(LargeBinary(32))
+    wrapped_private_key: Mapped[bytes] = mapped_column(LargeBinary)
+    backend: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+# --- TPM attestation keys: what a tenant trusts, and the AKs enrolled under it --------------------------
+
+
+class TpmTrustAnchor(Base):
+    """A CA certificate the tenant trusts for EK certificates (``ek-ca``) or AK certificates (``ak-ca``)."""
+
+    __tablename__ = "tpm_trust_anchors"
+    __table_args__ = (CheckConstraint("kind IN ('ek-ca', 'ak-ca')", name="known_kind"),)
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("tenants.id", ondelete="RESTRICT"), primary_key=True
+    )
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(200))
+    certificate: Mapped[bytes] = mapped_column(LargeBinary)  # DER
+    fingerprint: Mapped[str] = mapped_column(String(64))  # SHA-256 of the DER, hex
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class TpmPinnedEk(Base):
+    """An EK public key the tenant admin vouches for directly (no certificate needed)."""
+
+    __tablename__ = "tpm_pinned_eks"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("tenants.id", ondelete="RESTRICT"), primary_key=True
+    )
+    fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)  # SHA-256 of the SPKI DER, hex
+    description: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class TpmEnrolment(Base):
+    """A credential-activation challenge: the AK becomes trusted only when the TPM holding the EK
+    returns the secret (TPM2_ActivateCredential), once, before ``expires_at``."""
+
+    __tablename__ = "tpm_enrolments"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("tenants.id", ondelete="RESTRICT"), primary_key=True
+    )
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    ak_public: Mapped[bytes] = mapped_column(LargeBinary)  # TPM2B_PUBLIC
+    ak_name: Mapped[str] = mapped_column(String(140))  # hex
+    ek_fingerprint: Mapped[str] = mapped_column(String(64))
+    ek_trust: Mapped[str] = mapped_column(String(32))  # "certificate" or "pinned"
+    secret_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class TpmAk(Base):
+    """An attestation key the tenant trusts: enrolled by credential activation or by an AK certificate."""
+
+    __tablename__ = "tpm_aks"
+    __table_args__ = (
+        CheckConstraint("method IN ('credential-activation', 'ak-certificate')", name="known_method"),
+    )
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("tenants.id", ondelete="RESTRICT"), primary_key=True
+    )
+    ak_name: Mapped[str] = mapped_column(String(140), primary_key=True)  # hex TPM Name
+    ak_public: Mapped[bytes] = mapped_column(LargeBinary)  # TPM2B_PUBLIC
+    method: Mapped[str] = mapped_column(String(32))
+    ek_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    enrolled_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

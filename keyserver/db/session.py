@@ -35,6 +35,8 @@ class Scope:
 
     tenant_id: uuid.UUID | None = None
     operator: bool = False
+    # Read the tenant registry only (name -> id), for callers that authenticate by evidence.
+    lookup: bool = False
 
     @classmethod
     def for_tenant(cls, tenant_id: uuid.UUID) -> Scope:
@@ -43,6 +45,10 @@ class Scope:
     @classmethod
     def for_operator(cls) -> Scope:
         return cls(operator=True)
+
+    @classmethod
+    def for_tenant_lookup(cls) -> Scope:
+        return cls(lookup=True)
 
 
 NO_SCOPE = Scope()
@@ -60,11 +66,13 @@ def _apply_scope(session: Session, transaction: SessionTransaction, connection: 
     connection.execute(
         text(
             "SELECT set_config('keyserver.tenant_id', :tenant, true),"
-            " set_config('keyserver.operator', :operator, true)"
+            " set_config('keyserver.operator', :operator, true),"
+            " set_config('keyserver.lookup', :lookup, true)"
         ),
         {
             "tenant": str(scope.tenant_id) if scope.tenant_id else "",
             "operator": "on" if scope.operator else "off",
+            "lookup": "on" if scope.lookup else "off",
         },
     )
 

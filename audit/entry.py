@@ -1,0 +1,71 @@
+"""Release-log entries and their canonical bytes.
+
+An entry is a JSON object encoded canonically: RFC 8785 (JCS) restricted to what entries contain —
+objects with ASCII keys (sorted), arrays, strings, integers of magnitude below 2**53, true, false, null;
+no floats; UTF-8; no whitespace. For that subset JCS is exactly
+``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``, so any JSON library
+that sorts keys can reproduce the bytes. The log hashes these bytes (RFC 9162 leaf hash) and serves
+them verbatim; an auditor checks that the bytes it got are canonical before trusting their meaning.
+
+Entries hold digests of evidence and claims, names and versions — never key material.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+ENTRY_VERSION = 1
+MAX_SAFE_INTEGER = 2**53 - 1
+MAX_ENTRY_BYTES = 64 * 1024
+
+
+class EntryError(ValueError):
+    """Bytes that are not a canonical, well-formed log entry."""
+
+
+def canonical_bytes(value: dict[str, Any]) -> bytes:
+    _check(value, path="$")
+    data = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(data) > MAX_ENTRY_BYTES:
+        raise EntryError(f"a log entry is limited to {MAX_ENTRY_BYTES} bytes; this one is {len(data)}")
+    return data
+
+
+def decode_entry(data: bytes) -> dict[str, Any]:
+    """Parse entry bytes, insisting that they are exactly the canonical encoding of what they say."""
+    if len(data) > MAX_ENTRY_BYTES:
+        raise EntryError("the entry is larger than any entry the log writes")
+    try:
+        value = json.loads(data.decode("utf-8"), parse_float=_refuse_float, parse_constant=_refuse_float)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EntryError(f"the entry is not UTF-8 JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise EntryError("an entry is a JSON object")
+    if canonical_bytes(value) != data:
+        raise EntryError("the entry bytes are not in canonical form (key order, spacing or escapes)")
+    return value
+
+
+def _refuse_float(text: str) -> Any:
+    raise EntryError(f"entries carry no floating-point numbers ({text})")
+
+
+def _check(value: Any, path: str) -> None:
+    if value is None or isinstance(value, bool | str):
+        return
+    if isinstance(value, int):
+        if abs(value) > MAX_SAFE_INTEGER:
+            raise EntryError(f"{path}: integer {value} is outside the interoperable range")
+        return
+    if isinstance(value, list):
+        for position, item in enumerate(value):
+            _check(item, f"{path}[{position}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str) or not key.isascii():
+                raise EntryError(f"{path}: object keys must be ASCII strings")
+            _check(item, f"{path}.{key}")
+        return
+    raise EntryError(f"{path}: {type(value).__name__} cannot appear in a log entry")

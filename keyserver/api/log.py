@@ -1,0 +1,144 @@
+"""The release log on the wire (DESIGN.md): checkpoint, entries and proofs, for auditors and admins."""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Response, get
+from litestar.di import NamedDependency
+from litestar.params import FromPath, Parameter
+
+from audit.entry import decode_entry
+from keyserver.api.auth import SECURITY
+from keyserver.db.session import Database
+from keyserver.releaselog.store import ReleaseLog
+from keyserver.tenancy import Principal, Role, require_role, resolve_tenant
+
+LOG_READERS = (Role.AUDITOR, Role.TENANT_ADMIN)
+NonNegative = Annotated[int, Parameter(ge=0, le=2**63 - 1)]
+
+
+class LogKeyOut(msgspec.Struct):
+    origin: str
+    verifier_key: str
+    public_key: str  # base64, raw Ed25519
+
+
+class EntryOut(msgspec.Struct):
+    index: int
+    data: str  # base64 of the canonical bytes the leaf hash is computed over
+    entry: dict[str, Any]
+
+
+class EntriesOut(msgspec.Struct):
+    start: int
+    end: int
+    entries: list[EntryOut]
+
+
+class InclusionOut(msgspec.Struct):
+    index: int
+    tree_size: int
+    leaf_hash: str
+    audit_path: list[str]
+
+
+class ConsistencyOut(msgspec.Struct):
+    first: int
+    second: int
+    proof: list[str]
+
+
+class LogController(Controller):
+    path = "/v1/tenants/{tenant:str}/log"
+    tags = ("release log",)
+    security = SECURITY
+
+    @get("/checkpoint", summary="The latest signed checkpoint (C2SP signed note)", media_type="text/plain")
+    async def checkpoint(
+        self,
+        principal: NamedDependency[Principal],
+        db: NamedDependency[Database],
+        release_log: NamedDependency[ReleaseLog],
+        tenant: FromPath[str],
+    ) -> Response[str]:
+        require_role(principal, *LOG_READERS)
+        async with db.transaction(principal.scope) as session:
+            target = await resolve_tenant(session, principal, tenant)
+            head = await release_log.head(session, target)
+        return Response(head.checkpoint, media_type="text/plain; charset=utf-8")
+
+    @get("/key", summary="The log's checkpoint-signing public key (pin it out of band)")
+    async def key(
+        self,
+        principal: NamedDependency[Principal],
+        db: NamedDependency[Database],
+        release_log: NamedDependency[ReleaseLog],
+        tenant: FromPath[str],
+    ) -> LogKeyOut:
+        require_role(principal, *LOG_READERS)
+        async with db.transaction(principal.scope) as session:
+            target = await resolve_tenant(session, principal, tenant)
+            log = await release_log.describe(session, target)
+        raw = log.verifier_key.rsplit("+", 1)[1]
+        return LogKeyOut(origin=log.origin, verifier_key=log.verifier_key, public_key=raw)
+
+    @get("/entries", summary="Entries [start, end): canonical bytes (base64) and decoded JSON; at most 1000")
+    async def entries(
+        self,
+        principal: NamedDependency[Principal],
+        db: NamedDependency[Database],
+        release_log: NamedDependency[ReleaseLog],
+        tenant: FromPath[str],
+        start: NonNegative,
+        end: NonNegative,
+    ) -> EntriesOut:
+        require_role(principal, *LOG_READERS)
+        async with db.transaction(principal.scope) as session:
+            target = await resolve_tenant(session, principal, tenant)
+            rows = await release_log.entries(session, target, start, end)
+        return EntriesOut(
+            start=start,
+            end=end,
+            entries=[
+                EntryOut(index=start + offset, data=base64.b64encode(data).decode(), entry=decode_entry(data))
+                for offset, data in enumerate(rows)
+            ],
+        )
+
+    @get("/proofs/inclusion", summary="Audit path of entry `index` in the tree of `tree_size` entries")
+    async def inclusion(
+        self,
+        principal: NamedDependency[Principal],
+        db: NamedDependency[Database],
+        release_log: NamedDependency[ReleaseLog],
+        tenant: FromPath[str],
+        index: NonNegative,
+        tree_size: NonNegative,
+    ) -> InclusionOut:
+        require_role(principal, *LOG_READERS)
+        async with db.transaction(principal.scope) as session:
+            target = await resolve_tenant(session, principal, tenant)
+            proof = await release_log.inclusion_proof(session, target, index, tree_size)
+            leaf = await release_log.leaf_hash(session, target, index)
+        return InclusionOut(
+            index=index, tree_size=tree_size, leaf_hash=leaf.hex(), audit_path=[h.hex() for h in proof]
+        )
+
+    @get("/proofs/consistency", summary="Consistency proof between the trees of `first` and `second` entries")
+    async def consistency(
+        self,
+        principal: NamedDependency[Principal],
+        db: NamedDependency[Database],
+        release_log: NamedDependency[ReleaseLog],
+        tenant: FromPath[str],
+        first: NonNegative,
+        second: NonNegative,
+    ) -> ConsistencyOut:
+        require_role(principal, *LOG_READERS)
+        async with db.transaction(principal.scope) as session:
+            target = await resolve_tenant(session, principal, tenant)
+            proof = await release_log.consistency_proof(session, target, first, second)
+        return ConsistencyOut(first=first, second=second, proof=[h.hex() for h in proof])

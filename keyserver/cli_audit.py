@@ -1,0 +1,150 @@
+"""``keyserver audit``: the auditor's commands. They talk to a keyserver over HTTP and trust nothing it
+says beyond what the pinned log key signs (audit.verifier)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from audit.http import HttpLogSource, LogFetchError
+from audit.verifier import AuditFailure, AuditReport, LogAuditor
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def add_audit_commands(commands: Any) -> None:
+    audit = commands.add_parser("audit", help="verify a tenant's release log (auditor)")
+    sub = audit.add_subparsers(dest="audit_command", required=True)
+
+    key = sub.add_parser("key", help="print the log's verifier key, to pin it (trust on first use)")
+    _connection(key)
+
+    verify = sub.add_parser("verify", help="fetch every entry and proof and check them")
+    _connection(verify)
+    _pinned_key(verify)
+    verify.add_argument(
+        "--from-checkpoint", type=Path, help="a checkpoint saved earlier: prove the log only grew"
+    )
+    verify.add_argument("--save-checkpoint", type=Path, help="write the verified checkpoint here")
+    verify.add_argument("--json", action="store_true", help="print one JSON document")
+    verify.add_argument(
+        "--progress", action="store_true", help="show a progress bar (default: on a terminal)"
+    )
+
+    monitor = sub.add_parser("monitor", help="verify, then keep verifying and report new entries")
+    _connection(monitor)
+    _pinned_key(monitor)
+    monitor.add_argument("--from-checkpoint", type=Path)
+    monitor.add_argument("--interval", type=float, default=10.0, help="seconds between polls (default 10)")
+    monitor.add_argument("--iterations", type=int, help="stop after this many polls (default: never)")
+    monitor.add_argument("--json", action="store_true", help="one JSON line per new entry")
+
+
+def _connection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", required=True, help="the keyserver, e.g. https://keys.example.com")
+    parser.add_argument("--tenant", required=True)
+    parser.add_argument("--token", help="an auditor token (default: $KEYSERVER_TOKEN)")
+
+
+def _pinned_key(parser: argparse.ArgumentParser) -> None:
+    key = parser.add_mutually_exclusive_group(required=True)
+    key.add_argument("--key", help="the log's verifier key (name+id+key), as pinned")
+    key.add_argument("--key-file", type=Path, help="a file holding the verifier key")
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    token = args.token or os.environ.get("KEYSERVER_TOKEN")
+    if not token:
+        print("keyserver: give an auditor token with --token or KEYSERVER_TOKEN", file=sys.stderr)
+        return EXIT_USAGE
+    source = HttpLogSource(args.url, args.tenant, token)
+    try:
+        if args.audit_command == "key":
+            print(source.verifier_key())
+            return EXIT_OK
+        key = args.key or args.key_file.read_text().strip()
+        if args.audit_command == "verify":
+            return _verify(args, source, key)
+        return _monitor(args, source, key)
+    except (AuditFailure, LogFetchError) as exc:
+        if getattr(args, "json", False):
+            print(json.dumps({"verified": False, "error": str(exc)}))
+        print(
+            f"keyserver audit: {'FAILED' if isinstance(exc, AuditFailure) else 'error'}: {exc}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    finally:
+        source.close()
+
+
+def _verify(args: argparse.Namespace, source: HttpLogSource, key: str) -> int:
+    show_progress = args.progress or (sys.stderr.isatty() and not args.json)
+    auditor = LogAuditor(source, key, progress=_progress_bar if show_progress else None)
+    previous = args.from_checkpoint.read_text() if args.from_checkpoint else None
+    report = auditor.verify(previous)
+    if show_progress:
+        sys.stderr.write("\n")
+    if args.save_checkpoint:
+        args.save_checkpoint.write_text(report.signed_checkpoint)
+    if args.json:
+        print(json.dumps({"verified": True, **report.as_json()}, indent=2))
+    else:
+        print(_summary(report))
+    return EXIT_OK
+
+
+def _monitor(args: argparse.Namespace, source: HttpLogSource, key: str) -> int:
+    auditor = LogAuditor(source, key)
+
+    def announce(index: int, entry: dict[str, Any]) -> None:
+        if args.json:
+            print(json.dumps({"index": index, "entry": entry}), flush=True)
+        else:
+            summary = " ".join(
+                f"{k}={entry[k]}" for k in ("kind", "decision", "reason") if entry.get(k) is not None
+            )
+            print(f"#{index} {summary}", flush=True)
+
+    auditor.on_entry = announce
+    previous = args.from_checkpoint.read_text() if args.from_checkpoint else None
+    polls = 0
+    while True:
+        report = auditor.verify(previous)
+        previous = None  # from now on the auditor's own last checkpoint is the reference
+        if not args.json:
+            print(
+                f"verified size {report.checkpoint.size} ({report.entries_checked} new)",
+                file=sys.stderr,
+                flush=True,
+            )
+        polls += 1
+        if args.iterations is not None and polls >= args.iterations:
+            return EXIT_OK
+        time.sleep(args.interval)
+
+
+def _summary(report: AuditReport) -> str:
+    lines = [
+        f"verified: {report.checkpoint.origin}, {report.checkpoint.size} entries,"
+        f" root {report.checkpoint.root_hash.hex()}",
+    ]
+    if report.previous_size is not None:
+        lines.append(f"consistent with the saved checkpoint at size {report.previous_size}")
+    if report.kinds:
+        lines.append("entries by kind: " + ", ".join(f"{k} {n}" for k, n in sorted(report.kinds.items())))
+    for key, counts in sorted(report.decisions.items()):
+        lines.append(f"key {key}: {counts.get('granted', 0)} granted, {counts.get('denied', 0)} denied")
+    return "\n".join(lines)
+
+
+def _progress_bar(done: int, total: int) -> None:
+    width = 40
+    filled = width * done // total if total else width
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} entries")
+    sys.stderr.flush()

@@ -1,0 +1,32 @@
+"""The log entries keyserver writes (their canonical bytes: audit.entry).
+
+Every entry has ``v`` (format version), ``kind`` and ``time`` (UTC, RFC 3339, microseconds); the other
+fields depend on the kind and are documented in docs/release-log.md. Entries name things and carry
+digests; they never carry key material or credentials.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from audit.entry import ENTRY_VERSION
+from keyserver.db.types import utcnow
+
+TPM_AK_ENROLLED = "tpm-ak-enrolled"
+TPM_AK_REVOKED = "tpm-ak-revoked"
+TPM_TRUST_ANCHOR_ADDED = "tpm-trust-anchor-added"
+TPM_TRUST_ANCHOR_REMOVED = "tpm-trust-anchor-removed"
+TPM_EK_PINNED = "tpm-ek-pinned"
+
+
+def record(kind: str, *, principal: str | None, now: datetime | None = None, **fields: Any) -> dict[str, Any]:
+    """A log entry of ``kind``: who did it (a token id, or ``None`` for an evidence-authenticated caller)."""
+    moment = now or utcnow()
+    return {
+        "v": ENTRY_VERSION,
+        "kind": kind,
+        "time": moment.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+        "principal": principal,
+        **fields,
+    }

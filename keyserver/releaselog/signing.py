@@ -1,0 +1,94 @@
+"""Each tenant's log has its own Ed25519 checkpoint-signing key, created on first use.
+
+The private key is stored wrapped by the key backend, bound to the tenant (wrapping context), and
+kept unwrapped in this process's memory once used, so that signing a checkpoint per append costs one
+Ed25519 signature and no backend round trip.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from audit.checkpoint import Checkpoint, sign_checkpoint, vkey_for
+from keyserver.backends.base import KeyBackend
+from keyserver.db.models import LogKey
+from keyserver.db.types import utcnow
+from keyserver.db.upsert import insert_ignore
+
+
+@dataclass(frozen=True)
+class TenantLog:
+    """What identifies a tenant's log: its tenant and its checkpoint origin (the signing key's name)."""
+
+    tenant_id: uuid.UUID
+    origin: str
+    public_key: Ed25519PublicKey
+
+    @property
+    def verifier_key(self) -> str:
+        """The note verifier key (``<name>+<id>+<key>``) auditors pin to check checkpoints."""
+        return vkey_for(self.origin, self.public_key)
+
+
+def _wrapping_context(tenant_id: uuid.UUID) -> bytes:
+    return b"keyserver/log-signing-key/v1/" + tenant_id.bytes
+
+
+class LogSigner:
+    def __init__(self, backend: KeyBackend, origin_prefix: str) -> None:
+        self.backend = backend
+        self.origin_prefix = origin_prefix.rstrip("/")
+        self._keys: dict[tuple[uuid.UUID, bytes], Ed25519PrivateKey] = {}
+
+    async def log_for(self, session: AsyncSession, tenant_id: uuid.UUID, tenant_name: str) -> TenantLog:
+        row = await self._key_row(session, tenant_id, tenant_name)
+        return TenantLog(tenant_id, row.origin, Ed25519PublicKey.from_public_bytes(row.public_key))
+
+    async def sign(self, session: AsyncSession, log: TenantLog, size: int, root_hash: bytes) -> str:
+        private_key = await self._private_key(session, log)
+        return sign_checkpoint(
+            Checkpoint(origin=log.origin, size=size, root_hash=root_hash), log.origin, private_key
+        )
+
+    async def _key_row(self, session: AsyncSession, tenant_id: uuid.UUID, tenant_name: str) -> LogKey:
+        query = select(LogKey).where(LogKey.tenant_id == tenant_id)
+        row = (await session.execute(query)).scalar_one_or_none()
+        if row is not None:
+            return row
+        private_key = Ed25519PrivateKey.generate()
+        raw = private_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        public = private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        await insert_ignore(
+            session,
+            LogKey,
+            {
+                "tenant_id": tenant_id,
+                "origin": f"{self.origin_prefix}/{tenant_name}",
+                "public_key": public,
+                "wrapped_private_key": await self.backend.wrap(raw, _wrapping_context(tenant_id)),
+                "backend": self.backend.name,
+                "created_at": utcnow(),
+            },
+        )
+        # Another request may have won the race to create it: whichever row is stored is the key.
+        return (await session.execute(query)).scalar_one()
+
+    async def _private_key(self, session: AsyncSession, log: TenantLog) -> Ed25519PrivateKey:
+        public = log.public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+        cached = self._keys.get((log.tenant_id, public))
+        if cached is not None:
+            return cached
+        row = (await session.execute(select(LogKey).where(LogKey.tenant_id == log.tenant_id))).scalar_one()
+        raw = await self.backend.unwrap(row.wrapped_private_key, _wrapping_context(log.tenant_id))
+        private_key = Ed25519PrivateKey.from_private_bytes(raw)
+        derived = private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        if derived != row.public_key:
+            raise ValueError("the stored log key's private and public halves do not match")
+        self._keys[(log.tenant_id, public)] = private_key
+        return private_key

@@ -1,0 +1,433 @@
+"""TPM attestation-key enrolment, per tenant (the service side of keyserver.evidence.tpm).
+
+An AK is trusted only after one of:
+
+- **credential activation** (like Keylime's registrar): the EK is trusted — its certificate chains to one
+  of the tenant's ``ek-ca`` anchors, or the tenant admin pinned its public key — and the TPM proves, with
+  TPM2_ActivateCredential, that it holds that EK and an AK of exactly this Name. The keyserver makes the
+  credential in software (MakeCredential), keeps only a hash of the secret, and accepts it back once,
+  within five minutes;
+- **an AK certificate** chaining to one of the tenant's ``ak-ca`` anchors (cloud vTPMs, e.g. GCE).
+
+Every change to what a tenant trusts is a release-log entry, in the same transaction.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keyserver.db.models import Tenant, TpmAk, TpmEnrolment, TpmPinnedEk, TpmTrustAnchor
+from keyserver.db.types import utcnow
+from keyserver.errors import Conflict, EvidenceError, InvalidRequest, NotFound
+from keyserver.evidence.tpm.credential import make_credential
+from keyserver.evidence.tpm.ek import load_ca_certificates, verify_ak_certificate, verify_ek_certificate
+from keyserver.evidence.tpm.quote import AkPublic, PublicKey
+from keyserver.evidence.tpm.structures import TpmtPublic, parse_tpm2b_public
+from keyserver.releaselog import records
+from keyserver.releaselog.store import ReleaseLog
+
+ENROLMENT_LIFETIME = timedelta(minutes=5)
+CREDENTIAL_BYTES = 32
+ANCHOR_KINDS = ("ek-ca", "ak-ca")
+MAX_BLOB_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """What the enrolling TPM needs for TPM2_ActivateCredential (TPM wire structures, with sizes)."""
+
+    enrolment: TpmEnrolment
+    credential_blob: bytes  # TPM2B_ID_OBJECT
+    encrypted_secret: bytes  # TPM2B_ENCRYPTED_SECRET
+
+
+def decode_b64(value: str, what: str) -> bytes:
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest(f"{what} is not valid base64") from None
+    if not data or len(data) > MAX_BLOB_BYTES:
+        raise InvalidRequest(f"{what} must be 1 to {MAX_BLOB_BYTES} bytes")
+    return data
+
+
+def key_fingerprint(key: PublicKey) -> str:
+    """SHA-256 of the SubjectPublicKeyInfo DER, hex: how EKs are pinned and named."""
+    return hashlib.sha256(key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)).hexdigest()
+
+
+def _principal(token_id: uuid.UUID | None) -> str | None:
+    return None if token_id is None else f"token:{token_id}"
+
+
+# --- what the tenant trusts (tenant admin) ----------------------------------------------------------
+
+
+async def add_anchor(
+    session: AsyncSession,
+    log: ReleaseLog,
+    tenant: Tenant,
+    *,
+    kind: str,
+    name: str,
+    certificate: bytes,
+    principal: uuid.UUID,
+) -> TpmTrustAnchor:
+    if kind not in ANCHOR_KINDS:
+        raise InvalidRequest(f"an anchor's kind is one of {', '.join(ANCHOR_KINDS)}")
+    try:
+        certs = load_ca_certificates(certificate)
+    except EvidenceError as exc:
+        raise InvalidRequest(f"the anchor certificate cannot be parsed: {exc.message}") from None
+    if len(certs) != 1:
+        raise InvalidRequest("give one certificate per anchor (add a bundle's certificates one by one)")
+    der = certs[0].public_bytes(Encoding.DER)
+    fingerprint = hashlib.sha256(der).hexdigest()
+    existing = await session.execute(
+        select(TpmTrustAnchor.id).where(
+            TpmTrustAnchor.tenant_id == tenant.id,
+            TpmTrustAnchor.kind == kind,
+            TpmTrustAnchor.fingerprint == fingerprint,
+        )
+    )
+    if existing.first() is not None:
+        raise Conflict(f"this certificate is already a {kind} anchor of the tenant")
+    anchor = TpmTrustAnchor(
+        tenant_id=tenant.id,
+        id=uuid.uuid4(),
+        kind=kind,
+        name=name,
+        certificate=der,
+        fingerprint=fingerprint,
+        created_at=utcnow(),
+    )
+    session.add(anchor)
+    await session.flush()
+    await log.append(
+        session,
+        tenant,
+        [
+            records.record(
+                records.TPM_TRUST_ANCHOR_ADDED,
+                principal=_principal(principal),
+                anchor={
+                    "id": str(anchor.id),
+                    "kind": kind,
+                    "name": name,
+                    "sha256": fingerprint,
+                    "subject": certs[0].subject.rfc4514_string(),
+                },
+            )
+        ],
+    )
+    return anchor
+
+
+async def list_anchors(session: AsyncSession, tenant_id: uuid.UUID) -> list[TpmTrustAnchor]:
+    query = (
+        select(TpmTrustAnchor)
+        .where(TpmTrustAnchor.tenant_id == tenant_id)
+        .order_by(TpmTrustAnchor.created_at)
+    )
+    return list((await session.execute(query)).scalars())
+
+
+async def remove_anchor(
+    session: AsyncSession, log: ReleaseLog, tenant: Tenant, anchor_id: uuid.UUID, *, principal: uuid.UUID
+) -> None:
+    anchor = await session.get(TpmTrustAnchor, (tenant.id, anchor_id))
+    if anchor is None or anchor.tenant_id != tenant.id:
+        raise NotFound(f"no trust anchor {anchor_id} in this tenant")
+    await session.delete(anchor)
+    await log.append(
+        session,
+        tenant,
+        [
+            records.record(
+                records.TPM_TRUST_ANCHOR_REMOVED,
+                principal=_principal(principal),
+                anchor={
+                    "id": str(anchor.id),
+                    "kind": anchor.kind,
+                    "name": anchor.name,
+                    "sha256": anchor.fingerprint,
+                },
+            )
+        ],
+    )
+
+
+def load_ek_public(data: bytes) -> TpmtPublic | PublicKey:
+    """An EK as a TPM2B_PUBLIC, or a PEM/DER SubjectPublicKeyInfo."""
+    if data.lstrip().startswith(b"-----") or data[:1] == b"\x30":
+        return AkPublic.from_public_key(data).key
+    return parse_tpm2b_public(data)
+
+
+async def pin_ek(
+    session: AsyncSession,
+    log: ReleaseLog,
+    tenant: Tenant,
+    *,
+    ek_public: bytes,
+    description: str,
+    principal: uuid.UUID,
+) -> TpmPinnedEk:
+    loaded = load_ek_public(ek_public)
+    key = loaded.public_key() if isinstance(loaded, TpmtPublic) else loaded
+    pinned = TpmPinnedEk(
+        tenant_id=tenant.id, fingerprint=key_fingerprint(key), description=description, created_at=utcnow()
+    )
+    session.add(pinned)
+    try:
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError:
+        raise Conflict("this EK is already pinned") from None
+    await log.append(
+        session,
+        tenant,
+        [
+            records.record(
+                records.TPM_EK_PINNED,
+                principal=_principal(principal),
+                ek_sha256=pinned.fingerprint,
+                description=description,
+            )
+        ],
+    )
+    return pinned
+
+
+# --- enrolment (the TPM's side; authenticated by the TPM itself) -------------------------------------
+
+
+async def begin_enrolment(
+    session: AsyncSession,
+    tenant: Tenant,
+    *,
+    ek_public: bytes,
+    ak_public: bytes,
+    ek_certificate: bytes | None,
+    ek_intermediates: Sequence[bytes] = (),
+    now: datetime | None = None,
+) -> Challenge:
+    now = now or utcnow()
+    ek = parse_tpm2b_public(ek_public)
+    ak = AkPublic.from_tpm2b_public(ak_public)
+    fingerprint = key_fingerprint(ek.public_key())
+    if ek_certificate is not None:
+        anchors = await _anchors(session, tenant.id, "ek-ca")
+        if not anchors:
+            raise EvidenceError("ek-untrusted", "this tenant trusts no EK CA yet; its admin must add one")
+        verify_ek_certificate(
+            ek_certificate, roots=anchors, intermediates=list(ek_intermediates), now=now, ek_public=ek
+        )
+        trust = "certificate"
+    else:
+        if await session.get(TpmPinnedEk, (tenant.id, fingerprint)) is None:
+            raise EvidenceError(
+                "ek-untrusted",
+                "this EK has no certificate and is not pinned by the tenant: send its EK certificate, or ask"
+                f" the tenant admin to pin EK sha256:{fingerprint}",
+            )
+        trust = "pinned"
+    assert ak.public is not None
+    secret = secrets.token_bytes(CREDENTIAL_BYTES)
+    made = make_credential(ek, secret, ak.public.name())
+    enrolment = TpmEnrolment(
+        tenant_id=tenant.id,
+        id=uuid.uuid4(),
+        ak_public=ak_public,
+        ak_name=ak.public.name().hex(),
+        ek_fingerprint=fingerprint,
+        ek_trust=trust,
+        secret_hash=hashlib.sha256(secret).digest(),
+        created_at=now,
+        expires_at=now + ENROLMENT_LIFETIME,
+    )
+    session.add(enrolment)
+    await session.flush()
+    return Challenge(enrolment, made.credential_blob, made.encrypted_secret)
+
+
+async def activate(
+    session: AsyncSession,
+    log: ReleaseLog,
+    tenant: Tenant,
+    enrolment_id: uuid.UUID,
+    secret: bytes,
+    now: datetime | None = None,
+) -> TpmAk:
+    now = now or utcnow()
+    query = (
+        select(TpmEnrolment)
+        .where(TpmEnrolment.tenant_id == tenant.id, TpmEnrolment.id == enrolment_id)
+        .with_for_update()
+    )
+    enrolment = (await session.execute(query)).scalar_one_or_none()
+    if enrolment is None:
+        raise NotFound(f"no enrolment {enrolment_id} in this tenant")
+    if enrolment.completed_at is not None:
+        raise Conflict("this enrolment was already completed; start a new one")
+    if enrolment.expires_at <= now:
+        raise EvidenceError("enrolment-expired", "the credential challenge expired; start a new enrolment")
+    if not hmac.compare_digest(hashlib.sha256(secret).digest(), enrolment.secret_hash):
+        raise EvidenceError(
+            "credential-mismatch",
+            "the returned secret is not the credential: the TPM does not hold both this EK and this AK",
+        )
+    enrolment.completed_at = now
+    return await _trust_ak(
+        session,
+        log,
+        tenant,
+        ak_public=enrolment.ak_public,
+        ak_name=enrolment.ak_name,
+        method="credential-activation",
+        ek_fingerprint=enrolment.ek_fingerprint,
+        now=now,
+        detail={"ek_trust": enrolment.ek_trust, "enrolment": str(enrolment.id)},
+    )
+
+
+async def enrol_certified(
+    session: AsyncSession,
+    log: ReleaseLog,
+    tenant: Tenant,
+    *,
+    ak_public: bytes,
+    ak_certificate: bytes,
+    intermediates: Sequence[bytes] = (),
+    now: datetime | None = None,
+) -> TpmAk:
+    now = now or utcnow()
+    ak = AkPublic.from_tpm2b_public(ak_public)
+    anchors = await _anchors(session, tenant.id, "ak-ca")
+    if not anchors:
+        raise EvidenceError("ak-untrusted", "this tenant trusts no AK CA; its admin must add one")
+    certified = verify_ak_certificate(
+        ak_certificate, roots=anchors, intermediates=list(intermediates), now=now, ak_public=ak.key
+    )
+    assert ak.public is not None
+    return await _trust_ak(
+        session,
+        log,
+        tenant,
+        ak_public=ak_public,
+        ak_name=ak.public.name().hex(),
+        method="ak-certificate",
+        ek_fingerprint=None,
+        now=now,
+        detail={
+            "ak_certificate_sha256": hashlib.sha256(
+                certified.certificate.public_bytes(Encoding.DER)
+            ).hexdigest()
+        },
+    )
+
+
+async def _trust_ak(
+    session: AsyncSession,
+    log: ReleaseLog,
+    tenant: Tenant,
+    *,
+    ak_public: bytes,
+    ak_name: str,
+    method: str,
+    ek_fingerprint: str | None,
+    now: datetime,
+    detail: dict[str, str],
+) -> TpmAk:
+    existing = await session.get(TpmAk, (tenant.id, ak_name))
+    if existing is not None:
+        if existing.revoked_at is not None:
+            raise Conflict("this AK was revoked by the tenant; create a new AK")
+        return existing
+    ak = TpmAk(
+        tenant_id=tenant.id,
+        ak_name=ak_name,
+        ak_public=ak_public,
+        method=method,
+        ek_fingerprint=ek_fingerprint,
+        enrolled_at=now,
+    )
+    session.add(ak)
+    await session.flush()
+    await log.append(
+        session,
+        tenant,
+        [
+            records.record(
+                records.TPM_AK_ENROLLED,
+                principal=None,
+                now=now,
+                ak_name=ak_name,
+                method=method,
+                ek_sha256=ek_fingerprint,
+                **detail,
+            )
+        ],
+    )
+    return ak
+
+
+# --- the enrolled AKs (tenant admin; the release flow) ----------------------------------------------
+
+
+async def list_aks(session: AsyncSession, tenant_id: uuid.UUID) -> list[TpmAk]:
+    query = select(TpmAk).where(TpmAk.tenant_id == tenant_id).order_by(TpmAk.enrolled_at)
+    return list((await session.execute(query)).scalars())
+
+
+async def revoke_ak(
+    session: AsyncSession, log: ReleaseLog, tenant: Tenant, ak_name: str, *, principal: uuid.UUID
+) -> TpmAk:
+    ak = await session.get(TpmAk, (tenant.id, ak_name))
+    if ak is None or ak.tenant_id != tenant.id:
+        raise NotFound(f"no AK {ak_name} in this tenant")
+    if ak.revoked_at is None:
+        ak.revoked_at = utcnow()
+        await log.append(
+            session,
+            tenant,
+            [
+                records.record(
+                    records.TPM_AK_REVOKED,
+                    principal=_principal(principal),
+                    ak_name=ak_name,
+                )
+            ],
+        )
+    return ak
+
+
+async def trusted_ak(session: AsyncSession, tenant_id: uuid.UUID, ak_name: str) -> AkPublic:
+    """The enrolled, unrevoked AK of this Name, ready for quote verification; refused otherwise."""
+    ak = await session.get(TpmAk, (tenant_id, ak_name))
+    if ak is None or ak.tenant_id != tenant_id or ak.revoked_at is not None:
+        raise EvidenceError(
+            "ak-not-enrolled", "the quote's AK is not enrolled with this tenant (or was revoked)"
+        )
+    return AkPublic.from_tpm2b_public(ak.ak_public)
+
+
+async def _anchors(session: AsyncSession, tenant_id: uuid.UUID, kind: str) -> list[x509.Certificate]:
+    query = select(TpmTrustAnchor.certificate).where(
+        TpmTrustAnchor.tenant_id == tenant_id, TpmTrustAnchor.kind == kind
+    )
+    return [x509.load_der_x509_certificate(der) for der in (await session.execute(query)).scalars()]

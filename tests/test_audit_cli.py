@@ -1,0 +1,161 @@
+"""`keyserver audit key|verify|monitor` against a real keyserver process, including one whose
+database was tampered with behind its back."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from keyserver.backends.software import SoftwareBackend
+from keyserver.config import Settings
+from keyserver.db.models import Tenant
+from keyserver.db.session import Database, Scope
+from keyserver.releaselog.signing import LogSigner
+from keyserver.releaselog.store import ReleaseLog
+from keyserver.tenancy import Role, create_tenant, issue_token
+from tests.fixtures.server import KEYSERVER, ServerProcess, clean_env
+
+
+class LogWriter:
+    """Appends to the server's log from the test, through the same store the service uses."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.settings = Settings(data_dir=data_dir)
+        self.db = Database(self.settings)
+        self.log = ReleaseLog(
+            LogSigner(SoftwareBackend.from_file(self.settings.effective_kek_file), "keyserver.local")
+        )
+
+    async def tenant_with_auditor(self, name: str) -> tuple[Tenant, str]:
+        async with self.db.transaction(Scope.for_operator()) as session:
+            tenant = await create_tenant(session, name)
+            token = await issue_token(session, tenant_id=tenant.id, role=Role.AUDITOR)
+        return tenant, token.secret
+
+    async def append(self, tenant: Tenant, entries: list[dict[str, Any]]) -> None:
+        async with self.db.transaction(Scope.for_tenant(tenant.id)) as session:
+            await self.log.append(session, tenant, entries)
+
+
+def audit(server: ServerProcess, token: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [KEYSERVER, "audit", *args, "--url", server.url, "--tenant", "acme"],
+        env=clean_env(KEYSERVER_TOKEN=token),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def releases(start: int, count: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "v": 1,
+            "kind": "key-release",
+            "decision": "denied" if n % 5 == 0 else "granted",
+            "key": {"name": "w"},
+            "n": n,
+        }
+        for n in range(start, start + count)
+    ]
+
+
+async def test_verify_save_grow_and_verify_again(keyserver_process: ServerProcess, tmp_path: Path) -> None:
+    writer = LogWriter(keyserver_process.data_dir)
+    try:
+        tenant, token = await writer.tenant_with_auditor("acme")
+        await writer.append(tenant, releases(0, 1500))
+        key = audit(keyserver_process, token, "key")
+        assert key.returncode == 0, key.stderr
+        vkey = key.stdout.strip()
+        assert vkey.startswith("keyserver.local/acme+")
+
+        saved = tmp_path / "checkpoint.txt"
+        first = audit(
+            keyserver_process, token, "verify", "--key", vkey, "--save-checkpoint", str(saved), "--json"
+        )
+        assert first.returncode == 0, first.stderr
+        report = json.loads(first.stdout)
+        assert report["verified"] is True
+        assert report["tree_size"] == 1500
+        assert report["decisions_by_key"]["w"] == {"granted": 1200, "denied": 300}
+        assert saved.read_text().startswith("keyserver.local/acme\n1500\n")
+
+        await writer.append(tenant, releases(1500, 7))
+        human = audit(
+            keyserver_process, token, "verify", "--key", vkey, "--from-checkpoint", str(saved), "--progress"
+        )
+        assert human.returncode == 0, human.stderr
+        assert "1507 entries" in human.stdout
+        assert "consistent with the saved checkpoint at size 1500" in human.stdout
+        assert "1507/1507 entries" in human.stderr  # the progress bar
+
+        monitor = audit(
+            keyserver_process,
+            token,
+            "monitor",
+            "--key",
+            vkey,
+            "--iterations",
+            "2",
+            "--interval",
+            "0.1",
+            "--json",
+        )
+        assert monitor.returncode == 0, monitor.stderr
+        lines = [json.loads(line) for line in monitor.stdout.splitlines()]
+        assert [line["index"] for line in lines] == list(range(1507))
+    finally:
+        await writer.db.dispose()
+
+
+async def test_tampering_behind_the_services_back_is_detected(
+    keyserver_process: ServerProcess, tmp_path: Path
+) -> None:
+    writer = LogWriter(keyserver_process.data_dir)
+    try:
+        tenant, token = await writer.tenant_with_auditor("acme")
+        await writer.append(tenant, releases(0, 20))
+        vkey = audit(keyserver_process, token, "key").stdout.strip()
+        saved = tmp_path / "checkpoint.txt"
+        assert (
+            audit(
+                keyserver_process, token, "verify", "--key", vkey, "--save-checkpoint", str(saved)
+            ).returncode
+            == 0
+        )
+    finally:
+        await writer.db.dispose()
+
+    # An attacker with the database file: the trigger stops a plain UPDATE...
+    database = sqlite3.connect(keyserver_process.data_dir / "keyserver.sqlite3")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        database.execute("UPDATE log_entries SET entry = entry WHERE idx = 3")
+    # ...so they drop it, flip a denial into a grant, and put the trigger back.
+    database.execute("DROP TRIGGER log_entries_no_update")
+    (entry,) = database.execute("SELECT entry FROM log_entries WHERE idx = 5").fetchone()
+    database.execute(
+        "UPDATE log_entries SET entry = ? WHERE idx = 5", (entry.replace(b"denied", b"granted"),)
+    )
+    database.commit()
+    database.close()
+
+    tampered = audit(
+        keyserver_process, token, "verify", "--key", vkey, "--from-checkpoint", str(saved), "--json"
+    )
+    assert tampered.returncode == 1
+    assert json.loads(tampered.stdout)["verified"] is False
+    assert "do not hash to the signed root" in tampered.stderr
+
+
+def test_usage_errors(keyserver_process: ServerProcess) -> None:
+    no_key = audit(keyserver_process, "ks1.x", "verify")
+    assert no_key.returncode == 2
+    bad_token = audit(keyserver_process, "ks1.nope", "key")
+    assert bad_token.returncode == 1
+    assert "401" in bad_token.stderr
