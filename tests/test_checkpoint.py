@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import hashlib
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -415,7 +416,7 @@ def test_malformed_bodies_are_refused(body: str) -> None:
         {"extensions": ("two\nlines",)},
     ],
 )
-def test_invalid_checkpoints_cannot_be_built(kwargs: dict[str, object]) -> None:
+def test_invalid_checkpoints_cannot_be_built(kwargs: dict[str, Any]) -> None:
     with pytest.raises(MalformedError):
         dataclasses.replace(CHECKPOINT, **kwargs)
 
@@ -460,7 +461,7 @@ def test_ambiguous_verifiers_are_refused() -> None:
 # --- properties ----------------------------------------------------------------------------------
 
 _line = st.text(
-    alphabet=st.characters(min_codepoint=0x20, exclude_categories=("Cs",)), min_size=1, max_size=30
+    alphabet=st.characters(min_codepoint=0x20, exclude_categories=["Cs"]), min_size=1, max_size=30
 )
 
 
