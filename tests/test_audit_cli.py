@@ -3,12 +3,16 @@ database was tampered with behind its back."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import subprocess
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from keyserver.backends.software import SoftwareBackend
@@ -18,14 +22,15 @@ from keyserver.db.session import Database, Scope
 from keyserver.releaselog.signing import LogSigner
 from keyserver.releaselog.store import ReleaseLog
 from keyserver.tenancy import Role, create_tenant, issue_token
-from tests.fixtures.server import KEYSERVER, ServerProcess, clean_env
+from tests.fixtures.postgres import PostgresServer
+from tests.fixtures.server import KEYSERVER, ServerProcess, clean_env, start_server
 
 
 class LogWriter:
     """Appends to the server's log from the test, through the same store the service uses."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.settings = Settings(data_dir=data_dir)
+    def __init__(self, data_dir: Path, database_url: str | None = None) -> None:
+        self.settings = Settings(data_dir=data_dir, database_url=database_url)
         self.db = Database(self.settings)
         self.log = ReleaseLog(
             LogSigner(SoftwareBackend.from_file(self.settings.effective_kek_file), "keyserver.local")
@@ -114,29 +119,50 @@ async def test_verify_save_grow_and_verify_again(keyserver_process: ServerProces
         await writer.db.dispose()
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[ServerProcess, str | None]]:
+    """A keyserver process on either database; yields it and its database URL (None: SQLite)."""
+    env = clean_env(KEYSERVER_DATA_DIR=str(tmp_path / "data"))
+    url = None
+    if request.param == "postgres":
+        url = request.getfixturevalue("postgres_url")
+        env["KEYSERVER_DATABASE_URL"] = url
+    server = start_server(tmp_path, env)
+    yield server, url
+    server.stop()
+
+
 async def test_tampering_behind_the_services_back_is_detected(
-    keyserver_process: ServerProcess, tmp_path: Path
+    served: tuple[ServerProcess, str | None], tmp_path: Path, postgres_server: PostgresServer
 ) -> None:
-    writer = LogWriter(keyserver_process.data_dir)
+    server, database_url = served
+    writer = LogWriter(server.data_dir, database_url)
     try:
         tenant, token = await writer.tenant_with_auditor("acme")
         await writer.append(tenant, releases(0, 20))
-        vkey = audit(keyserver_process, token, "key").stdout.strip()
+        vkey = audit(server, token, "key").stdout.strip()
         saved = tmp_path / "checkpoint.txt"
-        assert (
-            audit(
-                keyserver_process, token, "verify", "--key", vkey, "--save-checkpoint", str(saved)
-            ).returncode
-            == 0
-        )
+        assert audit(server, token, "verify", "--key", vkey, "--save-checkpoint", str(saved)).returncode == 0
     finally:
         await writer.db.dispose()
 
-    # An attacker with the database file: the trigger stops a plain UPDATE...
-    database = sqlite3.connect(keyserver_process.data_dir / "keyserver.sqlite3")
+    if database_url is None:
+        tamper_sqlite(server.data_dir / "keyserver.sqlite3")
+    else:
+        tamper_postgres(postgres_server, database_url.rsplit("/", 1)[1])
+
+    tampered = audit(server, token, "verify", "--key", vkey, "--from-checkpoint", str(saved), "--json")
+    assert tampered.returncode == 1
+    assert json.loads(tampered.stdout)["verified"] is False
+    assert "do not hash to the signed root" in tampered.stderr
+
+
+def tamper_sqlite(path: Path) -> None:
+    """An attacker with the database file: the trigger stops a plain UPDATE, so they drop it, flip a
+    denial into a grant, and carry on."""
+    database = sqlite3.connect(path)
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):
         database.execute("UPDATE log_entries SET entry = entry WHERE idx = 3")
-    # ...so they drop it, flip a denial into a grant, and put the trigger back.
     database.execute("DROP TRIGGER log_entries_no_update")
     (entry,) = database.execute("SELECT entry FROM log_entries WHERE idx = 5").fetchone()
     database.execute(
@@ -145,12 +171,32 @@ async def test_tampering_behind_the_services_back_is_detected(
     database.commit()
     database.close()
 
-    tampered = audit(
-        keyserver_process, token, "verify", "--key", vkey, "--from-checkpoint", str(saved), "--json"
-    )
-    assert tampered.returncode == 1
-    assert json.loads(tampered.stdout)["verified"] is False
-    assert "do not hash to the signed root" in tampered.stderr
+
+def tamper_postgres(server: PostgresServer, database: str) -> None:
+    """A PostgreSQL superuser: the trigger refuses even them, until they switch triggers off for their
+    session (session_replication_role) and flip a denial into a grant."""
+
+    async def run() -> None:
+        conn = await asyncpg.connect(
+            host=server.host,
+            port=server.port,
+            user=server.admin_user,
+            password=server.admin_password,
+            database=database,
+        )
+        try:
+            with pytest.raises(asyncpg.PostgresError, match="append-only"):
+                await conn.execute("UPDATE log_entries SET entry = entry WHERE idx = 3")
+            await conn.execute("SET session_replication_role = replica")
+            await conn.execute(
+                "UPDATE log_entries SET entry = convert_to(replace(convert_from(entry, 'UTF8'), 'denied',"
+                " 'granted'), 'UTF8') WHERE idx = 5"
+            )
+        finally:
+            await conn.close()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, run()).result()
 
 
 def test_usage_errors(keyserver_process: ServerProcess) -> None:

@@ -130,18 +130,33 @@ async def test_database_refuses_update_and_delete_of_log_rows(
 async def test_concurrent_appends_get_gap_free_indices_and_a_consistent_tree(
     migrated_db: Database, release_log: ReleaseLog, tenant: Tenant
 ) -> None:
-    results = await asyncio.gather(*(append(migrated_db, release_log, tenant, [entry(n)]) for n in range(20)))
-    assert sorted(r.first_index for r in results) == list(range(20))
-    assert sorted(r.size for r in results) == list(range(1, 21))
+    """50 concurrent writers x 20 appends each (one transaction per append, as releases make them)."""
+    writers, appends = 50, 20
+
+    async def writer(w: int) -> list[Any]:
+        return [await append(migrated_db, release_log, tenant, [entry(w * appends + i)]) for i in range(appends)]
+
+    results = [r for batch in await asyncio.gather(*(writer(w) for w in range(writers))) for r in batch]
+    total = writers * appends
+    assert sorted(r.first_index for r in results) == list(range(total))
+    assert sorted(r.size for r in results) == list(range(1, total + 1))
     async with migrated_db.transaction(Scope.for_tenant(tenant.id)) as session:
-        stored = await release_log.entries(session, tenant, 0, 20)
+        stored = await release_log.entries(session, tenant, 0, total)
         head = await release_log.head(session, tenant)
-    reference = merkle.MemoryNodeStore()
-    reference.extend(stored)
-    assert head.root_hash == reference.root()
-    # Each append saw the tree exactly as the previous one left it.
-    for result in results:
-        assert result.root_hash == reference.root(result.size)
+        log = await release_log.describe(session, tenant)
+        assert sorted(decode_entry(data)["n"] for data in stored) == list(range(total))
+        reference = merkle.MemoryNodeStore()
+        reference.extend(stored)
+        assert head.root_hash == reference.root()
+        # Each append saw the tree exactly as the previous one left it, and signed what it saw.
+        for result in results:
+            assert result.root_hash == reference.root(result.size)
+        checkpoint = verify_checkpoint(head.checkpoint, log.verifier_key)
+        assert checkpoint.size == total
+        # A valid inclusion proof for every entry, from the store.
+        for index, data in enumerate(stored):
+            proof = await release_log.inclusion_proof(session, tenant, index, total)
+            merkle.verify_inclusion(merkle.leaf_hash(data), index, total, proof, checkpoint.root_hash)
 
 
 @pytest.fixture
