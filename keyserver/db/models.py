@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     ForeignKey,
+    Index,
     LargeBinary,
     MetaData,
     SmallInteger,
@@ -33,6 +34,11 @@ NAMING_CONVENTION = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def tenant_key() -> Mapped[uuid.UUID]:
+    """The leading primary-key column of every tenant-owned table (row-level security filters on it)."""
+    return mapped_column(Uuid, ForeignKey("tenants.id", ondelete="RESTRICT"), primary_key=True)
 
 
 class Tenant(Base):
@@ -76,9 +82,7 @@ class LogHead(Base):
 
     __tablename__ = "log_heads"
 
-    tenant_id: Mapped[uuid.UUID] = mapped_column(
-        Uuid, ForeignKey("tenants.id", ondelete="RESTRICT"), primary_key=True
-    )
+    tenant_id: Mapped[uuid.UUID] = tenant_key()
     size: Mapped[int] = mapped_column(BigInteger)
     root_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
     checkpoint: Mapped[str] = mapped_column(Text)
@@ -91,9 +95,7 @@ class LogEntry(Base):
 
     __tablename__ = "log_entries"
 
-    tenant_id: Mapped[uuid.UUID] = mapped_column(
-        Uuid, ForeignKey("tenants.id", ondelete="RESTRICT"), primary_key=True
-    )
+    tenant_id: Mapped[uuid.UUID] = tenant_key()
     idx: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     entry: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -104,9 +106,7 @@ class LogNode(Base):
 
     __tablename__ = "log_nodes"
 
-    tenant_id: Mapped[uuid.UUID] = mapped_column(
-        Uuid, ForeignKey("tenants.id", ondelete="RESTRICT"), primary_key=True
-    )
+    tenant_id: Mapped[uuid.UUID] = tenant_key()
     level: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     idx: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     hash: Mapped[bytes] = mapped_column(LargeBinary(32))
@@ -117,9 +117,7 @@ class LogKey(Base):
 
     __tablename__ = "log_keys"
 
-    tenant_id: Mapped[uuid.UUID] = mapped_column(
-        Uuid, ForeignKey("tenants.id", ondelete="RESTRICT"), primary_key=True
-    )
+    tenant_id: Mapped[uuid.UUID] = tenant_key()
     origin: Mapped[str] = mapped_column(String(255))
     public_key: Mapped[bytes] = mapped_column(LargeBinary(32))
     wrapped_private_key: Mapped[bytes] = mapped_column(LargeBinary)
@@ -136,9 +134,7 @@ class TpmTrustAnchor(Base):
     __tablename__ = "tpm_trust_anchors"
     __table_args__ = (CheckConstraint("kind IN ('ek-ca', 'ak-ca')", name="known_kind"),)
 
-    tenant_id: Mapped[uuid.UUID] = mapped_column(
-        Uuid, ForeignKey("tenants.id", ondelete="RESTRICT"), primary_key=True
-    )
+    tenant_id: Mapped[uuid.UUID] = tenant_key()
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     kind: Mapped[str] = mapped_column(String(16))
     name: Mapped[str] = mapped_column(String(200))
@@ -152,9 +148,7 @@ class TpmPinnedEk(Base):
 
     __tablename__ = "tpm_pinned_eks"
 
-    tenant_id: Mapped[uuid.UUID] = mapped_column(
-        Uuid, ForeignKey("tenants.id", ondelete="RESTRICT"), primary_key=True
-    )
+    tenant_id: Mapped[uuid.UUID] = tenant_key()
     fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)  # SHA-256 of the SPKI DER, hex
     description: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -166,9 +160,7 @@ class TpmEnrolment(Base):
 
     __tablename__ = "tpm_enrolments"
 
-    tenant_id: Mapped[uuid.UUID] = mapped_column(
-        Uuid, ForeignKey("tenants.id", ondelete="RESTRICT"), primary_key=True
-    )
+    tenant_id: Mapped[uuid.UUID] = tenant_key()
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     ak_public: Mapped[bytes] = mapped_column(LargeBinary)  # TPM2B_PUBLIC
     ak_name: Mapped[str] = mapped_column(String(140))  # hex
@@ -188,12 +180,109 @@ class TpmAk(Base):
         CheckConstraint("method IN ('credential-activation', 'ak-certificate')", name="known_method"),
     )
 
-    tenant_id: Mapped[uuid.UUID] = mapped_column(
-        Uuid, ForeignKey("tenants.id", ondelete="RESTRICT"), primary_key=True
-    )
+    tenant_id: Mapped[uuid.UUID] = tenant_key()
     ak_name: Mapped[str] = mapped_column(String(140), primary_key=True)  # hex TPM Name
     ak_public: Mapped[bytes] = mapped_column(LargeBinary)  # TPM2B_PUBLIC
     method: Mapped[str] = mapped_column(String(32))
     ek_fingerprint: Mapped[str | None] = mapped_column(String(64))
     enrolled_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+# --- reference values, policies, keys and challenges (the release protocol) ---------------------------
+
+
+class CiSigner(Base):
+    """A build pipeline's signing key, registered by the tenant admin: it may publish reference values."""
+
+    __tablename__ = "ci_signers"
+
+    tenant_id: Mapped[uuid.UUID] = tenant_key()
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    public_key: Mapped[bytes] = mapped_column(LargeBinary)  # SubjectPublicKeyInfo DER (Ed25519 or ECDSA)
+    fingerprint: Mapped[str] = mapped_column(String(64))  # SHA-256 of the SPKI DER, hex
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ReferenceValueSet(Base):
+    """One immutable version of a named set of expected measurements (policy/document.py's format)."""
+
+    __tablename__ = "reference_values"
+
+    tenant_id: Mapped[uuid.UUID] = tenant_key()
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    tee: Mapped[str] = mapped_column(String(16))
+    document: Mapped[bytes] = mapped_column(LargeBinary)  # canonical JSON (audit.entry)
+    sha256: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(120))  # "token:<id>" or "ci-signer:<name>"
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Policy(Base):
+    """One immutable version of a named release policy (policy/document.py's format)."""
+
+    __tablename__ = "policies"
+
+    tenant_id: Mapped[uuid.UUID] = tenant_key()
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    document: Mapped[bytes] = mapped_column(LargeBinary)  # canonical JSON
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(120))
+
+
+class PolicyHead(Base):
+    """Which version of a policy is active. Changing it is an explicit, logged activation."""
+
+    __tablename__ = "policy_heads"
+
+    tenant_id: Mapped[uuid.UUID] = tenant_key()
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    active_version: Mapped[int] = mapped_column(BigInteger)
+    activated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Key(Base):
+    """A named, versioned key, released under a named policy."""
+
+    __tablename__ = "keys"
+    __table_args__ = (CheckConstraint("state IN ('enabled', 'disabled', 'destroyed')", name="known_state"),)
+
+    tenant_id: Mapped[uuid.UUID] = tenant_key()
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    policy_name: Mapped[str] = mapped_column(String(100))
+    state: Mapped[str] = mapped_column(String(16))
+    backend: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class KeyVersion(Base):
+    """The key material of one version, only ever stored wrapped by the backend."""
+
+    __tablename__ = "key_versions"
+
+    tenant_id: Mapped[uuid.UUID] = tenant_key()
+    key_name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    wrapped: Mapped[bytes | None] = mapped_column(LargeBinary)  # None once destroyed
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    destroyed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Challenge(Base):
+    """A single-use nonce with a short lifetime (release protocol, step 1)."""
+
+    __tablename__ = "challenges"
+    # Expired challenges are purged per tenant by age.
+    __table_args__ = (Index("ix_challenges_tenant_id_expires_at", "tenant_id", "expires_at"),)
+
+    tenant_id: Mapped[uuid.UUID] = tenant_key()
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    nonce: Mapped[bytes] = mapped_column(LargeBinary(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -1,0 +1,73 @@
+"""Challenges: single-use nonces with a short lifetime (release protocol, step 1).
+
+A challenge is consumed atomically — ``UPDATE … WHERE used_at IS NULL AND expires_at > now`` — so that
+of any number of concurrent requests presenting it, exactly one gets its nonce. Expired challenges are
+purged per tenant when new ones are issued.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keyserver.db.models import Challenge
+from keyserver.db.types import utcnow
+from keyserver.errors import EvidenceError
+
+CHALLENGE_LIFETIME = timedelta(seconds=120)
+NONCE_BYTES = 32
+PURGE_AFTER = timedelta(hours=1)
+
+
+async def issue_challenge(
+    session: AsyncSession, tenant_id: uuid.UUID, now: datetime | None = None
+) -> Challenge:
+    now = now or utcnow()
+    await session.execute(
+        delete(Challenge).where(Challenge.tenant_id == tenant_id, Challenge.expires_at < now - PURGE_AFTER)
+    )
+    challenge = Challenge(
+        tenant_id=tenant_id,
+        id=uuid.uuid4(),
+        nonce=secrets.token_bytes(NONCE_BYTES),
+        created_at=now,
+        expires_at=now + CHALLENGE_LIFETIME,
+    )
+    session.add(challenge)
+    await session.flush()
+    return challenge
+
+
+async def consume_challenge(
+    session: AsyncSession, tenant_id: uuid.UUID, challenge_id: uuid.UUID, now: datetime | None = None
+) -> bytes:
+    """The challenge's nonce, marking it used; ``EvidenceError`` if unknown, used or expired."""
+    now = now or utcnow()
+    consumed = await session.execute(
+        update(Challenge)
+        .where(
+            Challenge.tenant_id == tenant_id,
+            Challenge.id == challenge_id,
+            Challenge.used_at.is_(None),
+            Challenge.expires_at > now,
+        )
+        .values(used_at=now)
+        .returning(Challenge.nonce)
+    )
+    nonce = consumed.scalar_one_or_none()
+    if nonce is not None:
+        return bytes(nonce)
+    row = (
+        await session.execute(
+            select(Challenge).where(Challenge.tenant_id == tenant_id, Challenge.id == challenge_id)
+        )
+    ).scalar_one_or_none()
+    if row is None:
+        raise EvidenceError("challenge-unknown", "no such challenge for this tenant; ask for a new one")
+    if row.used_at is not None:
+        raise EvidenceError("challenge-replayed", "this challenge was already used; ask for a new one")
+    raise EvidenceError("challenge-expired", "this challenge expired; ask for a new one and answer it sooner")
