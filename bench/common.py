@@ -43,9 +43,10 @@ def machine() -> dict[str, Any]:
 
 
 def record(section: str, figures: dict[str, Any]) -> None:
-    """Merge ``figures`` under ``section`` into bench/results.json (other sections are kept)."""
+    """Merge ``figures`` into ``section`` of bench/results.json: other sections, and keys of this
+    section that this run did not measure (e.g. the other database), are kept."""
     current = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    current[section] = {"machine": machine(), **figures}
+    current[section] = {**current.get(section, {}), "machine": machine(), **figures}
     RESULTS.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
 
 

@@ -134,7 +134,9 @@ async def test_concurrent_appends_get_gap_free_indices_and_a_consistent_tree(
     writers, appends = 50, 20
 
     async def writer(w: int) -> list[Any]:
-        return [await append(migrated_db, release_log, tenant, [entry(w * appends + i)]) for i in range(appends)]
+        return [
+            await append(migrated_db, release_log, tenant, [entry(w * appends + i)]) for i in range(appends)
+        ]
 
     results = [r for batch in await asyncio.gather(*(writer(w) for w in range(writers))) for r in batch]
     total = writers * appends
