@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import secrets
 import uuid
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -129,7 +130,7 @@ async def add_anchor(
                     "kind": kind,
                     "name": name,
                     "sha256": fingerprint,
-                    "subject": certs[0].subject.rfc4514_string(),
+                    "subject": _subject(certs[0]),
                 },
             )
         ],
@@ -169,6 +170,13 @@ async def remove_anchor(
             )
         ],
     )
+
+
+def _subject(certificate: x509.Certificate) -> str:
+    # Some TPM CAs (Google's) carry names longer than X.520 allows; cryptography warns and renders them.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return certificate.subject.rfc4514_string()
 
 
 def load_ek_public(data: bytes) -> TpmtPublic | PublicKey:

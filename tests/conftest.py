@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
@@ -84,3 +87,11 @@ async def migrated_db(settings: Settings) -> AsyncIterator[Database]:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+# Hypothesis: these machines are shared and noisy. Timing-based health checks and deadlines would make
+# the suite flaky without making it stronger; the number of examples is what matters.
+hypothesis_settings.register_profile(
+    "keyserver", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "keyserver"))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import warnings
 from datetime import datetime
 from importlib import resources
 
@@ -26,6 +27,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 
 from keyserver.errors import ConfigurationError, EvidenceError
@@ -89,8 +91,12 @@ def split_pem_certificates(data: bytes, *, what: str, reason: str) -> list[x509.
         if match is None:
             raise EvidenceError(reason, f"the {what} is not a sequence of PEM certificates (at byte {pos})")
         try:
-            certs.append(touch_certificate(x509.load_pem_x509_certificate(match.group(0))))
-        except X509_DECODE_ERRORS as exc:
+            # Intel never issues a non-positive serial number; ``cryptography`` only warns about one
+            # (AMD's VCEKs need that leniency, Intel's PCK chain does not): make it a rejection.
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", CryptographyDeprecationWarning)
+                certs.append(touch_certificate(x509.load_pem_x509_certificate(match.group(0))))
+        except _CERT_LOAD_ERRORS as exc:
             raise EvidenceError(
                 reason, f"certificate {len(certs) + 1} of the {what} does not parse: {exc}"
             ) from exc
@@ -98,6 +104,9 @@ def split_pem_certificates(data: bytes, *, what: str, reason: str) -> list[x509.
     if not certs:
         raise EvidenceError(reason, f"the {what} holds no certificate")
     return certs
+
+
+_CERT_LOAD_ERRORS: tuple[type[Exception], ...] = (*X509_DECODE_ERRORS, CryptographyDeprecationWarning)
 
 
 def touch_certificate(cert: x509.Certificate) -> x509.Certificate:
