@@ -18,13 +18,21 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
 from keyserver import __version__
-from keyserver.api.auth import BEARER_SCHEME, provide_db, provide_principal, provide_release_log
+from keyserver.api.auth import (
+    BEARER_SCHEME,
+    provide_db,
+    provide_key_backend,
+    provide_principal,
+    provide_release_log,
+)
 from keyserver.api.health import healthz, readyz
+from keyserver.api.keys import KeyController
 from keyserver.api.log import LogController
 from keyserver.api.middleware import RequestContextMiddleware
 from keyserver.api.problems import EXCEPTION_HANDLERS
 from keyserver.api.tenants import TenantController, whoami
 from keyserver.api.tpm import TpmAdminController, TpmEnrolmentController
+from keyserver.backends.base import KeyBackend
 from keyserver.backends.factory import backend_from_settings
 from keyserver.bootstrap import Announce, initialise, print_operator_token
 from keyserver.config import Settings
@@ -47,13 +55,19 @@ def create_app(settings: Settings | None = None, *, announce: Announce = print_o
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        backend: KeyBackend | None = None
         try:
             await initialise(db, announce)
             # After initialise: the data directory (and so the software KEK's home) exists now.
             backend = backend_from_settings(settings)
+            # A misconfigured HSM or Vault stops the start here, with its reason, not at the first release.
+            await backend.health()
+            state.key_backend = backend
             state.release_log = ReleaseLog(LogSigner(backend, settings.log_origin))
             yield
         finally:
+            if backend is not None:
+                await backend.aclose()
             await db.dispose()
 
     prometheus = PrometheusConfig(
@@ -72,12 +86,14 @@ def create_app(settings: Settings | None = None, *, announce: Announce = print_o
             LogController,
             TpmAdminController,
             TpmEnrolmentController,
+            KeyController,
             MetricsController,
         ],
         dependencies={
             "principal": Provide(provide_principal),
             "db": Provide(provide_db, sync_to_thread=False),
             "release_log": Provide(provide_release_log, sync_to_thread=False),
+            "key_backend": Provide(provide_key_backend, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         middleware=[prometheus.middleware],

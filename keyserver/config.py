@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from keyserver.errors import ConfigurationError
@@ -42,6 +42,22 @@ class Settings:
     kek_file: Path | None = None
     db_pool_size: int = 10
     db_timeout_s: float = 5.0
+    # pkcs11 backend: the module (.so), the token (by label), the user PIN (inline or, better, in a
+    # file readable by the service only) and the label of the KEK on the token.
+    pkcs11_module: Path | None = None
+    pkcs11_token_label: str | None = None
+    pkcs11_pin: str | None = field(default=None, repr=False)
+    pkcs11_pin_file: Path | None = None
+    pkcs11_kek_label: str = "keyserver-kek"
+    # vault backend: the server, a token (inline or in a file, e.g. a Vault agent sink, re-read when
+    # it changes), the transit mount and key, a per-request timeout, and an optional CA bundle.
+    vault_addr: str | None = None
+    vault_token: str | None = field(default=None, repr=False)
+    vault_token_file: Path | None = None
+    vault_transit_mount: str = "transit"
+    vault_key_name: str = "keyserver"
+    vault_timeout_s: float = 5.0
+    vault_ca_file: Path | None = None
 
     @property
     def effective_database_url(self) -> str:
@@ -77,6 +93,11 @@ class Settings:
         port = get("PORT")
         max_body = get("MAX_REQUEST_BYTES")
         kek_file = get("KEK_FILE")
+        pin_file = get("PKCS11_PIN_FILE")
+        pkcs11_module = get("PKCS11_MODULE")
+        vault_token_file = get("VAULT_TOKEN_FILE")
+        vault_timeout = get("VAULT_TIMEOUT_S")
+        vault_ca_file = get("VAULT_CA_FILE")
         backend = get("KEY_BACKEND") or settings.key_backend
         if backend not in KEY_BACKENDS:
             raise ConfigurationError(
@@ -97,6 +118,22 @@ class Settings:
             kek_file=Path(kek_file) if kek_file else None,
             auto_migrate=_bool("KEYSERVER_AUTO_MIGRATE", get("AUTO_MIGRATE")),
             allow_rls_bypass=bool(_bool("KEYSERVER_ALLOW_RLS_BYPASS", get("ALLOW_RLS_BYPASS"))),
+            pkcs11_module=Path(pkcs11_module) if pkcs11_module else None,
+            pkcs11_token_label=get("PKCS11_TOKEN_LABEL"),
+            pkcs11_pin=get("PKCS11_PIN"),
+            pkcs11_pin_file=Path(pin_file) if pin_file else None,
+            pkcs11_kek_label=get("PKCS11_KEK_LABEL") or settings.pkcs11_kek_label,
+            vault_addr=get("VAULT_ADDR"),
+            vault_token=get("VAULT_TOKEN"),
+            vault_token_file=Path(vault_token_file) if vault_token_file else None,
+            vault_transit_mount=get("VAULT_TRANSIT_MOUNT") or settings.vault_transit_mount,
+            vault_key_name=get("VAULT_KEY_NAME") or settings.vault_key_name,
+            vault_timeout_s=(
+                _float("KEYSERVER_VAULT_TIMEOUT_S", vault_timeout)
+                if vault_timeout
+                else settings.vault_timeout_s
+            ),
+            vault_ca_file=Path(vault_ca_file) if vault_ca_file else None,
         )
 
 
@@ -105,6 +142,13 @@ def _int(name: str, value: str) -> int:
         return int(value)
     except ValueError:
         raise ConfigurationError(f"{name}={value!r} is not an integer") from None
+
+
+def _float(name: str, value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigurationError(f"{name}={value!r} is not a number") from None
 
 
 def _bool(name: str, value: str | None) -> bool | None:

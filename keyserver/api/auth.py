@@ -7,6 +7,7 @@ from typing import Any
 from litestar import Request
 from litestar.di import NamedDependency
 
+from keyserver.backends.base import KeyBackend
 from keyserver.db.session import Database
 from keyserver.errors import Unauthenticated
 from keyserver.releaselog.store import ReleaseLog
@@ -36,3 +37,8 @@ def provide_db(request: Request[Any, Any, Any]) -> Database:
 def provide_release_log(request: Request[Any, Any, Any]) -> ReleaseLog:
     release_log: ReleaseLog = request.app.state.release_log
     return release_log
+
+
+def provide_key_backend(request: Request[Any, Any, Any]) -> KeyBackend:
+    backend: KeyBackend = request.app.state.key_backend
+    return backend

@@ -6,6 +6,7 @@ from litestar import get
 from litestar.di import NamedDependency
 
 from keyserver.api.schemas import Status
+from keyserver.backends.base import KeyBackend
 from keyserver.db.session import Database
 
 
@@ -14,7 +15,8 @@ def healthz() -> Status:
     return Status(status="ok")
 
 
-@get("/readyz", tags=["health"], summary="Readiness: the database answers (503 otherwise)")
-async def readyz(db: NamedDependency[Database]) -> Status:
+@get("/readyz", tags=["health"], summary="Readiness: the database and the key backend answer (503 otherwise)")
+async def readyz(db: NamedDependency[Database], key_backend: NamedDependency[KeyBackend]) -> Status:
     await db.ping()
+    await key_backend.health()
     return Status(status="ready")

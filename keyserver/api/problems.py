@@ -75,7 +75,7 @@ def http_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Respo
     elif status == 413:
         detail = "the request body is larger than this keyserver accepts (KEYSERVER_MAX_REQUEST_BYTES)"
     if status >= 500:
-        log.error("request failed: %s", detail)
+        log.error("request failed: %s", detail, exc_info=exc)
     return problem(status, code, title, detail, request, **extra)
 
 

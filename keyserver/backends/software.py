@@ -13,12 +13,21 @@ import secrets
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from keyserver.backends.base import BackendError
+from keyserver.backends.base import (
+    DEFAULT_DATA_KEY_BYTES,
+    SOFTWARE_BLOB_MARKER,
+    BackendError,
+    JweParts,
+    check_data_key_length,
+    foreign_blob_error,
+)
 from keyserver.errors import ConfigurationError
 
-FORMAT_V1 = b"\x01"
+# Blob: 0x01 || nonce (12) || AES-256-GCM(KEK, nonce, key, aad=context) with its 16-byte tag.
+FORMAT_V1 = SOFTWARE_BLOB_MARKER
 NONCE_BYTES = 12
 KEK_BYTES = 32
 
@@ -49,7 +58,7 @@ class SoftwareBackend:
 
     async def unwrap(self, wrapped: bytes, context: bytes) -> bytes:
         if len(wrapped) < 1 + NONCE_BYTES + 16 or wrapped[:1] != FORMAT_V1:
-            raise BackendError("the wrapped key is malformed or of an unknown format")
+            raise foreign_blob_error(self.name, wrapped)
         nonce, ciphertext = wrapped[1 : 1 + NONCE_BYTES], wrapped[1 + NONCE_BYTES :]
         try:
             return self._aead.decrypt(nonce, ciphertext, context)
@@ -58,6 +67,36 @@ class SoftwareBackend:
                 "the wrapped key does not unwrap under this KEK and context (wrong KEK file, or the"
                 " blob was altered or belongs to another tenant)"
             ) from None
+
+    async def generate_data_key(self, context: bytes, length: int = DEFAULT_DATA_KEY_BYTES) -> bytes:
+        # The KEK is in this process anyway: there is no "inside" to generate the key in.
+        check_data_key_length(length)
+        return await self.wrap(secrets.token_bytes(length), context)
+
+    async def import_data_key(self, plaintext: bytes, context: bytes) -> bytes:
+        check_data_key_length(len(plaintext))
+        return await self.wrap(plaintext, context)
+
+    async def unwrap_to_memory(self, wrapped: bytes, context: bytes) -> bytes:
+        return await self.unwrap(wrapped, context)
+
+    async def rewrap_for_recipient(
+        self,
+        wrapped: bytes,
+        context: bytes,
+        recipient: RSAPublicKey,
+        jwe_protected_header: bytes,
+        payload: bytes,
+    ) -> JweParts | None:
+        # Everything here happens in keyserver memory: the caller's memory path is as good.
+        return None
+
+    async def health(self) -> None:
+        # The KEK was read at start-up and lives in memory: nothing can have gone away since.
+        return None
+
+    async def aclose(self) -> None:
+        return None
 
 
 def _create_kek_file(path: Path) -> None:

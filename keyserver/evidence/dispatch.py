@@ -1,0 +1,131 @@
+"""Verify the evidence of a release request: the tee's verifier, then the binding to the challenge.
+
+This is the edge between the wire (base64 in JSON, docs/binding.md) and the pure verifiers. It needs the
+database for one thing only — a TPM quote's AK must be enrolled with the tenant — and reads it through
+the caller's session. Every problem is an ``EvidenceError`` with a stable reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keyserver.binding import check_binding, report_data_for
+from keyserver.errors import EvidenceError
+from keyserver.evidence.claims import TEE_SEV_SNP, TEE_TDX, TEE_TPM, Claims
+
+MAX_EVIDENCE_FIELD = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class VerifiedEvidence:
+    tee: str
+    claims: Claims
+    collateral: bytes | None  # what the TDX collateral digest in the log covers
+
+
+def field(evidence: Mapping[str, Any], name: str, *, required: bool = True) -> bytes | None:
+    value = evidence.get(name)
+    if value is None:
+        if required:
+            raise EvidenceError("evidence-malformed", f"the evidence has no {name!r}")
+        return None
+    if not isinstance(value, str) or len(value) > MAX_EVIDENCE_FIELD:
+        raise EvidenceError("evidence-malformed", f"evidence {name!r} must be a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise EvidenceError("evidence-malformed", f"evidence {name!r} is not valid base64") from None
+
+
+def _only(evidence: Mapping[str, Any], allowed: set[str]) -> None:
+    unknown = set(evidence) - allowed
+    if unknown:
+        raise EvidenceError("evidence-malformed", f"unknown evidence fields: {', '.join(sorted(unknown))}")
+
+
+async def verify_evidence(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    evidence: Mapping[str, Any],
+    *,
+    nonce: bytes,
+    ephemeral_jwk: Mapping[str, Any],
+    now: datetime,
+) -> VerifiedEvidence:
+    tee = evidence.get("tee")
+    collateral_bytes = None
+    if tee == TEE_TPM:
+        claims = await _verify_tpm(session, tenant_id, evidence, nonce, ephemeral_jwk)
+        return VerifiedEvidence(tee, claims, None)
+    if tee == TEE_SEV_SNP:
+        from keyserver.evidence.snp import verify_snp_report
+
+        _only(evidence, {"tee", "report", "certificate", "product"})
+        report = field(evidence, "report")
+        product = evidence.get("product")
+        if product is not None and not isinstance(product, str):
+            raise EvidenceError("evidence-malformed", "evidence 'product' must be a string")
+        assert report is not None
+        claims = verify_snp_report(
+            report, vcek_or_vlek=field(evidence, "certificate", required=False), product=product, now=now
+        )
+    elif tee == TEE_TDX:
+        from keyserver.evidence.tdx import parse_dcap_qvl_collateral, verify_tdx_quote
+
+        _only(evidence, {"tee", "quote", "collateral"})
+        quote = field(evidence, "quote")
+        assert quote is not None
+        raw = evidence.get("collateral")
+        collateral = None
+        if raw is not None:
+            if not isinstance(raw, dict):
+                raise EvidenceError("evidence-malformed", "evidence 'collateral' is dcap-qvl's JSON object")
+            collateral_bytes = json.dumps(raw, sort_keys=True).encode()
+            collateral = parse_dcap_qvl_collateral(collateral_bytes)
+        claims = verify_tdx_quote(quote, now=now, collateral=collateral)
+    else:
+        raise EvidenceError("evidence-malformed", "evidence 'tee' must be tpm, sev-snp or tdx")
+    # The quote/report proves the evidence answers this challenge and names this ephemeral key.
+    check_binding(tee, bytes.fromhex(str(claims["report_data"])), nonce, ephemeral_jwk)
+    return VerifiedEvidence(tee, claims, collateral_bytes)
+
+
+async def _verify_tpm(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    evidence: Mapping[str, Any],
+    nonce: bytes,
+    ephemeral_jwk: Mapping[str, Any],
+) -> Claims:
+    from keyserver.binding import binding
+    from keyserver.evidence.tpm.eventlog import verify_event_log
+    from keyserver.evidence.tpm.quote import pcr_values_from_hex, verify_quote
+    from keyserver.tpm_enrolment import trusted_ak
+
+    _only(evidence, {"tee", "ak_name", "quote", "signature", "pcrs", "event_log"})
+    ak_name, pcrs = evidence.get("ak_name"), evidence.get("pcrs")
+    if not isinstance(ak_name, str) or not isinstance(pcrs, dict):
+        raise EvidenceError("evidence-malformed", "TPM evidence needs 'ak_name' (hex) and 'pcrs' (object)")
+    attest, signature = field(evidence, "quote"), field(evidence, "signature")
+    assert attest is not None and signature is not None
+    ak = await trusted_ak(session, tenant_id, ak_name)
+    try:
+        pcr_values = pcr_values_from_hex(pcrs)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise EvidenceError("evidence-malformed", f"'pcrs' is not {{bank: {{index: hex}}}}: {exc}") from None
+    expected = report_data_for(TEE_TPM, binding(nonce, ephemeral_jwk))
+    result = verify_quote(attest, signature, ak, expected_extra_data=expected, pcr_values=pcr_values)
+    claims = dict(result.claims)
+    event_log = field(evidence, "event_log", required=False)
+    if event_log is not None:
+        claims.update(verify_event_log(event_log, result.pcrs).claims)
+    return claims

@@ -1,0 +1,261 @@
+"""Keys: named and versioned per tenant, released under a named policy; material only ever stored
+wrapped by the key backend, bound (wrapping context) to tenant, name and version.
+
+Rotation adds a version (old versions stay releasable where the policy allows); a key can be disabled
+(releases are denied and logged) and enabled again; a version or a whole key can be destroyed (its
+wrapped material is erased; the row stays so that the log's references still resolve). Every change is a
+release-log entry in the same transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keyserver.backends.base import KeyBackend
+from keyserver.db.models import Key, KeyVersion, Tenant
+from keyserver.db.types import utcnow
+from keyserver.errors import Conflict, EvidenceError, InvalidRequest, NotFound
+from keyserver.reference_values import check_name
+from keyserver.releaselog import records
+from keyserver.releaselog.store import ReleaseLog
+
+KEY_BYTES = 32
+KEY_CREATED = "key-created"
+KEY_ROTATED = "key-rotated"
+KEY_STATE_CHANGED = "key-state-changed"
+KEY_VERSION_DESTROYED = "key-version-destroyed"
+
+
+def wrapping_context(tenant_id: uuid.UUID, name: str, version: int) -> bytes:
+    """Bound into the backend's wrapping: a blob of one key version unwraps as no other."""
+    return b"keyserver/key/v1/" + tenant_id.bytes + b"/" + name.encode() + b"/" + str(version).encode()
+
+
+@dataclass(frozen=True)
+class ReleasableKey:
+    key: Key
+    version: KeyVersion
+
+    @property
+    def kid(self) -> str:
+        return f"{self.key.name}/{self.version.version}"
+
+
+async def create_key(
+    session: AsyncSession,
+    log: ReleaseLog,
+    backend: KeyBackend,
+    tenant: Tenant,
+    *,
+    name: str,
+    policy_name: str,
+    principal: uuid.UUID,
+    material: bytes | None = None,
+) -> ReleasableKey:
+    """A new key at version 1: generated inside the backend, or ``material`` imported (the tenant's own)."""
+    check_name(name, "key name")
+    check_name(policy_name, "policy name")
+    key = Key(
+        tenant_id=tenant.id,
+        name=name,
+        policy_name=policy_name,
+        state="enabled",
+        backend=backend.name,
+        created_at=utcnow(),
+    )
+    session.add(key)
+    try:
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError:
+        raise Conflict(f"a key named {name!r} already exists") from None
+    version = await _new_version(session, backend, tenant, key, 1, material)
+    await log.append(
+        session,
+        tenant,
+        [
+            records.record(
+                KEY_CREATED,
+                principal=f"token:{principal}",
+                key={"name": name, "version": 1},
+                policy=policy_name,
+                backend=backend.name,
+                imported=material is not None,
+            )
+        ],
+    )
+    return ReleasableKey(key, version)
+
+
+async def rotate_key(
+    session: AsyncSession,
+    log: ReleaseLog,
+    backend: KeyBackend,
+    tenant: Tenant,
+    name: str,
+    *,
+    principal: uuid.UUID,
+    material: bytes | None = None,
+) -> ReleasableKey:
+    key = await _key(session, tenant, name, lock=True)
+    if key.state == "destroyed":
+        raise Conflict("this key was destroyed; create a new one")
+    latest = (
+        await session.execute(
+            select(func.max(KeyVersion.version)).where(
+                KeyVersion.tenant_id == tenant.id, KeyVersion.key_name == name
+            )
+        )
+    ).scalar_one()
+    version = await _new_version(session, backend, tenant, key, (latest or 0) + 1, material)
+    await log.append(
+        session,
+        tenant,
+        [
+            records.record(
+                KEY_ROTATED, principal=f"token:{principal}", key={"name": name, "version": version.version}
+            )
+        ],
+    )
+    return ReleasableKey(key, version)
+
+
+async def set_state(
+    session: AsyncSession, log: ReleaseLog, tenant: Tenant, name: str, state: str, *, principal: uuid.UUID
+) -> Key:
+    if state not in ("enabled", "disabled", "destroyed"):
+        raise InvalidRequest("a key's state is enabled, disabled or destroyed")
+    key = await _key(session, tenant, name, lock=True)
+    if key.state == "destroyed" and state != "destroyed":
+        raise Conflict("a destroyed key cannot come back")
+    if state == "destroyed":
+        versions = (
+            await session.execute(
+                select(KeyVersion).where(KeyVersion.tenant_id == tenant.id, KeyVersion.key_name == name)
+            )
+        ).scalars()
+        for version in versions:
+            version.wrapped, version.destroyed_at = None, version.destroyed_at or utcnow()
+    if key.state != state:
+        previous, key.state = key.state, state
+        await log.append(
+            session,
+            tenant,
+            [
+                records.record(
+                    KEY_STATE_CHANGED,
+                    principal=f"token:{principal}",
+                    key={"name": name, "version": None},
+                    state=state,
+                    previous=previous,
+                )
+            ],
+        )
+    return key
+
+
+async def destroy_version(
+    session: AsyncSession, log: ReleaseLog, tenant: Tenant, name: str, version: int, *, principal: uuid.UUID
+) -> KeyVersion:
+    await _key(session, tenant, name, lock=True)
+    row = await session.get(KeyVersion, (tenant.id, name, version))
+    if row is None or row.tenant_id != tenant.id:
+        raise NotFound(f"key {name!r} has no version {version}")
+    if row.wrapped is not None:
+        row.wrapped, row.destroyed_at = None, utcnow()
+        await log.append(
+            session,
+            tenant,
+            [
+                records.record(
+                    KEY_VERSION_DESTROYED,
+                    principal=f"token:{principal}",
+                    key={"name": name, "version": version},
+                )
+            ],
+        )
+    return row
+
+
+async def list_keys(session: AsyncSession, tenant_id: uuid.UUID) -> list[tuple[Key, list[KeyVersion]]]:
+    keys = (
+        (await session.execute(select(Key).where(Key.tenant_id == tenant_id).order_by(Key.name)))
+        .scalars()
+        .all()
+    )
+    out = []
+    for key in keys:
+        versions = (
+            await session.execute(
+                select(KeyVersion)
+                .where(KeyVersion.tenant_id == tenant_id, KeyVersion.key_name == key.name)
+                .order_by(KeyVersion.version)
+            )
+        ).scalars()
+        out.append((key, list(versions)))
+    return out
+
+
+async def releasable(
+    session: AsyncSession, tenant: Tenant, name: str, version: int | None = None
+) -> ReleasableKey:
+    """The key version a release asks for (default: the newest live one); denied (``EvidenceError``,
+    logged by the caller) when the key is unknown, disabled or destroyed."""
+    key = await session.get(Key, (tenant.id, name))
+    if key is None or key.tenant_id != tenant.id:
+        raise EvidenceError("key-unknown", f"this tenant has no key named {name!r}")
+    if key.state != "enabled":
+        raise EvidenceError(f"key-{key.state}", f"the key {name!r} is {key.state}")
+    query = select(KeyVersion).where(
+        KeyVersion.tenant_id == tenant.id, KeyVersion.key_name == name, KeyVersion.wrapped.is_not(None)
+    )
+    if version is None:
+        query = query.order_by(KeyVersion.version.desc()).limit(1)
+    else:
+        query = query.where(KeyVersion.version == version)
+    row = (await session.execute(query)).scalar_one_or_none()
+    if row is None:
+        raise EvidenceError(
+            "key-version-unavailable", f"key {name!r} has no live version {version or ''}".rstrip()
+        )
+    return ReleasableKey(key, row)
+
+
+async def _key(session: AsyncSession, tenant: Tenant, name: str, *, lock: bool) -> Key:
+    query = select(Key).where(Key.tenant_id == tenant.id, Key.name == name)
+    if lock:
+        query = query.with_for_update()
+    key = (await session.execute(query)).scalar_one_or_none()
+    if key is None:
+        raise NotFound(f"this tenant has no key named {name!r}")
+    return key
+
+
+async def _new_version(
+    session: AsyncSession,
+    backend: KeyBackend,
+    tenant: Tenant,
+    key: Key,
+    number: int,
+    material: bytes | None,
+    now: datetime | None = None,
+) -> KeyVersion:
+    context = wrapping_context(tenant.id, key.name, number)
+    if material is None:
+        wrapped = await backend.generate_data_key(context, KEY_BYTES)
+    else:
+        if not 16 <= len(material) <= 64:
+            raise InvalidRequest("imported key material is 16 to 64 bytes")
+        wrapped = await backend.import_data_key(material, context)
+    row = KeyVersion(
+        tenant_id=tenant.id, key_name=key.name, version=number, wrapped=wrapped, created_at=now or utcnow()
+    )
+    session.add(row)
+    await session.flush()
+    return row
