@@ -116,7 +116,8 @@ async def _verify_tpm(
     if not isinstance(ak_name, str) or not isinstance(pcrs, dict):
         raise EvidenceError("evidence-malformed", "TPM evidence needs 'ak_name' (hex) and 'pcrs' (object)")
     attest, signature = field(evidence, "quote"), field(evidence, "signature")
-    assert attest is not None and signature is not None
+    assert attest is not None
+    assert signature is not None
     ak = await trusted_ak(session, tenant_id, ak_name)
     try:
         pcr_values = pcr_values_from_hex(pcrs)
