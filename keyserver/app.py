@@ -24,12 +24,16 @@ from keyserver.api.auth import (
     provide_key_backend,
     provide_principal,
     provide_release_log,
+    provide_release_service,
 )
 from keyserver.api.health import healthz, readyz
 from keyserver.api.keys import KeyController
 from keyserver.api.log import LogController
 from keyserver.api.middleware import RequestContextMiddleware
+from keyserver.api.policies import PolicyController
 from keyserver.api.problems import EXCEPTION_HANDLERS
+from keyserver.api.protocol import ProtocolController
+from keyserver.api.references import ReferenceController
 from keyserver.api.tenants import TenantController, whoami
 from keyserver.api.tpm import TpmAdminController, TpmEnrolmentController
 from keyserver.backends.base import KeyBackend
@@ -38,6 +42,7 @@ from keyserver.bootstrap import Announce, initialise, print_operator_token
 from keyserver.config import Settings
 from keyserver.db.session import Database
 from keyserver.logs import configure_logging
+from keyserver.release import ReleaseService
 from keyserver.releaselog.signing import LogSigner
 from keyserver.releaselog.store import ReleaseLog
 
@@ -64,6 +69,7 @@ def create_app(settings: Settings | None = None, *, announce: Announce = print_o
             await backend.health()
             state.key_backend = backend
             state.release_log = ReleaseLog(LogSigner(backend, settings.log_origin))
+            state.release_service = ReleaseService(db, state.release_log, backend)
             yield
         finally:
             if backend is not None:
@@ -87,6 +93,9 @@ def create_app(settings: Settings | None = None, *, announce: Announce = print_o
             TpmAdminController,
             TpmEnrolmentController,
             KeyController,
+            PolicyController,
+            ReferenceController,
+            ProtocolController,
             MetricsController,
         ],
         dependencies={
@@ -94,6 +103,7 @@ def create_app(settings: Settings | None = None, *, announce: Announce = print_o
             "db": Provide(provide_db, sync_to_thread=False),
             "release_log": Provide(provide_release_log, sync_to_thread=False),
             "key_backend": Provide(provide_key_backend, sync_to_thread=False),
+            "release_service": Provide(provide_release_service, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         middleware=[prometheus.middleware],

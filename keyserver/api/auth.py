@@ -10,6 +10,7 @@ from litestar.di import NamedDependency
 from keyserver.backends.base import KeyBackend
 from keyserver.db.session import Database
 from keyserver.errors import Unauthenticated
+from keyserver.release import ReleaseService
 from keyserver.releaselog.store import ReleaseLog
 from keyserver.tenancy import Principal, authenticate
 
@@ -42,3 +43,8 @@ def provide_release_log(request: Request[Any, Any, Any]) -> ReleaseLog:
 def provide_key_backend(request: Request[Any, Any, Any]) -> KeyBackend:
     backend: KeyBackend = request.app.state.key_backend
     return backend
+
+
+def provide_release_service(request: Request[Any, Any, Any]) -> ReleaseService:
+    service: ReleaseService = request.app.state.release_service
+    return service

@@ -1,0 +1,149 @@
+"""Release policies over HTTP: versions, explicit activation, and a dry run that explains each check."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
+
+from keyserver import policies
+from keyserver.api.auth import SECURITY
+from keyserver.appraisal import appraise_with
+from keyserver.db.models import Policy
+from keyserver.db.session import Database
+from keyserver.db.types import utcnow
+from keyserver.errors import NotFound
+from keyserver.releaselog.store import ReleaseLog
+from keyserver.tenancy import Principal, Role, require_role, resolve_tenant
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+
+
+class PolicyCreate(msgspec.Struct, forbid_unknown_fields=True):
+    name: Name
+    document: dict[str, Any]  # policy/document.py's format (docs/policy.md)
+
+
+class PolicyOut(msgspec.Struct):
+    name: str
+    version: int
+    sha256: str
+    active: bool
+    created_at: datetime
+    document: dict[str, Any]
+
+    @classmethod
+    def of(cls, row: Policy, active: bool) -> PolicyOut:
+        return cls(row.name, row.version, row.sha256, active, row.created_at, json.loads(row.document))
+
+
+class DryRun(msgspec.Struct, forbid_unknown_fields=True):
+    claims: dict[str, Any]
+    version: Annotated[int, msgspec.Meta(ge=1)] | None = None  # default: the active version
+
+
+class DryRunOut(msgspec.Struct):
+    granted: bool
+    reason: str | None
+    detail: str
+    policy: dict[str, Any] | None
+    reference_values: list[dict[str, Any]]
+    results: list[dict[str, Any]]
+
+
+class PolicyController(Controller):
+    path = "/v1/tenants/{tenant:str}/policies"
+    tags = ("policies",)
+    security = SECURITY
+
+    @post("/", summary="Add a policy version (tenant-admin); it takes effect only when activated")
+    async def add(
+        self,
+        principal: NamedDependency[Principal],
+        db: NamedDependency[Database],
+        release_log: NamedDependency[ReleaseLog],
+        tenant: FromPath[str],
+        data: JSONBody[PolicyCreate],
+    ) -> PolicyOut:
+        require_role(principal, Role.TENANT_ADMIN)
+        async with db.transaction(principal.scope) as session:
+            target = await resolve_tenant(session, principal, tenant)
+            row = await policies.add_policy_version(
+                session,
+                release_log,
+                target,
+                name=data.name,
+                document=data.document,
+                principal=principal.token_id,
+            )
+        return PolicyOut.of(row, active=False)
+
+    @get("/", summary="Every version of every policy, with the active ones marked")
+    async def list_all(
+        self, principal: NamedDependency[Principal], db: NamedDependency[Database], tenant: FromPath[str]
+    ) -> list[PolicyOut]:
+        require_role(principal, Role.TENANT_ADMIN, Role.AUDITOR)
+        async with db.transaction(principal.scope) as session:
+            target = await resolve_tenant(session, principal, tenant)
+            return [
+                PolicyOut.of(row, active) for row, active in await policies.list_policies(session, target.id)
+            ]
+
+    @post(
+        "/{name:str}/{version:int}/activate",
+        status_code=200,
+        summary="Activate a version (runs its examples)",
+    )
+    async def activate(
+        self,
+        principal: NamedDependency[Principal],
+        db: NamedDependency[Database],
+        release_log: NamedDependency[ReleaseLog],
+        tenant: FromPath[str],
+        name: FromPath[str],
+        version: FromPath[int],
+    ) -> PolicyOut:
+        require_role(principal, Role.TENANT_ADMIN)
+        async with db.transaction(principal.scope) as session:
+            target = await resolve_tenant(session, principal, tenant)
+            await policies.activate(session, release_log, target, name, version, principal=principal.token_id)
+            row = await session.get(Policy, (target.id, name, version))
+            assert row is not None
+        return PolicyOut.of(row, active=True)
+
+    @post(
+        "/{name:str}/dry-run",
+        status_code=200,
+        summary="Say, check by check, what the policy decides on claims",
+    )
+    async def dry_run(
+        self,
+        principal: NamedDependency[Principal],
+        db: NamedDependency[Database],
+        tenant: FromPath[str],
+        name: FromPath[str],
+        data: JSONBody[DryRun],
+    ) -> DryRunOut:
+        require_role(principal, Role.TENANT_ADMIN, Role.AUDITOR)
+        async with db.transaction(principal.scope) as session:
+            target = await resolve_tenant(session, principal, tenant)
+            if data.version is None:
+                row = await policies.active_policy(session, target.id, name)
+            else:
+                row = await session.get(Policy, (target.id, name, data.version))
+            if row is None or row.tenant_id != target.id:
+                raise NotFound(f"no such version of policy {name!r} (or none is active)")
+            result = await appraise_with(session, target.id, row, data.claims, utcnow())
+        return DryRunOut(
+            result.granted,
+            result.reason,
+            result.detail,
+            result.policy_ref,
+            result.reference_value_refs,
+            result.results,
+        )

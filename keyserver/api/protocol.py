@@ -1,0 +1,102 @@
+"""The release protocol over HTTP: challenges and key releases (no token — the loader authenticates by
+evidence), and the tenant admin's keys."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Response, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
+
+from keyserver.api.problems import PROBLEM_MEDIA_TYPE, TYPE_PREFIX
+from keyserver.challenges import issue_challenge
+from keyserver.db.session import Database, Scope
+from keyserver.logs import request_id_var
+from keyserver.release import Outcome, ReleaseRequest, ReleaseService
+from keyserver.tenancy import lookup_tenant
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+
+
+class ChallengeOut(msgspec.Struct):
+    id: str
+    nonce: str  # base64url, no padding: the bytes that go into the binding
+    expires_at: datetime
+
+
+class ReleaseBody(msgspec.Struct, forbid_unknown_fields=True):
+    challenge: uuid.UUID
+    evidence: dict[str, Any]
+    ephemeral_key: dict[str, Any]  # public JWK
+    version: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+
+class ReceiptOut(msgspec.Struct):
+    log_index: int
+    tree_size: int
+    checkpoint: str
+    inclusion_proof: list[str]  # hex, RFC 9162 audit path
+
+
+class ReleaseOut(msgspec.Struct):
+    jwe: str
+    kid: str
+    receipt: ReceiptOut
+
+
+def receipt_out(outcome: Outcome) -> ReceiptOut:
+    r = outcome.receipt
+    return ReceiptOut(r.log_index, r.tree_size, r.checkpoint, [h.hex() for h in r.inclusion_proof])
+
+
+class ProtocolController(Controller):
+    path = "/v1/tenants/{tenant:str}"
+    tags = ("release",)
+
+    @post("/challenges", summary="A fresh single-use nonce for one release (no token)")
+    async def challenge(self, db: NamedDependency[Database], tenant: FromPath[str]) -> ChallengeOut:
+        target = await lookup_tenant(db, tenant)
+        async with db.transaction(Scope.for_tenant(target.id)) as session:
+            issued = await issue_challenge(session, target.id)
+        nonce = base64.urlsafe_b64encode(issued.nonce).rstrip(b"=").decode()
+        return ChallengeOut(id=str(issued.id), nonce=nonce, expires_at=issued.expires_at)
+
+    @post(
+        "/keys/{name:str}/release",
+        status_code=200,
+        summary="Release a key wrapped to the ephemeral key (403 with the reason and log index if denied)",
+    )
+    async def release(
+        self,
+        release_service: NamedDependency[ReleaseService],
+        db: NamedDependency[Database],
+        tenant: FromPath[str],
+        name: FromPath[str],
+        data: JSONBody[ReleaseBody],
+    ) -> Response[Any]:
+        target = await lookup_tenant(db, tenant)
+        outcome = await release_service.release(
+            target, ReleaseRequest(name, data.version, data.challenge, data.evidence, data.ephemeral_key)
+        )
+        if outcome.granted:
+            assert outcome.jwe is not None
+            assert outcome.kid is not None
+            return Response(ReleaseOut(outcome.jwe, outcome.kid, receipt_out(outcome)))
+        status = 503 if outcome.unavailable else 403
+        body = {
+            "type": TYPE_PREFIX + ("unavailable" if outcome.unavailable else "release-denied"),
+            "title": "A backing service is unavailable" if outcome.unavailable else "Release denied",
+            "status": status,
+            "detail": outcome.detail,
+            "reason": outcome.reason,
+            "instance": f"/v1/tenants/{tenant}/keys/{name}/release",
+            "log_index": outcome.receipt.log_index,
+            "receipt": msgspec.to_builtins(receipt_out(outcome)),
+            "request_id": request_id_var.get(),
+        }
+        return Response(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE)

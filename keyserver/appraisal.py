@@ -1,0 +1,126 @@
+"""Appraisal: the stored policy and reference values of a tenant, handed to the pure evaluator
+(policy/), and its decision turned into what the release flow and the log need.
+
+This is the only place the service calls the policy library; its errors become ``InvalidRequest``
+(a tenant admin's mistake) here.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keyserver.db.models import Policy as PolicyRow
+from keyserver.db.models import PolicyHead
+from keyserver.db.models import ReferenceValueSet as ReferenceRow
+from keyserver.errors import InvalidRequest
+from keyserver.evidence.claims import Claims
+from policy.document import Policy, PolicyError, ReferenceValueSet, parse_reference_values
+from policy.document import parse_policy as _parse_policy
+from policy.evaluate import check_examples, evaluate
+
+POLICY_MISSING = "policy-missing"
+
+
+@dataclass(frozen=True)
+class Appraisal:
+    granted: bool
+    reason: str | None
+    detail: str
+    policy_ref: dict[str, Any] | None
+    reference_value_refs: list[dict[str, Any]] = field(default_factory=list)
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+
+def parse_policy(document: object) -> Policy:
+    try:
+        return _parse_policy(document)
+    except PolicyError as exc:
+        raise InvalidRequest(f"the policy is not valid: {exc}") from None
+
+
+def validate_reference_values(tee: str, document: dict[str, Any]) -> None:
+    try:
+        parse_reference_values(tee, document)
+    except PolicyError as exc:
+        raise InvalidRequest(f"the reference values are not valid: {exc}") from None
+
+
+async def reference_sets(
+    session: AsyncSession, tenant_id: uuid.UUID, names: tuple[str, ...]
+) -> list[ReferenceValueSet]:
+    """The newest unrevoked version of each named set (for every tee it exists for)."""
+    found: dict[tuple[str, str], ReferenceRow] = {}
+    if names:
+        query = select(ReferenceRow).where(
+            ReferenceRow.tenant_id == tenant_id,
+            ReferenceRow.name.in_(names),
+            ReferenceRow.revoked_at.is_(None),
+        )
+        for row in (await session.execute(query)).scalars():
+            current = found.get((row.name, row.tee))
+            if current is None or row.version > current.version:
+                found[(row.name, row.tee)] = row
+    return [
+        ReferenceValueSet(
+            row.name, row.tee, row.version, parse_reference_values(row.tee, json.loads(row.document))
+        )
+        for row in found.values()
+    ]
+
+
+async def active_policy_row(session: AsyncSession, tenant_id: uuid.UUID, name: str) -> PolicyRow | None:
+    head = await session.get(PolicyHead, (tenant_id, name))
+    if head is None or head.tenant_id != tenant_id:
+        return None
+    return await session.get(PolicyRow, (tenant_id, name, head.active_version))
+
+
+async def appraise(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    policy_name: str,
+    claims: Mapping[str, Any] | Claims,
+    now: datetime,
+) -> Appraisal:
+    row = await active_policy_row(session, tenant_id, policy_name)
+    if row is None:
+        return Appraisal(
+            False, POLICY_MISSING, f"the key's policy {policy_name!r} has no active version", None
+        )
+    return await appraise_with(session, tenant_id, row, claims, now)
+
+
+async def appraise_with(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    row: PolicyRow,
+    claims: Mapping[str, Any] | Claims,
+    now: datetime,
+) -> Appraisal:
+    policy = parse_policy(json.loads(row.document))
+    sets = await reference_sets(session, tenant_id, policy.reference_values)
+    decision = evaluate(policy, dict(claims), sets, now)
+    return Appraisal(
+        granted=decision.granted,
+        reason=decision.reason,
+        detail=decision.detail or "granted",
+        policy_ref={"name": row.name, "version": row.version, "sha256": row.sha256},
+        reference_value_refs=[{"name": n, "version": v} for n, v in decision.reference_values],
+        results=[r.to_json() for r in decision.results],
+    )
+
+
+async def failing_examples(
+    session: AsyncSession, tenant_id: uuid.UUID, row: PolicyRow, now: datetime
+) -> list[str]:
+    policy = parse_policy(json.loads(row.document))
+    sets = await reference_sets(session, tenant_id, policy.reference_values)
+    return [failure.message for failure in check_examples(policy, sets, now)]

@@ -1,0 +1,153 @@
+"""The release protocol (DESIGN.md): verify → check the binding → appraise → commit the log entry →
+release the key wrapped to the ephemeral key, with a receipt.
+
+Every request that reaches a tenant's key ends in exactly one log entry, granted or denied, appended in
+the same transaction that would release the key; the wrapped key is handed back only after that
+transaction has committed. If anything fails after the decision (the backend, the commit), nothing is
+released.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from keyserver.appraisal import Appraisal, appraise
+from keyserver.backends.base import BackendError, KeyBackend
+from keyserver.binding import jwk_thumbprint, parse_ephemeral_jwk
+from keyserver.challenges import consume_challenge
+from keyserver.db.models import Tenant
+from keyserver.db.session import Database, Scope
+from keyserver.db.types import utcnow
+from keyserver.errors import EvidenceError, KeyserverError
+from keyserver.evidence.dispatch import VerifiedEvidence, verify_evidence
+from keyserver.jwe import ReleasedKeyMetadata, wrap_for_recipient
+from keyserver.keys import ReleasableKey, releasable, wrapping_context
+from keyserver.releaselog import records
+from keyserver.releaselog.store import ReleaseLog
+
+KEY_RELEASE = "key-release"
+
+
+@dataclass(frozen=True)
+class ReleaseRequest:
+    key_name: str
+    key_version: int | None
+    challenge_id: uuid.UUID
+    evidence: Mapping[str, Any]
+    ephemeral_jwk: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Receipt:
+    log_index: int
+    tree_size: int
+    checkpoint: str
+    inclusion_proof: list[bytes]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    granted: bool
+    reason: str | None
+    detail: str
+    receipt: Receipt
+    jwe: str | None = None
+    kid: str | None = None
+    results: list[dict[str, Any]] = field(default_factory=list)
+    unavailable: bool = False  # the decision was "deny" only because a backing service failed
+
+
+def digest(value: Any) -> str:
+    """SHA-256 over sorted-key compact JSON: what the log records instead of evidence and claims."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class ReleaseService:
+    def __init__(self, db: Database, log: ReleaseLog, backend: KeyBackend) -> None:
+        self.db, self.log, self.backend = db, log, backend
+
+    async def release(self, tenant: Tenant, request: ReleaseRequest, now: datetime | None = None) -> Outcome:
+        now = now or utcnow()
+        async with self.db.transaction(Scope.for_tenant(tenant.id)) as session:
+            entry: dict[str, Any] = {
+                "key": {"name": request.key_name, "version": request.key_version},
+                "challenge": str(request.challenge_id),
+                "tee": request.evidence.get("tee") if isinstance(request.evidence.get("tee"), str) else None,
+                "digests": {"evidence": digest(request.evidence), "claims": None, "collateral": None},
+                "policy": None,
+                "reference_values": [],
+                "requester_thumbprint": None,
+            }
+            granted, reason, detail, unavailable = False, None, "", False
+            appraisal: Appraisal | None = None
+            jwe: str | None = None
+            key: ReleasableKey | None = None
+            try:
+                nonce = await consume_challenge(session, tenant.id, request.challenge_id, now)
+                _public, jwk = parse_ephemeral_jwk(request.ephemeral_jwk)
+                entry["requester_thumbprint"] = _b64url(jwk_thumbprint(jwk))
+                verified = await verify_evidence(
+                    session, tenant.id, request.evidence, nonce=nonce, ephemeral_jwk=jwk, now=now
+                )
+                _record_evidence(entry, verified)
+                key = await releasable(session, tenant, request.key_name, request.key_version)
+                entry["key"] = {"name": key.key.name, "version": key.version.version}
+                appraisal = await appraise(session, tenant.id, key.key.policy_name, verified.claims, now)
+                entry["policy"] = appraisal.policy_ref
+                entry["reference_values"] = appraisal.reference_value_refs
+                if not appraisal.granted:
+                    raise EvidenceError(appraisal.reason or "policy-denied", appraisal.detail)
+                jwe = await self._wrap(tenant, key, jwk)
+                granted, detail = True, "granted"
+            except EvidenceError as exc:
+                reason, detail = exc.reason, exc.message
+            except BackendError as exc:
+                reason, detail, unavailable = "backend-unavailable", exc.message, True
+            except KeyserverError as exc:
+                reason, detail = exc.code, exc.message
+            entry["decision"] = "granted" if granted else "denied"
+            entry["reason"] = reason
+            appended = await self.log.append(
+                session, tenant, [records.record(KEY_RELEASE, principal=None, now=now, **entry)]
+            )
+            index = appended.first_index
+            proof = await self.log.inclusion_proof(session, tenant, index, appended.size)
+        # Committed: the entry is durable. Only now may the key leave.
+        receipt = Receipt(index, appended.size, appended.checkpoint, proof)
+        return Outcome(
+            granted=granted,
+            reason=reason,
+            detail=detail,
+            receipt=receipt,
+            jwe=jwe if granted else None,
+            kid=None if key is None else f"{key.key.name}/{key.version.version}",
+            results=[] if appraisal is None else appraisal.results,
+            unavailable=unavailable,
+        )
+
+    async def _wrap(self, tenant: Tenant, key: ReleasableKey, jwk: Mapping[str, Any]) -> str:
+        assert key.version.wrapped is not None
+        context = wrapping_context(tenant.id, key.key.name, key.version.version)
+        material = await self.backend.unwrap_to_memory(key.version.wrapped, context)
+        metadata = ReleasedKeyMetadata(tenant=tenant.name, name=key.key.name, version=key.version.version)
+        return wrap_for_recipient(
+            material, jwk, kid=f"{key.key.name}/{key.version.version}", metadata=metadata
+        )
+
+
+def _record_evidence(entry: dict[str, Any], verified: VerifiedEvidence) -> None:
+    entry["tee"] = verified.tee
+    entry["digests"]["claims"] = digest(verified.claims)
+    if verified.collateral is not None:
+        entry["digests"]["collateral"] = hashlib.sha256(verified.collateral).hexdigest()
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
