@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
 from keyserver.appraisal import Appraisal, appraise
 from keyserver.backends.base import BackendError, KeyBackend
 from keyserver.binding import jwk_thumbprint, parse_ephemeral_jwk
@@ -27,7 +29,12 @@ from keyserver.db.session import Database, Scope
 from keyserver.db.types import utcnow
 from keyserver.errors import EvidenceError, KeyserverError
 from keyserver.evidence.dispatch import VerifiedEvidence, verify_evidence
-from keyserver.jwe import ReleasedKeyMetadata, wrap_for_recipient
+from keyserver.jwe import (
+    ReleasedKeyMetadata,
+    cek_release_payload,
+    jwe_protected_header_for_rsa_oaep,
+    wrap_for_recipient,
+)
 from keyserver.keys import ReleasableKey, releasable, wrapping_context
 from keyserver.releaselog import records
 from keyserver.releaselog.store import ReleaseLog
@@ -91,7 +98,7 @@ class ReleaseService:
             key: ReleasableKey | None = None
             try:
                 nonce = await consume_challenge(session, tenant.id, request.challenge_id, now)
-                _public, jwk = parse_ephemeral_jwk(request.ephemeral_jwk)
+                public, jwk = parse_ephemeral_jwk(request.ephemeral_jwk)
                 entry["requester_thumbprint"] = _b64url(jwk_thumbprint(jwk))
                 verified = await verify_evidence(
                     session, tenant.id, request.evidence, nonce=nonce, ephemeral_jwk=jwk, now=now
@@ -104,7 +111,7 @@ class ReleaseService:
                 entry["reference_values"] = appraisal.reference_value_refs
                 if not appraisal.granted:
                     raise EvidenceError(appraisal.reason or "policy-denied", appraisal.detail)
-                jwe = await self._wrap(tenant, key, jwk)
+                jwe, entry["wrapped_in_backend"] = await self._wrap(tenant, key, public, jwk)
                 granted, detail = True, "granted"
             except EvidenceError as exc:
                 reason, detail = exc.reason, exc.message
@@ -132,14 +139,31 @@ class ReleaseService:
             unavailable=unavailable,
         )
 
-    async def _wrap(self, tenant: Tenant, key: ReleasableKey, jwk: Mapping[str, Any]) -> str:
+    async def _wrap(
+        self, tenant: Tenant, key: ReleasableKey, public: object, jwk: Mapping[str, Any]
+    ) -> tuple[str, bool]:
+        """The JWE for the loader, and whether the key stayed inside the backend to make it.
+
+        For an RSA ephemeral key a backend that can (PKCS#11) re-wraps the key inside the token and the
+        cleartext never enters this process (docs/key-backends.md); otherwise the key is unwrapped here
+        and wrapped to the ephemeral key with ECDH-ES+A256KW or RSA-OAEP-256.
+        """
         assert key.version.wrapped is not None
         context = wrapping_context(tenant.id, key.key.name, key.version.version)
-        material = await self.backend.unwrap_to_memory(key.version.wrapped, context)
+        kid = f"{key.key.name}/{key.version.version}"
         metadata = ReleasedKeyMetadata(tenant=tenant.name, name=key.key.name, version=key.version.version)
-        return wrap_for_recipient(
-            material, jwk, kid=f"{key.key.name}/{key.version.version}", metadata=metadata
-        )
+        if isinstance(public, RSAPublicKey):
+            parts = await self.backend.rewrap_for_recipient(
+                key.version.wrapped,
+                context,
+                public,
+                jwe_protected_header_for_rsa_oaep(kid),
+                cek_release_payload(kid=kid, metadata=metadata),
+            )
+            if parts is not None:
+                return parts.compact(), True
+        material = await self.backend.unwrap_to_memory(key.version.wrapped, context)
+        return wrap_for_recipient(material, jwk, kid=kid, metadata=metadata), False
 
 
 def _record_evidence(entry: dict[str, Any], verified: VerifiedEvidence) -> None:
