@@ -36,6 +36,7 @@ from keyserver.api.protocol import ProtocolController
 from keyserver.api.references import ReferenceController
 from keyserver.api.tenants import TenantController, whoami
 from keyserver.api.tpm import TpmAdminController, TpmEnrolmentController
+from keyserver.attestation import AttestationIssuer
 from keyserver.backends.base import KeyBackend
 from keyserver.backends.factory import backend_from_settings
 from keyserver.bootstrap import Announce, initialise, print_operator_token
@@ -69,7 +70,9 @@ def create_app(settings: Settings | None = None, *, announce: Announce = print_o
             await backend.health()
             state.key_backend = backend
             state.release_log = ReleaseLog(LogSigner(backend, settings.log_origin))
-            state.release_service = ReleaseService(db, state.release_log, backend)
+            state.release_service = ReleaseService(
+                db, state.release_log, backend, AttestationIssuer(backend, settings.log_origin)
+            )
             yield
         finally:
             if backend is not None:

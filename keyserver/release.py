@@ -19,8 +19,10 @@ from datetime import datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyserver.appraisal import Appraisal, appraise
+from keyserver.attestation import ATTESTATION_RESULT, AttestationIssuer
 from keyserver.backends.base import BackendError, KeyBackend
 from keyserver.binding import jwk_thumbprint, parse_ephemeral_jwk
 from keyserver.challenges import consume_challenge
@@ -77,8 +79,46 @@ def digest(value: Any) -> str:
 
 
 class ReleaseService:
-    def __init__(self, db: Database, log: ReleaseLog, backend: KeyBackend) -> None:
-        self.db, self.log, self.backend = db, log, backend
+    def __init__(
+        self, db: Database, log: ReleaseLog, backend: KeyBackend, attestation: AttestationIssuer
+    ) -> None:
+        self.db, self.log, self.backend, self.attestation = db, log, backend, attestation
+
+    async def attest(
+        self,
+        tenant: Tenant,
+        challenge_id: uuid.UUID,
+        evidence: Mapping[str, Any],
+        ephemeral_jwk: Mapping[str, Any],
+        now: datetime | None = None,
+    ) -> str:
+        """Verify evidence as a release would, and answer with an attestation-result token bound to the
+        ephemeral key (no policy, no key, no log entry: those come with the release that presents it)."""
+        now = now or utcnow()
+        async with self.db.transaction(Scope.for_tenant(tenant.id)) as session:
+            nonce = await consume_challenge(session, tenant.id, challenge_id, now)
+            _public, jwk = parse_ephemeral_jwk(ephemeral_jwk)
+            verified = await verify_evidence(
+                session, tenant.id, evidence, nonce=nonce, ephemeral_jwk=jwk, now=now
+            )
+            return await self.attestation.issue(session, tenant, verified.claims, jwk_thumbprint(jwk), now)
+
+    async def _verify(
+        self,
+        session: AsyncSession,
+        tenant: Tenant,
+        evidence: Mapping[str, Any],
+        nonce: bytes,
+        jwk: Mapping[str, Any],
+        now: datetime,
+    ) -> VerifiedEvidence:
+        if evidence.get("tee") == ATTESTATION_RESULT:
+            token = evidence.get("token")
+            if set(evidence) != {"tee", "token"} or not isinstance(token, str):
+                raise EvidenceError("evidence-malformed", "an attestation result is {tee, token}")
+            claims = await self.attestation.verify(session, tenant, token, jwk_thumbprint(jwk), now)
+            return VerifiedEvidence(str(claims.get("tee")), claims, None)
+        return await verify_evidence(session, tenant.id, evidence, nonce=nonce, ephemeral_jwk=jwk, now=now)
 
     async def release(self, tenant: Tenant, request: ReleaseRequest, now: datetime | None = None) -> Outcome:
         now = now or utcnow()
@@ -100,9 +140,7 @@ class ReleaseService:
                 nonce = await consume_challenge(session, tenant.id, request.challenge_id, now)
                 public, jwk = parse_ephemeral_jwk(request.ephemeral_jwk)
                 entry["requester_thumbprint"] = _b64url(jwk_thumbprint(jwk))
-                verified = await verify_evidence(
-                    session, tenant.id, request.evidence, nonce=nonce, ephemeral_jwk=jwk, now=now
-                )
+                verified = await self._verify(session, tenant, request.evidence, nonce, jwk, now)
                 _record_evidence(entry, verified)
                 key = await releasable(session, tenant, request.key_name, request.key_version)
                 entry["key"] = {"name": key.key.name, "version": key.version.version}

@@ -278,3 +278,45 @@ async def test_dry_run_explains_each_check(service: Service, swtpm: Any, tpm_esa
     assert result["reason"] == "reference-value-mismatch"
     assert any(not r["passed"] for r in result["results"])
     assert any(r["passed"] for r in result["results"])
+
+
+async def test_attestation_result_serves_several_releases(
+    service: Service, swtpm: Any, tpm_esapi: ESAPI
+) -> None:
+    extend(tpm_esapi, b"reviewed loader build 1")
+    with loader_ak(tpm_esapi) as ak:
+        acme = await setup_tenant(service, swtpm, tpm_esapi, ak)
+        loader = Loader(service, tpm_esapi, ak)
+        challenge = await loader.challenge()
+        nonce = base64.urlsafe_b64decode(challenge["nonce"] + "==")
+        attested = await service.client.post(
+            "/v1/tenants/acme/attest",
+            json={
+                "challenge": challenge["id"],
+                "evidence": loader.evidence(nonce),
+                "ephemeral_key": loader.jwk,
+            },
+        )
+        assert attested.status_code == 200, attested.text
+    token = attested.json()["token"]
+    jwks = (await service.client.get("/v1/tenants/acme/attest/jwks")).json()
+    assert [k["kty"] for k in jwks["keys"]] == ["OKP"]
+    # Two releases from one verification; the TPM is not asked again.
+    materials = []
+    for _ in range(2):
+        response = await loader.release(evidence={"tee": "attestation-result", "token": token})
+        assert response.status_code == 200, response.text
+        materials.append(unwrap_released(response.json()["jwe"], loader.private)[0])
+        _, entry = await log_entry(service, acme, response.json()["receipt"]["log_index"])
+        assert (entry["decision"], entry["tee"]) == ("granted", "tpm")
+    assert materials[0] == materials[1]
+    # The token is bound to the loader's ephemeral key: another key cannot use it.
+    other = ECKey.import_key(ec.generate_private_key(ec.SECP256R1()).public_key()).as_dict(private=False)
+    stolen = await loader.release(evidence={"tee": "attestation-result", "token": token}, ephemeral_key=other)
+    assert stolen.status_code == 403
+    assert stolen.json()["reason"] == "attestation-result-key-mismatch"
+    # A tampered token is refused.
+    header, payload, signature = token.split(".")
+    forged = ".".join([header, payload[:-2] + ("AA" if payload[-2:] != "AA" else "BB"), signature])
+    refused = await loader.release(evidence={"tee": "attestation-result", "token": forged})
+    assert refused.status_code == 403

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Response, post
+from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
@@ -34,6 +34,16 @@ class ReleaseBody(msgspec.Struct, forbid_unknown_fields=True):
     evidence: dict[str, Any]
     ephemeral_key: dict[str, Any]  # public JWK
     version: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+
+class AttestBody(msgspec.Struct, forbid_unknown_fields=True):
+    challenge: uuid.UUID
+    evidence: dict[str, Any]
+    ephemeral_key: dict[str, Any]
+
+
+class AttestOut(msgspec.Struct):
+    token: str  # an EAR JWT; present it to release as {"tee": "attestation-result", "token": …}
 
 
 class ReceiptOut(msgspec.Struct):
@@ -100,3 +110,28 @@ class ProtocolController(Controller):
             "request_id": request_id_var.get(),
         }
         return Response(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE)
+
+    @post(
+        "/attest", status_code=200, summary="Verify evidence once; get an attestation-result token (EAR JWT)"
+    )
+    async def attest(
+        self,
+        release_service: NamedDependency[ReleaseService],
+        db: NamedDependency[Database],
+        tenant: FromPath[str],
+        data: JSONBody[AttestBody],
+    ) -> AttestOut:
+        target = await lookup_tenant(db, tenant)
+        token = await release_service.attest(target, data.challenge, data.evidence, data.ephemeral_key)
+        return AttestOut(token=token)
+
+    @get("/attest/jwks", summary="The JWK Set that verifies this tenant's attestation-result tokens")
+    async def jwks(
+        self,
+        release_service: NamedDependency[ReleaseService],
+        db: NamedDependency[Database],
+        tenant: FromPath[str],
+    ) -> dict[str, Any]:
+        target = await lookup_tenant(db, tenant)
+        async with db.transaction(Scope.for_tenant(target.id)) as session:
+            return await release_service.attestation.jwks(session, target.id)

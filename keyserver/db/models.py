@@ -286,3 +286,16 @@ class Challenge(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class AttestationKey(Base):
+    """The tenant's Ed25519 key for signing attestation-result tokens (EAR); private half wrapped."""
+
+    __tablename__ = "attestation_keys"
+
+    tenant_id: Mapped[uuid.UUID] = tenant_key()
+    kid: Mapped[str] = mapped_column(String(64))
+    public_key: Mapped[bytes] = mapped_column(LargeBinary(32))
+    wrapped_private_key: Mapped[bytes] = mapped_column(LargeBinary)
+    backend: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
