@@ -30,7 +30,7 @@ from keyserver.db.models import Tenant
 from keyserver.db.session import Database, Scope
 from keyserver.db.types import utcnow
 from keyserver.errors import EvidenceError, KeyserverError
-from keyserver.evidence.dispatch import VerifiedEvidence, verify_evidence
+from keyserver.evidence.dispatch import VerifiedEvidence, check_evidence_binding, verify_evidence
 from keyserver.jwe import (
     ReleasedKeyMetadata,
     cek_release_payload,
@@ -142,6 +142,7 @@ class ReleaseService:
                 entry["requester_thumbprint"] = _b64url(jwk_thumbprint(jwk))
                 verified = await self._verify(session, tenant, request.evidence, nonce, jwk, now)
                 _record_evidence(entry, verified)
+                check_evidence_binding(verified, nonce, jwk)
                 key = await releasable(session, tenant, request.key_name, request.key_version)
                 entry["key"] = {"name": key.key.name, "version": key.version.version}
                 appraisal = await appraise(session, tenant.id, key.key.policy_name, verified.claims, now)

@@ -8,8 +8,9 @@ explains the whole decision rather than the first failure only:
 2. ``claims`` — the claims are a claim set within the limits the cost model assumes
 3. ``tee`` — the claims' tee is one the policy accepts
 4. ``debug`` — the TEE is not debuggable, or the policy allows debug TEEs explicitly
-5. ``reference-values:<set>`` for each named set — supplied, not revoked, inside its validity window
-   (or, for a set of another tee, "does not apply"); then one result per pinned claim,
+5. ``reference-values:<set>`` for each named set, its newest supplied version for the claims' tee —
+   supplied, not revoked, inside its validity window (or, when the set has no version for this tee,
+   "does not apply"); then one result per pinned claim,
    ``reference-values:<set>:<claim>`` (one of the expected values) and ``reference-values:<set>:<claim>>=``
    (at least the minimum); finally ``reference-values`` if none of the named sets applies to this tee
 6. ``rule:<name>`` for each CEL rule — true, false, or an error
@@ -229,16 +230,12 @@ def _debug(policy: Policy, claims: Mapping[str, object]) -> RuleResult:
     )
 
 
-def _current_sets(reference_sets: list[ReferenceValueSet]) -> dict[str, ReferenceValueSet]:
-    """The newest supplied version of each name (the service supplies the current one; if it supplied
-    several, the newest is the current one, and a revoked newest version is not skipped)."""
-    current: dict[str, ReferenceValueSet] = {}
+def _versions_by_name(reference_sets: list[ReferenceValueSet]) -> dict[str, list[ReferenceValueSet]]:
+    by_name: dict[str, list[ReferenceValueSet]] = {}
     for s in reference_sets:
-        if not isinstance(s, ReferenceValueSet):
-            continue
-        if s.name not in current or s.version > current[s.name].version:
-            current[s.name] = s
-    return current
+        if isinstance(s, ReferenceValueSet):
+            by_name.setdefault(s.name, []).append(s)
+    return by_name
 
 
 def _reference_values(
@@ -249,25 +246,26 @@ def _reference_values(
     now: datetime,
     refs: list[tuple[str, int]],
 ) -> list[RuleResult]:
-    current = _current_sets(reference_sets)
+    by_name = _versions_by_name(reference_sets)
     out: list[RuleResult] = []
     applied = 0
     for name in policy.reference_values:
         label = f"reference-values:{name}"
-        s = current.get(name)
-        if s is None:
-            out.append(
-                RuleResult(
-                    label, False, f"no current version of set {name!r} exists", REFERENCE_VALUES_MISSING
-                )
-            )
+        versions = by_name.get(name, [])
+        if not versions:
+            detail = f"no current version of set {name!r} exists"
+            out.append(RuleResult(label, False, detail, REFERENCE_VALUES_MISSING))
             continue
+        # A set holds values per tee: what applies is the newest supplied version for the claims' tee. The
+        # service supplies the current versions; a revoked one it supplies is not skipped for an older one.
+        mine = [v for v in versions if v.tee == tee]
+        if not mine:
+            others = ", ".join(sorted({v.tee for v in versions}))
+            detail = f"set {name!r} is for {others}, not {_fmt(tee)}: it does not apply"
+            out.append(RuleResult(label, True, detail))
+            continue
+        s = max(mine, key=lambda v: v.version)
         ident = f"{name!r} version {s.version}"
-        if s.tee != tee:
-            out.append(
-                RuleResult(label, True, f"set {ident} is for {s.tee}, not {_fmt(tee)}: it does not apply")
-            )
-            continue
         applied += 1
         refs.append((name, s.version))
         v = s.values

@@ -1,4 +1,5 @@
-"""Verify the evidence of a release request: the tee's verifier, then the binding to the challenge.
+"""Verify the evidence of a release request: the tee's verifier, then (separately, so that the caller
+can log what verified before refusing it) the binding to the challenge.
 
 This is the edge between the wire (base64 in JSON, docs/binding.md) and the pure verifiers. It needs the
 database for one thing only — a TPM quote's AK must be enrolled with the tenant — and reads it through
@@ -94,9 +95,16 @@ async def verify_evidence(
         claims = verify_tdx_quote(quote, now=now, collateral=collateral)
     else:
         raise EvidenceError("evidence-malformed", "evidence 'tee' must be tpm, sev-snp or tdx")
-    # The quote/report proves the evidence answers this challenge and names this ephemeral key.
-    check_binding(tee, bytes.fromhex(str(claims["report_data"])), nonce, ephemeral_jwk)
     return VerifiedEvidence(tee, claims, collateral_bytes)
+
+
+def check_evidence_binding(
+    verified: VerifiedEvidence, nonce: bytes, ephemeral_jwk: Mapping[str, Any]
+) -> None:
+    """The report proves it answers this challenge and names this ephemeral key (SEV-SNP, TDX). A TPM
+    quote's binding is its qualifyingData, already checked by :func:`verify_evidence`."""
+    if verified.tee != TEE_TPM:
+        check_binding(verified.tee, bytes.fromhex(str(verified.claims["report_data"])), nonce, ephemeral_jwk)
 
 
 async def _verify_tpm(
