@@ -22,6 +22,7 @@ from typing import Any
 from keyserver.bootstrap import initialise
 from keyserver.cli_audit import add_audit_commands, run_audit
 from keyserver.cli_evidence import add_evidence_commands, run_evidence
+from keyserver.cli_policy import add_policy_commands, run_policy
 from keyserver.config import Settings
 from keyserver.db import migrate
 from keyserver.db.session import Database, Scope
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_audit_commands(commands)
     add_evidence_commands(commands)
+    add_policy_commands(commands)
     return parser
 
 
@@ -251,6 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_audit(args)
     if args.command == "evidence":  # offline: files in, claims out
         return run_evidence(args)
+    if args.command == "policy":  # offline: policy + claims in, decision out
+        return run_policy(args)
     try:
         settings = settings_from(args)
         if args.command == "serve":
