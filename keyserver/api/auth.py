@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from litestar import Request
 from litestar.di import NamedDependency
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyserver.backends.base import KeyBackend
+from keyserver.db.models import Tenant
 from keyserver.db.session import Database
 from keyserver.errors import Unauthenticated
 from keyserver.release import ReleaseService
 from keyserver.releaselog.store import ReleaseLog
-from keyserver.tenancy import Principal, authenticate
+from keyserver.tenancy import Principal, Role, authenticate, require_role, resolve_tenant
 
 BEARER_SCHEME = "BearerToken"
 SECURITY: tuple[dict[str, list[str]], ...] = ({BEARER_SCHEME: []},)
@@ -48,3 +52,14 @@ def provide_key_backend(request: Request[Any, Any, Any]) -> KeyBackend:
 def provide_release_service(request: Request[Any, Any, Any]) -> ReleaseService:
     service: ReleaseService = request.app.state.release_service
     return service
+
+
+@asynccontextmanager
+async def tenant_session(
+    db: Database, principal: Principal, tenant: str, *roles: Role
+) -> AsyncIterator[tuple[AsyncSession, Tenant]]:
+    """The common opening of a tenant route: the caller has one of ``roles``, one transaction in the
+    caller's scope, and the tenant named in the path as far as the caller may see it."""
+    require_role(principal, *roles)
+    async with db.transaction(principal.scope) as session:
+        yield session, await resolve_tenant(session, principal, tenant)

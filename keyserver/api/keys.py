@@ -10,7 +10,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
 from keyserver import keys as keystore
-from keyserver.api.auth import SECURITY
+from keyserver.api.auth import SECURITY, tenant_session
 from keyserver.backends.base import KeyBackend
 from keyserver.db.models import Key, KeyVersion
 from keyserver.db.session import Database
@@ -87,9 +87,10 @@ class KeyController(Controller):
     async def list_all(
         self, principal: NamedDependency[Principal], db: NamedDependency[Database], tenant: FromPath[str]
     ) -> list[KeyOut]:
-        require_role(principal, Role.TENANT_ADMIN, Role.AUDITOR)
-        async with db.transaction(principal.scope) as session:
-            target = await resolve_tenant(session, principal, tenant)
+        async with tenant_session(db, principal, tenant, Role.TENANT_ADMIN, Role.AUDITOR) as (
+            session,
+            target,
+        ):
             return [KeyOut.of(k, v) for k, v in await keystore.list_keys(session, target.id)]
 
     @post("/{name:str}/rotate", status_code=200, summary="Add a version (tenant-admin)")
@@ -102,9 +103,7 @@ class KeyController(Controller):
         tenant: FromPath[str],
         name: FromPath[str],
     ) -> KeyOut:
-        require_role(principal, Role.TENANT_ADMIN)
-        async with db.transaction(principal.scope) as session:
-            target = await resolve_tenant(session, principal, tenant)
+        async with tenant_session(db, principal, tenant, Role.TENANT_ADMIN) as (session, target):
             await keystore.rotate_key(
                 session, release_log, key_backend, target, name, principal=principal.token_id
             )
@@ -121,9 +120,7 @@ class KeyController(Controller):
         name: FromPath[str],
         data: JSONBody[KeyState],
     ) -> KeyOut:
-        require_role(principal, Role.TENANT_ADMIN)
-        async with db.transaction(principal.scope) as session:
-            target = await resolve_tenant(session, principal, tenant)
+        async with tenant_session(db, principal, tenant, Role.TENANT_ADMIN) as (session, target):
             await keystore.set_state(
                 session, release_log, target, name, data.state, principal=principal.token_id
             )

@@ -11,10 +11,10 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, Parameter
 
 from audit.entry import decode_entry
-from keyserver.api.auth import SECURITY
+from keyserver.api.auth import SECURITY, tenant_session
 from keyserver.db.session import Database
 from keyserver.releaselog.store import ReleaseLog
-from keyserver.tenancy import Principal, Role, require_role, resolve_tenant
+from keyserver.tenancy import Principal, Role
 
 LOG_READERS = (Role.AUDITOR, Role.TENANT_ADMIN)
 NonNegative = Annotated[int, Parameter(ge=0, le=2**63 - 1)]
@@ -64,9 +64,7 @@ class LogController(Controller):
         release_log: NamedDependency[ReleaseLog],
         tenant: FromPath[str],
     ) -> Response[str]:
-        require_role(principal, *LOG_READERS)
-        async with db.transaction(principal.scope) as session:
-            target = await resolve_tenant(session, principal, tenant)
+        async with tenant_session(db, principal, tenant, *LOG_READERS) as (session, target):
             head = await release_log.head(session, target)
         return Response(head.checkpoint, media_type="text/plain; charset=utf-8")
 
@@ -78,9 +76,7 @@ class LogController(Controller):
         release_log: NamedDependency[ReleaseLog],
         tenant: FromPath[str],
     ) -> LogKeyOut:
-        require_role(principal, *LOG_READERS)
-        async with db.transaction(principal.scope) as session:
-            target = await resolve_tenant(session, principal, tenant)
+        async with tenant_session(db, principal, tenant, *LOG_READERS) as (session, target):
             log = await release_log.describe(session, target)
         raw = log.verifier_key.rsplit("+", 1)[1]
         return LogKeyOut(origin=log.origin, verifier_key=log.verifier_key, public_key=raw)
@@ -95,9 +91,7 @@ class LogController(Controller):
         start: NonNegative,
         end: NonNegative,
     ) -> EntriesOut:
-        require_role(principal, *LOG_READERS)
-        async with db.transaction(principal.scope) as session:
-            target = await resolve_tenant(session, principal, tenant)
+        async with tenant_session(db, principal, tenant, *LOG_READERS) as (session, target):
             rows = await release_log.entries(session, target, start, end)
         return EntriesOut(
             start=start,
@@ -118,9 +112,7 @@ class LogController(Controller):
         index: NonNegative,
         tree_size: NonNegative,
     ) -> InclusionOut:
-        require_role(principal, *LOG_READERS)
-        async with db.transaction(principal.scope) as session:
-            target = await resolve_tenant(session, principal, tenant)
+        async with tenant_session(db, principal, tenant, *LOG_READERS) as (session, target):
             proof = await release_log.inclusion_proof(session, target, index, tree_size)
             leaf = await release_log.leaf_hash(session, target, index)
         return InclusionOut(
@@ -137,8 +129,6 @@ class LogController(Controller):
         first: NonNegative,
         second: NonNegative,
     ) -> ConsistencyOut:
-        require_role(principal, *LOG_READERS)
-        async with db.transaction(principal.scope) as session:
-            target = await resolve_tenant(session, principal, tenant)
+        async with tenant_session(db, principal, tenant, *LOG_READERS) as (session, target):
             proof = await release_log.consistency_proof(session, target, first, second)
         return ConsistencyOut(first=first, second=second, proof=[h.hex() for h in proof])

@@ -12,14 +12,14 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
 from keyserver import policies
-from keyserver.api.auth import SECURITY
+from keyserver.api.auth import SECURITY, tenant_session
 from keyserver.appraisal import appraise_with
 from keyserver.db.models import Policy
 from keyserver.db.session import Database
 from keyserver.db.types import utcnow
 from keyserver.errors import NotFound
 from keyserver.releaselog.store import ReleaseLog
-from keyserver.tenancy import Principal, Role, require_role, resolve_tenant
+from keyserver.tenancy import Principal, Role
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
 
@@ -70,9 +70,7 @@ class PolicyController(Controller):
         tenant: FromPath[str],
         data: JSONBody[PolicyCreate],
     ) -> PolicyOut:
-        require_role(principal, Role.TENANT_ADMIN)
-        async with db.transaction(principal.scope) as session:
-            target = await resolve_tenant(session, principal, tenant)
+        async with tenant_session(db, principal, tenant, Role.TENANT_ADMIN) as (session, target):
             row = await policies.add_policy_version(
                 session,
                 release_log,
@@ -87,9 +85,10 @@ class PolicyController(Controller):
     async def list_all(
         self, principal: NamedDependency[Principal], db: NamedDependency[Database], tenant: FromPath[str]
     ) -> list[PolicyOut]:
-        require_role(principal, Role.TENANT_ADMIN, Role.AUDITOR)
-        async with db.transaction(principal.scope) as session:
-            target = await resolve_tenant(session, principal, tenant)
+        async with tenant_session(db, principal, tenant, Role.TENANT_ADMIN, Role.AUDITOR) as (
+            session,
+            target,
+        ):
             return [
                 PolicyOut.of(row, active) for row, active in await policies.list_policies(session, target.id)
             ]
@@ -108,9 +107,7 @@ class PolicyController(Controller):
         name: FromPath[str],
         version: FromPath[int],
     ) -> PolicyOut:
-        require_role(principal, Role.TENANT_ADMIN)
-        async with db.transaction(principal.scope) as session:
-            target = await resolve_tenant(session, principal, tenant)
+        async with tenant_session(db, principal, tenant, Role.TENANT_ADMIN) as (session, target):
             await policies.activate(session, release_log, target, name, version, principal=principal.token_id)
             row = await session.get(Policy, (target.id, name, version))
             assert row is not None
@@ -129,9 +126,10 @@ class PolicyController(Controller):
         name: FromPath[str],
         data: JSONBody[DryRun],
     ) -> DryRunOut:
-        require_role(principal, Role.TENANT_ADMIN, Role.AUDITOR)
-        async with db.transaction(principal.scope) as session:
-            target = await resolve_tenant(session, principal, tenant)
+        async with tenant_session(db, principal, tenant, Role.TENANT_ADMIN, Role.AUDITOR) as (
+            session,
+            target,
+        ):
             if data.version is None:
                 row = await policies.active_policy(session, target.id, name)
             else:

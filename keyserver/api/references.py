@@ -14,7 +14,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
 from keyserver import reference_values as rv
-from keyserver.api.auth import SECURITY
+from keyserver.api.auth import SECURITY, tenant_session
 from keyserver.appraisal import validate_reference_values
 from keyserver.db.models import CiSigner, ReferenceValueSet
 from keyserver.db.session import Database
@@ -85,9 +85,7 @@ class ReferenceController(Controller):
         tenant: FromPath[str],
         data: JSONBody[SignerCreate],
     ) -> SignerOut:
-        require_role(principal, Role.TENANT_ADMIN)
-        async with db.transaction(principal.scope) as session:
-            target = await resolve_tenant(session, principal, tenant)
+        async with tenant_session(db, principal, tenant, Role.TENANT_ADMIN) as (session, target):
             signer = await rv.register_signer(
                 session,
                 release_log,
@@ -102,9 +100,10 @@ class ReferenceController(Controller):
     async def signers(
         self, principal: NamedDependency[Principal], db: NamedDependency[Database], tenant: FromPath[str]
     ) -> list[SignerOut]:
-        require_role(principal, Role.TENANT_ADMIN, Role.AUDITOR)
-        async with db.transaction(principal.scope) as session:
-            target = await resolve_tenant(session, principal, tenant)
+        async with tenant_session(db, principal, tenant, Role.TENANT_ADMIN, Role.AUDITOR) as (
+            session,
+            target,
+        ):
             return [SignerOut.of(s) for s in await rv.list_signers(session, target.id)]
 
     @post("/ci-signers/{name:str}/revoke", status_code=200, summary="Revoke a CI signer (tenant-admin)")
@@ -116,9 +115,7 @@ class ReferenceController(Controller):
         tenant: FromPath[str],
         name: FromPath[str],
     ) -> SignerOut:
-        require_role(principal, Role.TENANT_ADMIN)
-        async with db.transaction(principal.scope) as session:
-            target = await resolve_tenant(session, principal, tenant)
+        async with tenant_session(db, principal, tenant, Role.TENANT_ADMIN) as (session, target):
             return SignerOut.of(
                 await rv.revoke_signer(session, release_log, target, name, principal=principal.token_id)
             )
@@ -132,9 +129,7 @@ class ReferenceController(Controller):
         tenant: FromPath[str],
         data: JSONBody[ReferenceValuesCreate],
     ) -> ReferenceValuesOut:
-        require_role(principal, Role.TENANT_ADMIN)
-        async with db.transaction(principal.scope) as session:
-            target = await resolve_tenant(session, principal, tenant)
+        async with tenant_session(db, principal, tenant, Role.TENANT_ADMIN) as (session, target):
             row = await rv.add_reference_values(
                 session,
                 release_log,
@@ -178,9 +173,10 @@ class ReferenceController(Controller):
     async def list_all(
         self, principal: NamedDependency[Principal], db: NamedDependency[Database], tenant: FromPath[str]
     ) -> list[ReferenceValuesOut]:
-        require_role(principal, Role.TENANT_ADMIN, Role.AUDITOR, Role.CI_SIGNER)
-        async with db.transaction(principal.scope) as session:
-            target = await resolve_tenant(session, principal, tenant)
+        async with tenant_session(db, principal, tenant, Role.TENANT_ADMIN, Role.AUDITOR, Role.CI_SIGNER) as (
+            session,
+            target,
+        ):
             return [ReferenceValuesOut.of(r) for r in await rv.list_reference_values(session, target.id)]
 
     @post("/reference-values/{name:str}/{version:int}/revoke", status_code=200, summary="Revoke a version")
@@ -193,9 +189,7 @@ class ReferenceController(Controller):
         name: FromPath[str],
         version: FromPath[int],
     ) -> ReferenceValuesOut:
-        require_role(principal, Role.TENANT_ADMIN)
-        async with db.transaction(principal.scope) as session:
-            target = await resolve_tenant(session, principal, tenant)
+        async with tenant_session(db, principal, tenant, Role.TENANT_ADMIN) as (session, target):
             row = await rv.revoke_reference_values(
                 session, release_log, target, name, version, principal=principal.token_id
             )

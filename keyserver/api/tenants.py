@@ -9,7 +9,7 @@ from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
-from keyserver.api.auth import SECURITY
+from keyserver.api.auth import SECURITY, tenant_session
 from keyserver.api.schemas import TenantCreate, TenantOut, TokenCreate, TokenIssued, TokenOut, WhoAmI
 from keyserver.db.session import Database, Scope
 from keyserver.tenancy import (
@@ -21,7 +21,6 @@ from keyserver.tenancy import (
     list_tenants,
     list_tokens,
     require_operator,
-    require_role,
     resolve_tenant,
     revoke_token,
 )
@@ -90,9 +89,10 @@ class TenantController(Controller):
     async def tokens(
         self, principal: NamedDependency[Principal], db: NamedDependency[Database], tenant: FromPath[str]
     ) -> list[TokenOut]:
-        require_role(principal, Role.TENANT_ADMIN, Role.OPERATOR)
-        async with db.transaction(principal.scope) as session:
-            target = await resolve_tenant(session, principal, tenant)
+        async with tenant_session(db, principal, tenant, Role.TENANT_ADMIN, Role.OPERATOR) as (
+            session,
+            target,
+        ):
             return [TokenOut.of(t, target.name) for t in await list_tokens(session, target.id)]
 
     @delete(
@@ -107,8 +107,9 @@ class TenantController(Controller):
         tenant: FromPath[str],
         token_id: FromPath[uuid.UUID],
     ) -> TokenOut:
-        require_role(principal, Role.TENANT_ADMIN, Role.OPERATOR)
-        async with db.transaction(principal.scope) as session:
-            target = await resolve_tenant(session, principal, tenant)
+        async with tenant_session(db, principal, tenant, Role.TENANT_ADMIN, Role.OPERATOR) as (
+            session,
+            target,
+        ):
             token = await revoke_token(session, target.id, token_id)
             return TokenOut.of(token, target.name)

@@ -17,11 +17,11 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
 from keyserver import tpm_enrolment as tpm
-from keyserver.api.auth import SECURITY
+from keyserver.api.auth import SECURITY, tenant_session
 from keyserver.db.models import TpmAk, TpmTrustAnchor
 from keyserver.db.session import Database, Scope
 from keyserver.releaselog.store import ReleaseLog
-from keyserver.tenancy import Principal, Role, lookup_tenant, require_role, resolve_tenant
+from keyserver.tenancy import Principal, Role, lookup_tenant
 
 B64 = Annotated[str, msgspec.Meta(min_length=1, max_length=24_000)]
 
@@ -111,9 +111,7 @@ class TpmAdminController(Controller):
         tenant: FromPath[str],
         data: JSONBody[AnchorCreate],
     ) -> AnchorOut:
-        require_role(principal, Role.TENANT_ADMIN)
-        async with db.transaction(principal.scope) as session:
-            target = await resolve_tenant(session, principal, tenant)
+        async with tenant_session(db, principal, tenant, Role.TENANT_ADMIN) as (session, target):
             anchor = await tpm.add_anchor(
                 session,
                 release_log,
@@ -129,9 +127,10 @@ class TpmAdminController(Controller):
     async def anchors(
         self, principal: NamedDependency[Principal], db: NamedDependency[Database], tenant: FromPath[str]
     ) -> list[AnchorOut]:
-        require_role(principal, Role.TENANT_ADMIN, Role.AUDITOR)
-        async with db.transaction(principal.scope) as session:
-            target = await resolve_tenant(session, principal, tenant)
+        async with tenant_session(db, principal, tenant, Role.TENANT_ADMIN, Role.AUDITOR) as (
+            session,
+            target,
+        ):
             return [AnchorOut.of(a) for a in await tpm.list_anchors(session, target.id)]
 
     @delete("/anchors/{anchor_id:uuid}", status_code=204, summary="Stop trusting an anchor")
@@ -143,9 +142,7 @@ class TpmAdminController(Controller):
         tenant: FromPath[str],
         anchor_id: FromPath[uuid.UUID],
     ) -> None:
-        require_role(principal, Role.TENANT_ADMIN)
-        async with db.transaction(principal.scope) as session:
-            target = await resolve_tenant(session, principal, tenant)
+        async with tenant_session(db, principal, tenant, Role.TENANT_ADMIN) as (session, target):
             await tpm.remove_anchor(session, release_log, target, anchor_id, principal=principal.token_id)
 
     @post("/pinned-eks", summary="Vouch for one EK public key directly")
@@ -157,9 +154,7 @@ class TpmAdminController(Controller):
         tenant: FromPath[str],
         data: JSONBody[PinnedEkCreate],
     ) -> PinnedEkOut:
-        require_role(principal, Role.TENANT_ADMIN)
-        async with db.transaction(principal.scope) as session:
-            target = await resolve_tenant(session, principal, tenant)
+        async with tenant_session(db, principal, tenant, Role.TENANT_ADMIN) as (session, target):
             pinned = await tpm.pin_ek(
                 session,
                 release_log,
@@ -174,9 +169,10 @@ class TpmAdminController(Controller):
     async def aks(
         self, principal: NamedDependency[Principal], db: NamedDependency[Database], tenant: FromPath[str]
     ) -> list[AkOut]:
-        require_role(principal, Role.TENANT_ADMIN, Role.AUDITOR)
-        async with db.transaction(principal.scope) as session:
-            target = await resolve_tenant(session, principal, tenant)
+        async with tenant_session(db, principal, tenant, Role.TENANT_ADMIN, Role.AUDITOR) as (
+            session,
+            target,
+        ):
             return [AkOut.of(ak) for ak in await tpm.list_aks(session, target.id)]
 
     @delete("/aks/{ak_name:str}", status_code=200, summary="Revoke an attestation key")
@@ -188,9 +184,7 @@ class TpmAdminController(Controller):
         tenant: FromPath[str],
         ak_name: FromPath[str],
     ) -> AkOut:
-        require_role(principal, Role.TENANT_ADMIN)
-        async with db.transaction(principal.scope) as session:
-            target = await resolve_tenant(session, principal, tenant)
+        async with tenant_session(db, principal, tenant, Role.TENANT_ADMIN) as (session, target):
             return AkOut.of(
                 await tpm.revoke_ak(session, release_log, target, ak_name, principal=principal.token_id)
             )
