@@ -35,6 +35,7 @@ from joserfc.jwk import ECKey, Key, OKPKey
 from keyserver import __version__
 from keyserver.errors import EvidenceError
 from keyserver.evidence.claims import TEES, Claims, ClaimValue
+from keyserver.strict_json import loads_object
 
 EAR_PROFILE = "tag:github.com,2023:veraison/ear"
 TOKEN_TYP = "eat+jwt"  # application/eat+jwt (draft-ietf-rats-eat-media-type), without "application/"
@@ -208,23 +209,11 @@ def jwks_for(
     return {"keys": jwk_list}
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in result:
-            raise ValueError(f"duplicate member {name!r}")
-        result[name] = value
-    return result
-
-
 def _loads_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise _invalid(f"the attestation result's {what} is not JSON") from None
-    if not isinstance(value, dict):
-        raise _invalid(f"the attestation result's {what} is not a JSON object")
-    return value
+        return loads_object(raw)
+    except ValueError as exc:
+        raise _invalid(f"the attestation result's {what} is {exc}") from None
 
 
 def _verifying_key(jwks: Mapping[str, Any], kid: str, alg: str) -> Key:

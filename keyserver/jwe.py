@@ -36,6 +36,7 @@ from joserfc.jwk import ECKey, Key, OKPKey, RSAKey, import_key
 
 from keyserver.binding import parse_ephemeral_jwk
 from keyserver.errors import InvalidRequest
+from keyserver.strict_json import loads_object
 
 ENC = "A256GCM"
 ALG_ECDH_ES = "ECDH-ES+A256KW"
@@ -193,24 +194,11 @@ def assemble_compact_jwe(
     return ".".join([protected, _b64url(encrypted_key), _b64url(iv), _b64url(ciphertext), _b64url(tag)])
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in result:
-            # Two parsers could pick different values of a duplicated member: refuse the ambiguity.
-            raise ValueError(f"duplicate member {name!r}")
-        result[name] = value
-    return result
-
-
 def _loads_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise InvalidRequest(f"the released-key JWE's {what} is not JSON") from None
-    if not isinstance(value, dict):
-        raise InvalidRequest(f"the released-key JWE's {what} is not a JSON object")
-    return value
+        return loads_object(raw)
+    except ValueError as exc:
+        raise InvalidRequest(f"the released-key JWE's {what} is {exc}") from None
 
 
 def _decode_header(segment: str) -> dict[str, Any]:
