@@ -16,8 +16,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -27,6 +26,7 @@ from keyserver.db.models import AttestationKey, Tenant
 from keyserver.db.types import utcnow
 from keyserver.db.upsert import insert_ignore
 from keyserver.evidence.claims import Claims
+from keyserver.tenant_keys import UnwrappedKeys, new_wrapped_ed25519
 
 TOKEN_LIFETIME = timedelta(minutes=5)
 ATTESTATION_RESULT = "attestation-result"
@@ -40,16 +40,14 @@ class AttestationIssuer:
     def __init__(self, backend: KeyBackend, issuer: str) -> None:
         self.backend = backend
         self.issuer = issuer
-        self._keys: dict[tuple[uuid.UUID, bytes], Ed25519PrivateKey] = {}
+        self._keys = UnwrappedKeys(backend)
 
     async def _row(self, session: AsyncSession, tenant_id: uuid.UUID) -> AttestationKey:
         query = select(AttestationKey).where(AttestationKey.tenant_id == tenant_id)
         row = (await session.execute(query)).scalar_one_or_none()
         if row is not None:
             return row
-        private = Ed25519PrivateKey.generate()
-        public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        raw = private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        public, wrapped = await new_wrapped_ed25519(self.backend, _context(tenant_id))
         await insert_ignore(
             session,
             AttestationKey,
@@ -57,7 +55,7 @@ class AttestationIssuer:
                 "tenant_id": tenant_id,
                 "kid": hashlib.sha256(public).hexdigest()[:16],
                 "public_key": public,
-                "wrapped_private_key": await self.backend.wrap(raw, _context(tenant_id)),
+                "wrapped_private_key": wrapped,
                 "backend": self.backend.name,
                 "created_at": utcnow(),
             },
@@ -77,12 +75,9 @@ class AttestationIssuer:
         now: datetime,
     ) -> str:
         row = await self._row(session, tenant.id)
-        private = self._keys.get((tenant.id, row.public_key))
-        if private is None:
-            private = Ed25519PrivateKey.from_private_bytes(
-                await self.backend.unwrap(row.wrapped_private_key, _context(tenant.id))
-            )
-            self._keys[(tenant.id, row.public_key)] = private
+        private = await self._keys.get(
+            tenant.id, row.public_key, row.wrapped_private_key, _context(tenant.id)
+        )
         return issue_attestation_result(
             dict(claims),
             tenant=tenant.name,

@@ -11,7 +11,6 @@ import uuid
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -20,6 +19,7 @@ from keyserver.backends.base import KeyBackend
 from keyserver.db.models import LogKey
 from keyserver.db.types import utcnow
 from keyserver.db.upsert import insert_ignore
+from keyserver.tenant_keys import UnwrappedKeys, new_wrapped_ed25519
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class LogSigner:
     def __init__(self, backend: KeyBackend, origin_prefix: str) -> None:
         self.backend = backend
         self.origin_prefix = origin_prefix.rstrip("/")
-        self._keys: dict[tuple[uuid.UUID, bytes], Ed25519PrivateKey] = {}
+        self._keys = UnwrappedKeys(backend)
 
     async def log_for(self, session: AsyncSession, tenant_id: uuid.UUID, tenant_name: str) -> TenantLog:
         row = await self._key_row(session, tenant_id, tenant_name)
@@ -61,9 +61,7 @@ class LogSigner:
         row = (await session.execute(query)).scalar_one_or_none()
         if row is not None:
             return row
-        private_key = Ed25519PrivateKey.generate()
-        raw = private_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-        public = private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        public, wrapped = await new_wrapped_ed25519(self.backend, _wrapping_context(tenant_id))
         await insert_ignore(
             session,
             LogKey,
@@ -71,7 +69,7 @@ class LogSigner:
                 "tenant_id": tenant_id,
                 "origin": f"{self.origin_prefix}/{tenant_name}",
                 "public_key": public,
-                "wrapped_private_key": await self.backend.wrap(raw, _wrapping_context(tenant_id)),
+                "wrapped_private_key": wrapped,
                 "backend": self.backend.name,
                 "created_at": utcnow(),
             },
@@ -80,15 +78,7 @@ class LogSigner:
         return (await session.execute(query)).scalar_one()
 
     async def _private_key(self, session: AsyncSession, log: TenantLog) -> Ed25519PrivateKey:
-        public = log.public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
-        cached = self._keys.get((log.tenant_id, public))
-        if cached is not None:
-            return cached
         row = (await session.execute(select(LogKey).where(LogKey.tenant_id == log.tenant_id))).scalar_one()
-        raw = await self.backend.unwrap(row.wrapped_private_key, _wrapping_context(log.tenant_id))
-        private_key = Ed25519PrivateKey.from_private_bytes(raw)
-        derived = private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        if derived != row.public_key:
-            raise ValueError("the stored log key's private and public halves do not match")
-        self._keys[(log.tenant_id, public)] = private_key
-        return private_key
+        return await self._keys.get(
+            log.tenant_id, row.public_key, row.wrapped_private_key, _wrapping_context(log.tenant_id)
+        )
