@@ -59,6 +59,7 @@ class Receipt:
     tree_size: int
     checkpoint: str
     inclusion_proof: list[bytes]
+    entry: bytes  # the entry's canonical bytes, so the loader can check inclusion without an auditor token
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,7 @@ class ReleaseService:
             index = appended.first_index
             proof = await self.log.inclusion_proof(session, tenant, index, appended.size)
         # Committed: the entry is durable. Only now may the key leave.
-        receipt = Receipt(index, appended.size, appended.checkpoint, proof)
+        receipt = Receipt(index, appended.size, appended.checkpoint, proof, appended.entries[0])
         return Outcome(
             granted=granted,
             reason=reason,

@@ -202,6 +202,7 @@ async def test_release_granted_and_every_wrong_way_denied(
         receipt = body["receipt"]
         checkpoint = verify_checkpoint(receipt["checkpoint"], vkey)
         data, entry = await log_entry(service, acme, receipt["log_index"])
+        assert base64.b64decode(receipt["entry"]) == data  # the receipt carries the logged entry itself
         merkle.verify_inclusion(
             merkle.leaf_hash(data),
             receipt["log_index"],

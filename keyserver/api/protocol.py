@@ -51,6 +51,7 @@ class ReceiptOut(msgspec.Struct):
     tree_size: int
     checkpoint: str
     inclusion_proof: list[str]  # hex, RFC 9162 audit path
+    entry: str  # base64: the logged entry's canonical bytes (its leaf hash is SHA-256(0x00 || entry))
 
 
 class ReleaseOut(msgspec.Struct):
@@ -61,7 +62,13 @@ class ReleaseOut(msgspec.Struct):
 
 def receipt_out(outcome: Outcome) -> ReceiptOut:
     r = outcome.receipt
-    return ReceiptOut(r.log_index, r.tree_size, r.checkpoint, [h.hex() for h in r.inclusion_proof])
+    return ReceiptOut(
+        r.log_index,
+        r.tree_size,
+        r.checkpoint,
+        [h.hex() for h in r.inclusion_proof],
+        base64.b64encode(r.entry).decode(),
+    )
 
 
 class ProtocolController(Controller):

@@ -37,6 +37,7 @@ class Appended:
     size: int
     root_hash: bytes
     checkpoint: str
+    entries: tuple[bytes, ...] = ()  # the canonical bytes stored, in order: what the leaf hashes cover
 
 
 class _Prefetched:
@@ -88,7 +89,7 @@ class ReleaseLog:
         head.size, head.root_hash, head.updated_at = size_after, root, now
         head.checkpoint = await self.signer.sign(session, log, size_after, root)
         await session.flush()
-        return Appended(size_before, size_after, root, head.checkpoint)
+        return Appended(size_before, size_after, root, head.checkpoint, tuple(encoded))
 
     async def head(self, session: AsyncSession, tenant: Tenant) -> LogHead:
         """The current head; an empty log gets its key and a signed size-0 checkpoint on first ask."""
