@@ -1,0 +1,1 @@
+"""The trusted loader that runs in the confidential VM (docs/clients.md)."""
