@@ -6,9 +6,10 @@ import base64
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from audit import merkle
-from audit.checkpoint import verify_checkpoint
+from audit.checkpoint import parse_vkey, verify_checkpoint
 from keyserver.backends.software import SoftwareBackend
 from keyserver.config import Settings
 from keyserver.db.models import Tenant
@@ -52,6 +53,9 @@ async def test_checkpoint_entries_and_proofs_verify(service: Service, alpha: Ten
     client, auth = service.client, bearer(alpha.auditor)
     key = (await client.get("/v1/tenants/alpha/log/key", headers=auth)).json()
     assert key["origin"] == "keyserver.local/alpha"
+    # The raw Ed25519 key, the same one the vkey names (its base64 may hold "+": parse, don't split).
+    pinned = parse_vkey(key["verifier_key"]).public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    assert base64.b64decode(key["public_key"], validate=True) == pinned
     checkpoint_response = await client.get("/v1/tenants/alpha/log/checkpoint", headers=auth)
     assert checkpoint_response.headers["content-type"].startswith("text/plain")
     checkpoint = verify_checkpoint(checkpoint_response.text, key["verifier_key"])

@@ -6,10 +6,12 @@ import base64
 from typing import Annotated, Any
 
 import msgspec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath, Parameter
 
+from audit.checkpoint import parse_vkey
 from audit.entry import decode_entry
 from keyserver.api.auth import SECURITY, tenant_session
 from keyserver.db.session import Database
@@ -78,8 +80,11 @@ class LogController(Controller):
     ) -> LogKeyOut:
         async with tenant_session(db, principal, tenant, *LOG_READERS) as (session, target):
             log = await release_log.describe(session, target)
-        raw = log.verifier_key.rsplit("+", 1)[1]
-        return LogKeyOut(origin=log.origin, verifier_key=log.verifier_key, public_key=raw)
+        # The key is the vkey's last part minus its type byte; base64 may itself hold "+", so parse it.
+        raw = parse_vkey(log.verifier_key).public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+        return LogKeyOut(
+            origin=log.origin, verifier_key=log.verifier_key, public_key=base64.b64encode(raw).decode()
+        )
 
     @get("/entries", summary="Entries [start, end): canonical bytes (base64) and decoded JSON; at most 1000")
     async def entries(
