@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export VENV
 
-.PHONY: run test bench lint format system-deps lock clean
+.PHONY: run test bench demo lint format system-deps lock clean
 
 ## run: the service on the embedded default (SQLite + software key backend), on 127.0.0.1:8080
 run: $(VENV)/.installed-runtime
@@ -16,6 +16,10 @@ test: system-deps $(VENV)/.installed-dev
 ## bench: the benchmarks; figures printed and written to bench/results.json (never asserted in tests)
 bench: system-deps $(VENV)/.installed-dev
 	$(BIN)/python -m bench.log_bench
+
+## demo: the confidential-inference design end to end (keyserver, swtpm, loader, inference server, caller)
+demo: system-deps $(VENV)/.installed-dev
+	$(BIN)/keyserver demo
 
 system-deps:
 	scripts/install-system-deps

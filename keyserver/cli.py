@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_audit_commands(commands)
     add_evidence_commands(commands)
     add_policy_commands(commands)
+    demo = commands.add_parser(
+        "demo", help="run the confidential-inference demo end to end (needs `make demo`)"
+    )
+    demo.add_argument(
+        "--workdir", help="keep the demo's processes' files here (default: a temporary directory)"
+    )
     return parser
 
 
@@ -255,6 +261,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_evidence(args)
     if args.command == "policy":  # offline: policy + claims in, decision out
         return run_policy(args)
+    if args.command == "demo":  # the client shims and a keyserver of its own, in a temporary directory
+        from clients.demo.run import main as run_demo
+
+        return run_demo(["--workdir", args.workdir] if args.workdir else [])
     try:
         settings = settings_from(args)
         if args.command == "serve":

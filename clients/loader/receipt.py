@@ -13,18 +13,16 @@ Pure: bytes and the pinned log key in, the decoded entry out, :class:`ReceiptInv
 
 from __future__ import annotations
 
-import base64
-import binascii
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from audit import merkle
 from audit.checkpoint import CheckpointError, verify_checkpoint
 from audit.entry import EntryError, decode_entry
+from clients.sdk.models import Receipt
 
 KEY_RELEASE = "key-release"
-MAX_PROOF_HASHES = 64  # a tree of 2**64 entries has a shorter audit path
 
 
 class ReceiptInvalid(Exception):
@@ -37,40 +35,12 @@ class ReceiptInvalid(Exception):
 
 
 @dataclass(frozen=True)
-class Receipt:
-    log_index: int
-    tree_size: int
-    checkpoint: str
-    inclusion_proof: Sequence[bytes]
-    entry: bytes | None
-
-
-@dataclass(frozen=True)
 class ExpectedRelease:
     """What the logged entry must say: this key version, released to this ephemeral key."""
 
     key_name: str
     key_version: int
     requester_thumbprint: str  # base64url RFC 7638 thumbprint of the loader's ephemeral public key
-
-
-def receipt_from_json(document: Mapping[str, Any]) -> Receipt:
-    """A receipt as the release endpoint returns it (hex proof, base64 entry); ``ReceiptInvalid`` if it
-    is not one."""
-    try:
-        index, size = document["log_index"], document["tree_size"]
-        checkpoint, proof, entry = document["checkpoint"], document["inclusion_proof"], document.get("entry")
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (index, size)):
-            raise TypeError("log_index and tree_size are integers")
-        if not isinstance(checkpoint, str) or not isinstance(proof, list) or len(proof) > MAX_PROOF_HASHES:
-            raise TypeError("checkpoint is a string and inclusion_proof a list of hex hashes")
-        hashes = [bytes.fromhex(h) for h in proof if isinstance(h, str)]
-        if len(hashes) != len(proof):
-            raise TypeError("inclusion_proof holds hex strings")
-        raw = None if entry is None else base64.b64decode(entry, validate=True)
-    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
-        raise ReceiptInvalid("receipt-malformed", f"the receipt is not well formed ({exc})") from None
-    return Receipt(index, size, checkpoint, hashes, raw)
 
 
 def verify_receipt(

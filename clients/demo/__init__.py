@@ -1,0 +1,1 @@
+"""The end-to-end demo: `keyserver demo` (clients/demo/run.py)."""

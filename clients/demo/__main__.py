@@ -1,0 +1,5 @@
+import sys
+
+from clients.demo.run import main
+
+sys.exit(main())

@@ -1,0 +1,214 @@
+"""The processes the demo runs: a software TPM (swtpm), the keyserver, the loader, the inference server.
+
+Every wait is bounded and every process is stopped by its own PID: the demo may run next to a
+developer's own swtpm or keyserver on the same machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+LOCALHOST = "127.0.0.1"
+START_SECONDS = 30.0
+
+
+class DemoError(Exception):
+    """A step of the demo could not run; the message says which and why."""
+
+
+def free_port(consecutive: int = 1) -> int:
+    """A free TCP port on 127.0.0.1 followed by ``consecutive - 1`` more (swtpm wants port + 1)."""
+    for _ in range(50):
+        with contextlib.ExitStack() as stack:
+            first = stack.enter_context(socket.socket())
+            first.bind((LOCALHOST, 0))
+            port: int = first.getsockname()[1]
+            try:
+                for offset in range(1, consecutive):
+                    stack.enter_context(socket.socket()).bind((LOCALHOST, port + offset))
+            except OSError:
+                continue
+            return port
+    raise DemoError(f"no {consecutive} adjacent free TCP ports on {LOCALHOST}")
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((LOCALHOST, port)) == 0
+
+
+def wait_until(
+    ready: Callable[[], bool], what: str, proc: subprocess.Popen[Any], seconds: float = START_SECONDS
+) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise DemoError(f"{what} exited early with status {proc.returncode}")
+        if ready():
+            return
+        time.sleep(0.05)
+    raise DemoError(f"{what} did not become ready within {seconds:.0f} s")
+
+
+def http_ready(url: str) -> Callable[[], bool]:
+    def ready() -> bool:
+        try:
+            return httpx.get(url, timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    return ready
+
+
+def require(binary: str, package: str) -> str:
+    path = shutil.which(binary)
+    if path is None:
+        raise DemoError(f"`{binary}` is not installed (Debian package {package}); `make demo` installs it")
+    return path
+
+
+@dataclass
+class Process:
+    """A child process with its output in a log file."""
+
+    name: str
+    argv: Sequence[str]
+    log_path: Path
+    env: Mapping[str, str] | None = None
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    def start(self, stdout: int | IO[bytes] | None = None) -> subprocess.Popen[bytes]:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(  # noqa: S603 - argv built by the demo from fixed programs
+            list(self.argv), stdout=stdout if stdout is not None else log, stderr=log, env=self.env
+        )
+        log.close()
+        return self.proc
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.proc = None
+
+
+class SoftwareTpm:
+    """swtpm with EK certificates from a private CA kept in ``root`` (never /etc or /var/lib)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.state = root / "state"
+        self.port = free_port(2)
+        self.tcti = f"swtpm:host={LOCALHOST},port={self.port}"
+        localca = root / "localca"
+        self.ek_ca_certs = [localca / "swtpm-localca-rootca-cert.pem", localca / "issuercert.pem"]
+        self.process = Process(
+            "swtpm",
+            [
+                require("swtpm", "swtpm"),
+                "socket",
+                "--tpm2",
+                "--tpmstate",
+                f"dir={self.state}",
+                "--server",
+                f"type=tcp,port={self.port},bindaddr={LOCALHOST}",
+                "--ctrl",
+                f"type=tcp,port={self.port + 1},bindaddr={LOCALHOST}",
+                "--flags",
+                "not-need-init,startup-clear",
+            ],
+            root / "swtpm.log",
+        )
+
+    def manufacture(self) -> None:
+        """A new TPM: RSA-2048 and P-384 EKs with certificates, PCR banks sha1 and sha256."""
+        localca = self.root / "localca"
+        localca.mkdir(parents=True)
+        self.state.mkdir()
+        conf = self.root / "swtpm-localca.conf"
+        conf.write_text(
+            f"statedir = {localca}\nsigningkey = {localca}/signkey.pem\n"
+            f"issuercert = {localca}/issuercert.pem\ncertserial = {localca}/certserial\n"
+        )
+        options = self.root / "swtpm-localca.options"
+        options.write_text(
+            "--platform-manufacturer KeyserverDemo\n--platform-version 2.1\n--platform-model swtpm\n"
+        )
+        setup = self.root / "swtpm_setup.conf"
+        setup.write_text(
+            f"create_certs_tool = {require('swtpm_localca', 'swtpm-tools')}\n"
+            f"create_certs_tool_config = {conf}\ncreate_certs_tool_options = {options}\n"
+            "active_pcr_banks = sha1,sha256\n"
+        )
+        env = {**os.environ, "TMPDIR": str(self.root), "XDG_CONFIG_HOME": str(self.root)}
+        subprocess.run(  # noqa: S603
+            [
+                require("swtpm_setup", "swtpm-tools"),
+                "--tpm2",
+                "--tpmstate",
+                str(self.state),
+                "--config",
+                str(setup),
+                "--create-ek-cert",
+                "--create-platform-cert",
+                "--pcr-banks",
+                "sha1,sha256",
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+    def start(self) -> None:
+        """Power on: TPM2_Startup(CLEAR), so every PCR starts from zero, as after a reboot."""
+        proc = self.process.start()
+        wait_until(lambda: port_open(self.port) and port_open(self.port + 1), "swtpm", proc)
+
+    def reboot(self) -> None:
+        """An orderly reboot: TPM2_Shutdown first, as an OS does. Killing a TPM without it counts as a
+        possible attack (dictionary-attack protection) and a few of those lock the AK out."""
+        from tpm2_pytss import ESAPI
+        from tpm2_pytss.constants import TPM2_SU
+
+        with ESAPI(self.tcti) as ectx:
+            ectx.shutdown(TPM2_SU.CLEAR)
+        self.process.stop()
+        self.start()
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def run_json(argv: Sequence[str], env: Mapping[str, str]) -> Any:
+    """Run a command that prints one JSON document; its document, or ``DemoError`` with its stderr."""
+    done = subprocess.run(list(argv), env=dict(env), capture_output=True, text=True, timeout=120, check=False)  # noqa: S603
+    if done.returncode != 0:
+        raise DemoError(f"{' '.join(argv[2:4])} failed: {done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout)

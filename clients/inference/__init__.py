@@ -1,0 +1,1 @@
+"""The untrusted inference front (clients/inference/server.py)."""

@@ -1,0 +1,5 @@
+import sys
+
+from clients.inference.server import main
+
+sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from clients.loader.main import main
+
+sys.exit(main())

@@ -1,0 +1,170 @@
+"""The loader's measured configuration, its image measurement, and the edges of the loader's and the
+inference server's HTTP APIs (everything the end-to-end test does not reach cheaply)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from litestar.testing import TestClient
+
+from audit.checkpoint import vkey_for
+from clients.accelerator.accelerator import Accelerator
+from clients.channel import message_from_text, message_to_text, seal_request
+from clients.inference.server import create_inference_app
+from clients.loader.config import ConfigError, LoaderConfig, config_document
+from clients.loader.measure import image_digest, loader_files, pcr_after_extends, repository_root
+from clients.loader.release import EphemeralKey
+from clients.loader.service import LoaderState, TokenCache, create_loader_app
+from clients.model.train import train
+
+
+def pem(key: Any) -> str:
+    return str(key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode())
+
+
+VKEY = vkey_for("keyserver.test/acme", ed25519.Ed25519PrivateKey.generate().public_key())
+
+
+def document(**changes: Any) -> dict[str, Any]:
+    signer = ed25519.Ed25519PrivateKey.generate().public_key()
+    base = config_document(
+        tenant="acme",
+        key="weights",
+        log_verifier_key=VKEY,
+        log_origin="keyserver.test/acme",
+        program_signers={"ci": pem(signer)},
+    )
+    base.update(changes)
+    return base
+
+
+def test_a_configuration_loads_and_its_canonical_bytes_are_what_is_measured(tmp_path: Path) -> None:
+    path = tmp_path / "loader.json"
+    doc = document()
+    path.write_text(json.dumps(doc, indent=4))  # any layout: the measurement is over canonical bytes
+    config = LoaderConfig.load(path)
+    assert (config.tenant, config.key, config.pcr_selection) == ("acme", "weights", "sha256:10")
+    assert config.log.verifier_key == VKEY
+    assert set(config.program_signers) == {"ci"}
+    assert config.canonical == LoaderConfig.from_document(doc).canonical
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"v": 2}, "version"),
+        ({"extra": 1}, "unknown"),
+        ({"tenant": ""}, "tenant"),
+        ({"log": {"verifier_key": VKEY}}, "log"),
+        ({"program_signers": {}}, "at least one program signer"),
+        ({"program_signers": {"ci": "not a pem"}}, "not a PEM"),
+        (
+            {"program_signers": {"ci": pem(rsa.generate_private_key(65537, 2048).public_key())}},
+            "Ed25519 or ECDSA",
+        ),
+    ],
+)
+def test_an_unusable_configuration_stops_the_loader(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        LoaderConfig.from_document(document(**changes))
+
+
+def test_a_configuration_file_that_is_not_one(tmp_path: Path) -> None:
+    path = tmp_path / "loader.json"
+    for content in (b'{"v": 1, "v": 1}', b"[]", b"\xff", b"x" * 70_000):
+        path.write_bytes(content)
+        with pytest.raises(ConfigError):
+            LoaderConfig.load(path)
+
+
+def test_the_image_digest_changes_with_any_file_or_the_configuration(tmp_path: Path) -> None:
+    root = tmp_path / "image"
+    for package in ("clients", "audit", "keyserver"):
+        shutil.copytree(
+            repository_root() / package, root / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    files = loader_files(root)
+    assert any(p.name == "receipt.py" for p in files)
+    assert any(p.name == "binding.py" for p in files)  # the keyserver modules the loader imports
+    config = b'{"v":1}'
+    reference = image_digest(config, files, root)
+    assert image_digest(config, loader_files(root), root) == reference  # deterministic
+    assert image_digest(b'{"v":2}', files, root) != reference
+    target = root / "clients" / "loader" / "receipt.py"
+    target.write_text(target.read_text() + "\n# a patched loader\n")
+    assert image_digest(config, files, root) != reference
+    target.unlink()
+    assert image_digest(config, loader_files(root), root) != reference  # a file removed
+    (root / "clients" / "extra.py").write_text("")
+    assert len(loader_files(root)) == len(files)  # one removed, one added: the listing still differs
+
+
+def test_the_pcr_a_reset_tpm_reports_after_one_extend() -> None:
+    digest = hashlib.sha256(b"image").digest()
+    assert pcr_after_extends([digest]) == hashlib.sha256(bytes(32) + digest).digest()
+    assert (
+        pcr_after_extends([digest, digest]) == hashlib.sha256(pcr_after_extends([digest]) + digest).digest()
+    )
+
+
+@pytest.fixture(scope="module")
+def loader_state() -> LoaderState:
+    trained = train("the quick brown fox jumps over the lazy dog. " * 10, steps=10)
+    signer = ed25519.Ed25519PrivateKey.generate()
+    calls: list[int] = []
+
+    async def fetch() -> str:
+        calls.append(1)
+        return f"token-{len(calls)}"
+
+    return LoaderState(
+        tenant="acme",
+        key=EphemeralKey(),
+        accelerator=Accelerator(trained.weights, {"ci": signer.public_key()}),
+        tokens=TokenCache(fetch=fetch),
+    )
+
+
+def test_the_loader_api_refuses_what_it_cannot_open(loader_state: LoaderState) -> None:
+    with TestClient(create_loader_app(loader_state)) as client:
+        attestation = client.get("/v1/attestation").json()
+        assert attestation["public_key"] == loader_state.key.public_jwk
+        assert client.get("/v1/attestation").json()["token"] == attestation["token"]  # cached
+        for body in ({}, {"message": 1}, {"message": "x", "more": 1}):
+            assert client.post("/v1/run", json=body).status_code == 400
+        garbage = client.post("/v1/run", json={"message": "AAAA"})
+        assert garbage.status_code == 400
+        assert "AAAA" not in garbage.text
+        # Sealed to another key: it does not open here.
+        other = EphemeralKey()
+        sealed, _ = seal_request(
+            other.public_jwk, {"program": {}, "inputs": {}}, attested_jkt=other.thumbprint_b64url
+        )
+        assert client.post("/v1/run", json={"message": message_to_text(sealed)}).status_code == 400
+
+
+def test_a_malformed_request_is_answered_sealed(loader_state: LoaderState) -> None:
+    key = loader_state.key
+    with TestClient(create_loader_app(loader_state)) as client:
+        sealed, context = seal_request(key.public_jwk, {"inputs": {}}, attested_jkt=key.thumbprint_b64url)
+        answer = client.post("/v1/run", json={"message": message_to_text(sealed)})
+        assert answer.status_code == 200
+        opened = context.open_response(message_from_text(answer.json()["message"]))
+        assert opened["error"]["reason"] == "request-malformed"
+
+
+def test_the_inference_server_checks_shapes_and_reports_an_absent_loader() -> None:
+    app = create_inference_app("http://127.0.0.1:9", timeout=2)  # the discard port: nobody there
+    with TestClient(app) as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        assert client.post("/v1/completions", json={"message": 1}).status_code == 400
+        assert client.post("/v1/completions", json={"message": "x", "extra": 1}).status_code == 400
+        assert client.post("/v1/completions", json={"message": "x"}).status_code == 502
+        assert client.get("/v1/attestation").status_code == 502
