@@ -51,7 +51,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from keyserver.binding import jwk_thumbprint, parse_ephemeral_jwk
 from keyserver.errors import EvidenceError
-from keyserver.strict_json import no_duplicates
+from keyserver.strict_json import loads_strict
 
 PROTOCOL_VERSION: Final = 1
 TYPE_REQUEST: Final = 1
@@ -195,17 +195,11 @@ def _encode_payload(payload: Mapping[str, Any]) -> bytes:
     return encoded
 
 
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
 def _decode_payload(raw: bytes) -> dict[str, Any]:
     # Only reached after authentication: a malformed payload here comes from the peer itself.
     try:
-        value = json.loads(
-            raw.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=_refuse_constant
-        )
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        value = loads_strict(raw)
+    except ValueError as exc:
         raise ChannelFormatError(f"the payload is not strict JSON: {exc}") from None
     if not isinstance(value, dict):
         raise ChannelFormatError("the payload is not a JSON object")

@@ -1,5 +1,6 @@
 """JSON parsing for security decisions: duplicate members are refused (two parsers could pick different
-values of a duplicated member), and only an object is accepted where an object is expected."""
+values of a duplicated member), so are NaN and Infinity (not JSON, and not equal to themselves), and only
+an object is accepted where an object is expected."""
 
 from __future__ import annotations
 
@@ -16,11 +17,25 @@ def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def loads_strict(raw: bytes) -> Any:
+    """The JSON value in ``raw`` (UTF-8); ``ValueError`` saying what is wrong for anything else."""
+    try:
+        return json.loads(
+            raw.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=_refuse_constant
+        )
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise ValueError(str(exc)) from None
+
+
 def loads_object(raw: bytes) -> dict[str, Any]:
     """The JSON object in ``raw`` (UTF-8); ``ValueError`` for anything else."""
     try:
-        value = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates)
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        value = loads_strict(raw)
+    except ValueError:
         raise ValueError("not JSON") from None
     if not isinstance(value, dict):
         raise ValueError("not a JSON object")

@@ -10,40 +10,21 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
 from clients.sdk.errors import UnexpectedResponse
+from keyserver.strict_json import loads_strict
 
 T = TypeVar("T")
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Two parsers could pick different values of a duplicated member; refuse the ambiguity.
-    result: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in result:
-            raise ValueError(f"duplicate member {name!r}")
-        result[name] = value
-    return result
-
-
-def _refuse_constant(text: str) -> Any:
-    raise ValueError(f"{text} is not JSON")
-
-
 def loads(data: bytes) -> Any:
     """Strict JSON: UTF-8, no duplicate members, no NaN/Infinity; ``ValueError`` otherwise."""
-    try:
-        return json.loads(
-            data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant
-        )
-    except (UnicodeDecodeError, RecursionError) as exc:
-        raise ValueError(str(exc)) from None
+    return loads_strict(data)
 
 
 class Fields:
