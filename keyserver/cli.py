@@ -30,7 +30,7 @@ from keyserver.errors import InvalidRequest, KeyserverError, NotFound
 from keyserver.tenancy import Role, create_tenant, issue_token, list_tenants, list_tokens, revoke_token
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-_DURATION_RE = re.compile(r"^(\d+)([smhd])$")
+_DURATION_RE = re.compile(r"^(\d+)([smhd])\Z")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 

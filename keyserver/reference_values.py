@@ -37,7 +37,7 @@ from keyserver.evidence.claims import TEES
 from keyserver.releaselog import records
 from keyserver.releaselog.store import ReleaseLog
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}\Z")
 BUNDLE_VERSION = 1
 
 REFERENCE_VALUES_ADDED = "reference-values-added"

@@ -22,7 +22,7 @@ from keyserver.db.types import utcnow
 from keyserver.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthenticated
 from keyserver.tokens import hash_token, new_token, parse_token, token_matches
 
-TENANT_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+TENANT_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 MAX_TOKEN_LIFETIME = timedelta(days=3650)
 
 

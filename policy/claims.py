@@ -81,7 +81,7 @@ _HEX: dict[str, int | None] = {
     "tdx.qe_mrsigner": 32,
     "tpm.ak_name": None,
 }
-PCR_NAME = re.compile(r"^tpm\.pcrs\.(sha1|sha256|sha384)\.([0-9]|1[0-9]|2[0-3])$")
+PCR_NAME = re.compile(r"^tpm\.pcrs\.(sha1|sha256|sha384)\.([0-9]|1[0-9]|2[0-3])\Z")
 _PCR_BYTES = {"sha1": 20, "sha256": 32, "sha384": 48}
 _INT = re.compile(
     r"^(snp\.(version|guest_svn|policy|vmpl|signature_algo|platform_info|signer_info|policy_abi_major"

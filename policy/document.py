@@ -33,8 +33,8 @@ POLICY_FORMAT_VERSION = 1
 REFERENCE_VALUES_FORMAT_VERSION = 1
 
 # Same alphabet as the service's names (keyserver.reference_values.NAME_RE), so a policy can name any set.
-SET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
-RULE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+SET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}\Z")
+RULE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
 MAX_RULES = 64
 MAX_REFERENCE_SETS = 32
 MAX_EXAMPLES = 32  # per kind

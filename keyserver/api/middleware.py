@@ -14,7 +14,7 @@ from keyserver.logs import request_id_var
 
 REQUEST_ID_HEADER = b"x-request-id"
 # A caller-supplied id is kept only if it is short and plain, so it cannot forge log lines.
-_VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._-]{1,64}$")
+_VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._-]{1,64}\Z")
 
 access_log = logging.getLogger("keyserver.access")
 
