@@ -27,7 +27,9 @@ from litestar.params import JSONBody
 from clients.accelerator.accelerator import Accelerator
 from clients.accelerator.errors import ProgramRejected
 from clients.channel import ChannelError, message_from_text, message_to_text, open_request
+from clients.loader.collectors.errors import CollectorError
 from clients.loader.release import EphemeralKey
+from clients.sdk import KeyserverClientError
 
 # Attestation results live five minutes; fetch a new one well before the old one lapses.
 TOKEN_REFRESH_SECONDS = 120.0
@@ -84,12 +86,15 @@ def create_loader_app(loader: LoaderState) -> Litestar:
         return {"status": "ok"}
 
     @get("/v1/attestation")
-    async def attestation() -> dict[str, Any]:
-        return {
-            "tenant": loader.tenant,
-            "public_key": loader.key.public_jwk,
-            "token": await loader.tokens.get(),
-        }
+    async def attestation() -> Response[Any]:
+        try:
+            token = await loader.tokens.get()
+        except (KeyserverClientError, CollectorError) as exc:
+            # No fresh attestation, no key to offer: callers must not seal to an unattested loader.
+            return Response(
+                {"error": f"the keyserver did not attest this loader now: {exc}"}, status_code=503
+            )
+        return Response({"tenant": loader.tenant, "public_key": loader.key.public_jwk, "token": token})
 
     @post("/v1/run", status_code=200)
     async def run(data: JSONBody[dict[str, Any]]) -> Response[Any]:

@@ -3,6 +3,7 @@ inference server's HTTP APIs (everything the end-to-end test does not reach chea
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -23,6 +24,7 @@ from clients.loader.measure import image_digest, loader_files, pcr_after_extends
 from clients.loader.release import EphemeralKey
 from clients.loader.service import LoaderState, TokenCache, create_loader_app
 from clients.model.train import train
+from clients.sdk import KeyserverUnreachable
 
 
 def pem(key: Any) -> str:
@@ -168,3 +170,14 @@ def test_the_inference_server_checks_shapes_and_reports_an_absent_loader() -> No
         assert client.post("/v1/completions", json={"message": "x", "extra": 1}).status_code == 400
         assert client.post("/v1/completions", json={"message": "x"}).status_code == 502
         assert client.get("/v1/attestation").status_code == 502
+
+
+def test_no_attestation_is_a_503_not_a_stale_key(loader_state: LoaderState) -> None:
+    async def refused() -> str:
+        raise KeyserverUnreachable("the keyserver is down")
+
+    state = dataclasses.replace(loader_state, tokens=TokenCache(fetch=refused))
+    with TestClient(create_loader_app(state)) as client:
+        answer = client.get("/v1/attestation")
+        assert answer.status_code == 503
+        assert "public_key" not in answer.json()
