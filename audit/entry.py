@@ -26,7 +26,10 @@ class EntryError(ValueError):
 
 def canonical_bytes(value: dict[str, Any]) -> bytes:
     _check(value, path="$")
-    data = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        data = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise EntryError("a log entry's strings are Unicode text (a lone surrogate is not)") from None
     if len(data) > MAX_ENTRY_BYTES:
         raise EntryError(f"a log entry is limited to {MAX_ENTRY_BYTES} bytes; this one is {len(data)}")
     return data

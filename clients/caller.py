@@ -11,7 +11,8 @@ signer). Only then does it seal the request to that key; the completion comes ba
 from __future__ import annotations
 
 import base64
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -43,6 +44,7 @@ class InferenceFailed(Exception):
 class AttestedLoader:
     public_jwk: Mapping[str, Any]
     claims: Claims
+    attested_jkt: str  # the thumbprint the verified token names (cnf.jkt): requests are sealed only to it
 
 
 async def attested_loader(
@@ -51,21 +53,28 @@ async def attested_loader(
     *,
     tenant: str,
     issuer: str,
-    expected_claims: Mapping[str, Collection[Any]],
+    expected_claims: Mapping[str, AbstractSet[Any]],
     now: datetime | None = None,
 ) -> AttestedLoader:
     """The loader's key, once its attestation result verifies and its claims are among ``expected``.
 
-    ``expected_claims`` maps a claim name to the values accepted for it; an empty mapping is refused
-    (an empty policy would trust any attested machine).
+    ``expected_claims`` maps a claim name to the set of values accepted for it; an empty mapping is
+    refused (an empty policy would trust any attested machine).
     """
     if not expected_claims:
         raise LoaderNotTrusted("no expected claims: say which loader you trust (e.g. its measured PCR)")
+    for name, accepted in expected_claims.items():
+        if not isinstance(accepted, AbstractSet):  # a str would match substrings, a list is ambiguous
+            raise TypeError(f"expected_claims[{name!r}] is a set of accepted values")
     answer = await inference.get("/v1/attestation")
     if answer.status_code != 200:
         raise LoaderNotTrusted(f"the inference server answered {answer.status_code} for the attestation")
-    document = answer.json()
-    jwk, token = document.get("public_key"), document.get("token")
+    try:
+        document = answer.json()
+    except ValueError:
+        raise LoaderNotTrusted("the attestation is not JSON") from None
+    jwk = document.get("public_key") if isinstance(document, dict) else None
+    token = document.get("token") if isinstance(document, dict) else None
     if not isinstance(jwk, dict) or not isinstance(token, str):
         raise LoaderNotTrusted('the attestation is {"public_key": JWK, "token": EAR JWT}')
     try:
@@ -81,11 +90,13 @@ async def attested_loader(
     except (EvidenceError, InvalidRequest) as exc:
         raise LoaderNotTrusted(f"the loader's attestation does not verify: {exc.message}") from None
     for name, accepted in expected_claims.items():
-        if claims.get(name) not in accepted:
+        value = claims.get(name)
+        if isinstance(value, list | dict) or value not in accepted:
             raise LoaderNotTrusted(
                 f"the loader's {name} is {claims.get(name)!r}, not one of the expected values"
             )
-    return AttestedLoader(jwk, claims)
+    jkt = base64.urlsafe_b64encode(jwk_thumbprint(jwk)).rstrip(b"=").decode()  # == cnf.jkt, verified above
+    return AttestedLoader(jwk, claims, jkt)
 
 
 async def complete(
@@ -95,9 +106,8 @@ async def complete(
     inputs: Mapping[str, Any],
 ) -> dict[str, Any]:
     """Run a signed ``program`` on ``inputs`` in the attested loader; its outputs, opened here only."""
-    jkt = base64.urlsafe_b64encode(jwk_thumbprint(loader.public_jwk)).rstrip(b"=").decode()
     request = {"program": dict(program), "inputs": dict(inputs)}
-    message, context = seal_request(loader.public_jwk, request, attested_jkt=jkt)
+    message, context = seal_request(loader.public_jwk, request, attested_jkt=loader.attested_jkt)
     answer = await inference.post("/v1/completions", json={"message": message_to_text(message)})
     if answer.status_code != 200:
         raise InferenceFailed("inference-failed", f"the inference server answered {answer.status_code}")

@@ -126,6 +126,9 @@ class ReleaseService:
         async with self.db.transaction(Scope.for_tenant(tenant.id)) as session:
             entry: dict[str, Any] = {
                 "key": {"name": request.key_name, "version": request.key_version},
+                # What the request asked for (None = the newest live version): the request body is not
+                # covered by the evidence, so a loader checks that nobody on the path pinned an old one.
+                "requested_version": request.key_version,
                 "challenge": str(request.challenge_id),
                 "tee": request.evidence.get("tee") if isinstance(request.evidence.get("tee"), str) else None,
                 "digests": {"evidence": digest(request.evidence), "claims": None, "collateral": None},
@@ -152,6 +155,9 @@ class ReleaseService:
                 if not appraisal.granted:
                     raise EvidenceError(appraisal.reason or "policy-denied", appraisal.detail)
                 jwe, entry["wrapped_in_backend"] = await self._wrap(tenant, key, public, jwk)
+                # The exact JWE that leaves: anyone with the (public) ephemeral key can make *a* JWE for
+                # it, so the loader accepts only the one whose digest is in the signed log.
+                entry["jwe_sha256"] = hashlib.sha256(jwe.encode()).hexdigest()
                 granted, detail = True, "granted"
             except EvidenceError as exc:
                 reason, detail = exc.reason, exc.message

@@ -70,7 +70,7 @@ def test_refused_bytes(data: bytes) -> None:
 
 
 def test_values_that_cannot_be_logged() -> None:
-    for bad in ({"x": 1.0}, {"x": b"bytes"}, {"x": 2**60}, {"x": {1: "a"}}):
+    for bad in ({"x": 1.0}, {"x": b"bytes"}, {"x": 2**60}, {"x": {1: "a"}}, {"x": "\ud800"}, {"\udfff": 1}):
         with pytest.raises(EntryError):
             canonical_bytes(bad)
     with pytest.raises(EntryError, match="limited"):

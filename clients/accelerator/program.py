@@ -55,9 +55,9 @@ PROGRAM_VERSION: Final = 1
 PROGRAM_MEMBERS: Final = frozenset({"type", "version", "name", "weights", "inputs", "body", "outputs"})
 ENVELOPE_MEMBERS: Final = frozenset({"alg", "program", "signature", "signer"})
 # Program and signer names: the keyserver's naming rule for CI signers and reference values.
-NAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
+NAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}\Z")
 # Weights, inputs, registers and outputs: the tensor archive's naming rule.
-VALUE_NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_]{0,31}(\.[a-z][a-z0-9_]{0,31}){0,3}$")
+VALUE_NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_]{0,31}(\.[a-z][a-z0-9_]{0,31}){0,3}\Z")
 MAX_SIGNATURE_CHARS: Final = 256
 
 # The kinds of value a name can hold. Weights are "tensor" (F32) or "vocab" (I32, one dimension).

@@ -41,6 +41,7 @@ from clients.demo.processes import (
     SoftwareTpm,
     free_port,
     http_ready,
+    isolated_python_module,
     python_module,
     run_json,
     wait_until,
@@ -48,7 +49,7 @@ from clients.demo.processes import (
 from clients.loader.collectors.tpm import extend_pcr
 from clients.loader.collectors.tpm_ak import activate_credential, enrolment_material, provision_ak
 from clients.loader.config import config_document, write_config
-from clients.loader.measure import image_digest, loader_files, pcr_after_extends
+from clients.loader.measure import config_digest, image_digest, loader_files, pcr_after_extends
 from clients.model.corpus import load_corpus
 from clients.model.tensors import encode_tensors
 from clients.model.train import train
@@ -219,12 +220,10 @@ class Deployment:
         )
 
     @staticmethod
-    def image(config: Mapping[str, Any]) -> bytes:
-        return image_digest(canonical_bytes(dict(config)), loader_files())
-
-    def measure(self, config: Mapping[str, Any]) -> bytes:
-        """The PCR value a freshly booted VM reports after the boot chain measured this loader image."""
-        return pcr_after_extends([self.image(config)])
+    def measure(config: Mapping[str, Any]) -> bytes:
+        """The PCR a freshly booted VM reports once the boot chain measured the loader image and the
+        loader its configuration: what the CI signer publishes (clients/loader/measure.py)."""
+        return pcr_after_extends([image_digest(loader_files()), config_digest(canonical_bytes(dict(config)))])
 
     # --- booting a loader ------------------------------------------------------------------------
 
@@ -237,10 +236,11 @@ class Deployment:
         self.tpm.reboot()
         config_path = self.workdir / f"{name}.json"
         write_config(config_path, config)
-        digest = self.image(config)
-        extend_pcr(self.tpm.tcti, PCR, digest)
+        digest = image_digest(loader_files())
+        extend_pcr(self.tpm.tcti, PCR, digest)  # the boot chain; the loader measures its configuration
         port = free_port()
-        argv = python_module(
+        argv = isolated_python_module(
+            self.workdir / "pycache",
             "clients.loader",
             "--config", str(config_path),
             "--keyserver", keyserver_url or self.keyserver_url,

@@ -206,6 +206,12 @@ def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
+def isolated_python_module(pycache: Path, module: str, *args: str) -> list[str]:
+    """How the loader runs: isolated from PYTHON* variables and user site-packages, its cached bytecode
+    kept away from the (measured) sources."""
+    return [sys.executable, "-I", "-X", f"pycache_prefix={pycache}", "-m", module, *args]
+
+
 def run_json(argv: Sequence[str], env: Mapping[str, str]) -> Any:
     """Run a command that prints one JSON document; its document, or ``DemoError`` with its stderr."""
     done = subprocess.run(list(argv), env=dict(env), capture_output=True, text=True, timeout=120, check=False)  # noqa: S603

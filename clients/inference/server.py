@@ -3,7 +3,7 @@
 It runs outside the confidential VM, next to the load balancer, and is not trusted with anything: it
 forwards the loader's public attestation (key + keyserver-signed token) to callers, and callers'
 sealed requests to the loader and the sealed completions back. It never holds a key that opens them,
-so prompts, completions and weights stay ciphertext here (tests/clients/test_inference_cleartext.py
+so prompts, completions and weights stay ciphertext here (tests/clients/test_end_to_end.py
 searches this process's memory and traffic for them). It checks sizes and shapes only.
 
 ``python -m clients.inference --loader URL [--host H] [--port P]``

@@ -21,12 +21,12 @@ from clients.accelerator.accelerator import Accelerator
 from clients.loader.collectors.base import Collector
 from clients.loader.collectors.errors import CollectorError
 from clients.loader.config import ConfigError, LoaderConfig
+from clients.loader.measure import config_digest
 from clients.loader.receipt import ReceiptInvalid
 from clients.loader.release import EphemeralKey, ReleaseRefused, attestation_result, release_key
 from clients.loader.service import LoaderState, TokenCache, create_loader_app
-from clients.model.tensors import TensorArchiveError
-from clients.sdk import KeyserverAPIError, KeyserverClient, KeyserverUnreachable
-from clients.weights import WeightsAuthenticationError, WeightsFormatError, decrypt_file
+from clients.sdk import KeyserverAPIError, KeyserverClient
+from clients.weights import decrypt_file
 
 
 def _say(**document: Any) -> None:
@@ -43,37 +43,88 @@ def collector_for(args: argparse.Namespace, config: LoaderConfig) -> Collector:
     return TsmCollector(args.tee, root=Path(args.tsm_root))
 
 
+class BootRefused(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+def check_interpreter() -> None:
+    """Only measured code may run: no cached bytecode read from beside the sources (``-X
+    pycache_prefix``), no PYTHON* environment or user site-packages (``-I``)."""
+    if sys.pycache_prefix is None or not sys.flags.isolated:
+        raise BootRefused(
+            "loader-not-isolated",
+            "run the loader as `python -I -X pycache_prefix=DIR -m clients.loader …`: cached bytecode "
+            "beside the sources and PYTHON* variables are not measured",
+        )
+
+
+def measure_config(args: argparse.Namespace, config: LoaderConfig) -> None:
+    """Extend the digest of the configuration just parsed into the first SHA-256 PCR quoted, where the
+    boot chain put the image's (clients/loader/measure.py). SEV-SNP and TDX have no such register here:
+    their configuration must be part of the launch measurement (docs/clients.md, "Limits")."""
+    if args.tee != "tpm":
+        return
+    from clients.loader.collectors.tpm import PcrSelection, extend_pcr
+
+    sha256 = [indices for bank, indices in PcrSelection.parse(config.pcr_selection).banks if bank == "sha256"]
+    if not sha256:
+        raise BootRefused("config-invalid", "the PCR selection must quote the sha256 bank")
+    extend_pcr(args.tcti, sha256[0][0], config_digest(config.canonical))
+
+
+async def release_and_load(
+    args: argparse.Namespace,
+    client: KeyserverClient,
+    collector: Collector,
+    key: EphemeralKey,
+    config: LoaderConfig,
+) -> Accelerator:
+    released = await release_key(
+        client, collector, key, tenant=config.tenant, key_name=config.key, log=config.log
+    )
+    archive = decrypt_file(Path(args.weights), released.material, expected_key_id=released.kid)
+    try:
+        return Accelerator.from_archive(bytes(archive), config.program_signers)
+    finally:
+        archive[:] = bytes(len(archive))  # the accelerator holds its own copy
+
+
+def refusal(exc: Exception) -> BootRefused:
+    """Why the boot stops, for the one JSON line the loader prints."""
+    if isinstance(exc, BootRefused):
+        return exc
+    if isinstance(exc, KeyserverAPIError):
+        return BootRefused(exc.reason or exc.code, str(exc))
+    if isinstance(exc, ReleaseRefused | ReceiptInvalid | CollectorError):
+        return BootRefused(exc.reason, exc.message)
+    if isinstance(exc, ConfigError):
+        return BootRefused("config-invalid", str(exc))
+    # Anything else (an unreadable weights file, a tampered one, an unusable signer key, a bug): the
+    # loader still stops, and says what happened rather than printing a traceback.
+    return BootRefused(type(exc).__name__, str(exc))
+
+
 async def boot(args: argparse.Namespace) -> int:
     try:
+        check_interpreter()
         config = LoaderConfig.load(Path(args.config))
-    except (ConfigError, OSError) as exc:
-        _say(ready=False, reason="config-invalid", detail=str(exc))
+        measure_config(args, config)
+        key = EphemeralKey()
+        collector = collector_for(args, config)
+    except Exception as exc:
+        refused = refusal(exc)
+        _say(ready=False, reason=refused.reason, detail=refused.detail)
         return 1
-    key = EphemeralKey()
-    collector = collector_for(args, config)
-    async with KeyserverClient(args.keyserver, tenant=config.tenant, timeout=args.timeout) as client:
+    client = KeyserverClient(args.keyserver, tenant=config.tenant, timeout=args.timeout, trust_env=False)
+    async with client:
         try:
-            released = await release_key(client, collector, key, key_name=config.key, log=config.log)
-            archive = decrypt_file(Path(args.weights), released.material, expected_key_id=released.kid)
-            try:
-                accelerator = Accelerator.from_archive(bytes(archive), config.program_signers)
-            finally:
-                archive[:] = bytes(len(archive))  # the accelerator holds its own copy
-        except KeyserverAPIError as exc:
-            _say(ready=False, reason=exc.reason or exc.code, detail=str(exc))
+            accelerator = await release_and_load(args, client, collector, key, config)
+        except Exception as exc:
+            refused = refusal(exc)
+            _say(ready=False, reason=refused.reason, detail=refused.detail)
             return 1
-        except (ReleaseRefused, ReceiptInvalid, CollectorError) as exc:
-            _say(ready=False, reason=exc.reason, detail=exc.message)
-            return 1
-        except (
-            KeyserverUnreachable,
-            WeightsFormatError,
-            WeightsAuthenticationError,
-            TensorArchiveError,
-        ) as exc:
-            _say(ready=False, reason=type(exc).__name__, detail=str(exc))
-            return 1
-        del released  # the weights are decrypted; the key itself is no longer needed
         tokens = TokenCache(fetch=lambda: attestation_result(client, collector, key))
         state = LoaderState(tenant=config.tenant, key=key, accelerator=accelerator, tokens=tokens)
         server = uvicorn.Server(

@@ -4,9 +4,12 @@ A keyserver answers a granted release with the key (a JWE) and a *receipt*: the 
 that records the decision, a signed checkpoint, an inclusion proof and the entry itself. The release
 protocol promises that a key leaves only after its decision is committed to the tenant's append-only
 log; the receipt is how the loader holds the keyserver to that promise. If the receipt does not prove
-that *this* release is in a log signed by the key the loader was built to trust, the loader refuses the
-key: a keyserver (or anyone on the path) that skips the log cannot feed it weights keys unseen by
-auditors.
+that *this* release — this key version, to this ephemeral key, as exactly the JWE received — is in a
+log signed by the key the loader was built to trust, the loader refuses the key. Anyone on the path who
+swaps the JWE (the ephemeral key is public, so anyone can make one) or skips the log is caught. What a
+receipt alone cannot catch is a *malicious keyserver* that signs a forked log shown only to this loader:
+that needs witnesses cosigning the checkpoints (C2SP tlog-witness), which the loader does not yet require
+(docs/clients.md, "Limits").
 
 Pure: bytes and the pinned log key in, the decoded entry out, :class:`ReceiptInvalid` otherwise.
 """
@@ -36,11 +39,14 @@ class ReceiptInvalid(Exception):
 
 @dataclass(frozen=True)
 class ExpectedRelease:
-    """What the logged entry must say: this key version, released to this ephemeral key."""
+    """What the logged entry must say: this key version, asked for as the loader asked, released to this
+    ephemeral key, as exactly the JWE the loader received."""
 
     key_name: str
     key_version: int
     requester_thumbprint: str  # base64url RFC 7638 thumbprint of the loader's ephemeral public key
+    jwe_sha256: str  # hex SHA-256 of the compact JWE received: a JWE swapped on the way is not this one
+    requested_version: int | None = None  # what the loader asked for (None: the newest live version)
 
 
 def verify_receipt(
@@ -90,6 +96,8 @@ def _check_entry(entry: Mapping[str, Any], expected: ExpectedRelease) -> None:
         "decision": (entry.get("decision"), "granted"),
         "key": (entry.get("key"), {"name": expected.key_name, "version": expected.key_version}),
         "requester_thumbprint": (entry.get("requester_thumbprint"), expected.requester_thumbprint),
+        "requested_version": (entry.get("requested_version", "absent"), expected.requested_version),
+        "jwe_sha256": (entry.get("jwe_sha256"), expected.jwe_sha256),
     }
     for name, (logged, wanted) in facts.items():
         if logged != wanted:

@@ -8,6 +8,7 @@ proves that the keyserver logged this very release (:mod:`clients.loader.receipt
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -76,6 +77,7 @@ async def release_key(
     collector: Collector,
     key: EphemeralKey,
     *,
+    tenant: str,
     key_name: str,
     log: LogTrust,
     version: int | None = None,
@@ -91,16 +93,24 @@ async def release_key(
         material, metadata = unwrap_released(granted.jwe, key.private)
     except InvalidRequest as exc:
         raise ReleaseRefused("release-jwe-invalid", exc.message) from None
-    if metadata.name != key_name or (version is not None and metadata.version != version):
+    wrong_version = version is not None and metadata.version != version
+    if metadata.tenant != tenant or metadata.name != key_name or wrong_version:
         raise ReleaseRefused(
             "release-wrong-key",
-            f"asked for {key_name!r}, the keyserver sent {metadata.name}/{metadata.version}",
+            f"asked for {tenant}/{key_name}, "
+            f"the keyserver sent {metadata.tenant}/{metadata.name}/{metadata.version}",
         )
     entry = verify_receipt(
         granted.receipt,
         log_verifier_key=log.verifier_key,
         origin=log.origin,
-        expected=ExpectedRelease(metadata.name, metadata.version, key.thumbprint_b64url),
+        expected=ExpectedRelease(
+            metadata.name,
+            metadata.version,
+            key.thumbprint_b64url,
+            jwe_sha256=hashlib.sha256(granted.jwe.encode()).hexdigest(),
+            requested_version=version,
+        ),
     )
     return ReleasedKey(material, f"{metadata.name}/{metadata.version}", granted.receipt.log_index, entry)
 

@@ -16,6 +16,7 @@ Two routes, both safe to expose to an untrusted inference server:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from clients.loader.collectors.errors import CollectorError
 from clients.loader.release import EphemeralKey
 from clients.sdk import KeyserverClientError
 
+log = logging.getLogger(__name__)
 # Attestation results live five minutes; fetch a new one well before the old one lapses.
 TOKEN_REFRESH_SECONDS = 120.0
 MAX_MESSAGE_CHARS = 1 << 20
@@ -77,6 +79,10 @@ def _run_sealed(loader: LoaderState, message: str) -> str:
             outcome = {"outputs": loader.accelerator.run(request["program"], request["inputs"])}
         except ProgramRejected as exc:
             outcome = {"error": {"reason": exc.reason, "message": str(exc)}}
+        except Exception:
+            # A bug, not a refusal: the caller still gets a sealed answer, the untrusted side no detail.
+            log.exception("a program failed unexpectedly")
+            outcome = {"error": {"reason": "program-failed", "message": "the loader failed to run it"}}
     return message_to_text(reply.seal(outcome))
 
 

@@ -37,7 +37,7 @@ MAX_HEADER_BYTES: Final = 64 * 1024
 MAX_TENSORS: Final = 256
 MAX_RANK: Final = 4
 MAX_TENSOR_ELEMENTS: Final = 1 << 26
-TENSOR_NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_]{0,31}(\.[a-z][a-z0-9_]{0,31}){0,3}$")
+TENSOR_NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_]{0,31}(\.[a-z][a-z0-9_]{0,31}){0,3}\Z")
 
 # The archive's dtype names (as safetensors spells them) and their little-endian numpy types.
 DTYPES: Final[Mapping[str, np.dtype[Any]]] = {"F32": np.dtype("<f4"), "I32": np.dtype("<i4")}

@@ -40,14 +40,20 @@ class KeyserverClient:
         token: str | None = None,
         tenant: str | None = None,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        trust_env: bool = True,
     ) -> None:
         if (base_url is None) == (http is None):
             raise InvalidArgument("give either base_url or http (an httpx.AsyncClient), not both or neither")
         if http is not None:
             transport = Transport(http, token, owns_http=False)
         else:
+            # trust_env=False: no proxy or CA bundle from the environment (the loader's choice: what it
+            # trusts must be measured, and the environment is not).
             pool = httpx.AsyncClient(
-                base_url=_base_url(base_url or ""), timeout=timeout, follow_redirects=False
+                base_url=_base_url(base_url or ""),
+                timeout=timeout,
+                follow_redirects=False,
+                trust_env=trust_env,
             )
             transport = Transport(pool, token, owns_http=True)
         self._setup(transport, tenant)

@@ -54,7 +54,10 @@ def process_memory_contains(pid: int, needles: Iterable[bytes]) -> dict[bytes, b
                     mem.seek(offset)
                     chunk = mem.read(size)
                 except (OSError, ValueError):
-                    break  # a guard page or a mapping that went away: nothing readable there
+                    # A guard page or a mapping that went away: skip this chunk, not the region.
+                    offset += size
+                    tail = b""
+                    continue
                 window = tail + chunk
                 for needle in wanted:
                     if not found[needle] and needle in window:
@@ -113,11 +116,25 @@ class RecordingProxy:
         self._server.server_close()
 
 
-class TamperingProxy:
-    """An HTTP reverse proxy that hands every granted release response to ``tamper`` on its way back:
-    what a compromised keyserver front, or anyone on the path, could do to a receipt."""
+Rewrite = Callable[[dict[str, Any], dict[str, Any]], None]
 
-    def __init__(self, target_url: str, tamper: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+
+def _unchanged(request: dict[str, Any], response: dict[str, Any]) -> None:
+    pass
+
+
+class TamperingProxy:
+    """An HTTP reverse proxy on the loader → keyserver path that may rewrite each release request on its
+    way out (``request``) and each granted release on its way back (``response``, given the request as
+    sent too): what a compromised host, or anyone on the path, could do."""
+
+    def __init__(
+        self,
+        target_url: str,
+        *,
+        response: Rewrite = _unchanged,
+        request: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         upstream = httpx.Client(base_url=target_url, timeout=30)
         self.tampered = 0
         proxy = self
@@ -129,13 +146,20 @@ class TamperingProxy:
             def _forward(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length) if length else None
+                release = self.path.endswith("/release")
+                sent: dict[str, Any] = json.loads(body) if release and body else {}
+                if release and request is not None:
+                    request(sent)
+                    body = json.dumps(sent).encode()
                 headers = {
                     k: v for k, v in self.headers.items() if k.lower() in {"content-type", "authorization"}
                 }
                 answer = upstream.request(self.command, self.path, content=body, headers=headers)
                 data = answer.content
-                if self.path.endswith("/release") and answer.status_code == 200:
-                    data = json.dumps(tamper(answer.json())).encode()
+                if release and answer.status_code == 200:
+                    granted = answer.json()
+                    response(sent, granted)
+                    data = json.dumps(granted).encode()
                     proxy.tampered += 1
                 self.send_response(answer.status_code)
                 self.send_header("content-type", answer.headers.get("content-type", "application/json"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import secrets
 import subprocess
 import sys
@@ -24,12 +25,15 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from clients.accelerator.program import sign_program
-from clients.caller import InferenceFailed, LoaderNotTrusted, attested_loader, complete
+from clients.caller import AttestedLoader, InferenceFailed, LoaderNotTrusted, attested_loader, complete
+from clients.channel import ChannelKeyError
 from clients.demo.deployment import ISSUER, PCR, TENANT, Deployment, LoaderBoot, deployment
 from clients.demo.run import ask
+from clients.loader.release import EphemeralKey
 from clients.model.charlm import vocabulary
 from clients.model.tensors import decode_tensors
-from tests.clients.snoop import RecordingProxy, TamperingProxy, process_memory_contains
+from keyserver.jwe import ReleasedKeyMetadata, wrap_for_recipient
+from tests.clients.snoop import RecordingProxy, Rewrite, TamperingProxy, process_memory_contains
 
 pytestmark = pytest.mark.swtpm
 
@@ -91,9 +95,15 @@ def test_the_inference_server_never_holds_cleartext(running: Running) -> None:
     for what, needle in secrets_.items():
         assert needle not in running.front.recorded, f"the {what} crossed the caller → inference hop in clear"
         assert needle not in running.back.recorded, f"the {what} crossed the inference → loader hop in clear"
-    found = process_memory_contains(running.inference_pid, secrets_.values())
+    # The sealed request crossed both hops, as the same text: the inference server forwarded ciphertext.
+    sealed = re.findall(rb'\{"message":\s*"([A-Za-z0-9_-]{200,})"', bytes(running.front.recorded))
+    assert sealed, "no sealed request crossed the caller -> inference hop"
+    assert sealed[-1] in running.back.recorded
+    found = process_memory_contains(running.inference_pid, [*secrets_.values(), sealed[-1][:96]])
     leaked = [what for what, needle in secrets_.items() if found[needle]]
     assert leaked == [], f"the inference server's memory holds {leaked} in clear"
+    # The search sees this process's memory: the ciphertext it handled is there.
+    assert found[sealed[-1][:96]], "the memory search did not find the sealed request: it is blind"
     # ... and the search finds what is there: the loader holds the decrypted weights.
     assert running.loader.process.proc is not None
     in_loader = process_memory_contains(running.loader.process.proc.pid, [weights, b"not-in-any-memory-" * 3])
@@ -146,67 +156,83 @@ def test_a_caller_refuses_a_loader_it_does_not_expect(running: Running) -> None:
                 inference, keyserver, tenant=TENANT, issuer=ISSUER,
                 expected_claims={f"tpm.pcrs.sha256.{PCR}": {deployed.expected_pcr}},
             )  # fmt: skip
-            # The untrusted side swaps in a key of its own: the caller's seal refuses it (the attested
-            # thumbprint names the loader's key).
-            impostor = dict(loader.public_jwk, x=loader.public_jwk["y"])
-            with pytest.raises(Exception, match=r"(?i)thumbprint|attested|key"):
-                await complete(inference, type(loader)(impostor, loader.claims), deployed.signed_program, {})
+            # A key that is not the attested one (a valid P-256 key of someone else's): the seal refuses
+            # it, because the attested thumbprint names the loader's key.
+            impostor = EphemeralKey().public_jwk
+            swapped = AttestedLoader(impostor, loader.claims, loader.attested_jkt)
+            with pytest.raises(ChannelKeyError):
+                await complete(inference, swapped, deployed.signed_program, {})
 
     asyncio.run(check())
 
 
-def _flip_proof(receipt: dict[str, Any]) -> None:
-    first = receipt["inclusion_proof"][0]
-    receipt["inclusion_proof"][0] = ("0" if first[0] != "0" else "1") + first[1:]
+def _flip_proof(request: dict[str, Any], granted: dict[str, Any]) -> None:
+    proof = granted["receipt"]["inclusion_proof"]
+    proof[0] = ("0" if proof[0][0] != "0" else "1") + proof[0][1:]
 
 
-def _other_entry(receipt: dict[str, Any]) -> None:
-    entry = json.loads(base64.b64decode(receipt["entry"]))
+def _other_entry(request: dict[str, Any], granted: dict[str, Any]) -> None:
+    entry = json.loads(base64.b64decode(granted["receipt"]["entry"]))
     entry["time"] = "2020-01-01T00:00:00.000000Z"
-    receipt["entry"] = base64.b64encode(
-        json.dumps(entry, separators=(",", ":"), sort_keys=True).encode()
-    ).decode()
+    forged = json.dumps(entry, separators=(",", ":"), sort_keys=True).encode()
+    granted["receipt"]["entry"] = base64.b64encode(forged).decode()
 
 
-def _resigned_checkpoint(receipt: dict[str, Any]) -> None:
-    lines = receipt["checkpoint"].split("\n")
+def _resigned_checkpoint(request: dict[str, Any], granted: dict[str, Any]) -> None:
+    lines = granted["receipt"]["checkpoint"].split("\n")
     lines[-2] = lines[-2][:-6] + ("AAAAA=" if not lines[-2].endswith("AAAAA=") else "BBBBB=")
-    receipt["checkpoint"] = "\n".join(lines)
+    granted["receipt"]["checkpoint"] = "\n".join(lines)
 
 
-def _no_entry(receipt: dict[str, Any]) -> None:
-    del receipt["entry"]
+def _no_entry(request: dict[str, Any], granted: dict[str, Any]) -> None:
+    del granted["receipt"]["entry"]
 
 
-def _shrunk_tree(receipt: dict[str, Any]) -> None:
-    receipt["tree_size"] -= 1
+def _shrunk_tree(request: dict[str, Any], granted: dict[str, Any]) -> None:
+    granted["receipt"]["tree_size"] -= 1
 
 
-TAMPERING: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
-    "flipped inclusion proof": (_flip_proof, "receipt-inclusion-invalid"),
-    "entry that is not in the log": (_other_entry, "receipt-inclusion-invalid"),
-    "checkpoint signature altered": (_resigned_checkpoint, "receipt-checkpoint-invalid"),
-    "entry left out": (_no_entry, "receipt-entry-missing"),
-    "tree size changed": (_shrunk_tree, "receipt-tree-size-mismatch"),
+def _swapped_jwe(request: dict[str, Any], granted: dict[str, Any]) -> None:
+    # The ephemeral key is public (it is in the request): anyone can wrap a key of their own to it. The
+    # receipt stays the genuine one; only the logged JWE digest tells the two apart.
+    metadata = ReleasedKeyMetadata(tenant=TENANT, name="weights", version=1)
+    granted["jwe"] = wrap_for_recipient(
+        bytes(32), request["ephemeral_key"], kid=granted["kid"], metadata=metadata
+    )
+
+
+def _pinned_version(request: dict[str, Any]) -> None:
+    request["version"] = 1  # an old version (here the only one): the request body is not in the evidence
+
+
+TAMPERING: dict[str, tuple[Rewrite, Callable[[dict[str, Any]], None] | None, str]] = {
+    "flipped inclusion proof": (_flip_proof, None, "receipt-inclusion-invalid"),
+    "entry that is not in the log": (_other_entry, None, "receipt-inclusion-invalid"),
+    "checkpoint signature altered": (_resigned_checkpoint, None, "receipt-checkpoint-invalid"),
+    "entry left out": (_no_entry, None, "receipt-entry-missing"),
+    "tree size changed": (_shrunk_tree, None, "receipt-tree-size-mismatch"),
+    "JWE swapped for another key": (_swapped_jwe, None, "receipt-entry-mismatch"),
+    "version pinned in the request": (
+        lambda request, granted: None,
+        _pinned_version,
+        "receipt-entry-mismatch",
+    ),
 }
 
 
 @pytest.mark.parametrize("lie", sorted(TAMPERING))
 def test_the_loader_refuses_a_key_whose_receipt_does_not_verify(running: Running, lie: str) -> None:
-    tamper, reason = TAMPERING[lie]
-
-    def rewrite(body: dict[str, Any]) -> dict[str, Any]:
-        tamper(body["receipt"])
-        return body
-
-    proxy = TamperingProxy(running.deployed.keyserver_url, rewrite)
+    response, request, reason = TAMPERING[lie]
+    proxy = TamperingProxy(running.deployed.keyserver_url, response=response, request=request)
     try:
         boot = running.deployed.boot_loader(
-            f"tampered-{reason}", running.deployed.loader_config(), keyserver_url=proxy.url
+            "tampered", running.deployed.loader_config(), keyserver_url=proxy.url
         )
     finally:
         proxy.stop()
-    assert proxy.tampered == 1, boot.status  # the keyserver granted the key; only the receipt changed
+    assert proxy.tampered == 1, (
+        boot.status
+    )  # the keyserver granted the key; only what crossed the path changed
     assert not boot.ready, boot.status
     assert boot.status["reason"] == reason, boot.status
     assert boot.process.proc is not None
@@ -215,7 +241,7 @@ def test_the_loader_refuses_a_key_whose_receipt_does_not_verify(running: Running
 
 def test_an_honest_path_through_the_same_proxy_boots(running: Running) -> None:
     # The control for the test above: the proxy itself does not break a release.
-    proxy = TamperingProxy(running.deployed.keyserver_url, lambda body: body)
+    proxy = TamperingProxy(running.deployed.keyserver_url)
     try:
         boot = running.deployed.boot_loader(
             "proxied", running.deployed.loader_config(), keyserver_url=proxy.url

@@ -7,6 +7,8 @@ import dataclasses
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,13 @@ from clients.accelerator.accelerator import Accelerator
 from clients.channel import message_from_text, message_to_text, seal_request
 from clients.inference.server import create_inference_app
 from clients.loader.config import ConfigError, LoaderConfig, config_document
-from clients.loader.measure import image_digest, loader_files, pcr_after_extends, repository_root
+from clients.loader.measure import (
+    config_digest,
+    image_digest,
+    loader_files,
+    pcr_after_extends,
+    repository_root,
+)
 from clients.loader.release import EphemeralKey
 from clients.loader.service import LoaderState, TokenCache, create_loader_app
 from clients.model.train import train
@@ -86,7 +94,7 @@ def test_a_configuration_file_that_is_not_one(tmp_path: Path) -> None:
             LoaderConfig.load(path)
 
 
-def test_the_image_digest_changes_with_any_file_or_the_configuration(tmp_path: Path) -> None:
+def test_the_image_digest_changes_with_any_file(tmp_path: Path) -> None:
     root = tmp_path / "image"
     for package in ("clients", "audit", "keyserver"):
         shutil.copytree(
@@ -95,17 +103,45 @@ def test_the_image_digest_changes_with_any_file_or_the_configuration(tmp_path: P
     files = loader_files(root)
     assert any(p.name == "receipt.py" for p in files)
     assert any(p.name == "binding.py" for p in files)  # the keyserver modules the loader imports
-    config = b'{"v":1}'
-    reference = image_digest(config, files, root)
-    assert image_digest(config, loader_files(root), root) == reference  # deterministic
-    assert image_digest(b'{"v":2}', files, root) != reference
+    reference = image_digest(files, root)
+    assert image_digest(loader_files(root), root) == reference  # deterministic
     target = root / "clients" / "loader" / "receipt.py"
     target.write_text(target.read_text() + "\n# a patched loader\n")
-    assert image_digest(config, files, root) != reference
+    assert image_digest(files, root) != reference
     target.unlink()
-    assert image_digest(config, loader_files(root), root) != reference  # a file removed
-    (root / "clients" / "extra.py").write_text("")
-    assert len(loader_files(root)) == len(files)  # one removed, one added: the listing still differs
+    assert image_digest(loader_files(root), root) != reference  # a file removed
+    target.write_text((repository_root() / "clients" / "loader" / "receipt.py").read_text())
+    assert image_digest(loader_files(root), root) == reference  # restored
+    # Not only sources: bytecode or an extension module beside them would be imported instead.
+    for stray in ("clients/loader/receipt.pyc", "clients/loader/receipt.cpython-311-x86_64-linux-gnu.so"):
+        (root / stray).write_bytes(b"\x00")
+        assert image_digest(loader_files(root), root) != reference, stray
+        (root / stray).unlink()
+    (root / "clients" / "loader" / "__pycache__").mkdir(exist_ok=True)
+    (root / "clients" / "loader" / "__pycache__" / "receipt.cpython-311.pyc").write_bytes(b"\x00")
+    # Kept out of the listing: the loader never reads __pycache__ (it runs with -X pycache_prefix).
+    assert image_digest(loader_files(root), root) == reference
+
+
+def test_the_configuration_digest_is_domain_separated() -> None:
+    canonical = b'{"v":1}'
+    assert config_digest(canonical) != hashlib.sha256(canonical).digest()
+    assert config_digest(canonical) != config_digest(b'{"v":2}')
+
+
+def test_the_loader_refuses_to_run_unisolated(tmp_path: Path) -> None:
+    # `python -m clients.loader` without -I and -X pycache_prefix: stops before reading anything else.
+    done = subprocess.run(
+        [sys.executable, "-m", "clients.loader", "--config", str(tmp_path / "none.json"),
+         "--keyserver", "http://127.0.0.1:9", "--weights", str(tmp_path / "none")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert json.loads(done.stdout) | {"detail": ""} == {
+        "ready": False,
+        "reason": "loader-not-isolated",
+        "detail": "",
+    }
 
 
 def test_the_pcr_a_reset_tpm_reports_after_one_extend() -> None:

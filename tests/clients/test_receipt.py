@@ -22,7 +22,8 @@ from clients.sdk.models import Receipt
 from tests.test_audit_verifier import ORIGIN, MemoryLog
 
 THUMBPRINT = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
-EXPECTED = ExpectedRelease("weights", 3, THUMBPRINT)
+JWE_SHA256 = "ab" * 32
+EXPECTED = ExpectedRelease("weights", 3, THUMBPRINT, jwe_sha256=JWE_SHA256)
 
 
 def release_entry(**changes: Any) -> dict[str, Any]:
@@ -35,6 +36,8 @@ def release_entry(**changes: Any) -> dict[str, Any]:
         "reason": None,
         "key": {"name": "weights", "version": 3},
         "requester_thumbprint": THUMBPRINT,
+        "requested_version": None,
+        "jwe_sha256": JWE_SHA256,
     }
     entry.update(changes)
     return entry
@@ -122,6 +125,9 @@ def test_a_receipt_without_its_entry(log: MemoryLog) -> None:
         {"key": {"name": "weights", "version": 2}},
         {"key": {"name": "other", "version": 3}},
         {"requester_thumbprint": "another-loader-s-key"},
+        {"jwe_sha256": "cd" * 32},  # another JWE than the one received: swapped on the way
+        {"jwe_sha256": None},
+        {"requested_version": 1},  # someone on the path pinned an old version into the request
     ],
 )
 def test_a_logged_entry_about_another_release(lie: dict[str, Any]) -> None:
