@@ -31,6 +31,7 @@ from keyserver.db.session import Database, Scope
 from keyserver.db.types import utcnow
 from keyserver.errors import EvidenceError, KeyserverError
 from keyserver.evidence.dispatch import VerifiedEvidence, check_evidence_binding, verify_evidence
+from keyserver.faults import FaultHook, ReleaseStep
 from keyserver.jwe import (
     ReleasedKeyMetadata,
     cek_release_payload,
@@ -83,6 +84,12 @@ class ReleaseService:
         self, db: Database, log: ReleaseLog, backend: KeyBackend, attestation: AttestationIssuer
     ) -> None:
         self.db, self.log, self.backend, self.attestation = db, log, backend, attestation
+        # The fault-injection seam (keyserver/faults.py): None in production, set by tests only.
+        self.faults: FaultHook | None = None
+
+    async def _step(self, step: ReleaseStep, session: AsyncSession | None) -> None:
+        if self.faults is not None:
+            await self.faults(step, session)
 
     async def attest(
         self,
@@ -122,6 +129,7 @@ class ReleaseService:
 
     async def release(self, tenant: Tenant, request: ReleaseRequest, now: datetime | None = None) -> Outcome:
         now = now or utcnow()
+        await self._step(ReleaseStep.START, None)
         async with self.db.transaction(Scope.for_tenant(tenant.id)) as session:
             entry: dict[str, Any] = {
                 "key": {"name": request.key_name, "version": request.key_version},
@@ -138,19 +146,24 @@ class ReleaseService:
             key: ReleasableKey | None = None
             try:
                 nonce = await consume_challenge(session, tenant.id, request.challenge_id, now)
+                await self._step(ReleaseStep.CHALLENGE_CONSUMED, session)
                 public, jwk = parse_ephemeral_jwk(request.ephemeral_jwk)
                 entry["requester_thumbprint"] = _b64url(jwk_thumbprint(jwk))
                 verified = await self._verify(session, tenant, request.evidence, nonce, jwk, now)
                 _record_evidence(entry, verified)
                 check_evidence_binding(verified, nonce, jwk)
+                await self._step(ReleaseStep.EVIDENCE_VERIFIED, session)
                 key = await releasable(session, tenant, request.key_name, request.key_version)
                 entry["key"] = {"name": key.key.name, "version": key.version.version}
+                await self._step(ReleaseStep.KEY_FOUND, session)
                 appraisal = await appraise(session, tenant.id, key.key.policy_name, verified.claims, now)
                 entry["policy"] = appraisal.policy_ref
                 entry["reference_values"] = appraisal.reference_value_refs
                 if not appraisal.granted:
                     raise EvidenceError(appraisal.reason or "policy-denied", appraisal.detail)
+                await self._step(ReleaseStep.APPRAISED, session)
                 jwe, entry["wrapped_in_backend"] = await self._wrap(tenant, key, public, jwk)
+                await self._step(ReleaseStep.KEY_WRAPPED, session)
                 granted, detail = True, "granted"
             except EvidenceError as exc:
                 reason, detail = exc.reason, exc.message
@@ -163,9 +176,12 @@ class ReleaseService:
             appended = await self.log.append(
                 session, tenant, [records.record(KEY_RELEASE, principal=None, now=now, **entry)]
             )
+            await self._step(ReleaseStep.LOG_APPENDED, session)
             index = appended.first_index
             proof = await self.log.inclusion_proof(session, tenant, index, appended.size)
+            await self._step(ReleaseStep.BEFORE_COMMIT, session)
         # Committed: the entry is durable. Only now may the key leave.
+        await self._step(ReleaseStep.COMMITTED, None)
         receipt = Receipt(index, appended.size, appended.checkpoint, proof)
         return Outcome(
             granted=granted,
