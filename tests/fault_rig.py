@@ -26,17 +26,20 @@ import base64
 import enum
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from litestar.testing import AsyncTestClient
+from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from tpm2_pytss import ESAPI
 
 from audit import merkle
 from audit.checkpoint import Checkpoint, verify_checkpoint
+from keyserver.app import create_app
+from keyserver.config import Settings
 from keyserver.db.models import Challenge
 from keyserver.db.session import Database, Scope
 from keyserver.faults import ReleaseStep
@@ -290,6 +293,20 @@ class Rig:
         return used is not None
 
 
+@asynccontextmanager
+async def running_rig(settings: Settings, swtpm: SwtpmInstance) -> AsyncIterator[Rig]:
+    """An app on ``settings`` (in process, with its lifespan), and the rig around it."""
+    announced: list[str] = []
+    app = create_app(settings, announce=announced.append)
+    db = Database(settings)
+    try:
+        async with AsyncTestClient(app=app) as client:
+            with module_tpm(swtpm) as (ectx, ak):
+                yield await make_rig(Service(app, client, announced), db, swtpm, ectx, ak)
+    finally:
+        await db.dispose()
+
+
 async def make_rig(service: Service, db: Database, swtpm: SwtpmInstance, ectx: ESAPI, ak: Any) -> Rig:
     """The tenant, its key with known material, and a first granted release."""
     tenant = await setup_tenant(service, swtpm, ectx, ak)
@@ -307,3 +324,33 @@ async def make_rig(service: Service, db: Database, swtpm: SwtpmInstance, ectx: E
     await rig.verify_log("set-up")
     await rig.release_cleanly("before any fault")
     return rig
+
+
+class InjectedError:
+    """A SQLAlchemy hook that fails the next statement the service sends with the driver's own
+    OperationalError (as a full disk or an I/O error would), once."""
+
+    def __init__(self, rig: Rig) -> None:
+        self.engine = rig.service.app.state.db.engine.sync_engine
+        self.armed = False
+
+    def before_cursor_execute(self, conn: Any, *_args: Any) -> None:
+        if self.armed:
+            self.armed = False
+            raise conn.dialect.loaded_dbapi.OperationalError("injected fault: could not write to file")
+
+    async def arm(self, _session: AsyncSession | None) -> None:
+        if not event.contains(self.engine, "before_cursor_execute", self.before_cursor_execute):
+            event.listen(self.engine, "before_cursor_execute", self.before_cursor_execute)
+        self.armed = True
+
+    async def disarm(self) -> None:
+        self.armed = False
+
+
+def injected_error(rig: Rig) -> Fault:
+    hook = InjectedError(rig)
+    # COMMIT is not a statement the hook sees: from before-commit on, nothing is left to fail.
+    statements_left = (ReleaseStep.START, *IN_TRANSACTION[:-1])
+    expect = bites(statements_left, Expect.UNAVAILABLE)
+    return Fault("injected-statement-error", hook.arm, expect, hook.disarm)

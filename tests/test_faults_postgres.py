@@ -12,21 +12,17 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
 
 import asyncpg
 import pytest
 import pytest_asyncio
-from litestar.testing import AsyncTestClient
-from sqlalchemy import event, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keyserver.app import create_app
 from keyserver.config import Settings
 from keyserver.db import migrate
 from keyserver.db.session import Database
 from keyserver.faults import ReleaseStep
-from tests.conftest import Service
 from tests.fault_rig import (
     ALL_STEPS,
     IN_TRANSACTION,
@@ -34,8 +30,8 @@ from tests.fault_rig import (
     Fault,
     Rig,
     bites,
-    make_rig,
-    module_tpm,
+    injected_error,
+    running_rig,
 )
 from tests.fixtures.postgres import APP_ROLE, PostgresCluster, throwaway_cluster
 from tests.fixtures.swtpm import SwtpmInstance
@@ -79,15 +75,8 @@ async def rig(
         database_url=cluster.url(database_name),
         db_timeout_s=DB_TIMEOUT_S,
     )
-    announced: list[str] = []
-    app = create_app(settings, announce=announced.append)
-    db = Database(settings)
-    try:
-        async with AsyncTestClient(app=app) as client:
-            with module_tpm(swtpm) as (ectx, ak):
-                yield await make_rig(Service(app, client, announced), db, swtpm, ectx, ak)
-    finally:
-        await db.dispose()
+    async with running_rig(settings, swtpm) as running:
+        yield running
 
 
 # --- the faults -------------------------------------------------------------------------------------
@@ -202,36 +191,6 @@ def log_head_locked(cluster: PostgresCluster, database: str) -> Fault:
 
     # The append waits for the lock until the command timeout (twice DB_TIMEOUT_S), then gives up.
     return Fault("log-head-locked-past-timeout", inject, bites(IN_TRANSACTION, Expect.UNAVAILABLE), heal)
-
-
-class InjectedError:
-    """A SQLAlchemy hook that fails the next statement the service sends with the driver's own
-    OperationalError (as a full disk or an I/O error would), once."""
-
-    def __init__(self, rig: Rig) -> None:
-        self.engine = rig.service.app.state.db.engine.sync_engine
-        self.armed = False
-
-    def before_cursor_execute(self, conn: Any, *_args: Any) -> None:
-        if self.armed:
-            self.armed = False
-            raise conn.dialect.loaded_dbapi.OperationalError("injected fault: could not write to file")
-
-    async def arm(self, _session: AsyncSession | None) -> None:
-        if not event.contains(self.engine, "before_cursor_execute", self.before_cursor_execute):
-            event.listen(self.engine, "before_cursor_execute", self.before_cursor_execute)
-        self.armed = True
-
-    async def disarm(self) -> None:
-        self.armed = False
-
-
-def injected_error(rig: Rig) -> Fault:
-    hook = InjectedError(rig)
-    # COMMIT is not a statement the hook sees: from before-commit on, nothing is left to fail.
-    statements_left = (ReleaseStep.START, *IN_TRANSACTION[:-1])
-    expect = bites(statements_left, Expect.UNAVAILABLE)
-    return Fault("injected-statement-error", hook.arm, expect, hook.disarm)
 
 
 CASES: list[tuple[str, ReleaseStep]] = [
