@@ -39,6 +39,7 @@ from keyserver.jwe import (
     wrap_for_recipient,
 )
 from keyserver.keys import ReleasableKey, releasable, wrapping_context
+from keyserver.ratelimits import ReleaseBudgetExhausted, ReleaseLimiter
 from keyserver.releaselog import records
 from keyserver.releaselog.store import ReleaseLog
 
@@ -72,6 +73,7 @@ class Outcome:
     kid: str | None = None
     results: list[dict[str, Any]] = field(default_factory=list)
     unavailable: bool = False  # the decision was "deny" only because a backing service failed
+    retry_after: int | None = None  # the decision was "deny" because the key's release budget is spent
 
 
 def digest(value: Any) -> str:
@@ -81,9 +83,15 @@ def digest(value: Any) -> str:
 
 class ReleaseService:
     def __init__(
-        self, db: Database, log: ReleaseLog, backend: KeyBackend, attestation: AttestationIssuer
+        self,
+        db: Database,
+        log: ReleaseLog,
+        backend: KeyBackend,
+        attestation: AttestationIssuer,
+        limiter: ReleaseLimiter,
     ) -> None:
         self.db, self.log, self.backend, self.attestation = db, log, backend, attestation
+        self.limiter = limiter
         # The fault-injection seam (keyserver/faults.py): None in production, set by tests only.
         self.faults: FaultHook | None = None
 
@@ -102,6 +110,7 @@ class ReleaseService:
         """Verify evidence as a release would, and answer with an attestation-result token bound to the
         ephemeral key (no policy, no key, no log entry: those come with the release that presents it)."""
         now = now or utcnow()
+        await self.limiter.admit_attempt(tenant, now)
         async with self.db.transaction(Scope.for_tenant(tenant.id)) as session:
             nonce = await consume_challenge(session, tenant.id, challenge_id, now)
             _public, jwk = parse_ephemeral_jwk(ephemeral_jwk)
@@ -130,6 +139,8 @@ class ReleaseService:
     async def release(self, tenant: Tenant, request: ReleaseRequest, now: datetime | None = None) -> Outcome:
         now = now or utcnow()
         await self._step(ReleaseStep.START, None)
+        # Before anything else, and not logged: see keyserver/ratelimits.py.
+        await self.limiter.admit_attempt(tenant, now)
         async with self.db.transaction(Scope.for_tenant(tenant.id)) as session:
             entry: dict[str, Any] = {
                 "key": {"name": request.key_name, "version": request.key_version},
@@ -141,6 +152,7 @@ class ReleaseService:
                 "requester_thumbprint": None,
             }
             granted, reason, detail, unavailable = False, None, "", False
+            retry_after: int | None = None
             appraisal: Appraisal | None = None
             jwe: str | None = None
             key: ReleasableKey | None = None
@@ -161,10 +173,13 @@ class ReleaseService:
                 entry["reference_values"] = appraisal.reference_value_refs
                 if not appraisal.granted:
                     raise EvidenceError(appraisal.reason or "policy-denied", appraisal.detail)
+                await self.limiter.take_grant(session, tenant, key.key.name, now)
                 await self._step(ReleaseStep.APPRAISED, session)
                 jwe, entry["wrapped_in_backend"] = await self._wrap(tenant, key, public, jwk)
                 await self._step(ReleaseStep.KEY_WRAPPED, session)
                 granted, detail = True, "granted"
+            except ReleaseBudgetExhausted as exc:
+                reason, detail, retry_after = exc.reason, exc.message, exc.retry_after
             except EvidenceError as exc:
                 reason, detail = exc.reason, exc.message
             except BackendError as exc:
@@ -192,6 +207,7 @@ class ReleaseService:
             kid=None if key is None else f"{key.key.name}/{key.version.version}",
             results=[] if appraisal is None else appraisal.results,
             unavailable=unavailable,
+            retry_after=retry_after,
         )
 
     async def _wrap(
