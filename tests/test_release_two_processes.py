@@ -1,10 +1,12 @@
-"""Release limits across two real `keyserver serve` processes on one database (both databases), with
-truly concurrent requests split between them: the budgets are counted in the database, so the processes
-together admit exactly the budget.
+"""Two real `keyserver serve` processes on one database (both databases), with truly concurrent requests
+split between them (an in-process test client runs requests one at a time): release limits are counted in
+the database, so the processes together admit exactly the budget, and a challenge is consumed once.
 
 * A key's grant budget of 3: of 8 concurrent releases with valid, bound TPM quotes (swtpm), exactly 3 are
   granted; the other 5 are 429 ``release-budget-exhausted`` with ``Retry-After``, each a logged denial
   that used its challenge.
+* One challenge with a valid quote, presented 20 times at once: exactly one release; 19 logged
+  ``challenge-replayed`` denials.
 * A tenant's attempt budget of 6: of 20 concurrent release requests, exactly 6 are evaluated (denied and
   logged: the evidence is junk); 14 are 429 ``rate-limited``, not logged, their challenges unused.
 """
@@ -105,15 +107,17 @@ def day() -> int:
     return int(time.time()) // DAY
 
 
-async def test_budgets_hold_across_two_processes(
+async def test_budgets_and_replays_across_two_processes(
     servers: tuple[list[ServerProcess], str], swtpm: Any, tpm_esapi: ESAPI
 ) -> None:
-    """One test for both budgets: starting two servers is the slow part."""
-    await key_budget(servers, swtpm, tpm_esapi)
+    """One test for all three: starting two servers is the slow part."""
+    await key_budget_then_replay(servers, swtpm, tpm_esapi)
     await tenant_budget(servers)
 
 
-async def key_budget(servers: tuple[list[ServerProcess], str], swtpm: Any, tpm_esapi: ESAPI) -> None:
+async def key_budget_then_replay(
+    servers: tuple[list[ServerProcess], str], swtpm: Any, tpm_esapi: ESAPI
+) -> None:
     processes, operator = servers
     extend(tpm_esapi, b"reviewed loader build 1")
     async with clients(processes) as (a, b):
@@ -133,6 +137,8 @@ async def key_budget(servers: tuple[list[ServerProcess], str], swtpm: Any, tpm_e
                 prepared.append(
                     (challenge, loader.evidence(base64.urlsafe_b64decode(challenge["nonce"] + "==")))
                 )
+            replayed = await loader.challenge()
+            replayed_evidence = loader.evidence(base64.urlsafe_b64decode(replayed["nonce"] + "=="))
         first_day = day()
         responses = await asyncio.gather(
             *(
@@ -173,6 +179,18 @@ async def key_budget(servers: tuple[list[ServerProcess], str], swtpm: Any, tpm_e
             for r in responses
         ]
         assert len(set(indices)) == 8
+
+        # Replay: one challenge, one valid quote, twenty requests at once across both processes.
+        removed = await a.delete("/v1/tenants/acme/release-limits/keys/weights", headers=bearer(acme.admin))
+        assert removed.status_code == 200, removed.text
+        body = {"challenge": replayed["id"], "evidence": replayed_evidence, "ephemeral_key": loader.jwk}
+        raced = await asyncio.gather(
+            *((a, b)[i % 2].post("/v1/tenants/acme/keys/weights/release", json=body) for i in range(20))
+        )
+        assert sorted(r.status_code for r in raced) == [200] + [403] * 19, [r.text for r in raced]
+        assert {r.json()["reason"] for r in raced if r.status_code == 403} == {"challenge-replayed"}
+        logged = [e for e in await log_entries(b, acme) if e.get("challenge") == replayed["id"]]
+        assert sorted(e["decision"] for e in logged) == ["denied"] * 19 + ["granted"]
 
 
 async def tenant_budget(servers: tuple[list[ServerProcess], str]) -> None:
