@@ -91,7 +91,8 @@ async def _nothing() -> None:
 
 @dataclass
 class Fault:
-    """A way to break a real part: ``inject`` breaks it (at the step), ``heal`` brings it back."""
+    """A way to break a real part: ``inject`` breaks it (at the step), ``heal`` brings it back (and does
+    nothing when the part is not broken)."""
 
     name: str
     inject: Inject
@@ -151,18 +152,20 @@ class Rig:
                 fired.append(reached)
                 await fault.inject(session)
 
+        label = f"{fault.name} at {step}"
         self.release_service.faults = hook
         try:
             response = await self.loader.release(KEY, challenge=challenge, evidence=evidence)
-        finally:
             self.release_service.faults = None
-        label = f"{fault.name} at {step}"
-        assert fired == [step], f"{label}: the release never reached the step"
-        if fault.persistent:
-            ready = await self.service.client.get("/readyz")
-            assert ready.status_code == 503, f"{label}: /readyz said {ready.status_code} while broken"
-            assert ready.headers["content-type"] == PROBLEM
-        await fault.heal()
+            assert fired == [step], f"{label}: the release never reached the step"
+            if fault.persistent:
+                ready = await self.service.client.get("/readyz")
+                assert ready.status_code == 503, f"{label}: /readyz said {ready.status_code} while broken"
+                assert ready.headers["content-type"] == PROBLEM
+        finally:
+            # Heal whatever happened: a broken part must not outlive its case (heals are idempotent).
+            self.release_service.faults = None
+            await fault.heal()
         await self.wait_ready(label)
         await self.check(label, expected, challenge["id"], response)
         # Recovered: the next release, with nothing broken, is granted.

@@ -77,7 +77,8 @@ def token_removed(token: SoftHsmToken) -> Fault:
         moved.append(directory)
 
     async def heal() -> None:
-        os.rename(away, moved.pop())
+        if moved:
+            os.rename(away, moved.pop())
 
     # Before the wrap, the wrap fails: a logged denial. After it, the key is wrapped already.
     return Fault("token-removed", inject, bites(BEFORE_WRAP, Expect.BACKEND_DENIAL), heal, persistent=True)

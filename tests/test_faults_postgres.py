@@ -108,7 +108,8 @@ def stopped(cluster: PostgresCluster) -> Fault:
         await asyncio.to_thread(cluster.stop, "fast")
 
     async def heal() -> None:
-        await asyncio.to_thread(cluster.start)
+        if not await asyncio.to_thread(cluster.is_running):
+            await asyncio.to_thread(cluster.start)
 
     expect = bites((ReleaseStep.START, *IN_TRANSACTION), Expect.UNAVAILABLE)
     return Fault("stopped", inject, expect, heal, persistent=True)

@@ -79,7 +79,8 @@ def sealed(openbao: OpenBaoServer) -> Fault:
         openbao.seal()
 
     async def heal() -> None:
-        openbao.unseal()
+        if openbao.is_sealed():
+            openbao.unseal()
 
     return Fault("sealed", inject, bites(BEFORE_WRAP, Expect.BACKEND_DENIAL), heal, persistent=True)
 
