@@ -28,6 +28,7 @@ from keyserver.api.auth import (
 )
 from keyserver.api.health import healthz, readyz
 from keyserver.api.keys import KeyController
+from keyserver.api.limits import ReleaseLimitController
 from keyserver.api.log import LogController
 from keyserver.api.middleware import RequestContextMiddleware
 from keyserver.api.policies import PolicyController
@@ -43,6 +44,7 @@ from keyserver.bootstrap import Announce, initialise, print_operator_token
 from keyserver.config import Settings
 from keyserver.db.session import Database
 from keyserver.logs import configure_logging
+from keyserver.ratelimits import ReleaseLimiter
 from keyserver.release import ReleaseService
 from keyserver.releaselog.signing import LogSigner
 from keyserver.releaselog.store import ReleaseLog
@@ -71,7 +73,11 @@ def create_app(settings: Settings | None = None, *, announce: Announce = print_o
             state.key_backend = backend
             state.release_log = ReleaseLog(LogSigner(backend, settings.log_origin))
             state.release_service = ReleaseService(
-                db, state.release_log, backend, AttestationIssuer(backend, settings.log_origin)
+                db,
+                state.release_log,
+                backend,
+                AttestationIssuer(backend, settings.log_origin),
+                ReleaseLimiter(db, settings),
             )
             yield
         finally:
@@ -96,6 +102,7 @@ def create_app(settings: Settings | None = None, *, announce: Announce = print_o
             TpmAdminController,
             TpmEnrolmentController,
             KeyController,
+            ReleaseLimitController,
             PolicyController,
             ReferenceController,
             ProtocolController,

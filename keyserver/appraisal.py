@@ -59,10 +59,15 @@ async def reference_sets(
     """The newest unrevoked version of each named set (for every tee it exists for)."""
     found: dict[tuple[str, str], ReferenceRow] = {}
     if names:
-        query = select(ReferenceRow).where(
-            ReferenceRow.tenant_id == tenant_id,
-            ReferenceRow.name.in_(names),
-            ReferenceRow.revoked_at.is_(None),
+        # FOR SHARE: a revocation of a set in use waits for the releases appraised with it.
+        query = (
+            select(ReferenceRow)
+            .where(
+                ReferenceRow.tenant_id == tenant_id,
+                ReferenceRow.name.in_(names),
+                ReferenceRow.revoked_at.is_(None),
+            )
+            .with_for_update(read=True)
         )
         for row in (await session.execute(query)).scalars():
             current = found.get((row.name, row.tee))
@@ -77,7 +82,15 @@ async def reference_sets(
 
 
 async def active_policy_row(session: AsyncSession, tenant_id: uuid.UUID, name: str) -> PolicyRow | None:
-    head = await session.get(PolicyHead, (tenant_id, name))
+    # FOR SHARE, like the key in keys.releasable: an activation waits for releases in flight under the
+    # version they read, and a release waits for an activation in flight and then reads its result.
+    query = (
+        select(PolicyHead)
+        .where(PolicyHead.tenant_id == tenant_id, PolicyHead.name == name)
+        .with_for_update(read=True)
+        .execution_options(populate_existing=True)
+    )
+    head = (await session.execute(query)).scalar_one_or_none()
     if head is None or head.tenant_id != tenant_id:
         return None
     return await session.get(PolicyRow, (tenant_id, name, head.active_version))

@@ -17,6 +17,45 @@ ENV_PREFIX = "KEYSERVER_"
 DEFAULT_DATA_DIR = Path("keyserver-data")
 SQLITE_FILENAME = "keyserver.sqlite3"
 KEY_BACKENDS = ("software", "pkcs11", "vault")
+# Longest window a release limit may count over (30 days).
+MAX_LIMIT_WINDOW_S = 30 * 86400
+MAX_LIMIT_RELEASES = 10**9
+
+
+@dataclass(frozen=True)
+class Budget:
+    """At most ``max_releases`` per fixed window of ``window_seconds`` (docs/security.md, "Rate limits")."""
+
+    max_releases: int
+    window_seconds: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_releases <= MAX_LIMIT_RELEASES:
+            raise ConfigurationError(f"a release limit allows 1 to {MAX_LIMIT_RELEASES} releases per window")
+        if not 1 <= self.window_seconds <= MAX_LIMIT_WINDOW_S:
+            raise ConfigurationError(f"a release limit's window is 1 to {MAX_LIMIT_WINDOW_S} seconds")
+
+    @classmethod
+    def parse(cls, name: str, value: str) -> Budget | None:
+        """``N/S`` (N per S seconds) or ``off``."""
+        if value.strip().lower() == "off":
+            return None
+        count, sep, window = value.partition("/")
+        try:
+            if not sep:
+                raise ValueError
+            return cls(int(count), int(window))
+        except ValueError:
+            raise ConfigurationError(
+                f"{name}={value!r} is not a release limit: write N/S (at most N per S seconds) or off"
+            ) from None
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{name}={value!r}: {exc.message}") from None
+
+
+# Every release or attestation request of a tenant is an attempt (it is verified and, for a release,
+# logged); an unauthenticated flood may spend these, no more (docs/security.md).
+DEFAULT_TENANT_LIMIT = Budget(600, 60)
 
 
 @dataclass(frozen=True)
@@ -58,6 +97,9 @@ class Settings:
     vault_key_name: str = "keyserver"
     vault_timeout_s: float = 5.0
     vault_ca_file: Path | None = None
+    # Release limits that apply where the tenant admin set none: attempts per tenant, grants per key.
+    release_limit_tenant: Budget | None = DEFAULT_TENANT_LIMIT
+    release_limit_key: Budget | None = None
 
     @property
     def effective_database_url(self) -> str:
@@ -98,6 +140,8 @@ class Settings:
         vault_token_file = get("VAULT_TOKEN_FILE")
         vault_timeout = get("VAULT_TIMEOUT_S")
         vault_ca_file = get("VAULT_CA_FILE")
+        limit_tenant = get("RELEASE_LIMIT_TENANT")
+        limit_key = get("RELEASE_LIMIT_KEY")
         backend = get("KEY_BACKEND") or settings.key_backend
         if backend not in KEY_BACKENDS:
             raise ConfigurationError(
@@ -134,6 +178,16 @@ class Settings:
                 else settings.vault_timeout_s
             ),
             vault_ca_file=Path(vault_ca_file) if vault_ca_file else None,
+            release_limit_tenant=(
+                Budget.parse("KEYSERVER_RELEASE_LIMIT_TENANT", limit_tenant)
+                if limit_tenant
+                else settings.release_limit_tenant
+            ),
+            release_limit_key=(
+                Budget.parse("KEYSERVER_RELEASE_LIMIT_KEY", limit_key)
+                if limit_key
+                else settings.release_limit_key
+            ),
         )
 
 

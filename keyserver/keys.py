@@ -207,19 +207,29 @@ async def releasable(
 ) -> ReleasableKey:
     """The key version a release asks for (default: the newest live one); denied (``EvidenceError``,
     logged by the caller) when the key is unknown, disabled or destroyed."""
-    key = await session.get(Key, (tenant.id, name))
+    # FOR SHARE (PostgreSQL; SQLite's transactions hold the database's write lock anyway): a change of
+    # the key's state (disable, destroy, rotate: FOR UPDATE) waits until this release has committed,
+    # and a release waits for a change in flight and then reads its result. So the release follows
+    # whichever committed first, and its log entry lands on the same side of the change's entry.
+    query = (
+        select(Key)
+        .where(Key.tenant_id == tenant.id, Key.name == name)
+        .with_for_update(read=True)
+        .execution_options(populate_existing=True)
+    )
+    key = (await session.execute(query)).scalar_one_or_none()
     if key is None or key.tenant_id != tenant.id:
         raise EvidenceError("key-unknown", f"this tenant has no key named {name!r}")
     if key.state != "enabled":
         raise EvidenceError(f"key-{key.state}", f"the key {name!r} is {key.state}")
-    query = select(KeyVersion).where(
+    versions = select(KeyVersion).where(
         KeyVersion.tenant_id == tenant.id, KeyVersion.key_name == name, KeyVersion.wrapped.is_not(None)
     )
     if version is None:
-        query = query.order_by(KeyVersion.version.desc()).limit(1)
+        versions = versions.order_by(KeyVersion.version.desc()).limit(1)
     else:
-        query = query.where(KeyVersion.version == version)
-    row = (await session.execute(query)).scalar_one_or_none()
+        versions = versions.where(KeyVersion.version == version)
+    row = (await session.execute(versions)).scalar_one_or_none()
     if row is None:
         raise EvidenceError(
             "key-version-unavailable", f"key {name!r} has no live version {version or ''}".rstrip()

@@ -31,6 +31,7 @@ from keyserver.db.session import Database, Scope
 from keyserver.db.types import utcnow
 from keyserver.errors import EvidenceError, KeyserverError
 from keyserver.evidence.dispatch import VerifiedEvidence, check_evidence_binding, verify_evidence
+from keyserver.faults import FaultHook, ReleaseStep
 from keyserver.jwe import (
     ReleasedKeyMetadata,
     cek_release_payload,
@@ -38,6 +39,7 @@ from keyserver.jwe import (
     wrap_for_recipient,
 )
 from keyserver.keys import ReleasableKey, releasable, wrapping_context
+from keyserver.ratelimits import ReleaseBudgetExhausted, ReleaseLimiter
 from keyserver.releaselog import records
 from keyserver.releaselog.store import ReleaseLog
 
@@ -72,6 +74,7 @@ class Outcome:
     kid: str | None = None
     results: list[dict[str, Any]] = field(default_factory=list)
     unavailable: bool = False  # the decision was "deny" only because a backing service failed
+    retry_after: int | None = None  # the decision was "deny" because the key's release budget is spent
 
 
 def digest(value: Any) -> str:
@@ -81,9 +84,21 @@ def digest(value: Any) -> str:
 
 class ReleaseService:
     def __init__(
-        self, db: Database, log: ReleaseLog, backend: KeyBackend, attestation: AttestationIssuer
+        self,
+        db: Database,
+        log: ReleaseLog,
+        backend: KeyBackend,
+        attestation: AttestationIssuer,
+        limiter: ReleaseLimiter,
     ) -> None:
         self.db, self.log, self.backend, self.attestation = db, log, backend, attestation
+        self.limiter = limiter
+        # The fault-injection seam (keyserver/faults.py): None in production, set by tests only.
+        self.faults: FaultHook | None = None
+
+    async def _step(self, step: ReleaseStep, session: AsyncSession | None) -> None:
+        if self.faults is not None:
+            await self.faults(step, session)
 
     async def attest(
         self,
@@ -96,6 +111,7 @@ class ReleaseService:
         """Verify evidence as a release would, and answer with an attestation-result token bound to the
         ephemeral key (no policy, no key, no log entry: those come with the release that presents it)."""
         now = now or utcnow()
+        await self.limiter.admit_attempt(tenant, now)
         async with self.db.transaction(Scope.for_tenant(tenant.id)) as session:
             nonce = await consume_challenge(session, tenant.id, challenge_id, now)
             _public, jwk = parse_ephemeral_jwk(ephemeral_jwk)
@@ -123,6 +139,9 @@ class ReleaseService:
 
     async def release(self, tenant: Tenant, request: ReleaseRequest, now: datetime | None = None) -> Outcome:
         now = now or utcnow()
+        await self._step(ReleaseStep.START, None)
+        # Before anything else, and not logged: see keyserver/ratelimits.py.
+        await self.limiter.admit_attempt(tenant, now)
         async with self.db.transaction(Scope.for_tenant(tenant.id)) as session:
             entry: dict[str, Any] = {
                 "key": {"name": request.key_name, "version": request.key_version},
@@ -137,28 +156,37 @@ class ReleaseService:
                 "requester_thumbprint": None,
             }
             granted, reason, detail, unavailable = False, None, "", False
+            retry_after: int | None = None
             appraisal: Appraisal | None = None
             jwe: str | None = None
             key: ReleasableKey | None = None
             try:
                 nonce = await consume_challenge(session, tenant.id, request.challenge_id, now)
+                await self._step(ReleaseStep.CHALLENGE_CONSUMED, session)
                 public, jwk = parse_ephemeral_jwk(request.ephemeral_jwk)
                 entry["requester_thumbprint"] = _b64url(jwk_thumbprint(jwk))
                 verified = await self._verify(session, tenant, request.evidence, nonce, jwk, now)
                 _record_evidence(entry, verified)
                 check_evidence_binding(verified, nonce, jwk)
+                await self._step(ReleaseStep.EVIDENCE_VERIFIED, session)
                 key = await releasable(session, tenant, request.key_name, request.key_version)
                 entry["key"] = {"name": key.key.name, "version": key.version.version}
+                await self._step(ReleaseStep.KEY_FOUND, session)
                 appraisal = await appraise(session, tenant.id, key.key.policy_name, verified.claims, now)
                 entry["policy"] = appraisal.policy_ref
                 entry["reference_values"] = appraisal.reference_value_refs
                 if not appraisal.granted:
                     raise EvidenceError(appraisal.reason or "policy-denied", appraisal.detail)
+                await self.limiter.take_grant(session, tenant, key.key.name, now)
+                await self._step(ReleaseStep.APPRAISED, session)
                 jwe, entry["wrapped_in_backend"] = await self._wrap(tenant, key, public, jwk)
                 # The exact JWE that leaves: anyone with the (public) ephemeral key can make *a* JWE for
                 # it, so the loader accepts only the one whose digest is in the signed log.
                 entry["jwe_sha256"] = hashlib.sha256(jwe.encode()).hexdigest()
+                await self._step(ReleaseStep.KEY_WRAPPED, session)
                 granted, detail = True, "granted"
+            except ReleaseBudgetExhausted as exc:
+                reason, detail, retry_after = exc.reason, exc.message, exc.retry_after
             except EvidenceError as exc:
                 reason, detail = exc.reason, exc.message
             except BackendError as exc:
@@ -170,9 +198,12 @@ class ReleaseService:
             appended = await self.log.append(
                 session, tenant, [records.record(KEY_RELEASE, principal=None, now=now, **entry)]
             )
+            await self._step(ReleaseStep.LOG_APPENDED, session)
             index = appended.first_index
             proof = await self.log.inclusion_proof(session, tenant, index, appended.size)
+            await self._step(ReleaseStep.BEFORE_COMMIT, session)
         # Committed: the entry is durable. Only now may the key leave.
+        await self._step(ReleaseStep.COMMITTED, None)
         receipt = Receipt(index, appended.size, appended.checkpoint, proof, appended.entries[0])
         return Outcome(
             granted=granted,
@@ -183,6 +214,7 @@ class ReleaseService:
             kid=None if key is None else f"{key.key.name}/{key.version.version}",
             results=[] if appraisal is None else appraisal.results,
             unavailable=unavailable,
+            retry_after=retry_after,
         )
 
     async def _wrap(

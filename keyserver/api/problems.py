@@ -14,6 +14,7 @@ from litestar.exceptions import HTTPException, ValidationException
 
 from keyserver.errors import EvidenceError, KeyserverError
 from keyserver.logs import request_id_var
+from keyserver.ratelimits import RateLimited
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:keyserver:problem:"
@@ -34,7 +35,13 @@ _HTTP_CODES = {
 
 
 def problem(
-    status: int, code: str, title: str, detail: str, request: Request[Any, Any, Any], **extra: Any
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    request: Request[Any, Any, Any],
+    headers: dict[str, str] | None = None,
+    **extra: Any,
 ) -> Response[dict[str, Any]]:
     body: dict[str, Any] = {
         "type": TYPE_PREFIX + code,
@@ -47,18 +54,23 @@ def problem(
     if request_id:
         body["request_id"] = request_id
     body.update(extra)
-    headers = {"WWW-Authenticate": 'Bearer realm="keyserver"'} if status == 401 else None
+    if status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": 'Bearer realm="keyserver"'}
     return Response(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
 def keyserver_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     assert isinstance(exc, KeyserverError)
     extra: dict[str, Any] = {}
+    headers = None
     if isinstance(exc, EvidenceError):
         extra["reason"] = exc.reason
+    if isinstance(exc, RateLimited):
+        extra["retry_after"] = exc.retry_after
+        headers = {"Retry-After": str(exc.retry_after)}
     if exc.http_status >= 500:
         log.error("request failed: %s", exc.message, extra={"fields": {"code": exc.code}})
-    return problem(exc.http_status, exc.code, exc.title, exc.message, request, **extra)
+    return problem(exc.http_status, exc.code, exc.title, exc.message, request, headers, **extra)
 
 
 def http_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:

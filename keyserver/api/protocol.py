@@ -104,10 +104,15 @@ class ProtocolController(Controller):
             assert outcome.jwe is not None
             assert outcome.kid is not None
             return Response(ReleaseOut(outcome.jwe, outcome.kid, receipt_out(outcome)))
-        status = 503 if outcome.unavailable else 403
+        if outcome.unavailable:
+            status, code, title = 503, "unavailable", "A backing service is unavailable"
+        elif outcome.retry_after is not None:
+            status, code, title = 429, "rate-limited", "Release budget spent"
+        else:
+            status, code, title = 403, "release-denied", "Release denied"
         body = {
-            "type": TYPE_PREFIX + ("unavailable" if outcome.unavailable else "release-denied"),
-            "title": "A backing service is unavailable" if outcome.unavailable else "Release denied",
+            "type": TYPE_PREFIX + code,
+            "title": title,
             "status": status,
             "detail": outcome.detail,
             "reason": outcome.reason,
@@ -116,7 +121,11 @@ class ProtocolController(Controller):
             "receipt": msgspec.to_builtins(receipt_out(outcome)),
             "request_id": request_id_var.get(),
         }
-        return Response(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE)
+        headers = None
+        if outcome.retry_after is not None:
+            body["retry_after"] = outcome.retry_after
+            headers = {"Retry-After": str(outcome.retry_after)}
+        return Response(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
     @post(
         "/attest", status_code=200, summary="Verify evidence once; get an attestation-result token (EAR JWT)"

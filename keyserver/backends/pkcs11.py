@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from pkcs11 import MGF, Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass, Session
 from pkcs11 import exceptions as p11
 from pkcs11.mechanisms import GCMParams
-from pkcs11.types import DeriveMixin, EncryptMixin, Key, Object, SecretKey, UnwrapMixin, WrapMixin
+from pkcs11.types import DeriveMixin, EncryptMixin, Key, Object, SecretKey, Token, UnwrapMixin, WrapMixin
 
 from keyserver.backends.base import (
     DEFAULT_DATA_KEY_BYTES,
@@ -163,6 +163,8 @@ class Pkcs11Backend:
         # attempts, so retrying on every request would turn a typo into a locked token.
         self._login_failure: str | None = None
         self._closed = False
+        # Set once a session worked: from then on a vanished token may come back (see _find_token).
+        self._had_token = False
 
     def __repr__(self) -> str:
         return (
@@ -262,6 +264,7 @@ class Pkcs11Backend:
             self._drop_session()
             raise
         self._session, self._kek = session, kek
+        self._had_token = True
         return session, kek
 
     def _open_session(self) -> Session:
@@ -270,7 +273,7 @@ class Pkcs11Backend:
         except p11.PKCS11Error as exc:
             raise BackendError(f"the PKCS#11 module {self._module_path} cannot be loaded: {exc}") from None
         try:
-            token = lib.get_token(token_label=self._token_label)
+            token = self._find_token(lib)
         except p11.NoSuchToken:
             raise BackendError(
                 f"no token labelled {self._token_label!r} in the PKCS#11 module {self._module_path}:"
@@ -307,6 +310,26 @@ class Pkcs11Backend:
                 f"cannot open a session on token {self._token_label!r} ({type(exc).__name__})"
             ) from None
         return session
+
+    def _find_token(self, lib: Any) -> Token:
+        token: Token
+        try:
+            token = lib.get_token(token_label=self._token_label)
+            return token
+        except p11.MultipleTokensReturned:
+            raise
+        except p11.PKCS11Error:
+            if not self._had_token:
+                raise
+        # The token this backend worked with is gone, or the module cannot list its slots any more. A
+        # module keeps the view of its slots it took at C_Initialize: a token that went away and came
+        # back (an HSM restarted, SoftHSM's token directory restored) is seen again only after
+        # C_Finalize + C_Initialize. Every session of the module in this process is dead by now (that
+        # is how we got here), and the module lock keeps every other call out meanwhile. Without this
+        # the backend would never recover until the process restarts (tests/test_faults_backends.py).
+        lib.reinitialize()
+        token = lib.get_token(token_label=self._token_label)
+        return token
 
     def _find_or_create_kek(self, session: Session) -> _DerivingKey:
         found = list(

@@ -299,3 +299,37 @@ class AttestationKey(Base):
     wrapped_private_key: Mapped[bytes] = mapped_column(LargeBinary)
     backend: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+# --- release limits (docs/security.md, "Rate limits") ---------------------------------------------------
+
+
+class ReleaseLimit(Base):
+    """A limit the tenant admin set: ``scope`` is ``tenant`` (release and attestation attempts of the
+    whole tenant) or ``key/<name>`` (grants of one key); ``max_releases`` None means unlimited."""
+
+    __tablename__ = "release_limits"
+    __table_args__ = (
+        CheckConstraint("max_releases IS NULL OR max_releases >= 1", name="positive_max"),
+        CheckConstraint("window_seconds >= 1 AND window_seconds <= 2592000", name="window_range"),
+    )
+
+    tenant_id: Mapped[uuid.UUID] = tenant_key()
+    scope: Mapped[str] = mapped_column(String(110), primary_key=True)
+    max_releases: Mapped[int | None] = mapped_column(BigInteger)
+    window_seconds: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(120))
+
+
+class ReleaseCounter(Base):
+    """How much of a limit one fixed window has used (``window_start``: Unix seconds, a multiple of
+    ``window_seconds``). Shared by every worker and replica: an atomic upsert counts."""
+
+    __tablename__ = "release_counters"
+
+    tenant_id: Mapped[uuid.UUID] = tenant_key()
+    scope: Mapped[str] = mapped_column(String(110), primary_key=True)
+    window_seconds: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    window_start: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)

@@ -146,15 +146,17 @@ class Database:
     async def transaction(self, scope: Scope) -> AsyncIterator[AsyncSession]:
         """One transaction under ``scope``: committed when the block ends, rolled back on error.
 
-        Connection failures surface as :class:`Unavailable` (HTTP 503), never as half-done work.
+        Failures of the database rather than of the request — a lost connection, a timeout, a server
+        shutting down or out of resources, a standby that became read-only, a serialisation failure —
+        surface as :class:`Unavailable` (HTTP 503) after the rollback, never as half-done work.
         """
         try:
             async with self.session(scope) as session, session.begin():
                 yield session
         except (TimeoutError, OperationalError, DBAPIError, OSError) as exc:
-            if isinstance(exc, DBAPIError) and not _is_connectivity_error(exc):
+            if isinstance(exc, DBAPIError) and not _is_transient_error(exc):
                 raise
-            raise Unavailable("the database is unreachable; retry shortly") from exc
+            raise Unavailable(_unavailable_message(exc)) from exc
 
     async def ping(self) -> None:
         """Raise :class:`Unavailable` unless the database answers within the configured timeout."""
@@ -185,5 +187,34 @@ class Database:
         await self.engine.dispose()
 
 
-def _is_connectivity_error(exc: DBAPIError) -> bool:
-    return bool(exc.connection_invalidated) or isinstance(exc, OperationalError)
+# SQLSTATEs (PostgreSQL) that say the database, not the request, failed: connection exceptions (08),
+# transaction rollbacks the server chose (40: serialisation failure, deadlock), insufficient resources
+# (53: disk full, out of memory, too many connections), operator intervention (57: query cancelled by
+# statement_timeout, admin or crash shutdown, cannot connect now), system errors (58: I/O), a read-only
+# transaction (25006: typically a standby after a failover), a lock not obtained in time (55P03).
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")
+_TRANSIENT_SQLSTATES = ("25006", "55P03")
+
+
+def _sqlstate(exc: DBAPIError) -> str | None:
+    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return code if isinstance(code, str) else None
+
+
+def _is_transient_error(exc: DBAPIError) -> bool:
+    if exc.connection_invalidated or isinstance(exc, OperationalError):
+        return True
+    code = _sqlstate(exc)
+    return code is not None and (code[:2] in _TRANSIENT_SQLSTATE_CLASSES or code in _TRANSIENT_SQLSTATES)
+
+
+def _unavailable_message(exc: BaseException) -> str:
+    """What a client may be told: the kind of failure, never the SQL or the server's text."""
+    if isinstance(exc, TimeoutError):
+        return "the database did not answer in time; retry shortly"
+    code = _sqlstate(exc) if isinstance(exc, DBAPIError) else None
+    if code == "25006":
+        return "the database is read-only (a standby after a failover?); retry shortly"
+    if code is not None and code[:2] == "40":
+        return "the database aborted the transaction (conflict with a concurrent one); retry"
+    return "the database is unreachable or failing; retry shortly"

@@ -1,0 +1,263 @@
+"""Release limits: a tenant's attempts and a key's grants, counted per fixed window in the database.
+
+Two budgets, each ``max_releases`` per fixed window of ``window_seconds`` (windows start at multiples of
+the window length in Unix time), set by the tenant admin or, where it set none, by the operator's
+defaults (``KEYSERVER_RELEASE_LIMIT_TENANT``, ``KEYSERVER_RELEASE_LIMIT_KEY``):
+
+* **tenant** (scope ``tenant``): every release and attestation request that reaches the tenant, before
+  anything else is done for it. A refusal is a 429 with ``Retry-After``; it is *not* written to the
+  release log and does not consume the challenge. Loaders hold no credential, so anyone can send release
+  requests: logging refusals would let a flood grow the tenant's append-only log without bound. This
+  budget is what bounds it: at most ``max_releases`` log entries per window from release requests.
+* **key** (scope ``key/<name>``): the releases of one key that the policy granted. Checked after the
+  appraisal and before the key is unwrapped, counted in the transaction that logs the grant, so it is
+  spent if and only if the key left (with its entry committed). A refusal is a 429 with ``Retry-After``
+  and *is* logged (reason ``release-budget-exhausted``, the challenge consumed): only evidence that
+  passed verification and the policy gets there, so the entries it adds are bounded by the tenant
+  budget, and an auditor must see that a trusted environment asked for more than the budget allows.
+
+Counting is one atomic statement shared by every worker and replica — an upsert that increments the
+window's counter only while it is below the limit (``INSERT … ON CONFLICT DO UPDATE … WHERE count <
+max RETURNING count``): no read-then-write race, and a refused request writes nothing. Fixed windows
+allow up to twice the budget across a window boundary; docs/security.md says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from prometheus_client import Counter
+from sqlalchemy import delete, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keyserver.config import Budget, Settings
+from keyserver.db.models import Key, ReleaseCounter, ReleaseLimit, Tenant
+from keyserver.db.session import Database, Scope
+from keyserver.db.types import utcnow
+from keyserver.errors import EvidenceError, KeyserverError, NotFound
+from keyserver.releaselog import records
+from keyserver.releaselog.store import ReleaseLog
+
+TENANT = "tenant"
+RELEASE_LIMIT_SET = "release-limit-set"
+RELEASE_LIMIT_REMOVED = "release-limit-removed"
+BUDGET_EXHAUSTED = "release-budget-exhausted"
+
+log = logging.getLogger("keyserver.ratelimits")
+
+REFUSALS = Counter(
+    "keyserver_release_limit_refusals",
+    "Requests refused by a release limit, by the limit's kind (tenant attempts, key grants)",
+    ["limit"],
+)
+
+
+def key_scope(name: str) -> str:
+    return f"key/{name}"
+
+
+class RateLimited(KeyserverError):
+    """The tenant's attempt budget for this window is spent (HTTP 429, ``Retry-After``)."""
+
+    code = "rate-limited"
+    http_status = 429
+    title = "Too many requests"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ReleaseBudgetExhausted(EvidenceError):
+    """The key's grant budget for this window is spent: a logged denial, HTTP 429 with ``Retry-After``."""
+
+    http_status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(BUDGET_EXHAUSTED, message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The limit in force for one scope: ``budget`` None means unlimited; ``source`` says who set it."""
+
+    scope: str
+    budget: Budget | None
+    source: str  # "tenant" (set by the tenant admin) or "default" (the operator's configuration)
+
+
+# --- the tenant admin's settings ---------------------------------------------------------------------
+
+
+def _default(settings: Settings, scope: str) -> Budget | None:
+    return settings.release_limit_tenant if scope == TENANT else settings.release_limit_key
+
+
+async def effective_limit(
+    session: AsyncSession, settings: Settings, tenant_id: uuid.UUID, scope: str
+) -> Limit:
+    row = await session.get(ReleaseLimit, (tenant_id, scope))
+    if row is None:
+        return Limit(scope, _default(settings, scope), "default")
+    budget = None if row.max_releases is None else Budget(row.max_releases, row.window_seconds)
+    return Limit(scope, budget, "tenant")
+
+
+async def list_limits(session: AsyncSession, tenant_id: uuid.UUID) -> list[ReleaseLimit]:
+    query = select(ReleaseLimit).where(ReleaseLimit.tenant_id == tenant_id).order_by(ReleaseLimit.scope)
+    return list((await session.execute(query)).scalars())
+
+
+async def _check_key_exists(session: AsyncSession, tenant_id: uuid.UUID, scope: str) -> None:
+    if scope == TENANT:
+        return
+    name = scope.removeprefix("key/")
+    if await session.get(Key, (tenant_id, name)) is None:
+        raise NotFound(f"no key named {name!r} in this tenant")
+
+
+async def set_limit(
+    session: AsyncSession,
+    release_log: ReleaseLog,
+    tenant: Tenant,
+    scope: str,
+    max_releases: int | None,
+    window_seconds: int,
+    *,
+    principal: uuid.UUID,
+) -> ReleaseLimit:
+    """Set (or replace) the limit of ``scope``; ``max_releases`` None means unlimited. Logged."""
+    if max_releases is not None:
+        Budget(max_releases, window_seconds)  # the same bounds as the configuration
+    await _check_key_exists(session, tenant.id, scope)
+    row = await session.get(ReleaseLimit, (tenant.id, scope))
+    if row is None:
+        row = ReleaseLimit(tenant_id=tenant.id, scope=scope)
+        session.add(row)
+    row.max_releases, row.window_seconds = max_releases, window_seconds
+    row.updated_at, row.updated_by = utcnow(), f"token:{principal}"
+    await session.flush()
+    entry = records.record(
+        RELEASE_LIMIT_SET,
+        principal=f"token:{principal}",
+        scope=scope,
+        max_releases=max_releases,
+        window_seconds=window_seconds,
+    )
+    await release_log.append(session, tenant, [entry])
+    return row
+
+
+async def remove_limit(
+    session: AsyncSession, release_log: ReleaseLog, tenant: Tenant, scope: str, *, principal: uuid.UUID
+) -> None:
+    """Back to the operator's default for ``scope``. Logged."""
+    row = await session.get(ReleaseLimit, (tenant.id, scope))
+    if row is None:
+        raise NotFound(f"this tenant set no limit for {scope}; the default applies already")
+    await session.delete(row)
+    await session.flush()
+    entry = records.record(RELEASE_LIMIT_REMOVED, principal=f"token:{principal}", scope=scope)
+    await release_log.append(session, tenant, [entry])
+
+
+# --- counting ----------------------------------------------------------------------------------------
+
+
+async def take(
+    session: AsyncSession, tenant_id: uuid.UUID, scope: str, budget: Budget, now: datetime
+) -> int | None:
+    """Count one against ``budget`` in the current window; ``None`` if it fits, else the seconds until
+    the window ends (for ``Retry-After``). One atomic statement: the counter row is locked until the
+    caller's transaction ends, and a refusal writes nothing."""
+    seconds = now.timestamp()
+    window_start = int(seconds) // budget.window_seconds * budget.window_seconds
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    table = ReleaseCounter.__table__
+    statement = (
+        insert(ReleaseCounter)
+        .values(
+            tenant_id=tenant_id,
+            scope=scope,
+            window_seconds=budget.window_seconds,
+            window_start=window_start,
+            count=1,
+        )
+        .on_conflict_do_update(
+            index_elements=[table.c.tenant_id, table.c.scope, table.c.window_seconds, table.c.window_start],
+            set_={"count": table.c.count + 1},
+            where=table.c.count < budget.max_releases,
+        )
+        .returning(table.c.count)
+    )
+    count = (await session.execute(statement)).scalar_one_or_none()
+    if count is None:
+        return max(1, math.ceil(window_start + budget.window_seconds - seconds))
+    if count == 1:
+        # A new window: the counters of this scope's earlier windows are of no further use.
+        await session.execute(
+            delete(ReleaseCounter).where(
+                ReleaseCounter.tenant_id == tenant_id,
+                ReleaseCounter.scope == scope,
+                ReleaseCounter.window_start < window_start,
+            )
+        )
+    return None
+
+
+class ReleaseLimiter:
+    """What the release path asks: may this attempt proceed (tenant), may this key leave (key)."""
+
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self.db, self.settings = db, settings
+        # (tenant, window start) already reported in the service log by this process: a flood is
+        # reported once per window, not once per refused request.
+        self._reported: set[tuple[uuid.UUID, int]] = set()
+
+    async def admit_attempt(self, tenant: Tenant, now: datetime) -> None:
+        """Count one attempt against the tenant's budget, in a transaction of its own (an attempt
+        counts whatever becomes of it); ``RateLimited`` when the budget is spent."""
+        async with self.db.transaction(Scope.for_tenant(tenant.id)) as session:
+            limit = await effective_limit(session, self.settings, tenant.id, TENANT)
+            if limit.budget is None:
+                return
+            retry_after = await take(session, tenant.id, TENANT, limit.budget, now)
+        if retry_after is None:
+            return
+        REFUSALS.labels(limit="tenant").inc()
+        window = int(now.timestamp()) // limit.budget.window_seconds
+        if (tenant.id, window) not in self._reported:
+            self._reported = {(t, w) for t, w in self._reported if w >= window} | {(tenant.id, window)}
+            log.warning(
+                "tenant release limit reached; refusing until the window ends",
+                extra={"fields": {"tenant": tenant.name, "retry_after": retry_after}},
+            )
+        raise RateLimited(
+            f"tenant {tenant.name!r} is over its release limit ({limit.budget.max_releases} requests per"
+            f" {limit.budget.window_seconds} s); retry after {retry_after} s. The challenge was not used.",
+            retry_after,
+        )
+
+    async def take_grant(self, session: AsyncSession, tenant: Tenant, key_name: str, now: datetime) -> None:
+        """Count one grant of ``key_name`` in the release's own transaction (spent iff it commits);
+        ``ReleaseBudgetExhausted`` when the key's budget is spent."""
+        scope = key_scope(key_name)
+        limit = await effective_limit(session, self.settings, tenant.id, scope)
+        if limit.budget is None:
+            return
+        retry_after = await take(session, tenant.id, scope, limit.budget, now)
+        if retry_after is None:
+            return
+        REFUSALS.labels(limit="key").inc()
+        raise ReleaseBudgetExhausted(
+            f"key {key_name!r} was released {limit.budget.max_releases} times in this"
+            f" {limit.budget.window_seconds} s window, its budget; retry after {retry_after} s",
+            retry_after,
+        )
