@@ -42,6 +42,11 @@ class Settings:
     kek_file: Path | None = None
     db_pool_size: int = 10
     db_timeout_s: float = 5.0
+    # Test each pooled PostgreSQL connection before use. Off by default: asyncpg's ping is three round
+    # trips (BEGIN, ";", ROLLBACK) on every checkout, a quarter of a release's database work
+    # (docs/performance.md). Without it a connection the server dropped fails its request once (503,
+    # "retry shortly") and the pool discards every connection older than that failure.
+    db_pre_ping: bool = False
     # pkcs11 backend: the module (.so), the token (by label), the user PIN (inline or, better, in a
     # file readable by the service only) and the label of the KEK on the token.
     pkcs11_module: Path | None = None
@@ -118,6 +123,7 @@ class Settings:
             kek_file=Path(kek_file) if kek_file else None,
             auto_migrate=_bool("KEYSERVER_AUTO_MIGRATE", get("AUTO_MIGRATE")),
             allow_rls_bypass=bool(_bool("KEYSERVER_ALLOW_RLS_BYPASS", get("ALLOW_RLS_BYPASS"))),
+            db_pre_ping=bool(_bool("KEYSERVER_DB_PRE_PING", get("DB_PRE_PING"))),
             pkcs11_module=Path(pkcs11_module) if pkcs11_module else None,
             pkcs11_token_label=get("PKCS11_TOKEN_LABEL"),
             pkcs11_pin=get("PKCS11_PIN"),

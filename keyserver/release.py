@@ -164,7 +164,7 @@ class ReleaseService:
                 session, tenant, [records.record(KEY_RELEASE, principal=None, now=now, **entry)]
             )
             index = appended.first_index
-            proof = await self.log.inclusion_proof(session, tenant, index, appended.size)
+            proof = await self.log.inclusion_proof_of_appended(session, tenant, appended, index)
         # Committed: the entry is durable. Only now may the key leave.
         receipt = Receipt(index, appended.size, appended.checkpoint, proof)
         return Outcome(
