@@ -48,6 +48,17 @@ class Connection:
     async def request(
         self, method: str, path: str, body: Any = None, token: str | None = None
     ) -> tuple[int, Any]:
+        reused = self._reader is not None
+        try:
+            return await self._request(method, path, body, token)
+        except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError):
+            if not reused:
+                raise
+            # The server closed an idle keep-alive connection (uvicorn: after 5 s): once more, afresh.
+            await self.close()
+            return await self._request(method, path, body, token)
+
+    async def _request(self, method: str, path: str, body: Any, token: str | None) -> tuple[int, Any]:
         reader, writer = await self._open()
         data = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
         head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Length: {len(data)}\r\n"
@@ -173,7 +184,11 @@ async def run_challenges(
             if status == 201 and now >= measure_from:
                 samples.append(time.perf_counter() - now)
 
-    await asyncio.gather(*(loop(c) for c in conns))
+    try:
+        await asyncio.gather(*(loop(c) for c in conns))
+    finally:
+        for conn in conns:
+            await conn.close()
     return samples, max(time.perf_counter() - measure_from, seconds)
 
 
