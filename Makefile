@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export VENV
 
-.PHONY: run test bench demo lint format system-deps lock clean
+.PHONY: run test bench profile demo lint format system-deps lock clean
 
 ## run: the service on the embedded default (SQLite + software key backend), on 127.0.0.1:8080
 run: $(VENV)/.installed-runtime
@@ -15,7 +15,11 @@ test: system-deps $(VENV)/.installed-dev
 
 ## bench: the benchmarks; figures printed and written to bench/results.json (never asserted in tests)
 bench: system-deps $(VENV)/.installed-dev
-	$(BIN)/python -m bench.log_bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+## profile: py-spy samples of a loaded server's release path (bench/profile.py; writes bench/profiles/)
+profile: system-deps $(VENV)/.installed-dev
+	$(BIN)/python -m bench.profile $(PROFILE_ARGS)
 
 ## demo: the confidential-inference design end to end (keyserver, swtpm, loader, inference server, caller)
 demo: system-deps $(VENV)/.installed-dev

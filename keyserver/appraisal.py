@@ -7,6 +7,7 @@ This is the only place the service calls the policy library; its errors become `
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Mapping
@@ -17,16 +18,45 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from keyserver.cache import BoundedCache
 from keyserver.db.models import Policy as PolicyRow
 from keyserver.db.models import PolicyHead
 from keyserver.db.models import ReferenceValueSet as ReferenceRow
 from keyserver.errors import InvalidRequest
 from keyserver.evidence.claims import Claims
-from policy.document import Policy, PolicyError, ReferenceValueSet, parse_reference_values
+from policy.document import Policy, PolicyError, ReferenceValues, ReferenceValueSet, parse_reference_values
 from policy.document import parse_policy as _parse_policy
 from policy.evaluate import check_examples, evaluate
 
 POLICY_MISSING = "policy-missing"
+
+# Parsed (and, for policies, CEL-compiled) documents, keyed by the SHA-256 of the exact stored bytes and
+# checked against those bytes on every hit: a hit can only ever answer for the same document. Parsing is
+# pure (no time, no tenant, no database), and the parsed objects are immutable.
+_policies: BoundedCache[bytes, tuple[bytes, Policy]] = BoundedCache(512)
+_reference_values: BoundedCache[tuple[str, bytes], tuple[bytes, ReferenceValues]] = BoundedCache(2048)
+
+
+def stored_policy(document: bytes) -> Policy:
+    """A stored policy version's parsed form (``InvalidRequest`` if it cannot be parsed, not cached)."""
+    key = hashlib.sha256(document).digest()
+    hit = _policies.get(key)
+    if hit is not None and hit[0] == document:
+        return hit[1]
+    parsed = parse_policy(json.loads(document))
+    _policies.put(key, (bytes(document), parsed))
+    return parsed
+
+
+def stored_reference_values(tee: str, document: bytes) -> ReferenceValues:
+    """A stored reference-value version's parsed form, for its tee (``PolicyError`` is not cached)."""
+    key = (tee, hashlib.sha256(document).digest())
+    hit = _reference_values.get(key)
+    if hit is not None and hit[0] == document:
+        return hit[1]
+    parsed = parse_reference_values(tee, json.loads(document))
+    _reference_values.put(key, (bytes(document), parsed))
+    return parsed
 
 
 @dataclass(frozen=True)
@@ -74,9 +104,7 @@ async def reference_sets(
             if current is None or row.version > current.version:
                 found[(row.name, row.tee)] = row
     return [
-        ReferenceValueSet(
-            row.name, row.tee, row.version, parse_reference_values(row.tee, json.loads(row.document))
-        )
+        ReferenceValueSet(row.name, row.tee, row.version, stored_reference_values(row.tee, row.document))
         for row in found.values()
     ]
 
@@ -118,7 +146,7 @@ async def appraise_with(
     claims: Mapping[str, Any] | Claims,
     now: datetime,
 ) -> Appraisal:
-    policy = parse_policy(json.loads(row.document))
+    policy = stored_policy(row.document)
     sets = await reference_sets(session, tenant_id, policy.reference_values)
     decision = evaluate(policy, dict(claims), sets, now)
     return Appraisal(

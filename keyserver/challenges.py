@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from keyserver.cache import BoundedCache
 from keyserver.db.models import Challenge
 from keyserver.db.types import utcnow
 from keyserver.errors import EvidenceError
@@ -21,15 +22,24 @@ from keyserver.errors import EvidenceError
 CHALLENGE_LIFETIME = timedelta(seconds=120)
 NONCE_BYTES = 32
 PURGE_AFTER = timedelta(hours=1)
+# Purging is hygiene (an expired challenge can never be consumed), so a process purges a tenant's old
+# challenges at most once a minute instead of on every issue: one DELETE less per release.
+PURGE_INTERVAL = timedelta(minutes=1)
+_last_purge: BoundedCache[uuid.UUID, datetime] = BoundedCache(65536)
 
 
 async def issue_challenge(
     session: AsyncSession, tenant_id: uuid.UUID, now: datetime | None = None
 ) -> Challenge:
     now = now or utcnow()
-    await session.execute(
-        delete(Challenge).where(Challenge.tenant_id == tenant_id, Challenge.expires_at < now - PURGE_AFTER)
-    )
+    last = _last_purge.get(tenant_id)
+    if last is None or abs(now - last) >= PURGE_INTERVAL:
+        _last_purge.put(tenant_id, now)
+        await session.execute(
+            delete(Challenge).where(
+                Challenge.tenant_id == tenant_id, Challenge.expires_at < now - PURGE_AFTER
+            )
+        )
     challenge = Challenge(
         tenant_id=tenant_id,
         id=uuid.uuid4(),

@@ -81,6 +81,12 @@ class Settings:
     kek_file: Path | None = None
     db_pool_size: int = 10
     db_timeout_s: float = 5.0
+    # Test each pooled PostgreSQL connection before use. On by default: after a database restart or
+    # failover every pooled connection is dead, and without the ping each one fails a request (503)
+    # before the pool notices; the service must recover on its own (tests/test_faults_postgres.py).
+    # Off saves three round trips per checkout (BEGIN, ";", ROLLBACK), a quarter of a release's
+    # database work (docs/performance.md), for deployments that retry 503s themselves.
+    db_pre_ping: bool = True
     # pkcs11 backend: the module (.so), the token (by label), the user PIN (inline or, better, in a
     # file readable by the service only) and the label of the KEK on the token.
     pkcs11_module: Path | None = None
@@ -162,6 +168,7 @@ class Settings:
             kek_file=Path(kek_file) if kek_file else None,
             auto_migrate=_bool("KEYSERVER_AUTO_MIGRATE", get("AUTO_MIGRATE")),
             allow_rls_bypass=bool(_bool("KEYSERVER_ALLOW_RLS_BYPASS", get("ALLOW_RLS_BYPASS"))),
+            db_pre_ping=_bool_or("KEYSERVER_DB_PRE_PING", get("DB_PRE_PING"), settings.db_pre_ping),
             pkcs11_module=Path(pkcs11_module) if pkcs11_module else None,
             pkcs11_token_label=get("PKCS11_TOKEN_LABEL"),
             pkcs11_pin=get("PKCS11_PIN"),
@@ -203,6 +210,11 @@ def _float(name: str, value: str) -> float:
         return float(value)
     except ValueError:
         raise ConfigurationError(f"{name}={value!r} is not a number") from None
+
+
+def _bool_or(name: str, value: str | None, default: bool) -> bool:
+    parsed = _bool(name, value)
+    return default if parsed is None else parsed
 
 
 def _bool(name: str, value: str | None) -> bool | None:

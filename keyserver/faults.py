@@ -38,7 +38,7 @@ class ReleaseStep(StrEnum):
     KEY_WRAPPED = "key-wrapped"
     # The log entry, tree nodes and new signed head are written (not yet committed).
     LOG_APPENDED = "log-appended"
-    # The receipt's inclusion proof is read; next is COMMIT.
+    # The receipt's inclusion proof is made (from the append's own nodes); next is COMMIT.
     BEFORE_COMMIT = "before-commit"
     # The transaction committed: the entry is durable; next the response leaves.
     COMMITTED = "committed"

@@ -200,7 +200,7 @@ class ReleaseService:
             )
             await self._step(ReleaseStep.LOG_APPENDED, session)
             index = appended.first_index
-            proof = await self.log.inclusion_proof(session, tenant, index, appended.size)
+            proof = await self.log.inclusion_proof_of_appended(session, tenant, appended, index)
             await self._step(ReleaseStep.BEFORE_COMMIT, session)
         # Committed: the entry is durable. Only now may the key leave.
         await self._step(ReleaseStep.COMMITTED, None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
+import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -16,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from keyserver.cache import BoundedCache
 from keyserver.db.models import ApiToken, Tenant
 from keyserver.db.session import Database, Scope
 from keyserver.db.types import utcnow
@@ -228,11 +230,28 @@ async def has_operator_token(session: AsyncSession) -> bool:
     return (await session.execute(query)).first() is not None
 
 
+# name -> (id, name, created_at) of tenants found, per database: a loader's release and its challenge
+# each resolve the tenant, a transaction of their own. Tenants are never renamed or deleted; the TTL
+# bounds how long a change would go unseen should that ever be added. Unknown names are not cached.
+TENANT_LOOKUP_TTL_S = 60.0
+_lookups: weakref.WeakKeyDictionary[Database, BoundedCache[str, tuple[uuid.UUID, str, datetime]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 async def lookup_tenant(db: Database, name: str) -> Tenant:
     """The tenant named in an unauthenticated request (loaders, enrolling TPMs): registry only."""
+    cache = _lookups.get(db)
+    if cache is None:
+        cache = _lookups.setdefault(db, BoundedCache(4096, ttl_s=TENANT_LOOKUP_TTL_S))
+    known = cache.get(name)
+    if known is not None:
+        # A fresh, transient row each time: callers never share one ORM instance between sessions.
+        return Tenant(id=known[0], name=known[1], created_at=known[2])
     async with db.transaction(Scope.for_tenant_lookup()) as session:
         query = select(Tenant).where(Tenant.name == name)
         tenant = (await session.execute(query)).scalar_one_or_none()
     if tenant is None:
         raise NotFound(f"no tenant named {name!r}")
+    cache.put(name, (tenant.id, tenant.name, tenant.created_at))
     return tenant

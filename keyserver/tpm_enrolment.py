@@ -31,6 +31,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from keyserver.cache import BoundedCache
 from keyserver.db.models import Tenant, TpmAk, TpmEnrolment, TpmPinnedEk, TpmTrustAnchor
 from keyserver.db.types import utcnow
 from keyserver.errors import Conflict, EvidenceError, InvalidRequest, NotFound
@@ -431,7 +432,16 @@ async def trusted_ak(session: AsyncSession, tenant_id: uuid.UUID, ak_name: str) 
         raise EvidenceError(
             "ak-not-enrolled", "the quote's AK is not enrolled with this tenant (or was revoked)"
         )
-    return AkPublic.from_tpm2b_public(ak.ak_public)
+    return _parsed_ak(ak.ak_public)
+
+
+# Enrolled AKs parsed from their exact TPM2B_PUBLIC bytes (the key is those bytes: a hit is the same AK).
+# Whether the AK is still enrolled is read from the database on every use, never cached.
+_parsed_aks: BoundedCache[bytes, AkPublic] = BoundedCache(4096)
+
+
+def _parsed_ak(tpm2b_public: bytes) -> AkPublic:
+    return _parsed_aks.get_or_compute(bytes(tpm2b_public), lambda: AkPublic.from_tpm2b_public(tpm2b_public))
 
 
 async def _anchors(session: AsyncSession, tenant_id: uuid.UUID, kind: str) -> list[x509.Certificate]:

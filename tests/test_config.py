@@ -51,3 +51,11 @@ async def test_unknown_database_scheme_is_refused() -> None:
 
     with pytest.raises(ConfigurationError, match="unsupported database URL"):
         Database(Settings(database_url="mysql://x@y/z"))
+
+
+def test_pooled_connections_are_pinged_unless_turned_off() -> None:
+    # On by default: after a database restart no request may fail on a dead pooled connection.
+    assert Settings.from_env({}).db_pre_ping is True
+    assert Settings.from_env({"KEYSERVER_DB_PRE_PING": "false"}).db_pre_ping is False
+    with pytest.raises(ConfigurationError, match="KEYSERVER_DB_PRE_PING"):
+        Settings.from_env({"KEYSERVER_DB_PRE_PING": "sometimes"})

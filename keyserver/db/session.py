@@ -88,7 +88,7 @@ def _make_engine(settings: Settings) -> AsyncEngine:
             url,
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_pool_size,
-            pool_pre_ping=True,
+            pool_pre_ping=settings.db_pre_ping,
             pool_timeout=settings.db_timeout_s,
             connect_args={
                 "timeout": settings.db_timeout_s,

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,7 +23,24 @@ from keyserver.binding import check_binding, report_data_for
 from keyserver.errors import EvidenceError
 from keyserver.evidence.claims import TEE_SEV_SNP, TEE_TDX, TEE_TPM, Claims
 
+if TYPE_CHECKING:
+    from keyserver.evidence.snp.cache import ChainCache
+
 MAX_EVIDENCE_FIELD = 4 * 1024 * 1024
+
+_snp_chains: ChainCache | None = None
+
+
+def snp_chain_cache() -> ChainCache:
+    """The process's cache of verified VCEK/VLEK chains (keyserver/evidence/snp/cache.py: keyed by the
+    leaf's exact DER and bound to the roots it chained to; validity windows, CRL, report signature and
+    TCB are checked on every use)."""
+    global _snp_chains
+    if _snp_chains is None:
+        from keyserver.evidence.snp.cache import ChainCache
+
+        _snp_chains = ChainCache(max_entries=4096)
+    return _snp_chains
 
 
 @dataclass(frozen=True)
@@ -77,7 +94,11 @@ async def verify_evidence(
             raise EvidenceError("evidence-malformed", "evidence 'product' must be a string")
         assert report is not None
         claims = verify_snp_report(
-            report, vcek_or_vlek=field(evidence, "certificate", required=False), product=product, now=now
+            report,
+            vcek_or_vlek=field(evidence, "certificate", required=False),
+            product=product,
+            now=now,
+            chain_cache=snp_chain_cache(),
         )
     elif tee == TEE_TDX:
         from keyserver.evidence.tdx import parse_dcap_qvl_collateral, verify_tdx_quote

@@ -50,6 +50,23 @@ class LogSigner:
         row = await self._key_row(session, tenant_id, tenant_name)
         return TenantLog(tenant_id, row.origin, Ed25519PublicKey.from_public_bytes(row.public_key))
 
+    async def log_and_key(
+        self, session: AsyncSession, tenant_id: uuid.UUID, tenant_name: str
+    ) -> tuple[TenantLog, Ed25519PrivateKey]:
+        """The tenant's log and its private signing key, from one read of the key row."""
+        row = await self._key_row(session, tenant_id, tenant_name)
+        log = TenantLog(tenant_id, row.origin, Ed25519PublicKey.from_public_bytes(row.public_key))
+        private_key = await self._keys.get(
+            tenant_id, row.public_key, row.wrapped_private_key, _wrapping_context(tenant_id)
+        )
+        return log, private_key
+
+    @staticmethod
+    def sign_with(private_key: Ed25519PrivateKey, log: TenantLog, size: int, root_hash: bytes) -> str:
+        return sign_checkpoint(
+            Checkpoint(origin=log.origin, size=size, root_hash=root_hash), log.origin, private_key
+        )
+
     async def sign(self, session: AsyncSession, log: TenantLog, size: int, root_hash: bytes) -> str:
         private_key = await self._private_key(session, log)
         return sign_checkpoint(

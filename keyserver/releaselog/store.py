@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import and_, insert, or_, select
@@ -38,6 +38,8 @@ class Appended:
     root_hash: bytes
     checkpoint: str
     entries: tuple[bytes, ...] = ()  # the canonical bytes stored, in order: what the leaf hashes cover
+    # The tree nodes this append read or wrote, for the appended entries' inclusion proofs.
+    nodes: Mapping[merkle.Address, bytes] = field(default_factory=dict, repr=False, compare=False)
 
 
 class _Prefetched:
@@ -67,13 +69,14 @@ class ReleaseLog:
             encoded = [canonical_bytes(entry) for entry in entries]
         except EntryError as exc:
             raise InvalidRequest(f"this cannot be logged: {exc}") from None
-        log = await self.describe(session, tenant)
+        log, signing_key = await self.signer.log_and_key(session, tenant.id, tenant.name)
         head = await self._locked_head(session, tenant, log)
         size_before = head.size
         known = await self._read_nodes(session, tenant.id, merkle.root_addresses(size_before))
         created = merkle.nodes_to_store_on_append_many(size_before, encoded, _Prefetched(known))
         size_after = size_before + len(encoded)
-        root = merkle.root_at(size_after, _Prefetched({**known, **dict(created)}))
+        nodes = {**known, **dict(created)}
+        root = merkle.root_at(size_after, _Prefetched(nodes))
         now = utcnow()
         await session.execute(
             insert(LogEntry),
@@ -87,9 +90,25 @@ class ReleaseLog:
             [{"tenant_id": tenant.id, "level": lvl, "idx": idx, "hash": h} for (lvl, idx), h in created],
         )
         head.size, head.root_hash, head.updated_at = size_after, root, now
-        head.checkpoint = await self.signer.sign(session, log, size_after, root)
+        head.checkpoint = self.signer.sign_with(signing_key, log, size_after, root)
         await session.flush()
-        return Appended(size_before, size_after, root, head.checkpoint, tuple(encoded))
+        return Appended(size_before, size_after, root, head.checkpoint, tuple(encoded), nodes)
+
+    async def inclusion_proof_of_appended(
+        self, session: AsyncSession, tenant: Tenant, appended: Appended, index: int
+    ) -> list[bytes]:
+        """The inclusion proof of an entry this transaction just appended, in the tree it made.
+
+        Within the appending transaction the head is still locked and ``appended.size`` is the tree's
+        size, so there is no need to read it again; the nodes the append read and wrote hold the whole
+        path of its last entry (the roots of the perfect subtrees before it) and most of the others'.
+        """
+        if not appended.first_index <= index < appended.size:
+            raise ValueError(f"entry {index} was not appended by this append")
+        wanted = merkle.addresses_of(merkle.inclusion_proof_addresses(index, appended.size))
+        missing = [address for address in wanted if address not in appended.nodes]
+        nodes = {**appended.nodes, **await self._read_nodes(session, tenant.id, missing)}
+        return merkle.inclusion_proof(index, appended.size, _Prefetched(nodes))
 
     async def head(self, session: AsyncSession, tenant: Tenant) -> LogHead:
         """The current head; an empty log gets its key and a signed size-0 checkpoint on first ask."""

@@ -1,0 +1,62 @@
+"""The benchmark harness runs end to end in quick mode and writes well-formed figures.
+
+Only the shape is checked: a benchmark's figures are printed, never asserted (the machine is shared).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _figure(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value >= 0
+
+
+def _timed(section: dict[str, Any], *keys: str) -> None:
+    for key in keys:
+        assert _figure(section[key]), (key, section)
+
+
+def test_bench_quick_mode_writes_well_formed_results(tmp_path: Path) -> None:
+    results = tmp_path / "results.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYSERVER_")}
+    env.update(BENCH_RESULTS=str(results), BENCH_QUICK="1")
+    argv = [sys.executable, "-m", "bench", "--db", "sqlite", "--concurrency", "2", "--seconds", "0.5"]
+    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "releases over HTTP" in proc.stdout
+
+    data = json.loads(results.read_text())
+    assert set(data) == {"verifiers", "e2e", "log_size", "audit_verify"}
+    for section in data.values():
+        assert section["machine"]["quick"] is True
+
+    verifiers = data["verifiers"]
+    for name in ("tpm-ecc", "tpm-rsa", "tpm-eventlog", "snp-cached", "snp-cold", "tdx-collateral"):
+        _timed(verifiers[name], "p50_ms", "p99_ms", "ops_per_s", "ratio", "reference_p50_ms")
+        assert verifiers[name]["reference"]
+        assert verifiers[name]["p50_ms"] <= verifiers[name]["p99_ms"]
+    _timed(verifiers["tpm-ecc"]["vs_keylime"], "ratio")
+
+    row = data["e2e"]["sqlite"]["c2"]
+    _timed(row, "releases_per_s", "p50_ms", "p99_ms", "reference_per_s", "ratio")
+    assert row["n"] > 0
+    assert row["failures"] == {}
+    assert set(row["cpu_ms_per_release"]) >= {"server", "loadgen"}
+
+    sizes = data["log_size"]["sqlite"]
+    assert sizes["large_log_entries"] >= 1000
+    _timed(sizes, "ratio", "p99_ratio")
+    _timed(sizes["release_request_large_log"], "p50_ms", "p99_ms")
+
+    audit = data["audit_verify"]["sqlite"]["1000"]
+    assert audit["entries"] >= 1000
+    _timed(audit, "seconds_p50", "entries_per_s", "ratio")
