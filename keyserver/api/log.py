@@ -12,12 +12,14 @@ from litestar.params import FromPath, Parameter
 
 from audit.entry import decode_entry
 from keyserver.api.auth import SECURITY, tenant_session
+from keyserver.api.problems import TOKEN_READ
+from keyserver.api.schemas import MAX_INT64
 from keyserver.db.session import Database
 from keyserver.releaselog.store import ReleaseLog
 from keyserver.tenancy import Principal, Role
 
 LOG_READERS = (Role.AUDITOR, Role.TENANT_ADMIN)
-NonNegative = Annotated[int, Parameter(ge=0, le=2**63 - 1)]
+NonNegative = Annotated[int, Parameter(ge=0, le=MAX_INT64)]
 
 
 class LogKeyOut(msgspec.Struct):
@@ -56,7 +58,12 @@ class LogController(Controller):
     tags = ("release log",)
     security = SECURITY
 
-    @get("/checkpoint", summary="The latest signed checkpoint (C2SP signed note)", media_type="text/plain")
+    @get(
+        "/checkpoint",
+        summary="The latest signed checkpoint (C2SP signed note)",
+        media_type="text/plain",
+        responses=TOKEN_READ,
+    )
     async def checkpoint(
         self,
         principal: NamedDependency[Principal],
@@ -68,7 +75,7 @@ class LogController(Controller):
             head = await release_log.head(session, target)
         return Response(head.checkpoint, media_type="text/plain; charset=utf-8")
 
-    @get("/key", summary="The log's checkpoint-signing public key (pin it out of band)")
+    @get("/key", summary="The log's checkpoint-signing public key (pin it out of band)", responses=TOKEN_READ)
     async def key(
         self,
         principal: NamedDependency[Principal],
@@ -81,7 +88,11 @@ class LogController(Controller):
         raw = log.verifier_key.rsplit("+", 1)[1]
         return LogKeyOut(origin=log.origin, verifier_key=log.verifier_key, public_key=raw)
 
-    @get("/entries", summary="Entries [start, end): canonical bytes (base64) and decoded JSON; at most 1000")
+    @get(
+        "/entries",
+        summary="Entries [start, end): canonical bytes (base64) and decoded JSON; at most 1000",
+        responses=TOKEN_READ,
+    )
     async def entries(
         self,
         principal: NamedDependency[Principal],
@@ -102,7 +113,11 @@ class LogController(Controller):
             ],
         )
 
-    @get("/proofs/inclusion", summary="Audit path of entry `index` in the tree of `tree_size` entries")
+    @get(
+        "/proofs/inclusion",
+        summary="Audit path of entry `index` in the tree of `tree_size` entries",
+        responses=TOKEN_READ,
+    )
     async def inclusion(
         self,
         principal: NamedDependency[Principal],
@@ -119,7 +134,11 @@ class LogController(Controller):
             index=index, tree_size=tree_size, leaf_hash=leaf.hex(), audit_path=[h.hex() for h in proof]
         )
 
-    @get("/proofs/consistency", summary="Consistency proof between the trees of `first` and `second` entries")
+    @get(
+        "/proofs/consistency",
+        summary="Consistency proof between the trees of `first` and `second` entries",
+        responses=TOKEN_READ,
+    )
     async def consistency(
         self,
         principal: NamedDependency[Principal],
