@@ -27,12 +27,15 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import httpx
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.x509.oid import NameOID
 from litestar.routes import HTTPRoute
 from sqlalchemy import select, text
 
@@ -44,7 +47,6 @@ from keyserver.db.session import Database, Scope
 from keyserver.db.types import utcnow
 from tests.conftest import Service, bearer
 from tests.test_tpm_enrolment import pem
-from tests.tpm.helpers import ek_ca
 from tests.world import World, b64, populate
 
 Kind = Literal["global", "tenant", "loader"]
@@ -159,6 +161,29 @@ SIGNER_PEM = (
 POLICY = {"version": 1, "tees": ["tpm"], "rules": [{"name": "r", "expr": "claims['tpm.reset_count'] >= 0"}]}
 RV = {"version": 1, "expected": {"tpm.pcrs.sha256.8": ["22" * 32]}}
 ENROLMENT = {"ek_public": "AAAA", "ak_public": "AAAA"}
+
+
+def _ca(name: str) -> x509.Certificate:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
+        .sign(key, hashes.SHA256())
+    )
+
+
+WALK_CA = _ca("isolation walk CA")
 T = "/v1/tenants/{tenant}"
 
 ROUTES: dict[tuple[str, str], Route] = {
@@ -176,7 +201,7 @@ ROUTES: dict[tuple[str, str], Route] = {
     # A tenant's own routes: a token of that tenant.
     ("GET", T): Route("tenant"),
     ("GET", T + "/tokens"): Route("tenant"),
-    ("POST", T + "/tokens"): Route("tenant", _const({"role": "auditor"})),
+    ("POST", T + "/tokens"): Route("tenant", _const({"role": "auditor", "description": "walk"})),
     ("DELETE", T + "/tokens/{token_id}"): Route("tenant"),
     ("GET", T + "/log/checkpoint"): Route("tenant"),
     ("GET", T + "/log/key"): Route("tenant"),
@@ -185,14 +210,18 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", T + "/log/proofs/consistency"): Route("tenant", query={"first": 1, "second": 2}),
     ("GET", T + "/tpm/anchors"): Route("tenant"),
     ("POST", T + "/tpm/anchors"): Route(
-        "tenant", _const({"kind": "ek-ca", "name": "walk", "certificate": pem(ek_ca().root)})
+        "tenant", _const({"kind": "ek-ca", "name": "walk", "certificate": pem(WALK_CA)})
     ),
     ("DELETE", T + "/tpm/anchors/{anchor_id}"): Route("tenant"),
-    ("POST", T + "/tpm/pinned-eks"): Route("tenant", _const({"ek_public": b64(bytes(range(64)))})),
+    ("POST", T + "/tpm/pinned-eks"): Route(
+        "tenant", _const({"ek_public": b64(bytes(range(64))), "description": "walk"})
+    ),
     ("GET", T + "/tpm/aks"): Route("tenant"),
     ("DELETE", T + "/tpm/aks/{ak_name}"): Route("tenant"),
     ("GET", T + "/keys"): Route("tenant"),
-    ("POST", T + "/keys"): Route("tenant", _const({"name": "walk-key", "policy": "walk"})),
+    ("POST", T + "/keys"): Route(
+        "tenant", _const({"name": "walk-key", "policy": "walk", "material": b64(bytes(range(32)))})
+    ),
     ("POST", T + "/keys/{name}/rotate"): Route("tenant"),
     ("POST", T + "/keys/{name}/state"): Route("tenant", _const({"state": "disabled"})),
     ("GET", T + "/policies"): Route("tenant"),
