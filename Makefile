@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export VENV
 
-.PHONY: run test bench profile demo lint format system-deps lock clean
+.PHONY: run test bench profile demo fuzz lint format system-deps lock clean
 
 ## run: the service on the embedded default (SQLite + software key backend), on 127.0.0.1:8080
 run: $(VENV)/.installed-runtime
@@ -12,6 +12,12 @@ run: $(VENV)/.installed-runtime
 ## test: installs what it needs (Debian packages, the venv), then lint + mypy + pytest on both databases
 test: system-deps $(VENV)/.installed-dev
 	scripts/run-tests
+
+## fuzz: the fuzz tests (parsers, tokens, the HTTP API) with KEYSERVER_FUZZ_SCALE (default 30) times the
+## suite's budgets, random rather than derandomized; failures are kept in .hypothesis/ and replayed first.
+## `make fuzz FUZZ_ARGS="-k tdx"` narrows it.
+fuzz: system-deps $(VENV)/.installed-dev
+	$(BIN)/pytest -m fuzz --hypothesis-profile fuzz -q $(FUZZ_ARGS)
 
 ## bench: the benchmarks; figures printed and written to bench/results.json (never asserted in tests)
 bench: system-deps $(VENV)/.installed-dev

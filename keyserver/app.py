@@ -30,7 +30,7 @@ from keyserver.api.health import healthz, readyz
 from keyserver.api.keys import KeyController
 from keyserver.api.limits import ReleaseLimitController
 from keyserver.api.log import LogController
-from keyserver.api.middleware import RequestContextMiddleware
+from keyserver.api.middleware import RequestContextMiddleware, screen_request
 from keyserver.api.policies import PolicyController
 from keyserver.api.problems import EXCEPTION_HANDLERS
 from keyserver.api.protocol import ProtocolController
@@ -116,6 +116,7 @@ def create_app(settings: Settings | None = None, *, announce: Announce = print_o
             "release_service": Provide(provide_release_service, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        before_request=screen_request,
         middleware=[prometheus.middleware],
         request_max_body_size=settings.max_request_bytes,
         lifespan=[lifespan],

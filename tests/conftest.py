@@ -16,6 +16,8 @@ from litestar.testing import AsyncTestClient
 from keyserver.app import create_app
 from keyserver.config import Settings
 from keyserver.db.session import Database
+from tests.fuzzing import FUZZ_PROFILE
+from tests.fuzzing import scale as fuzz_scale
 
 pytest_plugins = [
     "tests.fixtures.postgres",
@@ -90,8 +92,23 @@ def bearer(token: str) -> dict[str, str]:
 
 
 # Hypothesis: these machines are shared and noisy. Timing-based health checks and deadlines would make
-# the suite flaky without making it stronger; the number of examples is what matters.
+# the suite flaky without making it stronger; the number of examples is what matters. In CI (CI=true) the
+# examples are derandomized (the same every run) and nothing is saved between runs. `make fuzz` selects
+# the "fuzz" profile: much larger budgets (tests/fuzzing.py), random, failures kept in .hypothesis/.
+_IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 hypothesis_settings.register_profile(
-    "keyserver", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+    "keyserver",
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+    derandomize=_IN_CI,
+    **({"database": None} if _IN_CI else {}),
+)
+hypothesis_settings.register_profile(
+    FUZZ_PROFILE,
+    hypothesis_settings.get_profile("keyserver"),
+    max_examples=100 * fuzz_scale(),
+    derandomize=False,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "keyserver"))

@@ -32,6 +32,8 @@ from keyserver.attestation_token import (
 )
 from keyserver.errors import EvidenceError
 
+pytestmark = pytest.mark.fuzz
+
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 LIFETIME = timedelta(minutes=5)
 TENANT = "acme"

@@ -33,6 +33,8 @@ from keyserver.binding import (
 )
 from keyserver.errors import EvidenceError
 
+pytestmark = pytest.mark.fuzz
+
 REPO = Path(__file__).resolve().parent.parent
 VECTORS_PATH = REPO / "tests" / "data" / "binding-vectors.json"
 DOC_PATH = REPO / "docs" / "binding.md"

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from audit.checkpoint import (
@@ -35,11 +35,14 @@ from audit.checkpoint import (
     vkey_for,
 )
 from audit.merkle import EMPTY_ROOT
+from tests.fuzzing import fuzz_settings
 
 # --- published vectors ---------------------------------------------------------------------------
 
 # golang.org/x/mod/sumdb/note, note_test.go (TestSign, TestOpen): the PeterNeumann key pair, the
 # EnochRoot verifier key and their signatures over the same two-line text.
+pytestmark = pytest.mark.fuzz
+
 PETER_SKEY = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz"
 PETER_VKEY = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
 ENOCH_VKEY = "EnochRoot+af0cfe78+ATtqJ7zOtqQtYqOo0CpvDXNlMhV3HeJDpjrASKGLWdop"
@@ -465,7 +468,7 @@ _line = st.text(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@fuzz_settings(150)
 @given(
     origin=_line,
     size=st.integers(0, 2**64 - 1),
@@ -479,7 +482,7 @@ def test_any_checkpoint_round_trips(origin: str, size: int, root: bytes, extensi
     assert verify_checkpoint(text, LOG_VKEY, origin=origin) == checkpoint
 
 
-@settings(max_examples=400, deadline=None)
+@fuzz_settings(400)
 @given(position=st.integers(0, len(SIGNED.encode()) - 1), value=st.integers(0, 255))
 def test_any_single_byte_change_is_refused(position: int, value: int) -> None:
     raw = bytearray(SIGNED.encode())

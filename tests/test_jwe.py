@@ -34,6 +34,8 @@ from keyserver.jwe import (
     wrap_for_recipient,
 )
 
+pytestmark = pytest.mark.fuzz
+
 PrivateKey = ec.EllipticCurvePrivateKey | X25519PrivateKey | rsa.RSAPrivateKey
 
 METADATA = ReleasedKeyMetadata(tenant="acme", name="weights", version=3)

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from audit.entry import MAX_SAFE_INTEGER, EntryError, canonical_bytes, decode_entry
 
+pytestmark = pytest.mark.fuzz
+
 json_values = st.recursive(
     st.none()
     | st.booleans()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from audit import merkle
@@ -29,6 +29,9 @@ from audit.merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from tests.fuzzing import fuzz_settings
+
+pytestmark = pytest.mark.fuzz
 
 DATA = Path(__file__).parent / "data" / "merkle"
 MAX_EXHAUSTIVE = 64
@@ -436,7 +439,7 @@ def test_rfc9162_algorithms_alone_reject_wrong_lengths(small: tuple[MemoryNodeSt
 # --- property-based, on a larger tree ----------------------------------------------------------
 
 
-@settings(max_examples=300, deadline=None)
+@fuzz_settings(300)
 @given(data=st.data())
 def test_large_tree_proofs_match_reference(data: st.DataObject) -> None:
     size = data.draw(st.integers(1, LARGE_SIZE), label="size")
@@ -452,7 +455,7 @@ def test_large_tree_proofs_match_reference(data: st.DataObject) -> None:
     verify_consistency(first, size, _LARGE_REFERENCE.mth(0, first), root, consistency)
 
 
-@settings(max_examples=300, deadline=None)
+@fuzz_settings(300)
 @given(data=st.data())
 def test_any_single_bit_flip_in_a_proof_is_refused(data: st.DataObject) -> None:
     size = data.draw(st.integers(2, LARGE_SIZE), label="size")
@@ -472,7 +475,7 @@ def test_any_single_bit_flip_in_a_proof_is_refused(data: st.DataObject) -> None:
         verify_consistency(first, size, _LARGE_REFERENCE.mth(0, first), root, consistency)
 
 
-@settings(max_examples=100, deadline=None)
+@fuzz_settings(100)
 @given(
     entries=st.lists(st.binary(max_size=40), max_size=80),
     cuts=st.lists(st.integers(0, 80), max_size=6),

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from keyserver.errors import Unauthenticated
 from keyserver.tokens import hash_token, new_token, parse_token, token_matches
 
+pytestmark = pytest.mark.fuzz
+
 
 @given(st.text(max_size=200))
 def test_parse_never_raises_anything_but_unauthenticated(text: str) -> None:

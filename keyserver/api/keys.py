@@ -11,6 +11,7 @@ from litestar.params import FromPath, JSONBody
 
 from keyserver import keys as keystore
 from keyserver.api.auth import SECURITY, tenant_session
+from keyserver.api.problems import TOKEN_READ, TOKEN_WRITE
 from keyserver.backends.base import KeyBackend
 from keyserver.db.models import Key, KeyVersion
 from keyserver.db.session import Database
@@ -57,7 +58,7 @@ class KeyController(Controller):
     tags = ("keys",)
     security = SECURITY
 
-    @post("/", summary="Create a key under a policy (tenant-admin)")
+    @post("/", summary="Create a key under a policy (tenant-admin)", responses=TOKEN_WRITE)
     async def create(
         self,
         principal: NamedDependency[Principal],
@@ -83,7 +84,7 @@ class KeyController(Controller):
             )
         return KeyOut.of(created.key, [created.version])
 
-    @get("/", summary="The tenant's keys and versions")
+    @get("/", summary="The tenant's keys and versions", responses=TOKEN_READ)
     async def list_all(
         self, principal: NamedDependency[Principal], db: NamedDependency[Database], tenant: FromPath[str]
     ) -> list[KeyOut]:
@@ -93,7 +94,9 @@ class KeyController(Controller):
         ):
             return [KeyOut.of(k, v) for k, v in await keystore.list_keys(session, target.id)]
 
-    @post("/{name:str}/rotate", status_code=200, summary="Add a version (tenant-admin)")
+    @post(
+        "/{name:str}/rotate", status_code=200, summary="Add a version (tenant-admin)", responses=TOKEN_WRITE
+    )
     async def rotate(
         self,
         principal: NamedDependency[Principal],
@@ -110,7 +113,12 @@ class KeyController(Controller):
             found = [(k, v) for k, v in await keystore.list_keys(session, target.id) if k.name == name]
         return KeyOut.of(*found[0])
 
-    @post("/{name:str}/state", status_code=200, summary="Enable, disable or destroy a key (tenant-admin)")
+    @post(
+        "/{name:str}/state",
+        status_code=200,
+        summary="Enable, disable or destroy a key (tenant-admin)",
+        responses=TOKEN_WRITE,
+    )
     async def state(
         self,
         principal: NamedDependency[Principal],

@@ -13,6 +13,7 @@ from litestar.params import FromPath, JSONBody
 
 from keyserver import ratelimits
 from keyserver.api.auth import SECURITY, tenant_session
+from keyserver.api.problems import TOKEN_READ, TOKEN_WRITE
 from keyserver.config import MAX_LIMIT_RELEASES, MAX_LIMIT_WINDOW_S, Budget, Settings
 from keyserver.db.session import Database
 from keyserver.releaselog.store import ReleaseLog
@@ -62,7 +63,7 @@ class ReleaseLimitController(Controller):
     tags = ("release limits",)
     security = SECURITY
 
-    @get("/", summary="The release limits in force (tenant-admin, auditor)")
+    @get("/", summary="The release limits in force (tenant-admin, auditor)", responses=TOKEN_READ)
     async def show(
         self,
         principal: NamedDependency[Principal],
@@ -89,7 +90,11 @@ class ReleaseLimitController(Controller):
         default = ratelimits.Limit("key/*", settings.release_limit_key, "default")
         return LimitsOut(LimitOut.of(tenant_limit), [LimitOut.of(k) for k in keys], LimitOut.of(default))
 
-    @put("/tenant", summary="Limit the tenant's release and attestation requests per window (tenant-admin)")
+    @put(
+        "/tenant",
+        summary="Limit the tenant's release and attestation requests per window (tenant-admin)",
+        responses=TOKEN_WRITE,
+    )
     async def set_tenant(
         self,
         principal: NamedDependency[Principal],
@@ -101,7 +106,12 @@ class ReleaseLimitController(Controller):
     ) -> LimitOut:
         return await self._set(principal, db, release_log, _settings(state), tenant, ratelimits.TENANT, data)
 
-    @delete("/tenant", status_code=200, summary="Back to the keyserver's default (tenant-admin)")
+    @delete(
+        "/tenant",
+        status_code=200,
+        summary="Back to the keyserver's default (tenant-admin)",
+        responses=TOKEN_WRITE,
+    )
     async def remove_tenant(
         self,
         principal: NamedDependency[Principal],
@@ -112,7 +122,11 @@ class ReleaseLimitController(Controller):
     ) -> LimitOut:
         return await self._remove(principal, db, release_log, _settings(state), tenant, ratelimits.TENANT)
 
-    @put("/keys/{name:str}", summary="Limit a key's granted releases per window (tenant-admin)")
+    @put(
+        "/keys/{name:str}",
+        summary="Limit a key's granted releases per window (tenant-admin)",
+        responses=TOKEN_WRITE,
+    )
     async def set_key(
         self,
         principal: NamedDependency[Principal],
@@ -126,7 +140,12 @@ class ReleaseLimitController(Controller):
         scope = ratelimits.key_scope(name)
         return await self._set(principal, db, release_log, _settings(state), tenant, scope, data)
 
-    @delete("/keys/{name:str}", status_code=200, summary="Back to the keyserver's default (tenant-admin)")
+    @delete(
+        "/keys/{name:str}",
+        status_code=200,
+        summary="Back to the keyserver's default (tenant-admin)",
+        responses=TOKEN_WRITE,
+    )
     async def remove_key(
         self,
         principal: NamedDependency[Principal],

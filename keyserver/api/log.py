@@ -14,12 +14,14 @@ from litestar.params import FromPath, Parameter
 from audit.checkpoint import parse_vkey
 from audit.entry import decode_entry
 from keyserver.api.auth import SECURITY, tenant_session
+from keyserver.api.problems import TOKEN_READ
+from keyserver.api.schemas import MAX_INT64
 from keyserver.db.session import Database
 from keyserver.releaselog.store import ReleaseLog
 from keyserver.tenancy import Principal, Role
 
 LOG_READERS = (Role.AUDITOR, Role.TENANT_ADMIN)
-NonNegative = Annotated[int, Parameter(ge=0, le=2**63 - 1)]
+NonNegative = Annotated[int, Parameter(ge=0, le=MAX_INT64)]
 
 
 class LogKeyOut(msgspec.Struct):
@@ -58,7 +60,12 @@ class LogController(Controller):
     tags = ("release log",)
     security = SECURITY
 
-    @get("/checkpoint", summary="The latest signed checkpoint (C2SP signed note)", media_type="text/plain")
+    @get(
+        "/checkpoint",
+        summary="The latest signed checkpoint (C2SP signed note)",
+        media_type="text/plain",
+        responses=TOKEN_READ,
+    )
     async def checkpoint(
         self,
         principal: NamedDependency[Principal],
@@ -70,7 +77,7 @@ class LogController(Controller):
             head = await release_log.head(session, target)
         return Response(head.checkpoint, media_type="text/plain; charset=utf-8")
 
-    @get("/key", summary="The log's checkpoint-signing public key (pin it out of band)")
+    @get("/key", summary="The log's checkpoint-signing public key (pin it out of band)", responses=TOKEN_READ)
     async def key(
         self,
         principal: NamedDependency[Principal],
@@ -86,7 +93,11 @@ class LogController(Controller):
             origin=log.origin, verifier_key=log.verifier_key, public_key=base64.b64encode(raw).decode()
         )
 
-    @get("/entries", summary="Entries [start, end): canonical bytes (base64) and decoded JSON; at most 1000")
+    @get(
+        "/entries",
+        summary="Entries [start, end): canonical bytes (base64) and decoded JSON; at most 1000",
+        responses=TOKEN_READ,
+    )
     async def entries(
         self,
         principal: NamedDependency[Principal],
@@ -107,7 +118,11 @@ class LogController(Controller):
             ],
         )
 
-    @get("/proofs/inclusion", summary="Audit path of entry `index` in the tree of `tree_size` entries")
+    @get(
+        "/proofs/inclusion",
+        summary="Audit path of entry `index` in the tree of `tree_size` entries",
+        responses=TOKEN_READ,
+    )
     async def inclusion(
         self,
         principal: NamedDependency[Principal],
@@ -124,7 +139,11 @@ class LogController(Controller):
             index=index, tree_size=tree_size, leaf_hash=leaf.hex(), audit_path=[h.hex() for h in proof]
         )
 
-    @get("/proofs/consistency", summary="Consistency proof between the trees of `first` and `second` entries")
+    @get(
+        "/proofs/consistency",
+        summary="Consistency proof between the trees of `first` and `second` entries",
+        responses=TOKEN_READ,
+    )
     async def consistency(
         self,
         principal: NamedDependency[Principal],

@@ -6,10 +6,14 @@ import logging
 import re
 import time
 import uuid
+from typing import Any
 
+from litestar import Request
 from litestar.enums import ScopeType
+from litestar.exceptions import SerializationException
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 
+from keyserver.errors import InvalidRequest
 from keyserver.logs import request_id_var
 
 REQUEST_ID_HEADER = b"x-request-id"
@@ -17,6 +21,11 @@ REQUEST_ID_HEADER = b"x-request-id"
 _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._-]{1,64}\Z")
 
 access_log = logging.getLogger("keyserver.access")
+
+# JSON can carry a NUL character only as the escape \u0000 (raw control characters are invalid in JSON
+# strings); it is one when preceded by an even number of backslashes (an escaped backslash followed by
+# "u0000" is text, not NUL).
+_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 class RequestContextMiddleware:
@@ -67,3 +76,53 @@ def _request_id_from(scope: Scope) -> str:
         if name == REQUEST_ID_HEADER and _VALID_REQUEST_ID.match(value):
             return value.decode()
     return uuid.uuid4().hex
+
+
+# Deeper than any document this keyserver takes (policies, evidence, claims, JWKs are a few levels deep),
+# and far below the depth at which a recursive decoder or encoder would exhaust the stack.
+MAX_JSON_DEPTH = 64
+
+
+async def screen_request(request: Request[Any, Any, Any]) -> None:
+    """``before_request`` for every route: what no route accepts, refused before any handler runs.
+
+    * a NUL character in a path parameter or a JSON string: nothing a keyserver stores or looks up can
+      contain one, PostgreSQL's text type cannot hold one (a query naming one fails in the driver), and
+      SQLite would store what PostgreSQL refuses — refused alike on both;
+    * JSON nested deeper than :data:`MAX_JSON_DEPTH`: the decoder would exhaust the stack (a
+      ``RecursionError``, not a bad request) and so would any code walking the document.
+    """
+    if any("\x00" in value for value in request.path_params.values() if isinstance(value, str)):
+        raise InvalidRequest("a path parameter contains a NUL character")
+    if request.method not in ("POST", "PUT", "PATCH", "DELETE"):
+        return
+    body = await request.body()
+    if not body:
+        return
+    if _JSON_NUL.search(body):
+        raise InvalidRequest("the request body contains a NUL character (\\u0000) in a string")
+    try:
+        document = await request.json()
+    except RecursionError:
+        raise InvalidRequest(f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except (SerializationException, ValueError):  # malformed: the route's own decoding says what is wrong
+        return
+    if _depth_exceeds(document, MAX_JSON_DEPTH):
+        raise InvalidRequest(f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels")
+
+
+def _depth_exceeds(document: Any, limit: int) -> bool:
+    """Whether any container in ``document`` sits more than ``limit`` levels deep (iteratively)."""
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False

@@ -13,6 +13,8 @@ from litestar.params import FromPath, JSONBody
 
 from keyserver import policies
 from keyserver.api.auth import SECURITY, tenant_session
+from keyserver.api.problems import TOKEN_READ, TOKEN_WRITE
+from keyserver.api.schemas import Version, VersionPath
 from keyserver.appraisal import appraise_with
 from keyserver.db.models import Policy
 from keyserver.db.session import Database
@@ -44,7 +46,7 @@ class PolicyOut(msgspec.Struct):
 
 class DryRun(msgspec.Struct, forbid_unknown_fields=True):
     claims: dict[str, Any]
-    version: Annotated[int, msgspec.Meta(ge=1)] | None = None  # default: the active version
+    version: Version | None = None  # default: the active version
 
 
 class DryRunOut(msgspec.Struct):
@@ -61,7 +63,11 @@ class PolicyController(Controller):
     tags = ("policies",)
     security = SECURITY
 
-    @post("/", summary="Add a policy version (tenant-admin); it takes effect only when activated")
+    @post(
+        "/",
+        summary="Add a policy version (tenant-admin); it takes effect only when activated",
+        responses=TOKEN_WRITE,
+    )
     async def add(
         self,
         principal: NamedDependency[Principal],
@@ -81,7 +87,7 @@ class PolicyController(Controller):
             )
         return PolicyOut.of(row, active=False)
 
-    @get("/", summary="Every version of every policy, with the active ones marked")
+    @get("/", summary="Every version of every policy, with the active ones marked", responses=TOKEN_READ)
     async def list_all(
         self, principal: NamedDependency[Principal], db: NamedDependency[Database], tenant: FromPath[str]
     ) -> list[PolicyOut]:
@@ -97,6 +103,7 @@ class PolicyController(Controller):
         "/{name:str}/{version:int}/activate",
         status_code=200,
         summary="Activate a version (runs its examples)",
+        responses=TOKEN_WRITE,
     )
     async def activate(
         self,
@@ -105,7 +112,7 @@ class PolicyController(Controller):
         release_log: NamedDependency[ReleaseLog],
         tenant: FromPath[str],
         name: FromPath[str],
-        version: FromPath[int],
+        version: VersionPath,
     ) -> PolicyOut:
         async with tenant_session(db, principal, tenant, Role.TENANT_ADMIN) as (session, target):
             await policies.activate(session, release_log, target, name, version, principal=principal.token_id)
@@ -117,6 +124,7 @@ class PolicyController(Controller):
         "/{name:str}/dry-run",
         status_code=200,
         summary="Say, check by check, what the policy decides on claims",
+        responses=TOKEN_WRITE,
     )
     async def dry_run(
         self,

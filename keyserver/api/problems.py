@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import ResponseSpec
 
 from keyserver.errors import EvidenceError, KeyserverError
 from keyserver.logs import request_id_var
@@ -20,6 +22,52 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:keyserver:problem:"
 
 log = logging.getLogger("keyserver.errors")
+
+
+class Problem(msgspec.Struct, omit_defaults=True):
+    """An RFC 9457 problem document as this keyserver writes it (docs/api.md, "Errors")."""
+
+    type: str  # urn:keyserver:problem:<code>
+    title: str
+    status: int
+    detail: str
+    instance: str
+    request_id: str | None = None
+    errors: list[dict[str, Any]] | None = None  # invalid-request: which fields, and why
+    reason: str | None = None  # evidence-rejected, release-denied: which check
+    log_index: int | None = None  # release-denied: the denial's entry in the release log
+    receipt: dict[str, Any] | None = None  # release-denied: as a granted release's receipt
+
+
+_DESCRIPTIONS = {
+    400: "invalid-request: malformed JSON, a field out of range, an unknown field",
+    401: "unauthenticated: no token, or a malformed, unknown, revoked or expired one",
+    403: "forbidden (the token's role may not do this), or evidence-rejected / release-denied",
+    404: "not-found: no such tenant or resource, or one that belongs to another tenant",
+    409: "conflict with the current state",
+    413: "payload-too-large: the body is over KEYSERVER_MAX_REQUEST_BYTES",
+    429: "rate-limited: the tenant's or the key's release budget is spent; retry after Retry-After",
+    503: "unavailable: the database or the key backend did not answer; retry",
+}
+
+
+def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """The OpenAPI description of the problem documents a route may answer with."""
+    return {
+        status: ResponseSpec(
+            data_container=Problem,
+            media_type=PROBLEM_MEDIA_TYPE,
+            description=_DESCRIPTIONS[status],
+            generate_examples=False,
+        )
+        for status in statuses
+    }
+
+
+# The problems each kind of route may answer with (the fuzz tests check that no route answers another).
+TOKEN_READ = problem_responses(400, 401, 403, 404, 503)
+TOKEN_WRITE = problem_responses(400, 401, 403, 404, 409, 413, 503)
+LOADER = problem_responses(400, 403, 404, 409, 413, 429, 503)
 
 # Litestar's own HTTP errors, mapped onto our codes.
 _HTTP_CODES = {

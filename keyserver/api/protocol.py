@@ -13,7 +13,8 @@ from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
-from keyserver.api.problems import PROBLEM_MEDIA_TYPE, TYPE_PREFIX
+from keyserver.api.problems import LOADER, PROBLEM_MEDIA_TYPE, TYPE_PREFIX, problem_responses
+from keyserver.api.schemas import Version
 from keyserver.challenges import issue_challenge
 from keyserver.db.session import Database, Scope
 from keyserver.logs import request_id_var
@@ -33,7 +34,7 @@ class ReleaseBody(msgspec.Struct, forbid_unknown_fields=True):
     challenge: uuid.UUID
     evidence: dict[str, Any]
     ephemeral_key: dict[str, Any]  # public JWK
-    version: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    version: Version | None = None
 
 
 class AttestBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -75,7 +76,11 @@ class ProtocolController(Controller):
     path = "/v1/tenants/{tenant:str}"
     tags = ("release",)
 
-    @post("/challenges", summary="A fresh single-use nonce for one release (no token)")
+    @post(
+        "/challenges",
+        summary="A fresh single-use nonce for one release (no token)",
+        responses=problem_responses(404, 503),
+    )
     async def challenge(self, db: NamedDependency[Database], tenant: FromPath[str]) -> ChallengeOut:
         target = await lookup_tenant(db, tenant)
         async with db.transaction(Scope.for_tenant(target.id)) as session:
@@ -87,6 +92,7 @@ class ProtocolController(Controller):
         "/keys/{name:str}/release",
         status_code=200,
         summary="Release a key wrapped to the ephemeral key (403 with the reason and log index if denied)",
+        responses=LOADER,
     )
     async def release(
         self,
@@ -128,7 +134,10 @@ class ProtocolController(Controller):
         return Response(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
     @post(
-        "/attest", status_code=200, summary="Verify evidence once; get an attestation-result token (EAR JWT)"
+        "/attest",
+        status_code=200,
+        summary="Verify evidence once; get an attestation-result token (EAR JWT)",
+        responses=LOADER,
     )
     async def attest(
         self,
@@ -141,7 +150,11 @@ class ProtocolController(Controller):
         token = await release_service.attest(target, data.challenge, data.evidence, data.ephemeral_key)
         return AttestOut(token=token)
 
-    @get("/attest/jwks", summary="The JWK Set that verifies this tenant's attestation-result tokens")
+    @get(
+        "/attest/jwks",
+        summary="The JWK Set that verifies this tenant's attestation-result tokens",
+        responses=problem_responses(404, 503),
+    )
     async def jwks(
         self,
         release_service: NamedDependency[ReleaseService],

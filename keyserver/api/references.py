@@ -15,6 +15,8 @@ from litestar.params import FromPath, JSONBody
 
 from keyserver import reference_values as rv
 from keyserver.api.auth import SECURITY, tenant_session
+from keyserver.api.problems import TOKEN_READ, TOKEN_WRITE
+from keyserver.api.schemas import VersionPath
 from keyserver.appraisal import validate_reference_values
 from keyserver.db.models import CiSigner, ReferenceValueSet
 from keyserver.db.session import Database
@@ -76,7 +78,7 @@ class ReferenceController(Controller):
     tags = ("reference values",)
     security = SECURITY
 
-    @post("/ci-signers", summary="Register a CI signer's public key (tenant-admin)")
+    @post("/ci-signers", summary="Register a CI signer's public key (tenant-admin)", responses=TOKEN_WRITE)
     async def add_signer(
         self,
         principal: NamedDependency[Principal],
@@ -96,7 +98,7 @@ class ReferenceController(Controller):
             )
         return SignerOut.of(signer)
 
-    @get("/ci-signers", summary="The tenant's CI signers")
+    @get("/ci-signers", summary="The tenant's CI signers", responses=TOKEN_READ)
     async def signers(
         self, principal: NamedDependency[Principal], db: NamedDependency[Database], tenant: FromPath[str]
     ) -> list[SignerOut]:
@@ -106,7 +108,12 @@ class ReferenceController(Controller):
         ):
             return [SignerOut.of(s) for s in await rv.list_signers(session, target.id)]
 
-    @post("/ci-signers/{name:str}/revoke", status_code=200, summary="Revoke a CI signer (tenant-admin)")
+    @post(
+        "/ci-signers/{name:str}/revoke",
+        status_code=200,
+        summary="Revoke a CI signer (tenant-admin)",
+        responses=TOKEN_WRITE,
+    )
     async def revoke_signer(
         self,
         principal: NamedDependency[Principal],
@@ -120,7 +127,11 @@ class ReferenceController(Controller):
                 await rv.revoke_signer(session, release_log, target, name, principal=principal.token_id)
             )
 
-    @post("/reference-values", summary="Add a version of a reference-value set by hand (tenant-admin)")
+    @post(
+        "/reference-values",
+        summary="Add a version of a reference-value set by hand (tenant-admin)",
+        responses=TOKEN_WRITE,
+    )
     async def add(
         self,
         principal: NamedDependency[Principal],
@@ -142,7 +153,11 @@ class ReferenceController(Controller):
             )
         return ReferenceValuesOut.of(row)
 
-    @post("/reference-values/bundles", summary="Publish a signed bundle (ci-signer or tenant-admin token)")
+    @post(
+        "/reference-values/bundles",
+        summary="Publish a signed bundle (ci-signer or tenant-admin token)",
+        responses=TOKEN_WRITE,
+    )
     async def bundle(
         self,
         principal: NamedDependency[Principal],
@@ -169,7 +184,7 @@ class ReferenceController(Controller):
             )
         return ReferenceValuesOut.of(row)
 
-    @get("/reference-values", summary="Every version of every set")
+    @get("/reference-values", summary="Every version of every set", responses=TOKEN_READ)
     async def list_all(
         self, principal: NamedDependency[Principal], db: NamedDependency[Database], tenant: FromPath[str]
     ) -> list[ReferenceValuesOut]:
@@ -179,7 +194,12 @@ class ReferenceController(Controller):
         ):
             return [ReferenceValuesOut.of(r) for r in await rv.list_reference_values(session, target.id)]
 
-    @post("/reference-values/{name:str}/{version:int}/revoke", status_code=200, summary="Revoke a version")
+    @post(
+        "/reference-values/{name:str}/{version:int}/revoke",
+        status_code=200,
+        summary="Revoke a version",
+        responses=TOKEN_WRITE,
+    )
     async def revoke(
         self,
         principal: NamedDependency[Principal],
@@ -187,7 +207,7 @@ class ReferenceController(Controller):
         release_log: NamedDependency[ReleaseLog],
         tenant: FromPath[str],
         name: FromPath[str],
-        version: FromPath[int],
+        version: VersionPath,
     ) -> ReferenceValuesOut:
         async with tenant_session(db, principal, tenant, Role.TENANT_ADMIN) as (session, target):
             row = await rv.revoke_reference_values(

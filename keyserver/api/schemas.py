@@ -6,8 +6,18 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 import msgspec
+from litestar.params import PathParameter
 
 from keyserver.db.models import ApiToken, Tenant
+
+# Log indexes are stored as 64-bit integers, versions too; a larger number names nothing and must be a
+# 400 before it reaches the database (where it would overflow the column, a 500). Versions are also
+# written into release-log entries, whose canonical JSON carries integers up to 2^53 - 1 only (I-JSON,
+# RFC 7493): a release naming a larger version could be neither granted nor logged.
+MAX_INT64 = 2**63 - 1
+MAX_VERSION = 2**53 - 1
+Version = Annotated[int, msgspec.Meta(ge=1, le=MAX_VERSION)]
+VersionPath = Annotated[int, PathParameter(ge=1, le=MAX_VERSION)]
 
 TenantName = Annotated[
     str, msgspec.Meta(min_length=1, max_length=63, pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")

@@ -10,6 +10,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
 from keyserver.api.auth import SECURITY, tenant_session
+from keyserver.api.problems import TOKEN_READ, TOKEN_WRITE, problem_responses
 from keyserver.api.schemas import TenantCreate, TenantOut, TokenCreate, TokenIssued, TokenOut, WhoAmI
 from keyserver.db.session import Database, Scope
 from keyserver.tenancy import (
@@ -26,7 +27,13 @@ from keyserver.tenancy import (
 )
 
 
-@get("/v1/whoami", tags=["auth"], security=SECURITY, summary="The caller's token, role and tenant")
+@get(
+    "/v1/whoami",
+    tags=["auth"],
+    security=SECURITY,
+    summary="The caller's token, role and tenant",
+    responses=problem_responses(401, 503),
+)
 async def whoami(principal: NamedDependency[Principal]) -> WhoAmI:
     return WhoAmI(token_id=str(principal.token_id), role=principal.role, tenant=principal.tenant_name)
 
@@ -36,7 +43,9 @@ class TenantController(Controller):
     tags = ("tenants",)
     security = SECURITY
 
-    @post("/", summary="Create a tenant (operator)")
+    @post(
+        "/", summary="Create a tenant (operator)", responses=problem_responses(400, 401, 403, 409, 413, 503)
+    )
     async def create(
         self,
         principal: NamedDependency[Principal],
@@ -48,7 +57,7 @@ class TenantController(Controller):
             tenant = await create_tenant(session, data.name)
         return TenantOut.of(tenant)
 
-    @get("/", summary="List tenants (operator)")
+    @get("/", summary="List tenants (operator)", responses=problem_responses(401, 403, 503))
     async def list_all(
         self, principal: NamedDependency[Principal], db: NamedDependency[Database]
     ) -> list[TenantOut]:
@@ -56,14 +65,18 @@ class TenantController(Controller):
         async with db.transaction(Scope.for_operator()) as session:
             return [TenantOut.of(t) for t in await list_tenants(session)]
 
-    @get("/{tenant:str}", summary="One tenant (operator, or the tenant's own tokens)")
+    @get("/{tenant:str}", summary="One tenant (operator, or the tenant's own tokens)", responses=TOKEN_READ)
     async def show(
         self, principal: NamedDependency[Principal], db: NamedDependency[Database], tenant: FromPath[str]
     ) -> TenantOut:
         async with db.transaction(principal.scope) as session:
             return TenantOut.of(await resolve_tenant(session, principal, tenant))
 
-    @post("/{tenant:str}/tokens", summary="Issue a token (tenant-admin; the operator issues tenant-admin)")
+    @post(
+        "/{tenant:str}/tokens",
+        summary="Issue a token (tenant-admin; the operator issues tenant-admin)",
+        responses=TOKEN_WRITE,
+    )
     async def create_token(
         self,
         principal: NamedDependency[Principal],
@@ -85,7 +98,11 @@ class TenantController(Controller):
             )
         return TokenIssued(token=issued.secret, info=TokenOut.of(issued.token, target.name))
 
-    @get("/{tenant:str}/tokens", summary="List a tenant's tokens (tenant-admin, operator)")
+    @get(
+        "/{tenant:str}/tokens",
+        summary="List a tenant's tokens (tenant-admin, operator)",
+        responses=TOKEN_READ,
+    )
     async def tokens(
         self, principal: NamedDependency[Principal], db: NamedDependency[Database], tenant: FromPath[str]
     ) -> list[TokenOut]:
@@ -99,6 +116,7 @@ class TenantController(Controller):
         "/{tenant:str}/tokens/{token_id:uuid}",
         status_code=200,
         summary="Revoke a token (tenant-admin, operator)",
+        responses=TOKEN_WRITE,
     )
     async def revoke(
         self,

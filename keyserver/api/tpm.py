@@ -18,6 +18,7 @@ from litestar.params import FromPath, JSONBody
 
 from keyserver import tpm_enrolment as tpm
 from keyserver.api.auth import SECURITY, tenant_session
+from keyserver.api.problems import LOADER, TOKEN_READ, TOKEN_WRITE
 from keyserver.db.models import TpmAk, TpmTrustAnchor
 from keyserver.db.session import Database, Scope
 from keyserver.releaselog.store import ReleaseLog
@@ -102,7 +103,11 @@ class TpmAdminController(Controller):
     tags = ("tpm",)
     security = SECURITY
 
-    @post("/anchors", summary="Trust a CA for EK certificates (ek-ca) or AK certificates (ak-ca)")
+    @post(
+        "/anchors",
+        summary="Trust a CA for EK certificates (ek-ca) or AK certificates (ak-ca)",
+        responses=TOKEN_WRITE,
+    )
     async def add_anchor(
         self,
         principal: NamedDependency[Principal],
@@ -123,7 +128,7 @@ class TpmAdminController(Controller):
             )
         return AnchorOut.of(anchor)
 
-    @get("/anchors", summary="The tenant's TPM trust anchors")
+    @get("/anchors", summary="The tenant's TPM trust anchors", responses=TOKEN_READ)
     async def anchors(
         self, principal: NamedDependency[Principal], db: NamedDependency[Database], tenant: FromPath[str]
     ) -> list[AnchorOut]:
@@ -133,7 +138,9 @@ class TpmAdminController(Controller):
         ):
             return [AnchorOut.of(a) for a in await tpm.list_anchors(session, target.id)]
 
-    @delete("/anchors/{anchor_id:uuid}", status_code=204, summary="Stop trusting an anchor")
+    @delete(
+        "/anchors/{anchor_id:uuid}", status_code=204, summary="Stop trusting an anchor", responses=TOKEN_WRITE
+    )
     async def remove_anchor(
         self,
         principal: NamedDependency[Principal],
@@ -145,7 +152,7 @@ class TpmAdminController(Controller):
         async with tenant_session(db, principal, tenant, Role.TENANT_ADMIN) as (session, target):
             await tpm.remove_anchor(session, release_log, target, anchor_id, principal=principal.token_id)
 
-    @post("/pinned-eks", summary="Vouch for one EK public key directly")
+    @post("/pinned-eks", summary="Vouch for one EK public key directly", responses=TOKEN_WRITE)
     async def pin_ek(
         self,
         principal: NamedDependency[Principal],
@@ -165,7 +172,7 @@ class TpmAdminController(Controller):
             )
         return PinnedEkOut(sha256=pinned.fingerprint, description=pinned.description)
 
-    @get("/aks", summary="The tenant's enrolled attestation keys")
+    @get("/aks", summary="The tenant's enrolled attestation keys", responses=TOKEN_READ)
     async def aks(
         self, principal: NamedDependency[Principal], db: NamedDependency[Database], tenant: FromPath[str]
     ) -> list[AkOut]:
@@ -175,7 +182,7 @@ class TpmAdminController(Controller):
         ):
             return [AkOut.of(ak) for ak in await tpm.list_aks(session, target.id)]
 
-    @delete("/aks/{ak_name:str}", status_code=200, summary="Revoke an attestation key")
+    @delete("/aks/{ak_name:str}", status_code=200, summary="Revoke an attestation key", responses=TOKEN_WRITE)
     async def revoke_ak(
         self,
         principal: NamedDependency[Principal],
@@ -196,7 +203,11 @@ class TpmEnrolmentController(Controller):
     path = "/v1/tenants/{tenant:str}/tpm"
     tags = ("tpm",)
 
-    @post("/enrolments", summary="Start enrolling an AK: get a credential for TPM2_ActivateCredential")
+    @post(
+        "/enrolments",
+        summary="Start enrolling an AK: get a credential for TPM2_ActivateCredential",
+        responses=LOADER,
+    )
     async def begin(
         self, db: NamedDependency[Database], tenant: FromPath[str], data: JSONBody[EnrolmentCreate]
     ) -> EnrolmentChallenge:
@@ -220,7 +231,11 @@ class TpmEnrolmentController(Controller):
             expires_at=challenge.enrolment.expires_at,
         )
 
-    @post("/enrolments/{enrolment_id:uuid}/activate", summary="Finish: return the activated credential")
+    @post(
+        "/enrolments/{enrolment_id:uuid}/activate",
+        summary="Finish: return the activated credential",
+        responses=LOADER,
+    )
     async def activate(
         self,
         db: NamedDependency[Database],
@@ -236,7 +251,7 @@ class TpmEnrolmentController(Controller):
             )
         return AkOut.of(ak)
 
-    @post("/enrolments/certified", summary="Enrol an AK by its certificate (cloud vTPMs)")
+    @post("/enrolments/certified", summary="Enrol an AK by its certificate (cloud vTPMs)", responses=LOADER)
     async def certified(
         self,
         db: NamedDependency[Database],

@@ -8,13 +8,17 @@ import contextlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import given
 from hypothesis import strategies as st
 
 from policy import REASONS, Decision, PolicyError, ReferenceValueSet, check_examples, evaluate, parse_policy
 from policy.cel import CelCompileError, compile_rule
+from tests.fuzzing import fuzz_settings
 
 from .helpers import reference_set, snp_claims, tdx_claims, tpm_claims
+
+pytestmark = pytest.mark.fuzz
 
 SET_NAMES = ["loader-snp", "loader-tdx", "loader-tpm", "extra"]
 TEES = ["tpm", "sev-snp", "tdx"]
@@ -149,7 +153,7 @@ def check_invariants(decision: Decision) -> None:
         assert r.reason is None or r.reason in REASONS
 
 
-SLOW = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SLOW = fuzz_settings(300)
 
 
 @SLOW
@@ -225,7 +229,7 @@ cel_alphabet = st.sampled_from(
 )
 
 
-@settings(max_examples=500, deadline=None)
+@fuzz_settings(500)
 @given(source=st.lists(cel_alphabet, max_size=40).map("".join) | st.text(max_size=60))
 def test_compiling_any_text_fails_only_with_cel_compile_error(source: str) -> None:
     try:

@@ -7,13 +7,16 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from keyserver.errors import EvidenceError
 from keyserver.evidence.snp import ChainCache, decode_report_input, parse_report, verify_snp_report
+from tests.fuzzing import fuzz_settings
 
 from .helpers import utc, vec
+
+pytestmark = pytest.mark.fuzz
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ GENUINE = [
     ),
 ]
 CACHE = ChainCache()
-FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = fuzz_settings(400)
 
 
 def _never_verifies(

@@ -6,7 +6,8 @@ from __future__ import annotations
 import contextlib
 import struct
 
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import given
 from hypothesis import strategies as st
 
 from keyserver.errors import EvidenceError
@@ -18,8 +19,11 @@ from keyserver.evidence.tdx import (
 )
 from keyserver.evidence.tdx.collateral import parse_pcs_tcb_info
 from keyserver.evidence.tdx.quote import SIG_DATA_OFFSET, SIGNED_SIZE
+from tests.fuzzing import fuzz_settings
 
 from .helpers import SPR, utc, vec
+
+pytestmark = pytest.mark.fuzz
 
 NOW = utc("2023-07-01T01:00:00Z")
 SPR_BYTES = vec(SPR)
@@ -49,19 +53,19 @@ def _verify_only_evidence_errors(data: bytes) -> None:
         return
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@fuzz_settings(300)
 @given(st.binary(max_size=6000))
 def test_random_bytes_only_raise_evidence_error(data: bytes) -> None:
     _verify_only_evidence_errors(data)
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@fuzz_settings(300)
 @given(st.binary(min_size=0, max_size=5000))
 def test_random_bodies_behind_a_valid_header(tail: bytes) -> None:
     _verify_only_evidence_errors(HEADER_PREFIX + bytes(20) + tail)
 
 
-@settings(max_examples=300, deadline=None)
+@fuzz_settings(300)
 @given(st.binary(max_size=2000))
 def test_random_hex_and_binary_input_decoding(data: bytes) -> None:
     try:
@@ -71,7 +75,7 @@ def test_random_hex_and_binary_input_decoding(data: bytes) -> None:
     _verify_only_evidence_errors(decoded)
 
 
-@settings(max_examples=400, deadline=None)
+@fuzz_settings(400)
 @given(st.sampled_from(SIGNED_OFFSETS), st.integers(min_value=1, max_value=255))
 def test_byte_flips_in_signed_regions_never_verify(offset: int, xor: int) -> None:
     mutated = bytearray(SPR_BYTES)
@@ -83,7 +87,7 @@ def test_byte_flips_in_signed_regions_never_verify(offset: int, xor: int) -> Non
     raise AssertionError(f"flipping byte {offset} with {xor:#x} still verified")
 
 
-@settings(max_examples=200, deadline=None)
+@fuzz_settings(200)
 @given(st.lists(st.tuples(st.integers(0, len(SPR_BYTES) - 1), st.integers(1, 255)), min_size=2, max_size=8))
 def test_multiple_flips_anywhere_only_raise_evidence_error(flips: list[tuple[int, int]]) -> None:
     mutated = bytearray(SPR_BYTES)
@@ -92,7 +96,7 @@ def test_multiple_flips_anywhere_only_raise_evidence_error(flips: list[tuple[int
     _verify_only_evidence_errors(bytes(mutated))
 
 
-@settings(max_examples=200, deadline=None)
+@fuzz_settings(200)
 @given(st.binary(max_size=3000))
 def test_random_collateral_only_raises_evidence_error(data: bytes) -> None:
     for parse in (parse_dcap_qvl_collateral, parse_pcs_tcb_info):
@@ -100,7 +104,7 @@ def test_random_collateral_only_raises_evidence_error(data: bytes) -> None:
             parse(data)
 
 
-@settings(max_examples=200, deadline=None)
+@fuzz_settings(200)
 @given(st.integers(0, 2400), st.integers(1, 255))
 def test_byte_flips_in_tcb_info_only_raise_evidence_error(offset: int, xor: int) -> None:
     body = bytearray(vec("tdx/go-tdx-guest/sample_tcbInfo_response"))
@@ -117,7 +121,7 @@ def test_signed_regions_cover_header_body_and_signature_data() -> None:
 CCEL_LOG = vec("tdx/go-tdx-guest-gcp-ccel/ccel_data.dat")[:18101]
 
 
-@settings(max_examples=300, deadline=None)
+@fuzz_settings(300)
 @given(st.integers(0, len(CCEL_LOG) - 1), st.integers(1, 255), st.integers(0, 2))
 def test_ccel_flips_only_raise_evidence_error(offset: int, xor: int, cut: int) -> None:
     log = bytearray(CCEL_LOG)
@@ -126,7 +130,7 @@ def test_ccel_flips_only_raise_evidence_error(offset: int, xor: int, cut: int) -
         replay_ccel(bytes(log[: len(log) - cut * 997]))
 
 
-@settings(max_examples=200, deadline=None)
+@fuzz_settings(200)
 @given(st.binary(max_size=4000))
 def test_ccel_random_bytes_only_raise_evidence_error(data: bytes) -> None:
     with contextlib.suppress(EvidenceError):

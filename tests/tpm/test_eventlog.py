@@ -10,13 +10,16 @@ import struct
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as s
 
 from keyserver.errors import EvidenceError
 from keyserver.evidence.tpm import eventlog as el
+from tests.fuzzing import fuzz_settings
 
 from .helpers import VECTORS, vec, windows_pcrs, windows_vector
+
+pytestmark = pytest.mark.fuzz
 
 LOGS = VECTORS / "tpm-eventlog"
 
@@ -380,7 +383,7 @@ def test_hostile_logs_take_linear_time() -> None:
         el.parse_event_log(struct.pack("<II20sI", 1, 0xD, bytes(20), 0xFFFFFFFF) + b"x")
 
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = fuzz_settings(300)
 SAMPLE = read_log("go-tpm-tools/cos-85-amd-sev.bin")
 SAMPLE_LEGACY = read_log("go-tpm-tools/debian-10.bin")
 

@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as s
 
 from keyserver.errors import EvidenceError
@@ -16,6 +16,7 @@ from keyserver.evidence.tpm import structures as st
 from keyserver.evidence.tpm.ek import load_certificate, verify_ak_certificate
 from keyserver.evidence.tpm.eventlog import verify_event_log
 from keyserver.evidence.tpm.quote import AkPublic, verify_quote
+from tests.fuzzing import fuzz_settings
 
 from .helpers import (
     GCE,
@@ -41,6 +42,8 @@ from .helpers import (
     windows_pcrs,
     windows_vector,
 )
+
+pytestmark = pytest.mark.fuzz
 
 EXPECTED = vjson("tpm-quote/expected.json")["vectors"]
 
@@ -504,7 +507,7 @@ def test_flipped_attest_bytes_are_rejected() -> None:
         _expect("tpm-signature-invalid", ak.ak, bytes(flipped), sig, pcrs)
 
 
-@settings(max_examples=200, deadline=None)
+@fuzz_settings(200)
 @given(edits=s.lists(s.tuples(s.integers(min_value=0), s.integers(1, 255)), min_size=1, max_size=3))
 def test_any_attest_edit_is_rejected_as_a_bad_signature(edits: list[tuple[int, int]]) -> None:
     ak = soft_ak(ec_key())

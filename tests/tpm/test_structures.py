@@ -10,13 +10,16 @@ from collections.abc import Callable
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as s
 
 from keyserver.errors import EvidenceError
 from keyserver.evidence.tpm import structures as st
+from tests.fuzzing import fuzz_settings
 
 from .helpers import GCE, GCE_QUOTES, azure_quote, ec_key, vec, windows_vector
+
+pytestmark = pytest.mark.fuzz
 
 PARSERS: dict[str, Callable[[bytes], object]] = {
     "TPMT_PUBLIC": st.parse_tpmt_public,
@@ -214,7 +217,7 @@ def test_pcr_selection_bitmap_order() -> None:
 
 # --- property tests ------------------------------------------------------------------------------------
 
-FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = fuzz_settings(400)
 
 
 @pytest.mark.parametrize("parser", sorted(PARSERS))
