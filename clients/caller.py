@@ -10,7 +10,6 @@ signer). Only then does it seal the request to that key; the completion comes ba
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import httpx
 from clients.channel import ChannelError, message_from_text, message_to_text, seal_request
 from clients.sdk import KeyserverClient
 from keyserver.attestation_token import verify_attestation_result
-from keyserver.binding import jwk_thumbprint, parse_ephemeral_jwk
+from keyserver.binding import jwk_thumbprint, jwk_thumbprint_b64url, parse_ephemeral_jwk
 from keyserver.errors import EvidenceError, InvalidRequest
 from keyserver.evidence.claims import Claims
 
@@ -95,8 +94,7 @@ async def attested_loader(
             raise LoaderNotTrusted(
                 f"the loader's {name} is {claims.get(name)!r}, not one of the expected values"
             )
-    jkt = base64.urlsafe_b64encode(jwk_thumbprint(jwk)).rstrip(b"=").decode()  # == cnf.jkt, verified above
-    return AttestedLoader(jwk, claims, jkt)
+    return AttestedLoader(jwk, claims, jwk_thumbprint_b64url(jwk))  # == cnf.jkt, verified above
 
 
 async def complete(

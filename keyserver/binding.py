@@ -109,6 +109,12 @@ def jwk_thumbprint(jwk: Mapping[str, Any]) -> bytes:
     return hashlib.sha256(text.encode("ascii")).digest()
 
 
+def jwk_thumbprint_b64url(jwk: Mapping[str, Any]) -> str:
+    """The thumbprint as the log (``requester_thumbprint``) and attestation results (``cnf.jkt``) write
+    it: base64url without padding. Loaders and callers compare against exactly this."""
+    return base64.urlsafe_b64encode(jwk_thumbprint(jwk)).rstrip(b"=").decode("ascii")
+
+
 def binding(nonce: bytes, jwk: Mapping[str, Any]) -> bytes:
     """The 64-byte binding of ``nonce`` (the challenge) to the ephemeral public key ``jwk``."""
     if len(nonce) < MIN_NONCE_BYTES:

@@ -9,7 +9,6 @@ released.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import uuid
@@ -24,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from keyserver.appraisal import Appraisal, appraise
 from keyserver.attestation import ATTESTATION_RESULT, AttestationIssuer
 from keyserver.backends.base import BackendError, KeyBackend
-from keyserver.binding import jwk_thumbprint, parse_ephemeral_jwk
+from keyserver.binding import jwk_thumbprint, jwk_thumbprint_b64url, parse_ephemeral_jwk
 from keyserver.challenges import consume_challenge
 from keyserver.db.models import Tenant
 from keyserver.db.session import Database, Scope
@@ -43,7 +42,7 @@ from keyserver.ratelimits import ReleaseBudgetExhausted, ReleaseLimiter
 from keyserver.releaselog import records
 from keyserver.releaselog.store import ReleaseLog
 
-KEY_RELEASE = "key-release"
+KEY_RELEASE = records.KEY_RELEASE
 
 
 @dataclass(frozen=True)
@@ -164,7 +163,7 @@ class ReleaseService:
                 nonce = await consume_challenge(session, tenant.id, request.challenge_id, now)
                 await self._step(ReleaseStep.CHALLENGE_CONSUMED, session)
                 public, jwk = parse_ephemeral_jwk(request.ephemeral_jwk)
-                entry["requester_thumbprint"] = _b64url(jwk_thumbprint(jwk))
+                entry["requester_thumbprint"] = jwk_thumbprint_b64url(jwk)
                 verified = await self._verify(session, tenant, request.evidence, nonce, jwk, now)
                 _record_evidence(entry, verified)
                 check_evidence_binding(verified, nonce, jwk)
@@ -249,7 +248,3 @@ def _record_evidence(entry: dict[str, Any], verified: VerifiedEvidence) -> None:
     entry["digests"]["claims"] = digest(verified.claims)
     if verified.collateral is not None:
         entry["digests"]["collateral"] = hashlib.sha256(verified.collateral).hexdigest()
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()

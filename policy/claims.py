@@ -123,9 +123,9 @@ def claim_format(name: str) -> ClaimFormat:
     pcr = PCR_NAME.match(name)
     if pcr:
         return ClaimFormat(Kind.HEX, _PCR_BYTES[pcr.group(1)])
-    if _INT.match(name):
+    if _INT.fullmatch(name):
         return ClaimFormat(Kind.INT)
-    if _BOOL.match(name):
+    if _BOOL.fullmatch(name):
         return ClaimFormat(Kind.BOOL)
     if name in _ENUM:
         return ClaimFormat(Kind.ENUM, choices=_ENUM[name])

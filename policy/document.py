@@ -365,7 +365,7 @@ def parse_reference_set(document: object) -> ReferenceValueSet:
 def _claim_name(tee: str, name: object, path: str) -> str:
     text = _str(name, path)
     prefix = tee_prefix(tee)
-    if not CLAIM_NAME.match(text) or not text.startswith(prefix):
+    if not CLAIM_NAME.fullmatch(text) or not text.startswith(prefix):
         raise PolicyError(
             f"{text!r} is not a {tee} claim name (a {tee} set pins claims named {prefix}…; see DESIGN.md, "
             "Claims)",

@@ -25,6 +25,8 @@ from audit.checkpoint import CheckpointError, verify_checkpoint
 from audit.entry import EntryError, decode_entry
 from clients.sdk.models import Receipt
 
+# The kind keyserver.releaselog.records.KEY_RELEASE names; not imported from there, because that module
+# brings the database layer into the loader.
 KEY_RELEASE = "key-release"
 
 

@@ -7,7 +7,6 @@ proves that the keyserver logged this very release (:mod:`clients.loader.receipt
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from joserfc.jwk import ECKey
 from clients.loader.collectors.base import Collector
 from clients.loader.receipt import ExpectedRelease, verify_receipt
 from clients.sdk import KeyserverClient
-from keyserver.binding import binding, jwk_thumbprint
+from keyserver.binding import binding, jwk_thumbprint, jwk_thumbprint_b64url
 from keyserver.errors import InvalidRequest
 from keyserver.jwe import unwrap_released
 
@@ -54,7 +53,7 @@ class EphemeralKey:
 
     @property
     def thumbprint_b64url(self) -> str:
-        return base64.urlsafe_b64encode(self.thumbprint).rstrip(b"=").decode()
+        return jwk_thumbprint_b64url(self.public_jwk)
 
 
 @dataclass(frozen=True)

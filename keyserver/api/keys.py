@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from litestar import Controller, get, post
@@ -50,7 +50,7 @@ class KeyOut(msgspec.Struct):
 
 
 class KeyState(msgspec.Struct, forbid_unknown_fields=True):
-    state: Annotated[str, msgspec.Meta(pattern="^(enabled|disabled|destroyed)$")]
+    state: Literal["enabled", "disabled", "destroyed"]
 
 
 class KeyController(Controller):

@@ -19,8 +19,6 @@ from keyserver.db.session import Database
 from keyserver.releaselog.store import ReleaseLog
 from keyserver.tenancy import Principal, Role
 
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
-
 
 class LimitIn(msgspec.Struct, forbid_unknown_fields=True):
     # null: no limit for this scope (overrides the operator's default); DELETE returns to the default.

@@ -11,7 +11,6 @@ from litestar import Controller, Response, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath, Parameter
 
-from audit.checkpoint import parse_vkey
 from audit.entry import decode_entry
 from keyserver.api.auth import SECURITY, tenant_session
 from keyserver.api.problems import TOKEN_READ
@@ -87,8 +86,7 @@ class LogController(Controller):
     ) -> LogKeyOut:
         async with tenant_session(db, principal, tenant, *LOG_READERS) as (session, target):
             log = await release_log.describe(session, target)
-        # The key is the vkey's last part minus its type byte; base64 may itself hold "+", so parse it.
-        raw = parse_vkey(log.verifier_key).public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+        raw = log.public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
         return LogKeyOut(
             origin=log.origin, verifier_key=log.verifier_key, public_key=base64.b64encode(raw).decode()
         )

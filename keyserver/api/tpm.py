@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import uuid
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from litestar import Controller, delete, get, post
@@ -28,7 +28,7 @@ B64 = Annotated[str, msgspec.Meta(min_length=1, max_length=24_000)]
 
 
 class AnchorCreate(msgspec.Struct, forbid_unknown_fields=True):
-    kind: Annotated[str, msgspec.Meta(pattern="^(ek-ca|ak-ca)$")]
+    kind: Literal["ek-ca", "ak-ca"]
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     certificate: Annotated[str, msgspec.Meta(min_length=1, max_length=24_000)]  # PEM, or base64 DER
 

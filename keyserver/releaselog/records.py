@@ -18,6 +18,7 @@ TPM_AK_REVOKED = "tpm-ak-revoked"
 TPM_TRUST_ANCHOR_ADDED = "tpm-trust-anchor-added"
 TPM_TRUST_ANCHOR_REMOVED = "tpm-trust-anchor-removed"
 TPM_EK_PINNED = "tpm-ek-pinned"
+KEY_RELEASE = "key-release"
 
 
 def record(kind: str, *, principal: str | None, now: datetime | None = None, **fields: Any) -> dict[str, Any]:
