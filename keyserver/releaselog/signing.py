@@ -47,19 +47,14 @@ class LogSigner:
         self._keys = UnwrappedKeys(backend)
 
     async def log_for(self, session: AsyncSession, tenant_id: uuid.UUID, tenant_name: str) -> TenantLog:
-        row = await self._key_row(session, tenant_id, tenant_name)
-        return TenantLog(tenant_id, row.origin, Ed25519PublicKey.from_public_bytes(row.public_key))
+        return _log_of(tenant_id, await self._key_row(session, tenant_id, tenant_name))
 
     async def log_and_key(
         self, session: AsyncSession, tenant_id: uuid.UUID, tenant_name: str
     ) -> tuple[TenantLog, Ed25519PrivateKey]:
         """The tenant's log and its private signing key, from one read of the key row."""
         row = await self._key_row(session, tenant_id, tenant_name)
-        log = TenantLog(tenant_id, row.origin, Ed25519PublicKey.from_public_bytes(row.public_key))
-        private_key = await self._keys.get(
-            tenant_id, row.public_key, row.wrapped_private_key, _wrapping_context(tenant_id)
-        )
-        return log, private_key
+        return _log_of(tenant_id, row), await self._unwrap(tenant_id, row)
 
     @staticmethod
     def sign_with(private_key: Ed25519PrivateKey, log: TenantLog, size: int, root_hash: bytes) -> str:
@@ -68,10 +63,7 @@ class LogSigner:
         )
 
     async def sign(self, session: AsyncSession, log: TenantLog, size: int, root_hash: bytes) -> str:
-        private_key = await self._private_key(session, log)
-        return sign_checkpoint(
-            Checkpoint(origin=log.origin, size=size, root_hash=root_hash), log.origin, private_key
-        )
+        return self.sign_with(await self._private_key(session, log), log, size, root_hash)
 
     async def _key_row(self, session: AsyncSession, tenant_id: uuid.UUID, tenant_name: str) -> LogKey:
         query = select(LogKey).where(LogKey.tenant_id == tenant_id)
@@ -96,6 +88,13 @@ class LogSigner:
 
     async def _private_key(self, session: AsyncSession, log: TenantLog) -> Ed25519PrivateKey:
         row = (await session.execute(select(LogKey).where(LogKey.tenant_id == log.tenant_id))).scalar_one()
+        return await self._unwrap(log.tenant_id, row)
+
+    async def _unwrap(self, tenant_id: uuid.UUID, row: LogKey) -> Ed25519PrivateKey:
         return await self._keys.get(
-            log.tenant_id, row.public_key, row.wrapped_private_key, _wrapping_context(log.tenant_id)
+            tenant_id, row.public_key, row.wrapped_private_key, _wrapping_context(tenant_id)
         )
+
+
+def _log_of(tenant_id: uuid.UUID, row: LogKey) -> TenantLog:
+    return TenantLog(tenant_id, row.origin, Ed25519PublicKey.from_public_bytes(row.public_key))

@@ -2,19 +2,17 @@
 
 ``process_memory_contains`` reads every readable mapping of a live process through /proc/PID/mem (the
 tests run as root, or as the same user with ptrace allowed), so a secret that is anywhere in that
-process's heap, stack or buffers is found. ``RecordingProxy`` sits on one TCP hop and keeps a copy of
-everything that crosses it. Both are checked against positive controls in the tests that use them, so
-a scanner that silently finds nothing cannot make a test pass.
+process's heap, stack or buffers is found; ``tests.fixtures.tcpproxy.TcpProxy`` sits on one TCP hop and
+keeps a copy of everything that crosses it (``recorded``). Both are checked against positive controls in
+the tests that use them, so a scanner that silently finds nothing cannot make a test pass.
+``TamperingProxy`` rewrites what crosses the loader's path to the keyserver.
 """
 
 from __future__ import annotations
 
-import contextlib
 import http.server
 import json
 import re
-import socket
-import socketserver
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -65,55 +63,6 @@ def process_memory_contains(pid: int, needles: Iterable[bytes]) -> dict[bytes, b
                 tail = window[-(longest - 1) :] if longest > 1 else b""
                 offset += size
     return found
-
-
-class RecordingProxy:
-    """A TCP proxy on 127.0.0.1 (its own threads) that records both directions of every connection."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.recorded = bytearray()
-        self._lock = threading.Lock()
-        proxy = self
-
-        class Handler(socketserver.BaseRequestHandler):
-            def handle(self) -> None:
-                upstream = socket.create_connection(("127.0.0.1", proxy.target_port), timeout=30)
-                pumps = [
-                    threading.Thread(target=proxy._pump, args=(self.request, upstream), daemon=True),
-                    threading.Thread(target=proxy._pump, args=(upstream, self.request), daemon=True),
-                ]
-                for pump in pumps:
-                    pump.start()
-                for pump in pumps:
-                    pump.join(timeout=120)
-                upstream.close()
-
-        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.port: int = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                with self._lock:
-                    self.recorded += data
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                sink.shutdown(socket.SHUT_WR)
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 Rewrite = Callable[[dict[str, Any], dict[str, Any]], None]

@@ -33,13 +33,14 @@ from clients.loader.release import EphemeralKey
 from clients.model.charlm import vocabulary
 from clients.model.tensors import decode_tensors
 from keyserver.jwe import ReleasedKeyMetadata, wrap_for_recipient
-from tests.clients.snoop import RecordingProxy, Rewrite, TamperingProxy, process_memory_contains
+from tests.clients.snoop import Rewrite, TamperingProxy, process_memory_contains
+from tests.fixtures.tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.swtpm
 
 
 class Running:
-    def __init__(self, deployed: Deployment, loader: LoaderBoot, front: RecordingProxy, back: RecordingProxy):
+    def __init__(self, deployed: Deployment, loader: LoaderBoot, front: TcpProxy, back: TcpProxy):
         self.deployed, self.loader, self.front, self.back = deployed, loader, front, back
         self.inference_pid = 0
 
@@ -52,9 +53,9 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         asyncio.run(deployed.set_up_tenant())
         loader = deployed.boot_loader("loader", deployed.loader_config())
         assert loader.ready, loader.status
-        back = RecordingProxy(loader.port)
+        back = TcpProxy(loader.port)
         inference = deployed.start_inference(back.url)
-        front = RecordingProxy(int(deployed.inference_url.rsplit(":", 1)[1]))
+        front = TcpProxy(int(deployed.inference_url.rsplit(":", 1)[1]))
         deployed.inference_url = front.url  # the caller reaches the inference server through `front`
         state = Running(deployed, loader, front, back)
         assert inference.proc is not None
@@ -62,8 +63,8 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         try:
             yield state
         finally:
-            front.stop()
-            back.stop()
+            front.close()
+            back.close()
 
 
 def largest_tensor_slice(archive: bytes) -> bytes:
