@@ -262,8 +262,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "policy":  # offline: policy + claims in, decision out
         return run_policy(args)
     if args.command == "demo":  # the client shims and a keyserver of its own, in a temporary directory
-        from clients.demo.run import main as run_demo
-
+        try:
+            from clients.demo.run import main as run_demo
+        except ImportError as exc:  # numpy and tpm2-pytss are the loader's, not the service's
+            print(f"keyserver demo needs the loader's packages ({exc.name}): `make demo`", file=sys.stderr)
+            return 1
         return run_demo(["--workdir", args.workdir] if args.workdir else [])
     try:
         settings = settings_from(args)
