@@ -91,6 +91,12 @@ class Limit:
     budget: Budget | None
     source: str  # "tenant" (set by the tenant admin) or "default" (the operator's configuration)
 
+    @classmethod
+    def set_by_tenant(cls, row: ReleaseLimit) -> Limit:
+        """The limit a tenant admin stored (a null ``max_releases`` is an explicit "no limit")."""
+        budget = None if row.max_releases is None else Budget(row.max_releases, row.window_seconds)
+        return cls(row.scope, budget, "tenant")
+
 
 # --- the tenant admin's settings ---------------------------------------------------------------------
 
@@ -105,8 +111,7 @@ async def effective_limit(
     row = await session.get(ReleaseLimit, (tenant_id, scope))
     if row is None:
         return Limit(scope, _default(settings, scope), "default")
-    budget = None if row.max_releases is None else Budget(row.max_releases, row.window_seconds)
-    return Limit(scope, budget, "tenant")
+    return Limit.set_by_tenant(row)
 
 
 async def list_limits(session: AsyncSession, tenant_id: uuid.UUID) -> list[ReleaseLimit]:

@@ -14,7 +14,7 @@ from litestar.params import FromPath, JSONBody
 from keyserver import ratelimits
 from keyserver.api.auth import SECURITY, tenant_session
 from keyserver.api.problems import TOKEN_READ, TOKEN_WRITE
-from keyserver.config import MAX_LIMIT_RELEASES, MAX_LIMIT_WINDOW_S, Budget, Settings
+from keyserver.config import MAX_LIMIT_RELEASES, MAX_LIMIT_WINDOW_S, Settings
 from keyserver.db.session import Database
 from keyserver.releaselog.store import ReleaseLog
 from keyserver.tenancy import Principal, Role
@@ -76,15 +76,7 @@ class ReleaseLimitController(Controller):
         ):
             tenant_limit = await ratelimits.effective_limit(session, settings, target.id, ratelimits.TENANT)
             rows = await ratelimits.list_limits(session, target.id)
-        keys = [
-            ratelimits.Limit(
-                row.scope,
-                None if row.max_releases is None else Budget(row.max_releases, row.window_seconds),
-                "tenant",
-            )
-            for row in rows
-            if row.scope != ratelimits.TENANT
-        ]
+        keys = [ratelimits.Limit.set_by_tenant(row) for row in rows if row.scope != ratelimits.TENANT]
         default = ratelimits.Limit("key/*", settings.release_limit_key, "default")
         return LimitsOut(LimitOut.of(tenant_limit), [LimitOut.of(k) for k in keys], LimitOut.of(default))
 
