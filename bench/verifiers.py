@@ -10,7 +10,7 @@ report, the collateral JSON: everything but the database), interleaved run by ru
   parses the key per call). ``tpm-*-cached-ak``: the same with the AK parsed once, as the service now
   does (keyserver/tpm_enrolment.py caches enrolled AKs parsed, by their exact bytes).
 * ``tpm-eventlog``: the real GCE COS-85 quote (RSA AK, sha256 bank) with its real UEFI event log
-  (../shared/vectors/tpm-quote/gce-cos85). Bound: the signature plus one hash per PCR extend in the log.
+  (tests/vectors/tpm-quote/gce-cos85). Bound: the signature plus one hash per PCR extend in the log.
 * ``snp-cached`` / ``snp-cold``: the real Milan report of go-sev-guest with its VCEK, with a warm
   VCEK-chain cache and without. Bound: the report's ECDSA P-384 signature (cached); plus loading the
   VCEK and its RSA-PSS signature by the ASK (cold).
@@ -39,7 +39,7 @@ from bench.common import compare, quick_mode, ratio_figures, record
 from bench.softtpm import SoftQuoter
 from keyserver.evidence.tpm import structures as st
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
+VECTORS = Path(__file__).resolve().parents[1] / "tests" / "vectors"
 Call = Callable[[], object]
 
 

@@ -28,7 +28,9 @@ pytest_plugins = [
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED = REPO_ROOT.parent / "shared"
+# Real evidence and roots the tests run on: the repository's own copy (tests/vectors/MANIFEST.md says
+# where each came from; SHA256SUMS is checked by tests/test_vectors_self_contained.py).
+VECTORS = REPO_ROOT / "tests" / "vectors"
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

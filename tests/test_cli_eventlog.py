@@ -1,5 +1,5 @@
 """Issue 3's "must show": `keyserver evidence eventlog FILE --json` reproduces every expected-pcrs.json
-of ../shared/vectors/tpm-eventlog (for the PCRs the log extends), and rejects the malformed logs."""
+of tests/vectors/tpm-eventlog (for the PCRs the log extends), and rejects the malformed logs."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from keyserver.cli import main
-from tests.conftest import SHARED
+from tests.conftest import VECTORS
 
-LOGS = SHARED / "vectors" / "tpm-eventlog"
+LOGS = VECTORS / "tpm-eventlog"
 # MANIFEST says "must parse", but its Spec ID event declares 37 bytes and needs 41: we refuse a log
 # whose framing is ambiguous (see keyserver/evidence/tpm/eventlog.py); tests/tpm covers the refusal.
 REFUSED_ON_PURPOSE = {"specid-vendordata.bin"}

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHARED
+from tests.conftest import VECTORS
 from tests.fixtures.server import KEYSERVER, clean_env
 
-V = SHARED / "vectors"
+V = VECTORS
 
 
 def evidence(*args: str | Path) -> subprocess.CompletedProcess[str]:

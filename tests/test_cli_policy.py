@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from keyserver.cli import main
-from tests.conftest import SHARED
+from tests.conftest import VECTORS
 
-V = SHARED / "vectors"
+V = VECTORS
 MEASUREMENT = (
     "b07af9620f3b839b47996422ddec6058338951d984e312115131ea82705eaf5b6bdf8a9ece31a5a608eb0cf2e4872b01"
 )

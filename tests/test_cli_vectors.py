@@ -1,5 +1,5 @@
 """Issue 4's "must show": the `keyserver evidence verify` command reproduces, for every SNP and TDX
-vector, the measurement / RTMRs / report_data / TCB facts of ../shared/vectors (expected.json and
+vector, the measurement / RTMRs / report_data / TCB facts of tests/vectors (expected.json and
 MANIFEST.md), at a `now` inside the vector's validity window, and rejects it outside."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import SHARED
+from tests.conftest import VECTORS
 from tests.fixtures.server import KEYSERVER, clean_env
 
-V = SHARED / "vectors"
+V = VECTORS
 SNP = json.loads((V / "snp/expected.json").read_text())["vectors"]
 TDX = json.loads((V / "tdx/expected.json").read_text())["vectors"]
 

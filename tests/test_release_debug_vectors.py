@@ -19,10 +19,10 @@ from joserfc.jwk import ECKey
 from keyserver.evidence.claims import Claims
 from keyserver.evidence.snp import verify_snp_report
 from keyserver.evidence.tdx import verify_tdx_quote
-from tests.conftest import SHARED, Service, bearer
+from tests.conftest import VECTORS, Service, bearer
 from tests.test_tenancy import make_tenant
 
-V = SHARED / "vectors"
+V = VECTORS
 SNP_REPORT = (V / "snp/gsg-milan/attestation.bin").read_bytes()
 SNP_VCEK = (V / "snp/gsg-milan/vcek.testcer").read_bytes()
 TDX_QUOTE = (V / "tdx/trustee/tdx_quote_4.dat").read_bytes()

@@ -273,9 +273,9 @@ async def test_unknown_tenant_is_404(service: Service) -> None:
 
 async def test_cloud_vtpm_ak_certificate(service: Service, acme: TenantFixture) -> None:
     """A real GCE vTPM AK, certified by Google's EK/AK CA (tpm-quote/gce-cos85)."""
-    from tests.conftest import SHARED
+    from tests.conftest import VECTORS
 
-    gce = SHARED / "vectors"
+    gce = VECTORS
     for name, path in (
         ("gce root", "roots/gce/tpm_ek_root_1.cer"),
         ("gce intermediate 2", "roots/gce/tpm_ek_intermediate_2.crt"),

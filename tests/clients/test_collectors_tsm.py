@@ -1,5 +1,5 @@
 """The configfs-tsm collectors (SEV-SNP, TDX) against a simulated configfs-tsm fed with REAL reports and
-quotes from ../shared/vectors, their evidence checked by the keyserver's own dispatch and verifiers at the
+quotes from tests/vectors, their evidence checked by the keyserver's own dispatch and verifiers at the
 vector's date; every way the kernel's answer can be wrong is refused with a typed error; hypothesis on the
 GHCB certificate-table parser.
 

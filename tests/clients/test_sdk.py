@@ -47,7 +47,7 @@ from keyserver import reference_values as rv
 from keyserver.binding import binding, report_data_for
 from keyserver.evidence.tpm import structures as st
 from keyserver.jwe import unwrap_released
-from tests.conftest import SHARED, Service
+from tests.conftest import VECTORS, Service
 from tests.test_tenancy import TenantFixture, make_tenant
 from tests.tpm.helpers import (
     activate_credential,
@@ -251,7 +251,7 @@ async def test_tpm_trust_and_enrolment(sdk: Clients) -> None:
     assert (await admin.revoke_ak(ak_name)).revoked_at is not None
 
     # A real GCE vTPM AK, certified by Google's CA (tpm-quote/gce-cos85).
-    vectors = SHARED / "vectors"
+    vectors = VECTORS
     for name, path in (
         ("gce root", "roots/gce/tpm_ek_root_1.cer"),
         ("gce intermediate 2", "roots/gce/tpm_ek_intermediate_2.crt"),

@@ -1,5 +1,5 @@
 """Real claim sets for policy tests, produced by running the project's verifiers on the shared vectors at
-their own dates (../shared/vectors/MANIFEST.md), plus builders for policies and reference-value sets.
+their own dates (tests/vectors/MANIFEST.md), plus builders for policies and reference-value sets.
 
 Plain functions (no fixtures), cached: each verifier runs once per test session.
 """

@@ -12,7 +12,6 @@ import json
 import struct
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -23,8 +22,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from keyserver.evidence.snp import ProductRoots, SnpProduct, SnpRoots
+from tests.conftest import VECTORS
 
-VECTORS = Path("/work/shared/vectors")
 PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
 
 

@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from keyserver.evidence.tdx import Collateral, collateral_from_pcs
+from tests.conftest import VECTORS
 
-VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors"
 INTEL = VECTORS / "roots" / "intel"
 TCB_CHAIN_2018 = INTEL / "intel_sgx_tcb_signing_chain_2018-2025.pem"
 TCB_CHAIN_2025 = INTEL / "intel_sgx_tcb_signing_chain_2025-2032.pem"

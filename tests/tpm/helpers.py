@@ -14,7 +14,6 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -28,8 +27,8 @@ from cryptography.x509.oid import NameOID
 from keyserver.evidence.tpm import structures as st
 from keyserver.evidence.tpm.credential import IDENTITY_LABEL, kdfa, kdfe
 from keyserver.evidence.tpm.quote import AkPublic
+from tests.conftest import VECTORS
 
-VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors"
 GCE = VECTORS / "tpm-quote" / "gce-cos85" / "extracted"
 GCE_ROOTS = VECTORS / "roots" / "gce"
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
