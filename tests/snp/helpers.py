@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from keyserver.evidence.snp import ProductRoots, SnpProduct, SnpRoots
-from tests.conftest import VECTORS
+from tests.conftest import VECTORS as VECTORS
 
 PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
 

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from keyserver.evidence.tdx import Collateral, collateral_from_pcs
-from tests.conftest import VECTORS
+from tests.conftest import VECTORS as VECTORS
 
 INTEL = VECTORS / "roots" / "intel"
 TCB_CHAIN_2018 = INTEL / "intel_sgx_tcb_signing_chain_2018-2025.pem"

@@ -27,7 +27,7 @@ from cryptography.x509.oid import NameOID
 from keyserver.evidence.tpm import structures as st
 from keyserver.evidence.tpm.credential import IDENTITY_LABEL, kdfa, kdfe
 from keyserver.evidence.tpm.quote import AkPublic
-from tests.conftest import VECTORS
+from tests.conftest import VECTORS as VECTORS
 
 GCE = VECTORS / "tpm-quote" / "gce-cos85" / "extracted"
 GCE_ROOTS = VECTORS / "roots" / "gce"
