@@ -46,6 +46,23 @@ class AttestedLoader:
     attested_jkt: str  # the thumbprint the verified token names (cnf.jkt): requests are sealed only to it
 
 
+def check_expected_claims(
+    claims: Mapping[str, Any], expected_claims: Mapping[str, AbstractSet[Any]], *, allow_debug: bool = False
+) -> None:
+    """Refuse claims that are not among the expected values, or of a debuggable TEE (unless allowed)."""
+    if not allow_debug and claims.get("debug") is not False:
+        raise LoaderNotTrusted(
+            f"the loader's TEE does not claim debug: false ({claims.get('debug')!r}): its host could read"
+            " the prompt; refusing (allow_debug=True to accept, for testing only)"
+        )
+    for name, accepted in expected_claims.items():
+        value = claims.get(name)
+        if isinstance(value, list | dict) or not any(type(value) is type(a) and value == a for a in accepted):
+            raise LoaderNotTrusted(
+                f"the loader's {name} is {claims.get(name)!r}, not one of the expected values"
+            )
+
+
 async def attested_loader(
     inference: httpx.AsyncClient,
     keyserver: KeyserverClient,
@@ -54,11 +71,14 @@ async def attested_loader(
     issuer: str,
     expected_claims: Mapping[str, AbstractSet[Any]],
     now: datetime | None = None,
+    allow_debug: bool = False,
 ) -> AttestedLoader:
     """The loader's key, once its attestation result verifies and its claims are among ``expected``.
 
     ``expected_claims`` maps a claim name to the set of values accepted for it; an empty mapping is
-    refused (an empty policy would trust any attested machine).
+    refused (an empty policy would trust any attested machine). Whatever it says, the TEE must claim
+    ``debug: false`` (a debuggable TEE's memory is open to its host) unless ``allow_debug`` is given.
+    Values match by type as well as value (``1`` is not ``True``).
     """
     if not expected_claims:
         raise LoaderNotTrusted("no expected claims: say which loader you trust (e.g. its measured PCR)")
@@ -88,12 +108,7 @@ async def attested_loader(
         )
     except (EvidenceError, InvalidRequest) as exc:
         raise LoaderNotTrusted(f"the loader's attestation does not verify: {exc.message}") from None
-    for name, accepted in expected_claims.items():
-        value = claims.get(name)
-        if isinstance(value, list | dict) or value not in accepted:
-            raise LoaderNotTrusted(
-                f"the loader's {name} is {claims.get(name)!r}, not one of the expected values"
-            )
+    check_expected_claims(claims, expected_claims, allow_debug=allow_debug)
     return AttestedLoader(jwk, claims, jwk_thumbprint_b64url(jwk))  # == cnf.jkt, verified above
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyserver.cache import BoundedCache
@@ -86,26 +86,42 @@ def validate_reference_values(tee: str, document: dict[str, Any]) -> None:
 async def reference_sets(
     session: AsyncSession, tenant_id: uuid.UUID, names: tuple[str, ...]
 ) -> list[ReferenceValueSet]:
-    """The newest unrevoked version of each named set (for every tee it exists for)."""
-    found: dict[tuple[str, str], ReferenceRow] = {}
-    if names:
-        # FOR SHARE: a revocation of a set in use waits for the releases appraised with it.
-        query = (
-            select(ReferenceRow)
-            .where(
-                ReferenceRow.tenant_id == tenant_id,
-                ReferenceRow.name.in_(names),
-                ReferenceRow.revoked_at.is_(None),
-            )
-            .with_for_update(read=True)
+    """The newest version of each named set (for every tee it exists for), revoked or not.
+
+    A revoked newest version is handed to the evaluator as revoked, which denies
+    (``reference-values-revoked``): revoking a version never silently re-trusts the one it superseded.
+    Going back to older content means publishing it again, as a new, logged version.
+    """
+    if not names:
+        return []
+    newest = (
+        select(ReferenceRow.name, ReferenceRow.tee, func.max(ReferenceRow.version).label("version"))
+        .where(ReferenceRow.tenant_id == tenant_id, ReferenceRow.name.in_(names))
+        .group_by(ReferenceRow.name, ReferenceRow.tee)
+        .subquery()
+    )
+    # FOR SHARE: a revocation of a set in use waits for the releases appraised with it.
+    query = (
+        select(ReferenceRow)
+        .join(
+            newest,
+            (ReferenceRow.name == newest.c.name)
+            & (ReferenceRow.tee == newest.c.tee)
+            & (ReferenceRow.version == newest.c.version),
         )
-        for row in (await session.execute(query)).scalars():
-            current = found.get((row.name, row.tee))
-            if current is None or row.version > current.version:
-                found[(row.name, row.tee)] = row
+        .where(ReferenceRow.tenant_id == tenant_id)
+        .with_for_update(read=True, of=ReferenceRow)
+    )
+    rows = (await session.execute(query)).scalars()
     return [
-        ReferenceValueSet(row.name, row.tee, row.version, stored_reference_values(row.tee, row.document))
-        for row in found.values()
+        ReferenceValueSet(
+            row.name,
+            row.tee,
+            row.version,
+            stored_reference_values(row.tee, row.document),
+            revoked=row.revoked_at is not None,
+        )
+        for row in rows
     ]
 
 

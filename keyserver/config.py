@@ -56,6 +56,9 @@ class Budget:
 # Every release or attestation request of a tenant is an attempt (it is verified and, for a release,
 # logged); an unauthenticated flood may spend these, no more (docs/security.md).
 DEFAULT_TENANT_LIMIT = Budget(600, 60)
+# Challenges are issued without a token, each a database write; twice the attempt budget leaves room for
+# a loader's retries and bounds what a flood can write (docs/security.md).
+DEFAULT_CHALLENGE_LIMIT = Budget(1200, 60)
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,8 @@ class Settings:
     # Release limits that apply where the tenant admin set none: attempts per tenant, grants per key.
     release_limit_tenant: Budget | None = DEFAULT_TENANT_LIMIT
     release_limit_key: Budget | None = None
+    # Challenges a tenant may be issued per window (KEYSERVER_CHALLENGE_LIMIT, N/S or off).
+    challenge_limit: Budget | None = DEFAULT_CHALLENGE_LIMIT
 
     @property
     def effective_database_url(self) -> str:
@@ -148,6 +153,7 @@ class Settings:
         vault_ca_file = get("VAULT_CA_FILE")
         limit_tenant = get("RELEASE_LIMIT_TENANT")
         limit_key = get("RELEASE_LIMIT_KEY")
+        challenge_limit = get("CHALLENGE_LIMIT")
         backend = get("KEY_BACKEND") or settings.key_backend
         if backend not in KEY_BACKENDS:
             raise ConfigurationError(
@@ -194,6 +200,11 @@ class Settings:
                 Budget.parse("KEYSERVER_RELEASE_LIMIT_KEY", limit_key)
                 if limit_key
                 else settings.release_limit_key
+            ),
+            challenge_limit=(
+                Budget.parse("KEYSERVER_CHALLENGE_LIMIT", challenge_limit)
+                if challenge_limit
+                else settings.challenge_limit
             ),
         )
 

@@ -44,6 +44,8 @@ from keyserver.releaselog import records
 from keyserver.releaselog.store import ReleaseLog
 
 TENANT = "tenant"
+# Challenge issuance, counted like attempts under the operator's KEYSERVER_CHALLENGE_LIMIT.
+CHALLENGES = "challenges"
 RELEASE_LIMIT_SET = "release-limit-set"
 RELEASE_LIMIT_REMOVED = "release-limit-removed"
 BUDGET_EXHAUSTED = "release-budget-exhausted"
@@ -247,6 +249,22 @@ class ReleaseLimiter:
         raise RateLimited(
             f"tenant {tenant.name!r} is over its release limit ({limit.budget.max_releases} requests per"
             f" {limit.budget.window_seconds} s); retry after {retry_after} s. The challenge was not used.",
+            retry_after,
+        )
+
+    async def admit_challenge(self, session: AsyncSession, tenant: Tenant, now: datetime) -> None:
+        """Count one challenge in the transaction that issues it; ``RateLimited`` (and nothing written)
+        when the tenant was issued its budget of challenges in this window."""
+        budget = self.settings.challenge_limit
+        if budget is None:
+            return
+        retry_after = await take(session, tenant.id, CHALLENGES, budget, now)
+        if retry_after is None:
+            return
+        REFUSALS.labels(limit="challenges").inc()
+        raise RateLimited(
+            f"tenant {tenant.name!r} was issued its {budget.max_releases} challenges for this"
+            f" {budget.window_seconds} s window; retry after {retry_after} s",
             retry_after,
         )
 

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_der_public_key,
     load_pem_public_key,
 )
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -54,7 +54,7 @@ SignerKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
 def check_name(name: str, what: str) -> None:
     if not NAME_RE.match(name):
         raise InvalidRequest(
-            f"{what} {name!r} is not valid: 1-100 of a-z 0-9 . _ - starting with a letter or digit"
+            f"{what} {name[:64]!r} is not valid: 1-100 of a-z 0-9 . _ - starting with a letter or digit"
         )
 
 
@@ -156,8 +156,11 @@ async def add_reference_values(
     validate: DocumentValidator,
     now: datetime | None = None,
 ) -> ReferenceValueSet:
-    """Store ``document`` as the next version of set ``name``; the same content again returns the
-    version that already holds it (a CI pipeline may publish a bundle twice)."""
+    """Store ``document`` as the next version of set ``name``.
+
+    Publishing exactly the content of the newest version again returns that version (a CI pipeline may
+    publish a bundle twice), unless it was revoked. Any other content — including that of an older or a
+    revoked version — becomes a new version, logged: going back is an explicit, visible act."""
     check_name(name, "reference-value set name")
     if tee not in TEES:
         raise InvalidRequest(f"tee must be one of {', '.join(TEES)}")
@@ -167,25 +170,17 @@ async def add_reference_values(
     except EntryError as exc:
         raise InvalidRequest(f"the reference values cannot be stored: {exc}") from None
     digest = hashlib.sha256(data).hexdigest()
-    existing = (
+    newest = (
         await session.execute(
-            select(ReferenceValueSet).where(
-                ReferenceValueSet.tenant_id == tenant.id,
-                ReferenceValueSet.name == name,
-                ReferenceValueSet.sha256 == digest,
-                ReferenceValueSet.tee == tee,
-            )
+            select(ReferenceValueSet)
+            .where(ReferenceValueSet.tenant_id == tenant.id, ReferenceValueSet.name == name)
+            .order_by(ReferenceValueSet.version.desc())
+            .limit(1)
         )
     ).scalar_one_or_none()
-    if existing is not None:
-        return existing
-    latest = (
-        await session.execute(
-            select(func.max(ReferenceValueSet.version)).where(
-                ReferenceValueSet.tenant_id == tenant.id, ReferenceValueSet.name == name
-            )
-        )
-    ).scalar_one()
+    if newest is not None and newest.sha256 == digest and newest.tee == tee and newest.revoked_at is None:
+        return newest
+    latest = None if newest is None else newest.version
     row = ReferenceValueSet(
         tenant_id=tenant.id,
         name=name,
@@ -296,16 +291,13 @@ async def list_reference_values(session: AsyncSession, tenant_id: uuid.UUID) -> 
 async def current_versions(
     session: AsyncSession, tenant_id: uuid.UUID, names: Sequence[str]
 ) -> list[ReferenceValueSet]:
-    """The newest unrevoked version of each named set (the appraisal checks their validity windows)."""
+    """The newest version of each named set, revoked or not (a revoked newest version denies: the
+    appraisal never falls back to the version it superseded)."""
     found = []
     for name in names:
         query = (
             select(ReferenceValueSet)
-            .where(
-                ReferenceValueSet.tenant_id == tenant_id,
-                ReferenceValueSet.name == name,
-                ReferenceValueSet.revoked_at.is_(None),
-            )
+            .where(ReferenceValueSet.tenant_id == tenant_id, ReferenceValueSet.name == name)
             .order_by(ReferenceValueSet.version.desc())
             .limit(1)
         )

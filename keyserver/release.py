@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,7 +30,12 @@ from keyserver.db.models import Tenant
 from keyserver.db.session import Database, Scope
 from keyserver.db.types import utcnow
 from keyserver.errors import EvidenceError, KeyserverError
-from keyserver.evidence.dispatch import VerifiedEvidence, check_evidence_binding, verify_evidence
+from keyserver.evidence.dispatch import (
+    KNOWN_TEES,
+    VerifiedEvidence,
+    check_evidence_binding,
+    verify_evidence,
+)
 from keyserver.faults import FaultHook, ReleaseStep
 from keyserver.jwe import (
     ReleasedKeyMetadata,
@@ -39,10 +45,12 @@ from keyserver.jwe import (
 )
 from keyserver.keys import ReleasableKey, releasable, wrapping_context
 from keyserver.ratelimits import ReleaseBudgetExhausted, ReleaseLimiter
+from keyserver.reference_values import check_name
 from keyserver.releaselog import records
 from keyserver.releaselog.store import ReleaseLog
 
 KEY_RELEASE = records.KEY_RELEASE
+log = logging.getLogger("keyserver.release")
 
 
 @dataclass(frozen=True)
@@ -107,17 +115,43 @@ class ReleaseService:
         ephemeral_jwk: Mapping[str, Any],
         now: datetime | None = None,
     ) -> str:
-        """Verify evidence as a release would, and answer with an attestation-result token bound to the
-        ephemeral key (no policy, no key, no log entry: those come with the release that presents it)."""
+        """Verify evidence exactly as a release would — verifier, binding to this challenge and ephemeral
+        key, no debug TEE — and answer with an attestation-result token bound to the ephemeral key (no
+        policy, no key, no log entry: those come with the release that presents it).
+
+        The challenge is used by any request that reaches verification, refused or not, so that each
+        probe (e.g. "is this AK enrolled?") costs a challenge, and challenges are budgeted."""
         now = now or utcnow()
         await self.limiter.admit_attempt(tenant, now)
+        refusal: KeyserverError | None = None
         async with self.db.transaction(Scope.for_tenant(tenant.id)) as session:
             nonce = await consume_challenge(session, tenant.id, challenge_id, now)
-            _public, jwk = parse_ephemeral_jwk(ephemeral_jwk)
-            verified = await verify_evidence(
-                session, tenant.id, evidence, nonce=nonce, ephemeral_jwk=jwk, now=now
+            try:
+                _public, jwk = parse_ephemeral_jwk(ephemeral_jwk)
+                verified = await verify_evidence(
+                    session, tenant.id, evidence, nonce=nonce, ephemeral_jwk=jwk, now=now
+                )
+                check_evidence_binding(verified, nonce, jwk)
+                if verified.claims.get("debug") is not False:
+                    # A release's policy may allow debug TEEs; a token has no policy to ask, so it is
+                    # never issued for one (a debug TEE's memory is open to the host).
+                    raise EvidenceError(
+                        "debug-tee",
+                        "the TEE is debuggable (or does not say it is not); attestation results are only"
+                        " issued for non-debug TEEs. Release directly under a policy with allow_debug.",
+                    )
+                token = await self.attestation.issue(
+                    session, tenant, verified.claims, jwk_thumbprint(jwk), now
+                )
+            except KeyserverError as exc:
+                refusal = exc  # leave the block normally: the used challenge commits
+        if refusal is not None:
+            log.info(
+                "attestation refused",
+                extra={"fields": {"tenant": tenant.name, "reason": getattr(refusal, "reason", refusal.code)}},
             )
-            return await self.attestation.issue(session, tenant, verified.claims, jwk_thumbprint(jwk), now)
+            raise refusal
+        return token
 
     async def _verify(
         self,
@@ -133,7 +167,8 @@ class ReleaseService:
             if set(evidence) != {"tee", "token"} or not isinstance(token, str):
                 raise EvidenceError("evidence-malformed", "an attestation result is {tee, token}")
             claims = await self.attestation.verify(session, tenant, token, jwk_thumbprint(jwk), now)
-            return VerifiedEvidence(str(claims.get("tee")), claims, None)
+            # Bound at /attest (its report_data to that challenge and this key); cnf.jkt binds it here.
+            return VerifiedEvidence(str(claims.get("tee")), claims, None, binding_checked=True)
         return await verify_evidence(session, tenant.id, evidence, nonce=nonce, ephemeral_jwk=jwk, now=now)
 
     async def release(self, tenant: Tenant, request: ReleaseRequest, now: datetime | None = None) -> Outcome:
@@ -141,6 +176,9 @@ class ReleaseService:
         await self._step(ReleaseStep.START, None)
         # Before anything else, and not logged: see keyserver/ratelimits.py.
         await self.limiter.admit_attempt(tenant, now)
+        # A name outside the key-name grammar names no key; refusing it here keeps the caller's text out
+        # of the log (a 400 like any malformed request: nothing to audit, the challenge is not used).
+        check_name(request.key_name, "key name")
         async with self.db.transaction(Scope.for_tenant(tenant.id)) as session:
             entry: dict[str, Any] = {
                 "key": {"name": request.key_name, "version": request.key_version},
@@ -148,7 +186,9 @@ class ReleaseService:
                 # covered by the evidence, so a loader checks that nobody on the path pinned an old one.
                 "requested_version": request.key_version,
                 "challenge": str(request.challenge_id),
-                "tee": request.evidence.get("tee") if isinstance(request.evidence.get("tee"), str) else None,
+                # Only a known value or "unknown": nothing an unauthenticated caller writes is copied into
+                # the tenant's permanent log (the evidence digest below identifies what was sent).
+                "tee": logged_tee(request.evidence.get("tee")),
                 "digests": {"evidence": digest(request.evidence), "claims": None, "collateral": None},
                 "policy": None,
                 "reference_values": [],
@@ -243,8 +283,15 @@ class ReleaseService:
         return wrap_for_recipient(material, jwk, kid=kid, metadata=metadata), False
 
 
+def logged_tee(value: object) -> str | None:
+    """What the log records of a request's ``tee``: a known value, ``unknown`` or None (absent)."""
+    if value is None:
+        return None
+    return value if isinstance(value, str) and value in KNOWN_TEES else "unknown"
+
+
 def _record_evidence(entry: dict[str, Any], verified: VerifiedEvidence) -> None:
-    entry["tee"] = verified.tee
+    entry["tee"] = logged_tee(verified.tee)
     entry["digests"]["claims"] = digest(verified.claims)
     if verified.collateral is not None:
         entry["digests"]["collateral"] = hashlib.sha256(verified.collateral).hexdigest()

@@ -174,7 +174,8 @@ async def test_admin_versions_revocation_and_current(
             )
         await rv.revoke_reference_values(session, release_log, alpha, "loader", 3, principal=PRINCIPAL)
         current = await rv.current_versions(session, alpha.id, ["loader", "missing"])
-    assert [(c.name, c.version) for c in current] == [("loader", 2)]
+    # The newest version stands even when revoked: the appraisal denies, never falls back to version 2.
+    assert [(c.name, c.version, c.revoked_at is not None) for c in current] == [("loader", 3, True)]
     async with migrated_db.transaction(Scope.for_tenant(beta.id)) as session:
         assert await rv.current_versions(session, beta.id, ["loader"]) == []
     for bad_name, tee in (("Bad Name", "sev-snp"), ("ok", "sgx")):

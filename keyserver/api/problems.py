@@ -82,6 +82,15 @@ _HTTP_CODES = {
 }
 
 
+# Details may quote what the caller sent (an unknown field's name, a bad value): whatever it sent, the
+# answer stays small.
+MAX_DETAIL_CHARS = 512
+
+
+def bounded_detail(detail: str) -> str:
+    return detail if len(detail) <= MAX_DETAIL_CHARS else detail[: MAX_DETAIL_CHARS - 1] + "\u2026"
+
+
 def problem(
     status: int,
     code: str,
@@ -95,8 +104,8 @@ def problem(
         "type": TYPE_PREFIX + code,
         "title": title,
         "status": status,
-        "detail": detail,
-        "instance": request.url.path,
+        "detail": bounded_detail(detail),
+        "instance": request.url.path[:MAX_DETAIL_CHARS],
     }
     request_id = request_id_var.get()
     if request_id:

@@ -13,10 +13,18 @@ from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
-from keyserver.api.problems import LOADER, PROBLEM_MEDIA_TYPE, TYPE_PREFIX, problem_responses
+from keyserver.api.problems import (
+    LOADER,
+    MAX_DETAIL_CHARS,
+    PROBLEM_MEDIA_TYPE,
+    TYPE_PREFIX,
+    bounded_detail,
+    problem_responses,
+)
 from keyserver.api.schemas import Version
 from keyserver.challenges import issue_challenge
 from keyserver.db.session import Database, Scope
+from keyserver.db.types import utcnow
 from keyserver.logs import request_id_var
 from keyserver.release import Outcome, ReleaseRequest, ReleaseService
 from keyserver.tenancy import lookup_tenant
@@ -79,11 +87,17 @@ class ProtocolController(Controller):
     @post(
         "/challenges",
         summary="A fresh single-use nonce for one release (no token)",
-        responses=problem_responses(404, 503),
+        responses=problem_responses(404, 429, 503),
     )
-    async def challenge(self, db: NamedDependency[Database], tenant: FromPath[str]) -> ChallengeOut:
+    async def challenge(
+        self,
+        db: NamedDependency[Database],
+        release_service: NamedDependency[ReleaseService],
+        tenant: FromPath[str],
+    ) -> ChallengeOut:
         target = await lookup_tenant(db, tenant)
         async with db.transaction(Scope.for_tenant(target.id)) as session:
+            await release_service.limiter.admit_challenge(session, target, utcnow())
             issued = await issue_challenge(session, target.id)
         nonce = base64.urlsafe_b64encode(issued.nonce).rstrip(b"=").decode()
         return ChallengeOut(id=str(issued.id), nonce=nonce, expires_at=issued.expires_at)
@@ -120,9 +134,9 @@ class ProtocolController(Controller):
             "type": TYPE_PREFIX + code,
             "title": title,
             "status": status,
-            "detail": outcome.detail,
+            "detail": bounded_detail(outcome.detail),
             "reason": outcome.reason,
-            "instance": f"/v1/tenants/{tenant}/keys/{name}/release",
+            "instance": f"/v1/tenants/{tenant}/keys/{name}/release"[:MAX_DETAIL_CHARS],
             "log_index": outcome.receipt.log_index,
             "receipt": msgspec.to_builtins(receipt_out(outcome)),
             "request_id": request_id_var.get(),

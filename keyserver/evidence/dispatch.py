@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from keyserver.evidence.snp.cache import ChainCache
 
 MAX_EVIDENCE_FIELD = 4 * 1024 * 1024
+# Every value of a request's "tee" that the service knows (a release's log entry records anything
+# else as "unknown"). Verifiers added here must add their tee.
+KNOWN_TEES = frozenset({TEE_TPM, TEE_SEV_SNP, TEE_TDX, "attestation-result"})
 
 _snp_chains: ChainCache | None = None
 
@@ -48,6 +51,9 @@ class VerifiedEvidence:
     tee: str
     claims: Claims
     collateral: bytes | None  # what the TDX collateral digest in the log covers
+    # True where verification itself established the binding to this challenge and ephemeral key (a TPM
+    # quote's qualifyingData; an attestation result's cnf.jkt). Otherwise check_evidence_binding must.
+    binding_checked: bool = False
 
 
 def field(evidence: Mapping[str, Any], name: str, *, required: bool = True) -> bytes | None:
@@ -83,7 +89,7 @@ async def verify_evidence(
     collateral_bytes = None
     if tee == TEE_TPM:
         claims = await _verify_tpm(session, tenant_id, evidence, nonce, ephemeral_jwk)
-        return VerifiedEvidence(tee, claims, None)
+        return VerifiedEvidence(tee, claims, None, binding_checked=True)
     if tee == TEE_SEV_SNP:
         from keyserver.evidence.snp import verify_snp_report
 
@@ -122,10 +128,19 @@ async def verify_evidence(
 def check_evidence_binding(
     verified: VerifiedEvidence, nonce: bytes, ephemeral_jwk: Mapping[str, Any]
 ) -> None:
-    """The report proves it answers this challenge and names this ephemeral key (SEV-SNP, TDX). A TPM
-    quote's binding is its qualifyingData, already checked by :func:`verify_evidence`."""
-    if verified.tee != TEE_TPM:
-        check_binding(verified.tee, bytes.fromhex(str(verified.claims["report_data"])), nonce, ephemeral_jwk)
+    """The report proves it answers this challenge and names this ephemeral key (SEV-SNP, TDX).
+
+    Every path that accepts evidence — a release and ``/attest`` alike — must call this after
+    :func:`verify_evidence`: a genuine report that is not bound to *this* challenge and key proves
+    nothing about the requester. Where verification already established the binding (a TPM quote's
+    qualifyingData, an attestation result's ``cnf.jkt``) there is nothing left to check; any other
+    verified evidence without a ``report_data`` claim is refused, never waved through."""
+    if verified.binding_checked:
+        return
+    report_data = verified.claims.get("report_data")
+    if not isinstance(report_data, str):
+        raise EvidenceError("binding-mismatch", f"{verified.tee} evidence carries no report_data to bind it")
+    check_binding(verified.tee, bytes.fromhex(report_data), nonce, ephemeral_jwk)
 
 
 async def _verify_tpm(
