@@ -79,6 +79,15 @@ async def verify_evidence(
     ephemeral_jwk: Mapping[str, Any],
     now: datetime,
 ) -> VerifiedEvidence:
+    if "gpus" in evidence:  # composite: the VM's evidence, then its GPUs' reports (docs/nvidia-gpu.md)
+        from keyserver.evidence.nvidia.composite import gpu_claims
+
+        vm_evidence = {name: value for name, value in evidence.items() if name != "gpus"}
+        vm = await verify_evidence(
+            session, tenant_id, vm_evidence, nonce=nonce, ephemeral_jwk=ephemeral_jwk, now=now
+        )
+        gpus = gpu_claims(evidence["gpus"], nonce=nonce, ephemeral_jwk=ephemeral_jwk, now=now)
+        return VerifiedEvidence(vm.tee, {**vm.claims, **gpus}, vm.collateral)
     tee = evidence.get("tee")
     collateral_bytes = None
     if tee == TEE_TPM:

@@ -3,10 +3,12 @@ chains to NVIDIA's Device Identity CA, and NVIDIA's reference integrity manifest
 
 from __future__ import annotations
 
+from keyserver.evidence.claims import TEE_NVIDIA_GPU
+
 from .certs import TrustedRoot, nvidia_device_root, trusted_root
 from .revocation import OcspResponses, RevocationCheck
 from .spdm import GpuReport, parse_gpu_report
-from .verify import TEE_NVIDIA_GPU, verify_gpu_report
+from .verify import verify_gpu_report
 
 __all__ = [
     "TEE_NVIDIA_GPU",

@@ -36,13 +36,12 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from keyserver.errors import EvidenceError
-from keyserver.evidence.claims import Claims
+from keyserver.evidence.claims import TEE_NVIDIA_GPU, Claims
 
 from .certs import TrustedRoot, common_name, nvidia_device_root, ueid, verify_chain
 from .revocation import RevocationCheck
 from .spdm import TLV_NVDEC0_STATUS, GpuReport, parse_gpu_report
 
-TEE_NVIDIA_GPU = "nvidia-gpu"
 MEASUREMENT_BYTES = 48
 _P384_ORDER = int(
     "ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973", 16
