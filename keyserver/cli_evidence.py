@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from keyserver.errors import EvidenceError
-from keyserver.evidence.claims import TEE_SEV_SNP, TEE_TDX, TEE_TPM, Claims
+from keyserver.evidence.claims import TEE_NVIDIA_GPU, TEE_SEV_SNP, TEE_TDX, TEE_TPM, Claims
 from keyserver.evidence.timeparse import parse_now
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
@@ -27,7 +27,7 @@ def add_evidence_commands(commands: Any) -> None:
     sub = evidence.add_subparsers(dest="evidence_command", required=True)
 
     verify = sub.add_parser("verify", help="verify evidence and print its claims")
-    verify.add_argument("--tee", required=True, choices=[TEE_TPM, TEE_SEV_SNP, TEE_TDX])
+    verify.add_argument("--tee", required=True, choices=[TEE_TPM, TEE_SEV_SNP, TEE_TDX, TEE_NVIDIA_GPU])
     verify.add_argument("--now", help="verification time, ISO 8601 with a zone (default: now)")
     verify.add_argument("--json", action="store_true", help="print one JSON document")
     snp = verify.add_argument_group("sev-snp")
@@ -39,6 +39,10 @@ def add_evidence_commands(commands: Any) -> None:
     tdx.add_argument("--quote", type=Path, help="TDX quote (raw or hex); for tpm, the TPMS_ATTEST")
     tdx.add_argument("--collateral", type=Path, help="Intel PCS collateral: a directory or dcap-qvl JSON")
     add_tpm_arguments(verify)
+    gpu = verify.add_argument_group("nvidia-gpu (uses --nonce: the expected SPDM nonce, hex)")
+    gpu.add_argument("--gpu-report", type=Path, help="SPDM request||response (raw, hex text or base64)")
+    gpu.add_argument("--gpu-certs", type=Path, help="the device certificate chain (PEM, leaf first)")
+    gpu.add_argument("--gpu-ocsp", type=Path, action="append", help="a DER OCSP response (repeatable)")
 
     eventlog = sub.add_parser("eventlog", help="parse a TCG PC Client event log and replay it")
     eventlog.add_argument("file", type=Path)
@@ -145,7 +149,15 @@ def _eventlog(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _verify_gpu(args: argparse.Namespace, now: datetime) -> Claims:
+    from keyserver.evidence.nvidia.files import verify_gpu_files
+
+    _require(args, "gpu_report", "gpu_certs", "nonce")
+    return verify_gpu_files(args.gpu_report, args.gpu_certs, args.nonce, now, ocsp_paths=args.gpu_ocsp or [])
+
+
 _VERIFIERS: dict[str, Callable[[argparse.Namespace, datetime], Claims]] = {
+    TEE_NVIDIA_GPU: _verify_gpu,
     TEE_SEV_SNP: _verify_snp,
     TEE_TDX: _verify_tdx,
     TEE_TPM: _verify_tpm,
