@@ -2,12 +2,14 @@
 
 Wire format (docs/nvidia-gpu.md): the VM's evidence object gains ``"gpus": [{"report": base64 of the raw
 SPDM request || response, "certificates": base64 of the PEM chain, leaf first}, …]`` (1 to
-:data:`MAX_GPUS`), each optionally with ``"ocsp": [base64 DER OCSP response, …]`` — NVIDIA's answers for the
-device chain, fetched by the loader (which is online) and checked here offline (:mod:`.revocation`). Every GPU report must answer the nonce derived from the release's binding
-(``report_data_for("nvidia-gpu", binding)`` = its first 32 bytes, docs/binding.md), so each report is as
-fresh and as bound to the ephemeral key as the VM's own evidence: a report from another challenge, another
-key or another machine's loader does not verify. The same GPU (same leaf certificate or UEID) may appear
-only once, so that a policy counting GPUs counts devices.
+:data:`MAX_GPUS`), each optionally with ``"ocsp": [base64 DER OCSP response, …]``: NVIDIA's answers for
+the device chain, fetched by the loader (which is online) and checked here offline (:mod:`.revocation`).
+
+Every GPU report must answer the nonce derived from the release's binding (``report_data_for(
+"nvidia-gpu", binding)`` = its first 32 bytes, docs/binding.md), so each report is as fresh and as bound
+to the ephemeral key as the VM's own evidence: a report from another challenge, another key or another
+machine's loader does not verify. The same GPU (same leaf certificate or UEID) may appear only once, so
+that a policy counting GPUs counts devices.
 
 The claims of GPU *i* (in request order) are the GPU verifier's ``gpu.*`` claims renamed ``gpu.<i>.*``,
 plus ``gpu.count``. They join the VM's claims in one claim set: one appraisal, one log entry.
@@ -74,7 +76,8 @@ def _stapled_ocsp(item: Mapping[str, Any], index: int) -> OcspResponses | None:
     stapled = item["ocsp"]
     if not isinstance(stapled, list) or not 1 <= len(stapled) <= MAX_STAPLED_OCSP:
         raise EvidenceError(
-            "evidence-malformed", f"gpus[{index}].ocsp is a list of 1 to {MAX_STAPLED_OCSP} DER OCSP responses"
+            "evidence-malformed",
+            f"gpus[{index}].ocsp is a list of 1 to {MAX_STAPLED_OCSP} DER OCSP responses",
         )
     responses = [_field({"ocsp": value}, "ocsp", index) for value in stapled]
     try:
