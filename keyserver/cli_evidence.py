@@ -43,6 +43,14 @@ def add_evidence_commands(commands: Any) -> None:
     gpu.add_argument("--gpu-report", type=Path, help="SPDM request||response (raw, hex text or base64)")
     gpu.add_argument("--gpu-certs", type=Path, help="the device certificate chain (PEM, leaf first)")
     gpu.add_argument("--gpu-ocsp", type=Path, action="append", help="a DER OCSP response (repeatable)")
+    gpu.add_argument("--rim", type=Path, action="append", help="an NVIDIA RIM to compare with (repeatable)")
+    gpu.add_argument("--rim-time", help="verify the RIMs' signers at this time (default: --now)")
+
+    rim_values = sub.add_parser(
+        "rim-values", help="verify NVIDIA RIMs and print them as an nvidia-gpu reference-value document"
+    )
+    rim_values.add_argument("rims", type=Path, nargs="+")
+    rim_values.add_argument("--now", help="verify the RIMs' signers at this time (default: now)")
 
     eventlog = sub.add_parser("eventlog", help="parse a TCG PC Client event log and replay it")
     eventlog.add_argument("file", type=Path)
@@ -64,6 +72,11 @@ def run_evidence(args: argparse.Namespace) -> int:
     try:
         if args.evidence_command == "eventlog":
             return _eventlog(args)
+        if args.evidence_command == "rim-values":
+            from keyserver.evidence.nvidia.files import rim_reference_values
+
+            print(json.dumps(rim_reference_values(args.rims, parse_now(args.now)), indent=2, sort_keys=True))
+            return EXIT_OK
         now = parse_now(args.now)
         claims = _VERIFIERS[args.tee](args, now)
     except EvidenceError as exc:
@@ -153,7 +166,16 @@ def _verify_gpu(args: argparse.Namespace, now: datetime) -> Claims:
     from keyserver.evidence.nvidia.files import verify_gpu_files
 
     _require(args, "gpu_report", "gpu_certs", "nonce")
-    return verify_gpu_files(args.gpu_report, args.gpu_certs, args.nonce, now, ocsp_paths=args.gpu_ocsp or [])
+    rim_time = parse_now(args.rim_time) if args.rim_time is not None else now
+    return verify_gpu_files(
+        args.gpu_report,
+        args.gpu_certs,
+        args.nonce,
+        now,
+        ocsp_paths=args.gpu_ocsp or [],
+        rim_paths=args.rim or [],
+        rim_time=rim_time,
+    )
 
 
 _VERIFIERS: dict[str, Callable[[argparse.Namespace, datetime], Claims]] = {

@@ -67,3 +67,53 @@ def test_base64_report_from_nvidia_json_and_wrong_nonce(tmp_path: Path) -> None:
 
 def test_missing_options_exit_2() -> None:
     assert evidence("verify", "--tee", "nvidia-gpu", "--nonce", "00").returncode == 2
+
+
+def test_compare_with_a_rim_and_print_reference_values() -> None:
+    v = by_id("hopper-trustee-coco-580")
+    files = v.expected["files"]
+    rim = NV / "rims" / "1010_0200_882_960074001A_PROD.swidtag"
+    done = evidence(
+        "verify",
+        "--tee",
+        "nvidia-gpu",
+        "--gpu-report",
+        NV / files["report"],
+        "--gpu-certs",
+        NV / files["cert_chain"],
+        "--nonce",
+        v.expected["nonce"],
+        "--now",
+        "2026-11-23T00:00:00Z",
+        "--rim",
+        rim,
+        "--rim-time",
+        "2024-06-01T00:00:00Z",
+        "--json",
+    )
+    assert done.returncode == 0, done.stderr
+    claims = json.loads(done.stdout)["claims"]
+    assert (claims["gpu.rim_match"], claims["gpu.rim_mismatched_indices"]) == (False, ["9"])
+    # The RIM's signer expired in 2025: verified at the report's date, it is refused.
+    expired = evidence(
+        "verify",
+        "--tee",
+        "nvidia-gpu",
+        "--gpu-report",
+        NV / files["report"],
+        "--gpu-certs",
+        NV / files["cert_chain"],
+        "--nonce",
+        v.expected["nonce"],
+        "--now",
+        "2026-11-23T00:00:00Z",
+        "--rim",
+        rim,
+        "--json",
+    )
+    assert (expired.returncode, json.loads(expired.stdout)["reason"]) == (1, "rim-certificate-expired")
+    values = evidence("rim-values", rim, "--now", "2024-06-01T00:00:00Z")
+    assert values.returncode == 0, values.stderr
+    document = json.loads(values.stdout)
+    assert sorted(document["expected"], key=lambda n: int(n.rsplit(".", 1)[1]))[0] == "gpu.measurement.1"
+    assert len(document["expected"]) == 12
