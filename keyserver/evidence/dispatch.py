@@ -123,6 +123,12 @@ async def verify_evidence(
             collateral_bytes = json.dumps(raw, sort_keys=True).encode()
             collateral = parse_dcap_qvl_collateral(collateral_bytes)
         claims = verify_tdx_quote(quote, now=now, collateral=collateral)
+    elif tee == "nvidia-gpu":
+        raise EvidenceError(
+            "evidence-malformed",
+            "GPU reports do not stand alone (they say nothing of where the loader runs): send the VM's "
+            "evidence with 'gpus' (docs/nvidia-gpu.md)",
+        )
     else:
         raise EvidenceError("evidence-malformed", "evidence 'tee' must be tpm, sev-snp or tdx")
     return VerifiedEvidence(tee, claims, collateral_bytes)

@@ -179,3 +179,21 @@ def test_a_gpu_only_set_leaves_the_vm_unchecked_and_is_denied(ca: GpuTestCa, jwk
 def test_gpu_sets_pin_every_gpu_names_only(name: str) -> None:
     with pytest.raises(PolicyError):
         parse_reference_values("nvidia-gpu", {"version": 1, "expected": {name: ["00" * 48]}})
+
+
+async def test_gpu_evidence_alone_is_refused(jwk: dict[str, Any]) -> None:
+    import uuid
+
+    from keyserver.evidence.dispatch import verify_evidence
+
+    with pytest.raises(EvidenceError) as info:
+        await verify_evidence(
+            None,  # type: ignore[arg-type]  # refused before the database is needed
+            uuid.uuid4(),
+            {"tee": "nvidia-gpu", "gpu": "…"},
+            nonce=NONCE,
+            ephemeral_jwk=jwk,
+            now=NOW,
+        )
+    assert info.value.reason == "evidence-malformed"
+    assert "do not stand alone" in info.value.message
