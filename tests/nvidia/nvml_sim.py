@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from clients.demo.gpus import SimulatedNvml
 from clients.loader.collectors.nvidia_gpu import CcState
 
-from .synthetic import SyntheticGpu
 from .vectors import GpuVector
 
 
@@ -33,19 +33,4 @@ class RecordedNvml:
         return self.devices[index].chain
 
 
-@dataclass
-class SyntheticNvml:
-    devices: list[SyntheticGpu]
-    state: CcState = field(default_factory=lambda: CcState(cc_on=True, dev_tools=False))
-
-    def cc_state(self) -> CcState:
-        return self.state
-
-    def device_count(self) -> int:
-        return len(self.devices)
-
-    def attestation_report(self, index: int, nonce: bytes) -> bytes:
-        return self.devices[index].report(nonce)
-
-    def certificate_chain(self, index: int) -> bytes:
-        return self.devices[index].chain_pem
+SyntheticNvml = SimulatedNvml

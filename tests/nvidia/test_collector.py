@@ -11,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from joserfc.jwk import ECKey
 
+from clients.demo.gpus import GpuTestCa, SyntheticGpu
 from clients.loader.collectors.errors import GpuNotConfidential, GpuReportMismatch, GpuUnavailable
 from clients.loader.collectors.nvidia_gpu import CcState, GpuCollector
 from keyserver.binding import binding, report_data_for
@@ -18,7 +19,6 @@ from keyserver.evidence.nvidia import trusted_root, verify_gpu_report
 from keyserver.evidence.nvidia.composite import gpu_claims
 
 from .nvml_sim import RecordedNvml, SyntheticNvml
-from .synthetic import GpuTestCa, SyntheticGpu
 from .vectors import all_vectors
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)

@@ -11,14 +11,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from joserfc.jwk import ECKey
 
+from clients.demo.gpus import GpuTestCa, SyntheticGpu
 from keyserver.binding import binding, report_data_for
 from keyserver.errors import EvidenceError
 from keyserver.evidence.nvidia import trusted_root, verify_gpu_report
 from keyserver.evidence.nvidia.composite import MAX_GPUS, gpu_claims
 from policy.document import PolicyError, ReferenceValueSet, parse_policy, parse_reference_values
 from policy.evaluate import evaluate
-
-from .synthetic import GpuTestCa, SyntheticGpu
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
 NONCE = bytes(range(32))

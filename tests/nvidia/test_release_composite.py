@@ -16,14 +16,13 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from tpm2_pytss import ESAPI
 
 from audit.entry import canonical_bytes
+from clients.demo.gpus import GpuTestCa, SyntheticGpu
 from keyserver.binding import binding, report_data_for
 from keyserver.evidence.nvidia.composite import TEST_ROOTS_ENV
 from keyserver.jwe import unwrap_released
 from keyserver.release import digest
 from tests.conftest import Service, bearer
 from tests.test_release_swtpm import Loader, extend, loader_ak, log_entry, setup_tenant
-
-from .synthetic import GpuTestCa, SyntheticGpu
 
 pytestmark = pytest.mark.swtpm
 

@@ -18,12 +18,11 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from joserfc.jwk import ECKey
 
+from clients.demo.gpus import GpuTestCa, SyntheticGpu
 from keyserver.binding import binding, report_data_for
 from keyserver.errors import EvidenceError
 from keyserver.evidence.nvidia import OcspResponses, trusted_root, verify_gpu_report
 from keyserver.evidence.nvidia.composite import gpu_claims
-
-from .synthetic import GpuTestCa, SyntheticGpu
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
 NONCE = bytes(range(32))

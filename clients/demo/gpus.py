@@ -1,9 +1,10 @@
-"""A synthetic confidential-computing GPU for tests: a device chain issued by a test CA (which a test pins)
-and SPDM 1.1 measurement reports, in NVIDIA's exact format, that answer any nonce.
+"""Simulated confidential-computing GPUs for the demo and the tests, as swtpm simulates the TPM: a device
+chain issued by a test CA (which only a test deployment pins: ``KEYSERVER_NVIDIA_GPU_TEST_ROOTS``) and SPDM
+1.1 measurement reports, in NVIDIA's exact format, that answer any nonce; an NVML stand-in serving them.
 
-Real reports cannot answer keyserver's challenge, so composite releases are tested with this device;
-the format itself is proven on the real vectors (tests/nvidia/test_vectors.py), and this device's reports
-pass the same verifier unchanged.
+Real reports cannot answer keyserver's challenge, so composite releases are shown with these devices; the
+format itself is proven on the real vectors (tests/nvidia/test_vectors.py), and these reports pass the
+same verifier unchanged.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -19,6 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
+
+from clients.loader.collectors.nvidia_gpu import CcState
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
 END = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
@@ -151,5 +154,21 @@ class SyntheticGpu:
         return request + response + r.to_bytes(48, "big") + s.to_bytes(48, "big")
 
 
-def later(days: int) -> datetime:
-    return START + timedelta(days=days)
+@dataclass
+class SimulatedNvml:
+    """The NVML calls of the GPU collector (clients/loader/collectors/nvidia_gpu.py), over simulated GPUs."""
+
+    devices: list[SyntheticGpu]
+    state: CcState = field(default_factory=lambda: CcState(cc_on=True, dev_tools=False))
+
+    def cc_state(self) -> CcState:
+        return self.state
+
+    def device_count(self) -> int:
+        return len(self.devices)
+
+    def attestation_report(self, index: int, nonce: bytes) -> bytes:
+        return self.devices[index].report(nonce)
+
+    def certificate_chain(self, index: int) -> bytes:
+        return self.devices[index].chain_pem
