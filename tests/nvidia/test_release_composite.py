@@ -145,6 +145,35 @@ async def test_composite_release_granted_logged_and_denied_on_wrong_gpu_firmware
         loader.gpus = [approved, approved]
         await denied(await loader.release(), "gpu-duplicate")
 
+        # Attest once (composite evidence → an attestation result carrying the GPU claims), release
+        # with the token: the GPU reference values are appraised on the token's claims.
+        loader.gpus = [approved, SyntheticGpu(ca, measurements=list(approved.measurements))]
+        challenge = await loader.challenge()
+        nonce = base64.urlsafe_b64decode(challenge["nonce"] + "==")
+        attested = await service.client.post(
+            "/v1/tenants/acme/attest",
+            json={
+                "challenge": challenge["id"],
+                "evidence": loader.evidence(nonce),
+                "ephemeral_key": loader.jwk,
+            },
+        )
+        assert attested.status_code == 200, attested.text
+        token = attested.json()["token"]
+        by_token = await loader.release(evidence={"tee": "attestation-result", "token": token})
+        assert by_token.status_code == 200, by_token.text
+        # ... and attest refuses a GPU report bound to another challenge, as the release does.
+        challenge = await loader.challenge()
+        stale_nonce = base64.urlsafe_b64decode((await loader.challenge())["nonce"] + "==")
+        evidence = loader.evidence(base64.urlsafe_b64decode(challenge["nonce"] + "=="))
+        evidence["gpus"] = loader.evidence(stale_nonce)["gpus"]
+        refused = await service.client.post(
+            "/v1/tenants/acme/attest",
+            json={"challenge": challenge["id"], "evidence": evidence, "ephemeral_key": loader.jwk},
+        )
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["reason"] == "gpu-nonce-mismatch"
+
         # Back to the approved GPUs: granted again, and the log digests cover the GPU evidence.
         loader.gpus = [approved]
         again = await loader.release()

@@ -3,6 +3,7 @@ one second before its chain's validity, and the known-bad inputs of the source r
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -214,3 +215,23 @@ def test_naive_time_is_a_caller_error() -> None:
     v = by_id("hopper-trustee-550")
     with pytest.raises(ValueError, match="timezone-aware"):
         verify_gpu_report(v.report, v.chain, expected_nonce=v.nonce, now=datetime(2026, 1, 1))
+
+
+def test_claims_agree_with_trustees_claims_file() -> None:
+    """trustee's test_build_claims_for_one_hopper_device expects hopperAttestationReport-claims.txt."""
+    import json
+
+    v = by_id("hopper-trustee-550")
+    theirs = json.loads((NV / "hopper-trustee-550" / "hopperAttestationReport-claims.txt").read_text())
+    ours = verify_gpu_report(v.report, v.chain, expected_nonce=v.nonce, now=NOW)
+    assert ours["gpu.measurements"] == [theirs["measurements"][str(i)] for i in range(1, 65)]
+    config = theirs["config"]
+    assert ours["gpu.driver_version"] == config["driver_version"]
+    assert str(ours["gpu.vbios_version"]).lower() == config["vbios_version"]
+    assert ours["gpu.fwid"] == config["fwid"]
+    assert (ours["gpu.project"], ours["gpu.chip_sku"]) == (config["project"], config["chip_sku"])
+    # report.rs verifies the signature with hopper_signing_cert.pem: it is our leaf.
+    leaf = x509.load_pem_x509_certificate(
+        (NV / "hopper-trustee-550" / "hopper_signing_cert.pem").read_bytes()
+    )
+    assert ours["gpu.leaf_sha256"] == hashlib.sha256(leaf.public_bytes(Encoding.DER)).hexdigest()
