@@ -31,7 +31,7 @@ from keyserver.evidence.claims import TEE_NVIDIA_GPU
 from policy.cel import Activation, run
 from policy.claims import check_claims
 from policy.document import Policy, PolicyError, ReferenceValueSet, parse_policy
-from policy.gpu import gpu_count, gpu_view
+from policy.gpu import MAX_GPU_VIEWS, gpu_count, gpu_view
 
 # Stable reason codes (docs/policy.md); the API, the release log and the CLI carry them verbatim.
 POLICY_INVALID = "policy-invalid"
@@ -274,7 +274,8 @@ def _reference_values(
             s = max(group, key=lambda v: v.version)
             # Only the VM's own version counts as "its measurements were matched": GPU values alone
             # leave the VM unchecked.
-            applied += group is mine
+            if group is mine:
+                applied += 1
             refs.append((name, s.version))
             out.extend(_apply_set(label, name, s, claims, now))
     if applied == 0:
@@ -309,8 +310,12 @@ def _apply_set(
         views: list[tuple[str, Mapping[str, object]]] = [(label, claims)]
     else:
         count = gpu_count(claims)
-        if count == 0:
-            detail = f"set {ident} pins GPU firmware, but the evidence carries no GPU report"
+        if not 1 <= count <= MAX_GPU_VIEWS:
+            detail = (
+                f"set {ident} pins GPU firmware, but the evidence carries no GPU report"
+                if count == 0
+                else f"gpu.count is {count}; at most {MAX_GPU_VIEWS} GPUs are appraised"
+            )
             return [*out, RuleResult(f"{label}:gpu.count", False, detail, REFERENCE_VALUE_MISMATCH)]
         views = [(f"{label}:gpu{i}", gpu_view(claims, i)) for i in range(count)]
     for where, view in views:

@@ -12,6 +12,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+# More GPUs than any composite evidence carries (8): a claim set saying more (a policy example, say) is
+# refused rather than iterated.
+MAX_GPU_VIEWS = 16
 # Names an nvidia-gpu set may not pin: they belong to one GPU, or to the composite, not to "every GPU".
 GPU_SET_FORBIDDEN = re.compile(
     r"^gpu\.([0-9]+\.|count\Z|measurements\Z|measurement\.(?!([1-9]|[1-5][0-9]|6[0-4])\Z))"

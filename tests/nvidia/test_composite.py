@@ -196,3 +196,19 @@ async def test_gpu_evidence_alone_is_refused(jwk: dict[str, Any]) -> None:
         )
     assert info.value.reason == "evidence-malformed"
     assert "do not stand alone" in info.value.message
+
+
+def test_an_absurd_gpu_count_is_refused_not_iterated() -> None:
+    gpu_values = parse_reference_values("nvidia-gpu", {"version": 1, "expected": {"gpu.arch": ["hopper"]}})
+    vm_values = parse_reference_values("tpm", {"version": 1, "minimums": {"tpm.clock": 0}})
+    sets = [ReferenceValueSet("s", "tpm", 1, vm_values), ReferenceValueSet("s", "nvidia-gpu", 2, gpu_values)]
+    policy = parse_policy({"version": 1, "tees": ["tpm"], "reference_values": ["s"]})
+    claims = {"tee": "tpm", "debug": False, "tpm.clock": 1, "gpu.count": 10**18, "gpu.0.arch": "hopper"}
+    decision = evaluate(policy, claims, sets, NOW)
+    assert not decision.granted
+    assert decision.reason == "reference-value-mismatch"
+    # A count the claims do not back (gpu.1.* absent) is a mismatch too.
+    decision = evaluate(policy, {**claims, "gpu.count": 2}, sets, NOW)
+    assert not decision.granted
+    assert decision.detail is not None
+    assert decision.detail.startswith("reference-values:s:gpu1:gpu.arch")
