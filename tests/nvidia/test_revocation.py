@@ -181,3 +181,17 @@ def test_stapled_in_composite_evidence(gpu: SyntheticGpu) -> None:
         with pytest.raises(EvidenceError) as info:
             gpu_claims([{**entry, "ocsp": bad}], nonce=NONCE, ephemeral_jwk=jwk, now=NOW, roots=roots)
         assert info.value.reason == "evidence-malformed"
+
+
+def test_random_and_flipped_responses_fail_typed(gpu: SyntheticGpu) -> None:
+    """Every third byte of a good response flipped: refused with a reason, never an untyped exception and
+    never still good (every byte is signed or changes what is checked)."""
+    good = response(gpu)
+    outcomes = set()
+    for offset in range(0, len(good), 3):
+        mutated = good[:offset] + bytes([good[offset] ^ 0x41]) + good[offset + 1 :]
+        try:
+            outcomes.add(verify(gpu, mutated)["gpu.revocation"])
+        except EvidenceError as exc:
+            outcomes.add(exc.reason)
+    assert outcomes == {"gpu-revocation-unknown"}

@@ -86,7 +86,22 @@ class OcspResponses:
             try:
                 response = ocsp.load_der_ocsp_response(bytes(raw))
                 if response.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL:
-                    _ = (response.serial_number, response.issuer_key_hash, response.this_update_utc)
+                    # Decode every field used later now, so that hostile bytes fail here with a reason
+                    # (an unknown hash OID, several SingleResponses — one certificate per response here).
+                    _ = (
+                        response.serial_number,
+                        response.issuer_key_hash,
+                        response.issuer_name_hash,
+                        response.hash_algorithm,
+                        response.this_update_utc,
+                        response.next_update_utc,
+                        response.certificate_status,
+                        response.revocation_time_utc,
+                        response.signature_hash_algorithm,
+                        response.signature,
+                        response.tbs_response_bytes,
+                        response.certificates,
+                    )
             except DECODE_ERRORS as exc:
                 raise EvidenceError(
                     "gpu-revocation-unknown", f"cannot parse an OCSP response: {exc}"
