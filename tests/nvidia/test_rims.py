@@ -7,6 +7,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from keyserver.errors import EvidenceError
 from keyserver.evidence.nvidia import verify_gpu_report
@@ -20,6 +22,7 @@ from keyserver.evidence.nvidia.rim import (
 )
 from policy.document import ReferenceValueSet, parse_policy, parse_reference_values
 from policy.evaluate import evaluate
+from tests.fuzzing import fuzz_settings
 
 from .vectors import NV, by_id, expected_json, iso
 
@@ -174,3 +177,38 @@ def test_rims_become_reference_values_a_policy_applies_to_the_gpu() -> None:
     assert denied.reason == "reference-value-mismatch"
     with pytest.raises(EvidenceError):
         reference_values_from_rims([parse_rim_unverified(rim_bytes("Driver_RIM_test_no_gpu.swidtag"))])
+
+
+@pytest.mark.fuzz
+@fuzz_settings(150)
+@given(st.data())
+def test_mutated_rims_fail_typed_or_mean_the_same(data: st.DataObject) -> None:
+    """Byte flips, cuts and XML-ish insertions anywhere in a genuine RIM: a typed refusal, or — when the
+    change is one canonicalisation removes (whitespace in base64 or between attributes) — exactly the
+    same RIM. Found: signxml's schema check raises lxml's DocumentInvalid, now a typed refusal."""
+    original = rim_bytes("1010_0200_882_96005E0001_PROD.swidtag")
+    expected = verify_rim(original, now=INSIDE)
+    offset = data.draw(st.integers(0, len(original) - 1))
+    kind = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+    if kind == "flip":
+        mutated = (
+            original[:offset]
+            + bytes([original[offset] ^ data.draw(st.integers(1, 255))])
+            + original[offset + 1 :]
+        )
+    elif kind == "cut":
+        mutated = original[:offset] + original[offset + data.draw(st.integers(1, 64)) :]
+    else:
+        insert = data.draw(
+            st.sampled_from([b"<", b">", b'"', b"&amp;", b"<x/>", b" ", b"\n", b"=", b"ds:", b"<!--c-->"])
+        )
+        mutated = original[:offset] + insert + original[offset:]
+    try:
+        rim = verify_rim(mutated, now=INSIDE)
+    except EvidenceError:
+        return
+    assert (rim.version, rim.measurements, rim.product) == (
+        expected.version,
+        expected.measurements,
+        expected.product,
+    )

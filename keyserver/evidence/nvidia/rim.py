@@ -238,7 +238,7 @@ def verify_rim(data: bytes, *, now: datetime, roots: Sequence[TrustedRoot] | Non
     )
     try:
         result = XMLVerifier().verify(bytes(data), x509_cert=signer, expect_config=config)
-    except (SignXMLException, InvalidInput, ValueError) as exc:
+    except (SignXMLException, InvalidInput, ValueError, etree.LxmlError) as exc:  # lxml: schema checks
         raise _err(
             "rim-signature-invalid", f"XML signature does not verify under its signer: {exc}"
         ) from None
