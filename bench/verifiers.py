@@ -14,6 +14,7 @@ report, the collateral JSON: everything but the database), interleaved run by ru
 * ``snp-cached`` / ``snp-cold``: the real Milan report of go-sev-guest with its VCEK, with a warm
   VCEK-chain cache and without. Bound: the report's ECDSA P-384 signature (cached); plus loading the
   VCEK and its RSA-PSS signature by the ASK (cold).
+* ``nvidia-gpu``: trustee's real Hopper GPU report and chain (:func:`gpu_cases`).
 * ``tdx-collateral``: dcap-qvl's real TDX v4 quote and collateral JSON. Bound: the 10 ECDSA P-256
   signature checks the quote and its collateral need (PCK leaf and CA, QE report, quote, two TCB signing
   certificates, TCB info, QE identity, two CRLs) and loading the quote's PCK chain.
@@ -253,6 +254,36 @@ def tdx_cases() -> tuple[Call, Call]:
     return ours, bound
 
 
+def gpu_cases() -> tuple[Call, Call]:
+    """``nvidia-gpu``: trustee's real Hopper report (driver 550) and its 5-certificate chain. Bound: loading
+    the chain, its 5 ECDSA P-384 links (the last by the pinned root) and the report's P-384 signature."""
+    from keyserver.evidence.nvidia import nvidia_device_root, parse_gpu_report, verify_gpu_report
+
+    folder = VECTORS / "nvidia" / "hopper-trustee-550"
+    report = bytes.fromhex((folder / "hopperAttestationReport.txt").read_text().strip())
+    chain = (folder / "hopper_cert_chain_case1.txt").read_bytes()
+    nonce, now = report[4:36], datetime(2026, 1, 1, tzinfo=UTC)
+    parsed = parse_gpu_report(report)
+    root = nvidia_device_root().cert
+
+    def ours() -> object:
+        return verify_gpu_report(report, chain, expected_nonce=nonce, now=now)
+
+    def bound() -> object:
+        certs = x509.load_pem_x509_certificates(chain)
+        for child, issuer in zip(certs, [*certs[1:-1], root], strict=False):
+            _verify_cert(issuer, child)
+        key = certs[0].public_key()
+        assert isinstance(key, ec.EllipticCurvePublicKey)
+        r, s = int.from_bytes(parsed.signature[:48], "big"), int.from_bytes(parsed.signature[48:], "big")
+        key.verify(encode_dss_signature(r, s), parsed.signed_bytes, ec.ECDSA(hashes.SHA384()))
+        return certs
+
+    ours()
+    bound()
+    return ours, bound
+
+
 def run(*, runs: int, iterations: int) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     for kind in ("ecc", "rsa"):
@@ -301,6 +332,11 @@ def run(*, runs: int, iterations: int) -> dict[str, Any]:
     samples = compare({"ours": ours, "bound": bound}, runs=runs, iterations=max(iterations // 4, 5))
     figures["tdx-collateral"] = ratio_figures(
         samples["ours"], samples["bound"], "cryptography: 10 ECDSA P-256 checks + PCK chain load"
+    )
+    ours, bound = gpu_cases()
+    samples = compare({"ours": ours, "bound": bound}, runs=runs, iterations=max(iterations // 4, 5))
+    figures["nvidia-gpu"] = ratio_figures(
+        samples["ours"], samples["bound"], "cryptography: chain load + 6 ECDSA P-384 checks"
     )
     return figures
 

@@ -29,12 +29,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from keyserver.errors import EvidenceError
-from keyserver.evidence.claims import TEE_SEV_SNP, TEE_TDX, TEE_TPM
+from keyserver.evidence.claims import TEE_NVIDIA_GPU, TEE_SEV_SNP, TEE_TDX, TEE_TPM
 
 BINDING_LABEL = b"keyserver-binding-v1"
 BINDING_BYTES = 64
 THUMBPRINT_BYTES = 32
 TPM_QUALIFYING_DATA_BYTES = 32
+GPU_NONCE_BYTES = 32  # an SPDM nonce
 # keyserver's challenges are 32 bytes; anything much shorter would not be a nonce worth binding to.
 MIN_NONCE_BYTES = 16
 
@@ -130,10 +131,17 @@ def report_data_for(tee: str, binding_value: bytes) -> bytes:
         return bytes(binding_value)
     if tee == TEE_TPM:
         return bytes(binding_value[:TPM_QUALIFYING_DATA_BYTES])
+    if tee == TEE_NVIDIA_GPU:  # the SPDM GET_MEASUREMENTS nonce of every GPU report (docs/binding.md)
+        return bytes(binding_value[:GPU_NONCE_BYTES])
     raise ValueError(f"unknown tee {tee!r}")
 
 
-_FIELD_NAMES = {TEE_SEV_SNP: "REPORT_DATA", TEE_TDX: "REPORTDATA", TEE_TPM: "qualifyingData (extraData)"}
+_FIELD_NAMES = {
+    TEE_SEV_SNP: "REPORT_DATA",
+    TEE_TDX: "REPORTDATA",
+    TEE_TPM: "qualifyingData (extraData)",
+    TEE_NVIDIA_GPU: "SPDM nonce",
+}
 
 
 def check_binding(tee: str, report_data: bytes, nonce: bytes, jwk: Mapping[str, Any]) -> None:

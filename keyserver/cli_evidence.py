@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from keyserver.errors import EvidenceError
-from keyserver.evidence.claims import TEE_SEV_SNP, TEE_TDX, TEE_TPM, Claims
+from keyserver.evidence.claims import TEE_NVIDIA_GPU, TEE_SEV_SNP, TEE_TDX, TEE_TPM, Claims
 from keyserver.evidence.timeparse import parse_now
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
@@ -27,7 +27,7 @@ def add_evidence_commands(commands: Any) -> None:
     sub = evidence.add_subparsers(dest="evidence_command", required=True)
 
     verify = sub.add_parser("verify", help="verify evidence and print its claims")
-    verify.add_argument("--tee", required=True, choices=[TEE_TPM, TEE_SEV_SNP, TEE_TDX])
+    verify.add_argument("--tee", required=True, choices=[TEE_TPM, TEE_SEV_SNP, TEE_TDX, TEE_NVIDIA_GPU])
     verify.add_argument("--now", help="verification time, ISO 8601 with a zone (default: now)")
     verify.add_argument("--json", action="store_true", help="print one JSON document")
     snp = verify.add_argument_group("sev-snp")
@@ -39,6 +39,18 @@ def add_evidence_commands(commands: Any) -> None:
     tdx.add_argument("--quote", type=Path, help="TDX quote (raw or hex); for tpm, the TPMS_ATTEST")
     tdx.add_argument("--collateral", type=Path, help="Intel PCS collateral: a directory or dcap-qvl JSON")
     add_tpm_arguments(verify)
+    gpu = verify.add_argument_group("nvidia-gpu (uses --nonce: the expected SPDM nonce, hex)")
+    gpu.add_argument("--gpu-report", type=Path, help="SPDM request||response (raw, hex text or base64)")
+    gpu.add_argument("--gpu-certs", type=Path, help="the device certificate chain (PEM, leaf first)")
+    gpu.add_argument("--gpu-ocsp", type=Path, action="append", help="a DER OCSP response (repeatable)")
+    gpu.add_argument("--rim", type=Path, action="append", help="an NVIDIA RIM to compare with (repeatable)")
+    gpu.add_argument("--rim-time", help="verify the RIMs' signers at this time (default: --now)")
+
+    rim_values = sub.add_parser(
+        "rim-values", help="verify NVIDIA RIMs and print them as an nvidia-gpu reference-value document"
+    )
+    rim_values.add_argument("rims", type=Path, nargs="+")
+    rim_values.add_argument("--now", help="verify the RIMs' signers at this time (default: now)")
 
     eventlog = sub.add_parser("eventlog", help="parse a TCG PC Client event log and replay it")
     eventlog.add_argument("file", type=Path)
@@ -60,6 +72,11 @@ def run_evidence(args: argparse.Namespace) -> int:
     try:
         if args.evidence_command == "eventlog":
             return _eventlog(args)
+        if args.evidence_command == "rim-values":
+            from keyserver.evidence.nvidia.files import rim_reference_values
+
+            print(json.dumps(rim_reference_values(args.rims, parse_now(args.now)), indent=2, sort_keys=True))
+            return EXIT_OK
         now = parse_now(args.now)
         claims = _VERIFIERS[args.tee](args, now)
     except EvidenceError as exc:
@@ -145,7 +162,24 @@ def _eventlog(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _verify_gpu(args: argparse.Namespace, now: datetime) -> Claims:
+    from keyserver.evidence.nvidia.files import verify_gpu_files
+
+    _require(args, "gpu_report", "gpu_certs", "nonce")
+    rim_time = parse_now(args.rim_time) if args.rim_time is not None else now
+    return verify_gpu_files(
+        args.gpu_report,
+        args.gpu_certs,
+        args.nonce,
+        now,
+        ocsp_paths=args.gpu_ocsp or [],
+        rim_paths=args.rim or [],
+        rim_time=rim_time,
+    )
+
+
 _VERIFIERS: dict[str, Callable[[argparse.Namespace, datetime], Claims]] = {
+    TEE_NVIDIA_GPU: _verify_gpu,
     TEE_SEV_SNP: _verify_snp,
     TEE_TDX: _verify_tdx,
     TEE_TPM: _verify_tpm,

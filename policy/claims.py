@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 
-from keyserver.evidence.claims import TEE_SEV_SNP, TEE_TDX, TEE_TPM, TEES
+from keyserver.evidence.claims import TEE_NVIDIA_GPU, TEE_SEV_SNP, TEE_TDX, TEE_TPM, TEES
 from policy.cel import CLAIM_LIMITS, ClaimLimits
 
 __all__ = ["TEES", "ClaimFormat", "Kind", "check_claims", "claim_format", "tee_prefix"]
@@ -22,7 +22,7 @@ __all__ = ["TEES", "ClaimFormat", "Kind", "check_claims", "claim_format", "tee_p
 INT_MIN = -(1 << 63)
 UINT_MAX = (1 << 64) - 1
 
-_PREFIX = {TEE_SEV_SNP: "snp.", TEE_TDX: "tdx.", TEE_TPM: "tpm."}
+_PREFIX = {TEE_SEV_SNP: "snp.", TEE_TDX: "tdx.", TEE_TPM: "tpm.", TEE_NVIDIA_GPU: "gpu."}
 
 
 def tee_prefix(tee: str) -> str:
@@ -80,7 +80,13 @@ _HEX: dict[str, int | None] = {
     "tdx.qe_mrenclave": 32,
     "tdx.qe_mrsigner": 32,
     "tpm.ak_name": None,
+    # An nvidia-gpu set pins every GPU of a composite release (policy/gpu.py).
+    "gpu.fwid": 48,
+    "gpu.measurements_sha384": 48,
+    "gpu.leaf_sha256": 32,
+    "gpu.root_sha256": 32,
 }
+GPU_MEASUREMENT_NAME = re.compile(r"^gpu\.measurement\.([1-9]|[1-5][0-9]|6[0-4])\Z")
 PCR_NAME = re.compile(r"^tpm\.pcrs\.(sha1|sha256|sha384)\.([0-9]|1[0-9]|2[0-3])\Z")
 _PCR_BYTES = {"sha1": 20, "sha256": 32, "sha384": 48}
 _INT = re.compile(
@@ -92,7 +98,7 @@ _INT = re.compile(
 )
 _BOOL = re.compile(
     r"^(snp\.(policy_[a-z0-9_]+|platform_[a-z0-9_]+|author_key_en|mask_chip_key|chip_id_masked)"
-    r"|tpm\.(secure_boot|clock_safe))$"
+    r"|tpm\.(secure_boot|clock_safe)|gpu\.(nvdec0_disabled|report_fwid_present|cc_mode_attested))$"
 )
 # Intel's TCB statuses (the TCB-level rule the TDX verifier implements; "Revoked" never reaches a policy).
 TDX_TCB_STATUSES = frozenset(
@@ -112,9 +118,11 @@ _ENUM: dict[str, frozenset[str]] = {
     "tdx.platform_tcb_status": TDX_TCB_STATUSES,
     "tdx.module_tcb_status": TDX_TCB_STATUSES,
     "tdx.qe_tcb_status": TDX_TCB_STATUSES,
+    "gpu.arch": frozenset({"hopper", "blackwell"}),
+    "gpu.revocation": frozenset({"good", "not-checked"}),
 }
-_LIST = frozenset({"tdx.advisory_ids", "tpm.efi_apps", "tpm.eventlog.digest_mismatches"})
-CLAIM_NAME = re.compile(r"^(snp|tdx|tpm)\.[a-z0-9_]+(\.[a-z0-9_]+)*$")
+_LIST = frozenset({"tdx.advisory_ids", "tpm.efi_apps", "tpm.eventlog.digest_mismatches", "gpu.measurements"})
+CLAIM_NAME = re.compile(r"^(snp|tdx|tpm|gpu)\.[a-z0-9_]+(\.[a-z0-9_]+)*$")
 
 
 def claim_format(name: str) -> ClaimFormat:
@@ -123,6 +131,8 @@ def claim_format(name: str) -> ClaimFormat:
     pcr = PCR_NAME.match(name)
     if pcr:
         return ClaimFormat(Kind.HEX, _PCR_BYTES[pcr.group(1)])
+    if GPU_MEASUREMENT_NAME.fullmatch(name):
+        return ClaimFormat(Kind.HEX, 48)
     if _INT.fullmatch(name):
         return ClaimFormat(Kind.INT)
     if _BOOL.fullmatch(name):

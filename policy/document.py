@@ -16,6 +16,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
+from keyserver.evidence.claims import TEE_NVIDIA_GPU
 from policy.cel import CelCompileError, CompiledRule, compile_rule
 from policy.claims import (
     CLAIM_NAME,
@@ -28,6 +29,7 @@ from policy.claims import (
     claim_format,
     tee_prefix,
 )
+from policy.gpu import GPU_SET_FORBIDDEN
 
 POLICY_FORMAT_VERSION = 1
 REFERENCE_VALUES_FORMAT_VERSION = 1
@@ -369,6 +371,12 @@ def _claim_name(tee: str, name: object, path: str) -> str:
         raise PolicyError(
             f"{text!r} is not a {tee} claim name (a {tee} set pins claims named {prefix}…; see DESIGN.md, "
             "Claims)",
+            path,
+        )
+    if tee == TEE_NVIDIA_GPU and GPU_SET_FORBIDDEN.match(text):
+        raise PolicyError(
+            f"{text!r} cannot be pinned by an nvidia-gpu set, which applies to every GPU: pin gpu.<claim> or "
+            "gpu.measurement.<1-64>, and write a rule for one GPU or for the count",
             path,
         )
     if text.startswith("tpm.pcrs.") and not PCR_NAME.match(text):

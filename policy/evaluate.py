@@ -27,9 +27,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from keyserver.evidence.claims import TEE_NVIDIA_GPU
 from policy.cel import Activation, run
 from policy.claims import check_claims
 from policy.document import Policy, PolicyError, ReferenceValueSet, parse_policy
+from policy.gpu import MAX_GPU_VIEWS, gpu_count, gpu_view
 
 # Stable reason codes (docs/policy.md); the API, the release log and the CLI carry them verbatim.
 POLICY_INVALID = "policy-invalid"
@@ -258,33 +260,24 @@ def _reference_values(
             continue
         # A set holds values per tee: what applies is the newest supplied version for the claims' tee. The
         # service supplies the current versions; a revoked one it supplies is not skipped for an older one.
+        # Its nvidia-gpu version, if any, applies too, to every GPU of a composite claim set (policy/gpu.py).
         mine = [v for v in versions if v.tee == tee]
-        if not mine:
+        gpu = [v for v in versions if v.tee == TEE_NVIDIA_GPU and tee != TEE_NVIDIA_GPU]
+        if not mine and not gpu:
             others = ", ".join(sorted({v.tee for v in versions}))
             detail = f"set {name!r} is for {others}, not {_fmt(tee)}: it does not apply"
             out.append(RuleResult(label, True, detail))
             continue
-        s = max(mine, key=lambda v: v.version)
-        ident = f"{name!r} version {s.version}"
-        applied += 1
-        refs.append((name, s.version))
-        v = s.values
-        if s.revoked:
-            out.append(RuleResult(label, False, f"set {ident} is revoked", REFERENCE_VALUES_REVOKED))
-            continue
-        if v.not_before is not None and now < v.not_before:
-            detail = f"set {ident} is valid from {v.not_before.isoformat()} (now {now.isoformat()})"
-            out.append(RuleResult(label, False, detail, REFERENCE_VALUES_NOT_YET_VALID))
-            continue
-        if v.not_after is not None and now >= v.not_after:
-            detail = f"set {ident} expired at {v.not_after.isoformat()} (now {now.isoformat()})"
-            out.append(RuleResult(label, False, detail, REFERENCE_VALUES_EXPIRED))
-            continue
-        out.append(RuleResult(label, True, f"set {ident} applies, is valid and not revoked"))
-        for claim, expected in v.expected.items():
-            out.append(_expected(label, claims, claim, expected))
-        for claim, minimum in v.minimums.items():
-            out.append(_minimum(label, claims, claim, minimum))
+        for group in (mine, gpu):
+            if not group:
+                continue
+            s = max(group, key=lambda v: v.version)
+            # Only the VM's own version counts as "its measurements were matched": GPU values alone
+            # leave the VM unchecked.
+            if group is mine:
+                applied += 1
+            refs.append((name, s.version))
+            out.extend(_apply_set(label, name, s, claims, now))
     if applied == 0:
         names = ", ".join(policy.reference_values)
         out.append(
@@ -296,6 +289,40 @@ def _reference_values(
                 REFERENCE_VALUES_MISSING,
             )
         )
+    return out
+
+
+def _apply_set(
+    label: str, name: str, s: ReferenceValueSet, claims: Mapping[str, object], now: datetime
+) -> list[RuleResult]:
+    ident = f"{name!r} version {s.version}" + (" (GPUs)" if s.tee == TEE_NVIDIA_GPU else "")
+    v = s.values
+    if s.revoked:
+        return [RuleResult(label, False, f"set {ident} is revoked", REFERENCE_VALUES_REVOKED)]
+    if v.not_before is not None and now < v.not_before:
+        detail = f"set {ident} is valid from {v.not_before.isoformat()} (now {now.isoformat()})"
+        return [RuleResult(label, False, detail, REFERENCE_VALUES_NOT_YET_VALID)]
+    if v.not_after is not None and now >= v.not_after:
+        detail = f"set {ident} expired at {v.not_after.isoformat()} (now {now.isoformat()})"
+        return [RuleResult(label, False, detail, REFERENCE_VALUES_EXPIRED)]
+    out = [RuleResult(label, True, f"set {ident} applies, is valid and not revoked")]
+    if s.tee != TEE_NVIDIA_GPU:
+        views: list[tuple[str, Mapping[str, object]]] = [(label, claims)]
+    else:
+        count = gpu_count(claims)
+        if not 1 <= count <= MAX_GPU_VIEWS:
+            detail = (
+                f"set {ident} pins GPU firmware, but the evidence carries no GPU report"
+                if count == 0
+                else f"gpu.count is {count}; at most {MAX_GPU_VIEWS} GPUs are appraised"
+            )
+            return [*out, RuleResult(f"{label}:gpu.count", False, detail, REFERENCE_VALUE_MISMATCH)]
+        views = [(f"{label}:gpu{i}", gpu_view(claims, i)) for i in range(count)]
+    for where, view in views:
+        for claim, expected in v.expected.items():
+            out.append(_expected(where, view, claim, expected))
+        for claim, minimum in v.minimums.items():
+            out.append(_minimum(where, view, claim, minimum))
     return out
 
 

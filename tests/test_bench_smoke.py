@@ -40,7 +40,15 @@ def test_bench_quick_mode_writes_well_formed_results(tmp_path: Path) -> None:
         assert section["machine"]["quick"] is True
 
     verifiers = data["verifiers"]
-    for name in ("tpm-ecc", "tpm-rsa", "tpm-eventlog", "snp-cached", "snp-cold", "tdx-collateral"):
+    for name in (
+        "tpm-ecc",
+        "tpm-rsa",
+        "tpm-eventlog",
+        "snp-cached",
+        "snp-cold",
+        "tdx-collateral",
+        "nvidia-gpu",
+    ):
         _timed(verifiers[name], "p50_ms", "p99_ms", "ops_per_s", "ratio", "reference_p50_ms")
         assert verifiers[name]["reference"]
         assert verifiers[name]["p50_ms"] <= verifiers[name]["p99_ms"]

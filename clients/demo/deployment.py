@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from audit.entry import canonical_bytes
 from clients.accelerator.program import sign_program
 from clients.accelerator.programs import generation_program
+from clients.demo.gpus import GpuTestCa
 from clients.demo.processes import (
     DemoError,
     Process,
@@ -107,6 +108,9 @@ class Deployment:
     expected_pcr: str = ""
     inference_url: str = ""
     loader: LoaderBoot | None = None
+    # Simulated CC GPUs' device CA (clients/demo/gpus.py), pinned by this keyserver only.
+    gpu_ca: GpuTestCa = field(default_factory=GpuTestCa)
+    gpu_denial: str = ""
 
     # --- the environment every child process gets ------------------------------------------------
 
@@ -134,7 +138,9 @@ class Deployment:
 
     def start_keyserver(self) -> None:
         port = free_port()
-        env = self.env()
+        gpu_roots = self.workdir / "gpu-test-roots.pem"
+        gpu_roots.write_bytes(self.gpu_ca.pem)
+        env = self.env(KEYSERVER_NVIDIA_GPU_TEST_ROOTS=str(gpu_roots))
         tenant = run_json(python_module("keyserver", "tenant", "create", TENANT, "--json"), env)
         assert tenant["name"] == TENANT
         issued = run_json(

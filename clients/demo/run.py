@@ -86,6 +86,21 @@ async def story(deployed: Deployment) -> int:
         )
     report = deployed.audit()
     say("keyserver audit verify (the denial is logged too)", f"releases: {report.get('decisions_by_key')}")
+
+    from clients.demo.gpu_story import gpu_chapter
+
+    gpu = await gpu_chapter(deployed)
+    say(
+        "gpu.composite_release_granted"
+        if gpu["composite_release_granted"]
+        else "FAILED: gpu.composite_release",
+        "TPM quote + 2 simulated CC GPUs' SPDM reports, one challenge and ephemeral key: key released",
+    )
+    say(
+        "gpu.wrong_firmware_denied" if gpu["wrong_firmware_denied"] else "FAILED: gpu.wrong_firmware",
+        deployed.gpu_denial,
+    )
+    failures += sum(not ok for ok in gpu.values())
     say("done" if failures == 0 else f"{failures} step(s) did not behave")
     return 0 if failures == 0 else 1
 

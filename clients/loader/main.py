@@ -34,6 +34,15 @@ def _say(**document: Any) -> None:
 
 
 def collector_for(args: argparse.Namespace, config: LoaderConfig) -> Collector:
+    vm = _vm_collector(args, config)
+    if getattr(args, "gpus", False):  # composite evidence: the VM's plus every CC GPU's (docs/nvidia-gpu.md)
+        from clients.loader.collectors.nvidia_gpu import GpuCollector, PynvmlNvml
+
+        return GpuCollector(vm, PynvmlNvml())
+    return vm
+
+
+def _vm_collector(args: argparse.Namespace, config: LoaderConfig) -> Collector:
     if args.tee == "tpm":
         from clients.loader.collectors.tpm import TpmCollector
 
@@ -144,6 +153,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tcti", default="device:/dev/tpmrm0", help="TPM: the tpm2-tss TCTI")
     p.add_argument("--ak-handle", default="0x81010020", help="TPM: the enrolled AK's persistent handle")
     p.add_argument("--tsm-root", default="/sys/kernel/config/tsm/report", help="SEV-SNP/TDX: configfs-tsm")
+    p.add_argument("--gpus", action="store_true", help="add every NVIDIA CC GPU's report (NVML)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8090)
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per keyserver request")

@@ -14,4 +14,7 @@ Claims: TypeAlias = dict[str, ClaimValue]
 TEE_TPM = "tpm"
 TEE_SEV_SNP = "sev-snp"
 TEE_TDX = "tdx"
-TEES = (TEE_TPM, TEE_SEV_SNP, TEE_TDX)
+# A GPU report never stands alone: it rides along with a VM's evidence (docs/nvidia-gpu.md). It is a tee
+# for reference-value sets, which pin GPU claims for every GPU of a composite release.
+TEE_NVIDIA_GPU = "nvidia-gpu"
+TEES = (TEE_TPM, TEE_SEV_SNP, TEE_TDX, TEE_NVIDIA_GPU)

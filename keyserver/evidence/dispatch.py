@@ -85,6 +85,15 @@ async def verify_evidence(
     ephemeral_jwk: Mapping[str, Any],
     now: datetime,
 ) -> VerifiedEvidence:
+    if "gpus" in evidence:  # composite: the VM's evidence, then its GPUs' reports (docs/nvidia-gpu.md)
+        from keyserver.evidence.nvidia.composite import gpu_claims
+
+        vm_evidence = {name: value for name, value in evidence.items() if name != "gpus"}
+        vm = await verify_evidence(
+            session, tenant_id, vm_evidence, nonce=nonce, ephemeral_jwk=ephemeral_jwk, now=now
+        )
+        gpus = gpu_claims(evidence["gpus"], nonce=nonce, ephemeral_jwk=ephemeral_jwk, now=now)
+        return VerifiedEvidence(vm.tee, {**vm.claims, **gpus}, vm.collateral)
     tee = evidence.get("tee")
     collateral_bytes = None
     if tee == TEE_TPM:
@@ -120,6 +129,12 @@ async def verify_evidence(
             collateral_bytes = json.dumps(raw, sort_keys=True).encode()
             collateral = parse_dcap_qvl_collateral(collateral_bytes)
         claims = verify_tdx_quote(quote, now=now, collateral=collateral)
+    elif tee == "nvidia-gpu":
+        raise EvidenceError(
+            "evidence-malformed",
+            "GPU reports do not stand alone (they say nothing of where the loader runs): send the VM's "
+            "evidence with 'gpus' (docs/nvidia-gpu.md)",
+        )
     else:
         raise EvidenceError("evidence-malformed", "evidence 'tee' must be tpm, sev-snp or tdx")
     return VerifiedEvidence(tee, claims, collateral_bytes)

@@ -271,3 +271,6 @@ def test_the_demo_command_runs_from_nothing(tmp_path: Path) -> None:
     )
     assert "verified True" in out
     assert "'weights': {'granted': 1, 'denied': 1}" in out
+    # The GPU chapter (docs/nvidia-gpu.md): composite evidence with simulated CC GPUs.
+    assert "==> gpu.composite_release_granted\n" in out
+    assert "==> gpu.wrong_firmware_denied\n    reference-value-mismatch: reference-values:gpus:gpu1:" in out

@@ -124,3 +124,21 @@ class ReportDataMismatch(CollectorError):
     """The report's user-data field is not the binding written to inblob."""
 
     reason = "report-data-mismatch"
+
+
+class GpuUnavailable(CollectorError):
+    """NVML is not there, or names no GPU, or fails to produce a GPU's report or certificates."""
+
+    reason = "gpu-unavailable"
+
+
+class GpuNotConfidential(CollectorError):
+    """The GPUs are not in confidential-computing mode, or CC dev tools are on (the report cannot say it)."""
+
+    reason = "gpu-not-confidential"
+
+
+class GpuReportMismatch(CollectorError):
+    """A GPU report does not answer the nonce the loader asked it to sign, or does not parse."""
+
+    reason = "gpu-report-mismatch"
