@@ -93,7 +93,7 @@ async def verify_evidence(
             session, tenant_id, vm_evidence, nonce=nonce, ephemeral_jwk=ephemeral_jwk, now=now
         )
         gpus = gpu_claims(evidence["gpus"], nonce=nonce, ephemeral_jwk=ephemeral_jwk, now=now)
-        return VerifiedEvidence(vm.tee, {**vm.claims, **gpus}, vm.collateral)
+        return VerifiedEvidence(vm.tee, {**vm.claims, **gpus}, vm.collateral, vm.binding_checked)
     tee = evidence.get("tee")
     collateral_bytes = None
     if tee == TEE_TPM:
