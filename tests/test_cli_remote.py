@@ -86,7 +86,10 @@ def operator(server: ServerProcess, *args: str) -> str:
 
 def enrol_ak(url: str, ectx: ESAPI, ak: TpmAk) -> None:
     """The loader's side of enrolment (no token: the TPM proves itself)."""
-    b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
     _, ek_public = read_ek(ectx, EK_RSA)
     started = httpx.post(
         f"{url}/v1/tenants/acme/tpm/enrolments",
@@ -171,7 +174,13 @@ def test_a_tenant_from_scratch_with_only_the_cli(
         pcr = read_pcrs(tpm_esapi, SELECTION)["sha256"][PCR].hex()
         bundle = tmp_path / "loader.json"
         bundle.write_text(
-            json.dumps({"name": "loader", "tee": "tpm", "values": {"version": 1, "expected": {f"tpm.pcrs.sha256.{PCR}": [pcr]}}})
+            json.dumps(
+                {
+                    "name": "loader",
+                    "tee": "tpm",
+                    "values": {"version": 1, "expected": {f"tpm.pcrs.sha256.{PCR}": [pcr]}},
+                }
+            )
         )
         published = ci.json("refs", "publish", str(bundle), "--signer", "ci", "--signing-key", str(key_file))
         assert (published["name"], published["version"], published["source"]) == ("loader", 1, "ci-signer:ci")
@@ -183,8 +192,12 @@ def test_a_tenant_from_scratch_with_only_the_cli(
             "reference_values": ["loader"],
             "rules": [{"name": "fresh-boot", "expr": "claims['tpm.reset_count'] >= 0"}],
             "examples": {
-                "grant": [{"tee": "tpm", "debug": False, f"tpm.pcrs.sha256.{PCR}": pcr, "tpm.reset_count": 0}],
-                "deny": [{"tee": "tpm", "debug": False, f"tpm.pcrs.sha256.{PCR}": "00" * 32, "tpm.reset_count": 0}],
+                "grant": [
+                    {"tee": "tpm", "debug": False, f"tpm.pcrs.sha256.{PCR}": pcr, "tpm.reset_count": 0}
+                ],
+                "deny": [
+                    {"tee": "tpm", "debug": False, f"tpm.pcrs.sha256.{PCR}": "00" * 32, "tpm.reset_count": 0}
+                ],
             },
         }
         (tmp_path / "policy.json").write_text(json.dumps(policy))
@@ -200,25 +213,32 @@ def test_a_tenant_from_scratch_with_only_the_cli(
         evidence_file = tmp_path / "evidence.json"
         evidence_file.write_text(json.dumps(recorded_evidence(tpm_esapi, ak, secrets.token_bytes(32))))
         dry = admin.json("policy", "dry-run", "prod", "--evidence", str(evidence_file))
-        assert dry["granted"] is True and dry["evidence_verified"] is True
+        assert dry["granted"] is True
+        assert dry["evidence_verified"] is True
         assert dry["claims"][f"tpm.pcrs.sha256.{PCR}"] == pcr
-        assert {r["passed"] for r in dry["results"]} == {True} and len(dry["results"]) >= 2
+        assert {r["passed"] for r in dry["results"]} == {True}
+        assert len(dry["results"]) >= 2
         human, _ = admin("policy", "dry-run", "prod", "--evidence", str(evidence_file))
-        assert "evidence verified" in human and "granted" in human and "\x1b[" not in human
+        assert "evidence verified" in human
+        assert "granted" in human
+        assert "\x1b[" not in human
 
         # Evidence for another nonce than it claims does not verify: denied, with the reason.
         forged = json.loads(evidence_file.read_text())
         forged["nonce"] = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
         evidence_file.write_text(json.dumps(forged))
         refused = admin.json("policy", "dry-run", "prod", "--evidence", str(evidence_file), expect=1)
-        assert refused["granted"] is False and refused["evidence_verified"] is False
-        assert refused["reason"] and refused["claims"] is None
+        assert refused["granted"] is False
+        assert refused["evidence_verified"] is False
+        assert refused["reason"]
+        assert refused["claims"] is None
 
         # PCR moved on (another loader build): the same check now explains which rule fails.
         extend(tpm_esapi, b"unreviewed build")
         evidence_file.write_text(json.dumps(recorded_evidence(tpm_esapi, ak, secrets.token_bytes(32))))
         moved = admin.json("policy", "dry-run", "prod", "--evidence", str(evidence_file), expect=1)
-        assert moved["evidence_verified"] is True and moved["reason"] == "reference-value-mismatch"
+        assert moved["evidence_verified"] is True
+        assert moved["reason"] == "reference-value-mismatch"
 
     # Every listing, as JSON and as a table.
     for command in (
@@ -232,7 +252,8 @@ def test_a_tenant_from_scratch_with_only_the_cli(
         ("token", "list"),
     ):
         document = admin.json(*command)
-        assert isinstance(document, list | dict) and document, command
+        assert isinstance(document, list | dict), command
+        assert document, command
         table, _ = admin(*command)
         assert table.splitlines()[0].split()[0].isupper(), command  # a header row
     assert [k["name"] for k in admin.json("key", "list")] == ["weights"]
@@ -247,7 +268,9 @@ def test_a_tenant_from_scratch_with_only_the_cli(
     auditor = Cli(url, secret_file(tmp_path / "auditor.token", auditor_token), capsys)
     log = auditor.json("log", "show")
     kinds = [e["entry"]["kind"] for e in log["entries"]]
-    assert "tpm-ak-enrolled" in kinds and "release-limit-set" in kinds and "release-limit-removed" in kinds
+    assert "tpm-ak-enrolled" in kinds
+    assert "release-limit-set" in kinds
+    assert "release-limit-removed" in kinds
     assert log["tree_size"] == len(log["entries"])
     limited = auditor.json("log", "show", "--kind", "release-limit-set")
     assert [e["entry"]["scope"] for e in limited["entries"]] == ["key/weights"]
@@ -261,12 +284,14 @@ def test_a_tenant_from_scratch_with_only_the_cli(
     ]
 
     # Refusals: the server's detail and what to do, exit 1, never a traceback.
-    refused_out, refused_err = auditor("key", "create", "other", "--policy", "prod", expect=1)
+    _refused_out, refused_err = auditor("key", "create", "other", "--policy", "prod", expect=1)
     assert "whoami" in refused_err  # the hint: check the token's role
     problem = auditor.json("key", "create", "other", "--policy", "prod", expect=1)
-    assert problem["error"] == "forbidden" and problem["status"] == 403
+    assert problem["error"] == "forbidden"
+    assert problem["status"] == 403
     _, missing = admin("policy", "activate", "nonesuch", "1", expect=1)
-    assert "keyserver:" in missing and "check the name" in missing
+    assert "keyserver:" in missing
+    assert "check the name" in missing
 
 
 def test_the_token_never_comes_from_argv_and_files_are_checked(
@@ -296,7 +321,11 @@ def test_the_token_never_comes_from_argv_and_files_are_checked(
     profiles.write_text(f'[profiles.acme]\nurl = "{url}"\ntenant = "acme"\ntoken_file = "{token_file}"\n')
     env = clean_env(KEYSERVER_PROFILES=str(profiles))
     done = subprocess.run(
-        [KEYSERVER, "--profile", "acme", "whoami", "--json"], env=env, capture_output=True, text=True, timeout=60
+        [KEYSERVER, "--profile", "acme", "whoami", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["role"] == "auditor"
@@ -304,7 +333,8 @@ def test_the_token_never_comes_from_argv_and_files_are_checked(
     done = subprocess.run(
         [KEYSERVER, "--profile", "acme", "whoami"], env=env, capture_output=True, text=True, timeout=60
     )
-    assert done.returncode == 2 and "unknown settings token" in done.stderr
+    assert done.returncode == 2
+    assert "unknown settings token" in done.stderr
     assert token not in done.stderr
     # The environment variable works too (a CI job's secret), and the output is plain when not a TTY.
     done = subprocess.run(
@@ -315,7 +345,8 @@ def test_the_token_never_comes_from_argv_and_files_are_checked(
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert "\x1b[" not in done.stdout and "(0 of 0 entries)" in done.stdout
+    assert "\x1b[" not in done.stdout
+    assert "(0 of 0 entries)" in done.stdout
     # Unreachable: exit 1 and what to check.
     assert cli_main(["--url", "http://127.0.0.1:9", "--token-file", str(token_file), "key", "list"]) == 1
     assert "is the keyserver running" in capsys.readouterr().err
@@ -324,7 +355,8 @@ def test_the_token_never_comes_from_argv_and_files_are_checked(
 def test_completion_covers_every_command() -> None:
     words = command_words(__import__("clients.cli.parser", fromlist=["build_parser"]).build_parser())
     assert {"key", "policy", "refs", "signer", "tpm", "limits", "log", "whoami", "token"} <= set(words[""])
-    assert "dry-run" in words["policy"] and "--evidence" in words["policy dry-run"]
+    assert "dry-run" in words["policy"]
+    assert "--evidence" in words["policy dry-run"]
     assert "pin" in words["tpm ek"]
     script = completion_script("bash")
     assert "complete -o filenames -F _keyserver_remote keyserver" in script

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from audit.entry import canonical_bytes
-from tests.fixtures.browser import Browser, Page, browser  # noqa: F401  (the fixture)
+from tests.fixtures.browser import Browser, Page
 from tests.fixtures.server import ServerProcess
 from tests.test_audit_cli import LogWriter
 
@@ -55,7 +55,7 @@ class TamperingProxy:
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            def do_GET(self) -> None:
                 headers = {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "accept")}
                 reply = httpx.get(upstream + self.path, headers=headers, timeout=10)
                 body = reply.content
@@ -110,7 +110,9 @@ def load(page: Page, token: str) -> None:
     page.type_into("#token", token)
     page.click("#load")
     page.wait_for("document.body.dataset.state === 'ready' || document.body.dataset.state === 'error'")
-    assert page.evaluate("document.body.dataset.state") == "ready", page.evaluate("document.querySelector('#status').textContent")
+    assert page.evaluate("document.body.dataset.state") == "ready", page.evaluate(
+        "document.querySelector('#status').textContent"
+    )
 
 
 def rows(page: Page) -> list[dict[str, str]]:
@@ -122,7 +124,9 @@ def rows(page: Page) -> list[dict[str, str]]:
 
 
 async def test_explorer_shows_and_verifies_a_known_log(
-    keyserver_process: ServerProcess, browser: Browser, proxy_for: Any  # noqa: F811
+    keyserver_process: ServerProcess,
+    browser: Browser,
+    proxy_for: Any,
 ) -> None:
     writer = LogWriter(keyserver_process.data_dir)
     try:
@@ -143,32 +147,41 @@ async def test_explorer_shows_and_verifies_a_known_log(
         assert page.evaluate("document.querySelectorAll('#plot-time rect.bar-granted').length") > 0
         assert page.evaluate("document.querySelectorAll('#plot-reasons rect').length") == 3
         # Search: by key, then by decision and reason.
-        page.evaluate("(() => { const s = document.querySelector('#f-key'); s.value = 'tokenizer'; "
-                      "s.dispatchEvent(new Event('change')); })()")
+        page.evaluate(
+            "(() => { const s = document.querySelector('#f-key'); s.value = 'tokenizer'; "
+            "s.dispatchEvent(new Event('change')); })()"
+        )
         page.wait_for("document.body.dataset.state === 'ready'")
         assert len(rows(page)) == len([e for e in known_log(24) if e["key"]["name"] == "tokenizer"])
-        page.evaluate("(() => { for (const [id, v] of [['#f-key', ''], ['#f-decision', 'denied'], "
-                      "['#f-reason', 'evidence-rejected']]) { const s = document.querySelector(id); s.value = v; "
-                      "s.dispatchEvent(new Event('change')); } })()")
+        page.evaluate(
+            "(() => { for (const [id, v] of [['#f-key', ''], ['#f-decision', 'denied'], "
+            "['#f-reason', 'evidence-rejected']]) { const s = document.querySelector(id); s.value = v; "
+            "s.dispatchEvent(new Event('change')); } })()"
+        )
         page.wait_for("document.body.dataset.state === 'ready'")
         expected = [e for e in known_log(24) if e["reason"] == "evidence-rejected"]
         assert len(rows(page)) == len(expected) > 0
         # The token went into no URL and no storage.
-        assert token not in page.evaluate("location.href + document.cookie + JSON.stringify(localStorage) "
-                                          "+ JSON.stringify(sessionStorage)")
+        assert token not in page.evaluate(
+            "location.href + document.cookie + JSON.stringify(localStorage) + JSON.stringify(sessionStorage)"
+        )
         if os.environ.get("KEYSERVER_SCREENSHOTS"):
-            page.evaluate("(() => { for (const id of ['#f-decision', '#f-reason']) { const s = "
-                          "document.querySelector(id); s.value = ''; s.dispatchEvent(new Event('change')); } })()")
+            page.evaluate(
+                "(() => { for (const id of ['#f-decision', '#f-reason']) { const s = "
+                "document.querySelector(id); s.value = ''; s.dispatchEvent(new Event('change')); } })()"
+            )
             page.wait_for("document.body.dataset.state === 'ready'")
             page.screenshot(DOCS / "explorer.png")
 
         # The log grows; the page checks the new checkpoint extends the one it saw.
         await writer.append(tenant, known_log(5, offset=24))
         page.click("#refresh")
-        page.wait_for("document.querySelectorAll('#history li').length === 2 && "
-                      "document.body.dataset.state === 'ready'")
+        page.wait_for(
+            "document.querySelectorAll('#history li').length === 2 && document.body.dataset.state === 'ready'"
+        )
         history = page.evaluate("document.querySelector('#history').textContent")
-        assert "size 29" in history and "consistent with size 24" in history
+        assert "size 29" in history
+        assert "consistent with size 24" in history
         assert "NOT" not in history
         assert page.console_errors() == []
 
@@ -184,7 +197,9 @@ async def test_explorer_shows_and_verifies_a_known_log(
         summary = tampered.evaluate("document.querySelector('#verify-summary').textContent")
         assert "1 of 29 shown entries are NOT in the signed checkpoint" in summary
         if os.environ.get("KEYSERVER_SCREENSHOTS"):
-            tampered.evaluate("document.querySelector('tr[data-index=\"6\"]').scrollIntoView({block: 'center'})")
+            tampered.evaluate(
+                "document.querySelector('tr[data-index=\"6\"]').scrollIntoView({block: 'center'})"
+            )
             tampered.screenshot(DOCS / "explorer-tampered.png")
     finally:
         await writer.db.dispose()
@@ -194,7 +209,9 @@ def test_explorer_is_served_with_a_strict_policy(keyserver_process: ServerProces
     page = httpx.get(f"{keyserver_process.url}/explorer/acme")
     assert page.status_code == 200
     csp = page.headers["content-security-policy"]
-    assert "script-src 'self'" in csp and "default-src 'none'" in csp and "unsafe-inline" not in csp
+    assert "script-src 'self'" in csp
+    assert "default-src 'none'" in csp
+    assert "unsafe-inline" not in csp
     assert "<script>" not in page.text  # no inline script: the page's code is in files the CSP allows
     for name in ("explorer.js", "merkle.js", "note.js", "explorer.css"):
         asset = httpx.get(f"{keyserver_process.url}/explorer/static/{name}")
