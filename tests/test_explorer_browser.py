@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from audit.entry import canonical_bytes
+from audit.merkle import MemoryNodeStore
 from tests.fixtures.browser import Browser, Page
 from tests.fixtures.server import ServerProcess
 from tests.test_audit_cli import LogWriter
@@ -220,3 +221,35 @@ def test_explorer_is_served_with_a_strict_policy(keyserver_process: ServerProces
     assert httpx.get(f"{keyserver_process.url}/explorer/static/__init__.py").status_code == 404
     assert httpx.get(f"{keyserver_process.url}/explorer/static/..%2F__init__.py").status_code == 404
     assert httpx.get(f"{keyserver_process.url}/explorer/Not_A_Tenant").status_code == 404
+
+
+def test_the_browsers_proof_checks_agree_with_the_python_auditor(
+    keyserver_process: ServerProcess, browser: Browser
+) -> None:
+    """merkle.js, run in Chromium, accepts every inclusion and consistency proof of audit/merkle.py for all
+    trees up to 33 leaves, and refuses each of them with one byte flipped, one hash dropped or added, the
+    wrong index or size, or the wrong root."""
+    store = MemoryNodeStore()
+    leaves = [f"entry {n}".encode() for n in range(33)]
+    store.extend(leaves)
+    inclusion = [
+        [index, size, store.inclusion_proof(index, size), store.root(size)]
+        for size in range(1, 34)
+        for index in range(size)
+    ]
+    consistency = [
+        [first, second, store.consistency_proof(first, second), store.root(first), store.root(second)]
+        for second in range(1, 34)
+        for first in range(0, second + 1)
+    ]
+    cases = {
+        "leaves": [leaf.hex() for leaf in leaves],
+        "inclusion": [[i, s, [h.hex() for h in p], r.hex()] for i, s, p, r in inclusion],
+        "consistency": [[f, s, [h.hex() for h in p], a.hex(), b.hex()] for f, s, p, a, b in consistency],
+    }
+    page = browser.open(f"{keyserver_process.url}/explorer/acme")
+    script = (Path(__file__).parent / "data" / "merkle_crosscheck.js").read_text()
+    result = page.evaluate(f"({script})({json.dumps(cases)})")
+    assert result["errors"] == [], result["errors"][:5]
+    assert result["accepted"] == len(inclusion) + len(consistency)
+    assert result["refused"] > 4 * len(inclusion)
