@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
@@ -20,7 +21,7 @@ from keyserver.api.auth import SECURITY, tenant_session
 from keyserver.api.problems import TOKEN_READ, TOKEN_WRITE
 from keyserver.api.schemas import Version, VersionPath
 from keyserver.appraisal import appraise_with
-from keyserver.binding import parse_ephemeral_jwk
+from keyserver.binding import MIN_NONCE_BYTES, parse_ephemeral_jwk
 from keyserver.db.models import Policy
 from keyserver.db.session import Database
 from keyserver.db.types import utcnow
@@ -31,6 +32,8 @@ from keyserver.releaselog.store import ReleaseLog
 from keyserver.tenancy import Principal, Role
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+MAX_DRY_RUN_NONCE_BYTES = 64
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
 
 class PolicyCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -184,6 +187,21 @@ class PolicyController(Controller):
         )
 
 
+def _nonce(text: str) -> bytes:
+    """The nonce as the challenge route hands it out: unpadded base64url of 16 to 64 bytes."""
+    if not _BASE64URL.fullmatch(text):
+        raise InvalidRequest("nonce must be unpadded base64url, as the challenge route gives it")
+    try:
+        nonce = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        raise InvalidRequest("nonce must be unpadded base64url, as the challenge route gives it") from None
+    if not MIN_NONCE_BYTES <= len(nonce) <= MAX_DRY_RUN_NONCE_BYTES:
+        raise InvalidRequest(
+            f"a nonce has {MIN_NONCE_BYTES} to {MAX_DRY_RUN_NONCE_BYTES} bytes, not {len(nonce)}"
+        )
+    return nonce
+
+
 async def _verified_claims(
     session: AsyncSession, tenant_id: uuid.UUID, data: DryRun, now: datetime
 ) -> Claims:
@@ -195,10 +213,7 @@ async def _verified_claims(
             "evidence is bound to a nonce and an ephemeral key: give the ones it was made for "
             "(nonce as base64url, ephemeral_key as a public JWK)"
         )
-    try:
-        nonce = base64.urlsafe_b64decode(data.nonce + "=" * (-len(data.nonce) % 4))
-    except (binascii.Error, ValueError):
-        raise InvalidRequest("nonce must be base64url") from None
+    nonce = _nonce(data.nonce)
     _key, jwk = parse_ephemeral_jwk(data.ephemeral_key)
     assert data.evidence is not None
     verified = await verify_evidence(

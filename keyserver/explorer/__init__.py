@@ -12,6 +12,7 @@ from importlib import resources
 from typing import Final
 
 from litestar import Response, Router, get
+from litestar.params import FromPath
 
 from keyserver.tenancy import TENANT_NAME_RE
 
@@ -40,7 +41,7 @@ def _file(name: str) -> bytes:
 
 
 @get("/{tenant:str}", include_in_schema=False, sync_to_thread=False)
-def page(tenant: str) -> Response[bytes]:
+def page(tenant: FromPath[str]) -> Response[bytes]:
     """The page for one tenant's log (the tenant's name is read from the path by the page's script)."""
     if not TENANT_NAME_RE.match(tenant):
         return Response(b"not found\n", status_code=404, media_type="text/plain", headers=HEADERS)
@@ -48,7 +49,7 @@ def page(tenant: str) -> Response[bytes]:
 
 
 @get("/static/{name:str}", include_in_schema=False, sync_to_thread=False)
-def asset(name: str) -> Response[bytes]:
+def asset(name: FromPath[str]) -> Response[bytes]:
     media_type = MEDIA_TYPES.get(name)  # a fixed list: no path from the request reaches the file system
     if media_type is None:
         return Response(b"not found\n", status_code=404, media_type="text/plain", headers=HEADERS)
