@@ -14,8 +14,10 @@ import base64
 import io
 import json
 import os
+import queue
 import secrets
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,7 @@ from clients.cli.parser import command_words, completion_script
 from keyserver.binding import binding, report_data_for
 from keyserver.evidence.tpm import structures as st
 from tests.fixtures.server import KEYSERVER, ServerProcess, clean_env
+from tests.test_audit_cli import LogWriter, releases
 from tests.test_release_swtpm import PCR, SELECTION, extend, loader_ak
 from tests.tpm.test_swtpm import EK_CERT_NV, EK_RSA, TpmAk, ek_auth, read_ek, read_pcrs
 
@@ -363,3 +366,67 @@ def test_completion_covers_every_command() -> None:
     checked = subprocess.run(["bash", "-n"], input=script, text=True, capture_output=True, timeout=30)
     assert checked.returncode == 0, checked.stderr
     assert os.path.basename(KEYSERVER) == "keyserver"
+
+
+class Lines:
+    """A process's output lines, read by a thread (a select on a buffered pipe misses lines already
+    buffered); ``next`` waits at most ``seconds`` (the tail polls every second)."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        self._lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._pump, args=(process.stdout,), daemon=True).start()
+
+    def _pump(self, stream: Any) -> None:
+        for line in stream:
+            self._lines.put(line)
+
+    def next(self, seconds: float = 30) -> str:
+        try:
+            return self._lines.get(timeout=seconds)
+        except queue.Empty:
+            raise AssertionError("no output in time") from None
+
+
+async def test_log_tail_follows_new_entries_and_verifies_them(keyserver_process: ServerProcess) -> None:
+    """`log tail --follow --json` prints each new entry once, after checking the new checkpoint's
+    signature, its consistency with the last one and the entry's inclusion."""
+    writer = LogWriter(keyserver_process.data_dir)
+    tail: subprocess.Popen[str] | None = None
+    try:
+        tenant, token = await writer.tenant_with_auditor("acme")
+        await writer.append(tenant, releases(0, 4))
+        # Popen only starts it (no blocking wait); output is read with a bounded select below.
+        tail = subprocess.Popen(  # noqa: ASYNC220
+            [
+                KEYSERVER,
+                "--url",
+                keyserver_process.url,
+                "log",
+                "tail",
+                "-n",
+                "2",
+                "--follow",
+                "--interval",
+                "1s",
+                "--json",
+            ],
+            env=clean_env(KEYSERVER_TOKEN=token),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert tail.stdout is not None
+        lines = Lines(tail)
+        first = [json.loads(lines.next()) for _ in range(2)]
+        assert [e["index"] for e in first] == [2, 3]
+        await writer.append(tenant, releases(4, 3))
+        following = [json.loads(lines.next()) for _ in range(3)]
+        assert [e["index"] for e in following] == [4, 5, 6]
+        assert following[0]["entry"]["n"] == 4
+        assert tail.poll() is None  # still following
+    finally:
+        if tail is not None:
+            tail.terminate()
+            tail.communicate(timeout=30)
+        await writer.db.dispose()

@@ -48,8 +48,10 @@ async def test_dry_run_on_evidence(service: Service, swtpm: Any, tpm_esapi: ESAP
         result = granted.json()
         assert result["granted"] is True
         assert result["evidence_verified"] is True
-        assert result["claims"]["tee"] == "tpm" and f"tpm.pcrs.sha256.{PCR}" in result["claims"]
-        assert [r["passed"] for r in result["results"]] and all(r["passed"] for r in result["results"])
+        assert result["claims"]["tee"] == "tpm"
+        assert f"tpm.pcrs.sha256.{PCR}" in result["claims"]
+        assert [r["passed"] for r in result["results"]]
+        assert all(r["passed"] for r in result["results"])
 
         # Bound to another nonce, or another ephemeral key, than the caller says: not verified.
         for wrong in (
@@ -57,8 +59,11 @@ async def test_dry_run_on_evidence(service: Service, swtpm: Any, tpm_esapi: ESAP
             {**body, "ephemeral_key": Loader(service, tpm_esapi, ak).jwk},
         ):
             refused = (await dry_run(service, acme.admin, wrong)).json()
-            assert refused["granted"] is False and refused["evidence_verified"] is False
-            assert refused["reason"] and refused["claims"] is None and refused["results"] == []
+            assert refused["granted"] is False
+            assert refused["evidence_verified"] is False
+            assert refused["reason"]
+            assert refused["claims"] is None
+            assert refused["results"] == []
 
         # Another tenant, the same policy name: acme's AK is not enrolled there.
         umbrella = await make_tenant(service, "umbrella")
@@ -73,7 +78,8 @@ async def test_dry_run_on_evidence(service: Service, swtpm: Any, tpm_esapi: ESAP
         )
         assert activated.status_code == 200, activated.text
         foreign = (await dry_run(service, umbrella.admin, body, tenant="umbrella")).json()
-        assert foreign["granted"] is False and foreign["evidence_verified"] is False
+        assert foreign["granted"] is False
+        assert foreign["evidence_verified"] is False
         # …and acme's token cannot dry-run umbrella's policy at all.
         assert (await dry_run(service, acme.admin, body, tenant="umbrella")).status_code == 404
 
