@@ -72,9 +72,7 @@ def _entry_time(entry: dict[str, Any]) -> datetime | None:
 
 
 def row(index: int, entry: dict[str, Any], out: Printer) -> list[Any]:
-    key = entry.get("key")
-    key_text = f"{key.get('name')}@{key.get('version') or 'newest'}" if isinstance(key, dict) else ""
-    subject = key_text or entry.get("scope") or entry.get("ak_name") or entry.get("name") or ""
+    subject = describe(entry)
     return [
         index,
         str(entry.get("time", ""))[:19].replace("T", " "),
@@ -82,10 +80,34 @@ def row(index: int, entry: dict[str, Any], out: Printer) -> list[Any]:
         subject,
         out.decision(entry.get("decision")),
         entry.get("reason") or "",
+        who(entry),
     ]
 
 
-HEADERS = ["INDEX", "TIME (UTC)", "KIND", "SUBJECT", "DECISION", "REASON"]
+def describe(entry: dict[str, Any]) -> str:
+    """What an entry is about: a key or policy version, a limit's scope, an AK, an anchor, a set."""
+    for member in ("key", "policy", "reference_values", "anchor"):
+        value = entry.get(member)
+        if isinstance(value, dict) and "name" in value:
+            version = value.get("version")
+            return f"{value['name']}@{version}" if version is not None else str(value["name"])
+    for member in ("scope", "ak_name", "name", "signer"):
+        value = entry.get(member)
+        if isinstance(value, str):
+            return value
+    return ""
+
+
+def who(entry: dict[str, Any]) -> str:
+    """Who asked: a token (admin changes) or, for a release, the loader's ephemeral key thumbprint."""
+    principal = entry.get("principal")
+    if isinstance(principal, str) and principal:
+        return principal[:18]
+    thumbprint = entry.get("requester_thumbprint")
+    return f"key {thumbprint[:12]}" if isinstance(thumbprint, str) and thumbprint else ""
+
+
+HEADERS = ["INDEX", "TIME (UTC)", "KIND", "SUBJECT", "DECISION", "REASON", "BY"]
 
 
 def _document(index: int, entry: LogEntry) -> dict[str, Any]:

@@ -46,7 +46,8 @@ class Printer:
             return "(none)"
         cells = [[_cell(v) for v in row] for row in rows]
         widths = [max(len(_visible(r[i])) for r in [list(headers), *cells]) for i in range(len(headers))]
-        lines = ["  ".join(self.paint(h.ljust(w), "bold") for h, w in zip(headers, widths, strict=True))]
+        header = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()
+        lines = [self.paint(header, "bold")]
         for row in cells:
             padded = [
                 value + " " * (width - len(_visible(value))) for value, width in zip(row, widths, strict=True)

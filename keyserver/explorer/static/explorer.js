@@ -132,8 +132,14 @@ function renderCheckpoint() {
 }
 
 function subject(entry) {
-  if (entry.key && typeof entry.key === "object") return `${entry.key.name}@${entry.key.version ?? "newest"}`;
-  return entry.scope || entry.ak_name || entry.name || (entry.anchor && entry.anchor.name) || "";
+  for (const member of ["key", "policy", "reference_values", "anchor"]) {
+    const value = entry[member];
+    if (value && typeof value === "object" && "name" in value) {
+      return value.version != null ? `${value.name}@${value.version}` : String(value.name);
+    }
+  }
+  for (const member of ["scope", "ak_name", "name", "signer"]) if (typeof entry[member] === "string") return entry[member];
+  return "";
 }
 
 function fillFilters() {
