@@ -116,6 +116,14 @@ def load(page: Page, token: str) -> None:
     )
 
 
+def set_filters(page: Page, values: dict[str, str]) -> None:
+    page.evaluate(
+        f"(() => {{ for (const [id, v] of Object.entries({json.dumps(values)})) {{ "
+        "const s = document.querySelector(id); s.value = v; s.dispatchEvent(new Event('change')); } })()"
+    )
+    page.wait_for("document.body.dataset.state === 'ready'")
+
+
 def rows(page: Page) -> list[dict[str, str]]:
     value: list[dict[str, str]] = page.evaluate(
         "[...document.querySelectorAll('#entries tbody tr')].map(r => ({index: r.dataset.index, "
@@ -162,6 +170,10 @@ async def test_explorer_shows_and_verifies_a_known_log(
         page.wait_for("document.body.dataset.state === 'ready'")
         expected = [e for e in known_log(24) if e["reason"] == "evidence-rejected"]
         assert len(rows(page)) == len(expected) > 0
+        # By time: from 3 December on (UTC), all decisions and reasons.
+        set_filters(page, {"#f-decision": "", "#f-reason": "", "#f-since": "2026-12-03T00:00"})
+        assert [r["index"] for r in rows(page)] == ["23", "22"]
+        set_filters(page, {"#f-since": ""})
         # The token went into no URL and no storage.
         assert token not in page.evaluate(
             "location.href + document.cookie + JSON.stringify(localStorage) + JSON.stringify(sessionStorage)"
