@@ -48,12 +48,12 @@ def page(tenant: FromPath[str]) -> Response[bytes]:
     return Response(_file("index.html"), media_type="text/html", headers=HEADERS)
 
 
-@get("/static/{name:str}", include_in_schema=False, sync_to_thread=False)
-def asset(name: FromPath[str]) -> Response[bytes]:
-    media_type = MEDIA_TYPES.get(name)  # a fixed list: no path from the request reaches the file system
+@get("/static/{file:str}", include_in_schema=False, sync_to_thread=False)
+def asset(file: FromPath[str]) -> Response[bytes]:
+    media_type = MEDIA_TYPES.get(file)  # a fixed list: no path from the request reaches the file system
     if media_type is None:
         return Response(b"not found\n", status_code=404, media_type="text/plain", headers=HEADERS)
-    return Response(_file(name), media_type=media_type, headers=HEADERS)
+    return Response(_file(file), media_type=media_type, headers=HEADERS)
 
 
 explorer_router = Router(path="/explorer", route_handlers=[page, asset], include_in_schema=False)
