@@ -21,7 +21,7 @@ import pytest
 from audit.entry import canonical_bytes
 from audit.merkle import MemoryNodeStore
 from tests.fixtures.browser import Browser, Page
-from tests.fixtures.server import ServerProcess
+from tests.fixtures.server import ServerProcess, clean_env, start_server
 from tests.test_audit_cli import LogWriter
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -108,7 +108,8 @@ def proxy_for(keyserver_process: ServerProcess) -> Iterator[Any]:
 
 
 def load(page: Page, token: str) -> None:
-    page.type_into("#token", token)
+    if token:
+        page.type_into("#token", token)
     page.click("#load")
     page.wait_for("document.body.dataset.state === 'ready' || document.body.dataset.state === 'error'")
     assert page.evaluate("document.body.dataset.state") == "ready", page.evaluate(
@@ -216,6 +217,29 @@ async def test_explorer_shows_and_verifies_a_known_log(
             tampered.screenshot(DOCS / "explorer-tampered.png")
     finally:
         await writer.db.dispose()
+
+
+async def test_a_public_log_needs_no_token_and_a_private_one_says_so(
+    browser: Browser, tmp_path: Path
+) -> None:
+    server = start_server(
+        tmp_path, clean_env(KEYSERVER_DATA_DIR=str(tmp_path / "data"), KEYSERVER_PUBLIC_LOGS="acme")
+    )
+    writer = LogWriter(server.data_dir)
+    try:
+        tenant, _token = await writer.tenant_with_auditor("acme")
+        await writer.tenant_with_auditor("umbrella")
+        await writer.append(tenant, known_log(6))
+        page = browser.open(f"{server.url}/explorer/acme")
+        load(page, "")
+        assert [r["status"] for r in rows(page)] == ["ok"] * 6
+        private = browser.open(f"{server.url}/explorer/umbrella")
+        private.click("#load")
+        private.wait_for("document.body.dataset.state === 'error'")
+        assert "not public" in private.evaluate("document.querySelector('#status').textContent")
+    finally:
+        await writer.db.dispose()
+        server.stop()
 
 
 def test_explorer_is_served_with_a_strict_policy(keyserver_process: ServerProcess) -> None:

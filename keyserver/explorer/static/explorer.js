@@ -25,12 +25,15 @@ function setStatus(text, error = false) {
 }
 
 async function api(path, expect = "json") {
+  const headers = { Accept: "application/json, application/problem+json, text/plain" };
+  if (token) headers.Authorization = `Bearer ${token}`; // none: a log the operator made public
   const response = await fetch(base + path, {
-    headers: { Authorization: `Bearer ${token}`, Accept: "application/json, application/problem+json, text/plain" },
+    headers,
     cache: "no-store",
     credentials: "omit",
     redirect: "error",
   });
+  if (response.status === 401 && !token) throw new Error("This log is not public: paste an auditor token.");
   if (!response.ok) {
     let detail = `${response.status}`;
     try {
@@ -73,7 +76,6 @@ async function fetchCheckpoint() {
 async function load() {
   token = $("token").value.trim();
   $("token").value = "";
-  if (!token) return setStatus("Paste an auditor token first.", true);
   document.body.dataset.state = "loading";
   setStatus("Fetching the log's key and checkpoint…");
   const pinned = $("vkey").value.trim();
