@@ -161,6 +161,7 @@ def test_a_tenant_from_scratch_with_only_the_cli(
     extend(tpm_esapi, b"reviewed loader build 7")
     with loader_ak(tpm_esapi) as ak:
         enrol_ak(url, tpm_esapi, ak)
+        (tmp_path / "ek.pub").write_bytes(st.marshal_tpm2b_public(ak.ek_public))
         assert [a["ak_name"] for a in admin.json("tpm", "ak", "list")] == [ak.verifier_ak().name.hex()]  # type: ignore[union-attr]
 
         # A CI signer: its public key registered by the admin, its own token, and one command in CI.
@@ -295,6 +296,19 @@ def test_a_tenant_from_scratch_with_only_the_cli(
     _, missing = admin("policy", "activate", "nonesuch", "1", expect=1)
     assert "keyserver:" in missing
     assert "check the name" in missing
+
+    # The rest of the admin's commands, as JSON: pin an EK, revoke what was set up, remove an anchor.
+    pinned = admin.json("tpm", "ek", "pin", str(tmp_path / "ek.pub"), "--description", "spare")
+    assert pinned["description"] == "spare"
+    assert admin.json("refs", "revoke", "loader", "1")["revoked_at"] is not None
+    assert admin.json("signer", "revoke", "ci")["revoked_at"] is not None
+    ci_id = next(t["id"] for t in admin.json("token", "list") if t["role"] == "ci-signer")
+    assert admin.json("token", "revoke", ci_id)["revoked_at"] is not None
+    ci("refs", "list", expect=1)  # the CI token no longer works
+    ak_name = admin.json("tpm", "ak", "list")[0]["ak_name"]
+    assert admin.json("tpm", "ak", "revoke", ak_name)["ak_name"] == ak_name
+    anchor_id = admin.json("tpm", "anchor", "list")[0]["id"]
+    assert admin.json("tpm", "anchor", "remove", anchor_id) == {"removed": anchor_id}
 
 
 def test_the_token_never_comes_from_argv_and_files_are_checked(
