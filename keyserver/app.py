@@ -43,6 +43,7 @@ from keyserver.backends.factory import backend_from_settings
 from keyserver.bootstrap import Announce, initialise, print_operator_token
 from keyserver.config import Settings
 from keyserver.db.session import Database
+from keyserver.explorer import explorer_router
 from keyserver.logs import configure_logging
 from keyserver.ratelimits import ReleaseLimiter
 from keyserver.release import ReleaseService
@@ -107,6 +108,7 @@ def create_app(settings: Settings | None = None, *, announce: Announce = print_o
             ReferenceController,
             ProtocolController,
             MetricsController,
+            explorer_router,
         ],
         dependencies={
             "principal": Provide(provide_principal),

@@ -43,7 +43,12 @@ def parse_duration(text: str) -> timedelta:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="keyserver", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="keyserver",
+        description=__doc__.splitlines()[0],
+        epilog="Against a remote keyserver: keyserver --url URL … or keyserver --profile NAME … "
+        "(keyserver --url x --help; docs/cli.md)",
+    )
     parser.add_argument("--data-dir", type=Path, help="state directory (env KEYSERVER_DATA_DIR)")
     parser.add_argument("--database-url", help="database URL (env KEYSERVER_DATABASE_URL)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -252,9 +257,16 @@ def _emit(args: argparse.Namespace, document: Any, human: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from clients.cli.main import is_remote
+
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if is_remote(arguments):  # `keyserver --url …` / `--profile …`: the remote CLI (docs/cli.md)
+        from clients.cli.main import main as remote_main
+
+        return remote_main(arguments)
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(arguments)
     except SystemExit as exc:  # argparse exits 2 on usage errors and 0 on --help
         return int(exc.code or 0)
     if args.command == "audit":  # a client of some keyserver: no local settings involved

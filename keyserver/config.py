@@ -7,6 +7,7 @@ later, the software key backend's key-encryption key) and listens on 127.0.0.1:8
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -111,6 +112,9 @@ class Settings:
     release_limit_key: Budget | None = None
     # Challenges a tenant may be issued per window (KEYSERVER_CHALLENGE_LIMIT, N/S or off).
     challenge_limit: Budget | None = DEFAULT_CHALLENGE_LIMIT
+    # Tenants whose release log anyone may read without a token (the log routes and the explorer):
+    # KEYSERVER_PUBLIC_LOGS=acme,umbrella. Empty by default: a log is read with an auditor token.
+    public_logs: frozenset[str] = frozenset()
 
     @property
     def effective_database_url(self) -> str:
@@ -206,7 +210,21 @@ class Settings:
                 if challenge_limit
                 else settings.challenge_limit
             ),
+            public_logs=_tenant_names("KEYSERVER_PUBLIC_LOGS", get("PUBLIC_LOGS"), settings.public_logs),
         )
+
+
+_TENANT_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def _tenant_names(name: str, value: str | None, default: frozenset[str]) -> frozenset[str]:
+    if value is None:
+        return default
+    names = [part.strip() for part in value.split(",") if part.strip()]
+    bad = [n for n in names if not _TENANT_NAME.fullmatch(n)]
+    if bad:
+        raise ConfigurationError(f"{name}: {', '.join(map(repr, bad))} is not a tenant name")
+    return frozenset(names)
 
 
 def _int(name: str, value: str) -> int:

@@ -25,6 +25,7 @@ pytest_plugins = [
     "tests.fixtures.swtpm",
     "tests.fixtures.softhsm",
     "tests.fixtures.openbao",
+    "tests.fixtures.browser",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -64,7 +64,7 @@ PARAM_REFS = {
     "ak_name": "ak_name",
     "enrolment_id": "enrolment_id",
 }
-FIXED_PARAMS = {"version": "1", "path": "openapi.json"}
+FIXED_PARAMS = {"version": "1", "path": "openapi.json", "file": "explorer.js"}
 DROPPED = {"request_id", "instance", "log_index", "receipt"}
 
 
@@ -195,6 +195,9 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "/schema/openapi.json"): Route("global"),
     ("GET", "/schema/{path}"): Route("global"),
     ("GET", "/v1/whoami"): Route("global"),
+    # The log explorer's static page and assets (issue 20): the same bytes for every tenant and caller.
+    ("GET", "/explorer/{tenant}"): Route("global"),
+    ("GET", "/explorer/static/{file}"): Route("global"),
     ("GET", "/v1/tenants"): Route("global"),
     # A tenant token must not learn, by a 409, that a tenant of that name exists.
     ("POST", "/v1/tenants"): Route("global", _new_tenant, refs=("tenant",)),

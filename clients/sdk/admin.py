@@ -235,6 +235,54 @@ class AdminApi(TenantRoutes):
         path = self._path("policies", segment(name, "policy name"), "dry-run")
         return DryRun.parse((await self._transport.call("POST", path, body=body)).fields())
 
+    async def dry_run_evidence(
+        self,
+        name: str,
+        evidence: Mapping[str, Any],
+        *,
+        nonce: bytes,
+        ephemeral_key: Mapping[str, Any],
+        version: int | None = None,
+    ) -> DryRun:
+        """What the policy decides on raw ``evidence``, which the server verifies first against the
+        ``nonce`` and public ``ephemeral_key`` it was made for (freshness is not checked: nothing is
+        released). Evidence that does not verify comes back as ``granted=False`` with its reason."""
+        body: dict[str, Any] = {
+            "evidence": dict(evidence),
+            "nonce": base64.urlsafe_b64encode(nonce).rstrip(b"=").decode(),
+            "ephemeral_key": dict(ephemeral_key),
+        }
+        if version is not None:
+            body["version"] = positive(version, "version")
+        path = self._path("policies", segment(name, "policy name"), "dry-run")
+        return DryRun.parse((await self._transport.call("POST", path, body=body)).fields())
+
+    # --- release limits ----------------------------------------------------------------------------
+
+    async def release_limits(self) -> dict[str, Any]:
+        """The limits in force: ``{"tenant": …, "keys": […], "key_default": …}`` (docs/api.md)."""
+        return (await self._transport.call("GET", self._path("release-limits"))).fields().raw
+
+    async def set_release_limit(
+        self, key: str | None, max_releases: int | None, window_seconds: int
+    ) -> dict[str, Any]:
+        """Limit a key's granted releases (``key``) or the tenant's attempts (``key=None``) per window;
+        ``max_releases=None`` lifts the limit for that scope."""
+        if max_releases is not None:
+            positive(max_releases, "max_releases")
+        body = {"max_releases": max_releases, "window_seconds": positive(window_seconds, "window_seconds")}
+        path = self._limit_path(key)
+        return (await self._transport.call("PUT", path, body=body)).fields().raw
+
+    async def remove_release_limit(self, key: str | None) -> dict[str, Any]:
+        """Back to the keyserver's default for that scope."""
+        return (await self._transport.call("DELETE", self._limit_path(key))).fields().raw
+
+    def _limit_path(self, key: str | None) -> str:
+        if key is None:
+            return self._path("release-limits", "tenant")
+        return self._path("release-limits", "keys", segment(key, "key name"))
+
     # --- keys --------------------------------------------------------------------------------------
 
     async def create_key(self, name: str, policy: str, *, material: bytes | None = None) -> Key:

@@ -219,9 +219,15 @@ class DryRun:
     policy: dict[str, Any] | None
     reference_values: list[dict[str, Any]]
     results: list[dict[str, Any]]
+    # A dry run on evidence: the claims it verified to (None if it did not verify), and whether it did.
+    claims: dict[str, Any] | None = None
+    evidence_verified: bool | None = None
 
     @classmethod
     def parse(cls, f: Fields) -> DryRun:
+        verified = f.raw.get("evidence_verified")
+        if verified is not None and not isinstance(verified, bool):
+            raise f.error("evidence_verified must be a boolean or null")
         return cls(
             f.boolean("granted"),
             f.optional_string("reason"),
@@ -229,6 +235,8 @@ class DryRun:
             f.optional_mapping("policy"),
             f.mappings("reference_values"),
             f.mappings("results"),
+            f.optional_mapping("claims") if "claims" in f.raw else None,
+            verified,
         )
 
 

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import msgspec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from litestar import Controller, Response, get
-from litestar.di import NamedDependency
+from litestar import Controller, Request, Response, get
+from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, Parameter
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from audit.entry import decode_entry
-from keyserver.api.auth import SECURITY, tenant_session
+from keyserver.api.auth import SECURITY, provide_principal, tenant_session
 from keyserver.api.problems import TOKEN_READ
 from keyserver.api.schemas import MAX_INT64
-from keyserver.db.session import Database
+from keyserver.config import Settings
+from keyserver.db.models import Tenant
+from keyserver.db.session import Database, Scope
 from keyserver.releaselog.store import ReleaseLog
-from keyserver.tenancy import Principal, Role
+from keyserver.tenancy import Principal, Role, lookup_tenant
 
 LOG_READERS = (Role.AUDITOR, Role.TENANT_ADMIN)
 NonNegative = Annotated[int, Parameter(ge=0, le=MAX_INT64)]
@@ -54,10 +59,38 @@ class ConsistencyOut(msgspec.Struct):
     proof: list[str]
 
 
+async def provide_log_reader(
+    request: Request[Any, Any, Any], db: NamedDependency[Database]
+) -> Principal | None:
+    """The caller's token, or None when there is none and the tenant's log is public (checked in
+    :func:`log_session`, where the tenant is known). A token that is sent is always checked."""
+    if request.headers.get("authorization") is None:
+        settings: Settings = request.app.state.settings
+        if request.path_params.get("tenant") in settings.public_logs:
+            return None
+    return await provide_principal(request, db)
+
+
+@asynccontextmanager
+async def log_session(
+    db: Database, reader: Principal | None, tenant: str
+) -> AsyncIterator[tuple[AsyncSession, Tenant]]:
+    """A reader's transaction on a tenant's log: an auditor's or admin's token, or no token for a log
+    the operator made public (KEYSERVER_PUBLIC_LOGS)."""
+    if reader is not None:
+        async with tenant_session(db, reader, tenant, *LOG_READERS) as opened:
+            yield opened
+        return
+    target = await lookup_tenant(db, tenant)
+    async with db.transaction(Scope.for_tenant(target.id)) as session:
+        yield session, target
+
+
 class LogController(Controller):
     path = "/v1/tenants/{tenant:str}/log"
     tags = ("release log",)
     security = SECURITY
+    dependencies = {"reader": Provide(provide_log_reader)}  # noqa: RUF012 (Litestar's class attribute)
 
     @get(
         "/checkpoint",
@@ -67,24 +100,24 @@ class LogController(Controller):
     )
     async def checkpoint(
         self,
-        principal: NamedDependency[Principal],
+        reader: NamedDependency[Principal | None],
         db: NamedDependency[Database],
         release_log: NamedDependency[ReleaseLog],
         tenant: FromPath[str],
     ) -> Response[str]:
-        async with tenant_session(db, principal, tenant, *LOG_READERS) as (session, target):
+        async with log_session(db, reader, tenant) as (session, target):
             head = await release_log.head(session, target)
         return Response(head.checkpoint, media_type="text/plain; charset=utf-8")
 
     @get("/key", summary="The log's checkpoint-signing public key (pin it out of band)", responses=TOKEN_READ)
     async def key(
         self,
-        principal: NamedDependency[Principal],
+        reader: NamedDependency[Principal | None],
         db: NamedDependency[Database],
         release_log: NamedDependency[ReleaseLog],
         tenant: FromPath[str],
     ) -> LogKeyOut:
-        async with tenant_session(db, principal, tenant, *LOG_READERS) as (session, target):
+        async with log_session(db, reader, tenant) as (session, target):
             log = await release_log.describe(session, target)
         raw = log.public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
         return LogKeyOut(
@@ -98,14 +131,14 @@ class LogController(Controller):
     )
     async def entries(
         self,
-        principal: NamedDependency[Principal],
+        reader: NamedDependency[Principal | None],
         db: NamedDependency[Database],
         release_log: NamedDependency[ReleaseLog],
         tenant: FromPath[str],
         start: NonNegative,
         end: NonNegative,
     ) -> EntriesOut:
-        async with tenant_session(db, principal, tenant, *LOG_READERS) as (session, target):
+        async with log_session(db, reader, tenant) as (session, target):
             rows = await release_log.entries(session, target, start, end)
         return EntriesOut(
             start=start,
@@ -123,14 +156,14 @@ class LogController(Controller):
     )
     async def inclusion(
         self,
-        principal: NamedDependency[Principal],
+        reader: NamedDependency[Principal | None],
         db: NamedDependency[Database],
         release_log: NamedDependency[ReleaseLog],
         tenant: FromPath[str],
         index: NonNegative,
         tree_size: NonNegative,
     ) -> InclusionOut:
-        async with tenant_session(db, principal, tenant, *LOG_READERS) as (session, target):
+        async with log_session(db, reader, tenant) as (session, target):
             proof = await release_log.inclusion_proof(session, target, index, tree_size)
             leaf = await release_log.leaf_hash(session, target, index)
         return InclusionOut(
@@ -144,13 +177,13 @@ class LogController(Controller):
     )
     async def consistency(
         self,
-        principal: NamedDependency[Principal],
+        reader: NamedDependency[Principal | None],
         db: NamedDependency[Database],
         release_log: NamedDependency[ReleaseLog],
         tenant: FromPath[str],
         first: NonNegative,
         second: NonNegative,
     ) -> ConsistencyOut:
-        async with tenant_session(db, principal, tenant, *LOG_READERS) as (session, target):
+        async with log_session(db, reader, tenant) as (session, target):
             proof = await release_log.consistency_proof(session, target, first, second)
         return ConsistencyOut(first=first, second=second, proof=[h.hex() for h in proof])
