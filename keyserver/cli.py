@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--workdir", help="keep the demo's processes' files here (default: a temporary directory)"
     )
+    demo.add_argument("--json", action="store_true", help="print the outcomes as one JSON document")
     return parser
 
 
@@ -283,7 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ImportError as exc:  # numpy and tpm2-pytss are the loader's, not the service's
             print(f"keyserver demo needs the loader's packages ({exc.name}): `make demo`", file=sys.stderr)
             return 1
-        return run_demo(["--workdir", args.workdir] if args.workdir else [])
+        return run_demo(
+            (["--workdir", args.workdir] if args.workdir else []) + (["--json"] if args.json else [])
+        )
     try:
         settings = settings_from(args)
         if args.command == "serve":

@@ -6,12 +6,17 @@ measured loader (which gets its key only after attestation and a verified receip
 inference server, sends an encrypted prompt and prints the decrypted completion; shows that an
 unsigned program is refused; runs ``keyserver audit verify``; then boots a *changed* loader and shows
 the keyserver's denial, and audits again. Exit status 0 when every step behaved as it should.
+
+``--json`` prints one JSON document of the demo's outcomes on standard output, each
+``"area.outcome": {"expected": …, "observed": …, "ok": bool}`` (the narration goes to standard error).
+Outcome names are stable: issues and checks from outside refer to them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -26,8 +31,27 @@ from clients.demo.processes import DemoError
 PROMPT = "the keyserver "
 
 
+_narration = sys.stdout
+
+
 def say(step: str, detail: str = "") -> None:
-    print(f"==> {step}" + (f"\n    {detail}" if detail else ""), flush=True)
+    print(f"==> {step}" + (f"\n    {detail}" if detail else ""), file=_narration, flush=True)
+
+
+class Outcomes:
+    """What each step was expected to do and what it did; ``ok`` when they are equal."""
+
+    def __init__(self) -> None:
+        self.results: dict[str, dict[str, Any]] = {}
+
+    def record(self, name: str, expected: Any, observed: Any) -> bool:
+        ok = bool(expected == observed)
+        self.results[name] = {"expected": expected, "observed": observed, "ok": ok}
+        return ok
+
+    @property
+    def failures(self) -> int:
+        return sum(not r["ok"] for r in self.results.values())
 
 
 async def ask(deployed: Deployment, prompt: str, program: dict[str, Any]) -> dict[str, Any]:
@@ -43,8 +67,7 @@ async def ask(deployed: Deployment, prompt: str, program: dict[str, Any]) -> dic
         return await complete(inference, loader, program, inputs)
 
 
-async def story(deployed: Deployment) -> int:
-    failures = 0
+async def story(deployed: Deployment, outcomes: Outcomes) -> None:
     say("keyserver running", deployed.keyserver_url)
     await deployed.set_up_tenant()
     say(
@@ -53,6 +76,7 @@ async def story(deployed: Deployment) -> int:
         f"{deployed.expected_pcr[:16]}… (CI-signed bundle); policy activated; key 'weights' imported",
     )
     loader = deployed.boot_loader("loader", deployed.loader_config())
+    outcomes.record("release.reviewed_loader_booted", True, loader.ready)
     if not loader.ready:
         raise DemoError(f"the reviewed loader did not get its key: {loader.status}")
     say("loader booted and measured", f"key released and receipt verified: {loader.status}")
@@ -60,62 +84,79 @@ async def story(deployed: Deployment) -> int:
     say("inference server (untrusted) running", deployed.inference_url)
 
     outputs = await ask(deployed, PROMPT, deployed.signed_program)
-    say("encrypted prompt → completion", f"{PROMPT!r} → {PROMPT + str(outputs['completion'])!r}")
+    completion = outputs.get("completion")
+    outcomes.record(
+        "inference.encrypted_prompt_answered", True, isinstance(completion, str) and bool(completion)
+    )
+    say("encrypted prompt → completion", f"{PROMPT!r} → {PROMPT + str(completion)!r}")
 
     unsigned = dict(deployed.signed_program)
     unsigned["signature"] = deployed.signed_program["signature"][:-8] + "AAAAAAA="
     try:
         await ask(deployed, PROMPT, unsigned)
+        outcomes.record("programs.forged_signature_refused", "refused", "ran")
         say("FAILED: a program with a forged signature ran")
-        failures += 1
     except InferenceFailed as refused:
+        outcomes.record("programs.forged_signature_refused", "refused", "refused")
         say("a program with a forged signature is refused", refused.reason)
 
     report = deployed.audit()
+    outcomes.record("audit.log_verified", True, report.get("verified"))
     say("keyserver audit verify", f"verified {report.get('verified')}: {report.get('tree_size')} entries")
 
     attacker = ed25519.Ed25519PrivateKey.generate()
     changed = deployed.boot_loader("changed-loader", deployed.loader_config(attacker=attacker.public_key()))
+    outcomes.record("release.changed_loader_denied", "denied", "granted" if changed.ready else "denied")
     if changed.ready:
         say("FAILED: a changed loader got the key")
-        failures += 1
     else:
         say(
             "a changed loader (it also trusts another program signer) is denied",
             f"{changed.status.get('reason')}: {changed.status.get('detail')}",
         )
     report = deployed.audit()
+    outcomes.record("audit.denial_logged", True, bool(report.get("verified")))
     say("keyserver audit verify (the denial is logged too)", f"releases: {report.get('decisions_by_key')}")
 
     from clients.demo.gpu_story import gpu_chapter
 
     gpu = await gpu_chapter(deployed)
+    outcomes.record("gpu.composite_release_granted", True, gpu["composite_release_granted"])
     say(
         "gpu.composite_release_granted"
         if gpu["composite_release_granted"]
         else "FAILED: gpu.composite_release",
         "TPM quote + 2 simulated CC GPUs' SPDM reports, one challenge and ephemeral key: key released",
     )
+    outcomes.record("gpu.wrong_firmware_denied", True, gpu["wrong_firmware_denied"])
     say(
         "gpu.wrong_firmware_denied" if gpu["wrong_firmware_denied"] else "FAILED: gpu.wrong_firmware",
         deployed.gpu_denial,
     )
-    failures += sum(not ok for ok in gpu.values())
-    say("done" if failures == 0 else f"{failures} step(s) did not behave")
-    return 0 if failures == 0 else 1
+    say("done" if outcomes.failures == 0 else f"{outcomes.failures} step(s) did not behave")
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _narration
     parser = argparse.ArgumentParser(prog="keyserver demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, help="keep everything here (default: a temporary directory)")
+    parser.add_argument("--json", action="store_true", help="print the outcomes as one JSON document")
     args = parser.parse_args(argv)
+    if args.json:
+        _narration = sys.stderr
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="keyserver-demo-"))
+    outcomes = Outcomes()
+    status = 0
     try:
         with deployment(workdir, keep=args.workdir is not None) as deployed:
-            return asyncio.run(story(deployed))
+            asyncio.run(story(deployed, outcomes))
     except DemoError as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
-        return 1
+        outcomes.record("demo.completed", True, False)
+        status = 1
+    if args.json:
+        print(json.dumps(outcomes.results, indent=2, sort_keys=True))
+    return 1 if status or outcomes.failures else 0
 
 
 if __name__ == "__main__":

@@ -255,14 +255,28 @@ def test_an_honest_path_through_the_same_proxy_boots(running: Running) -> None:
 
 def test_the_demo_command_runs_from_nothing(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "keyserver", "demo", "--workdir", str(tmp_path / "demo")],
+        [sys.executable, "-m", "keyserver", "demo", "--json", "--workdir", str(tmp_path / "demo")],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    out = done.stdout
+    # --json: the outcomes on stdout, one document; the narration on stderr.
+    outcomes = json.loads(done.stdout)
+    for name in (
+        "release.reviewed_loader_booted",
+        "inference.encrypted_prompt_answered",
+        "programs.forged_signature_refused",
+        "audit.log_verified",
+        "release.changed_loader_denied",
+        "audit.denial_logged",
+        "gpu.composite_release_granted",
+        "gpu.wrong_firmware_denied",
+    ):
+        assert outcomes[name]["ok"] is True, (name, outcomes[name])
+        assert set(outcomes[name]) == {"expected", "observed", "ok"}
+    out = done.stderr
     assert "encrypted prompt → completion" in out
     assert "a program with a forged signature is refused\n    program-signature-invalid" in out
     assert (
