@@ -47,6 +47,7 @@ __all__ = [
     "parse_checkpoint_body",
     "parse_note",
     "parse_signed_checkpoint",
+    "parse_typed_vkey",
     "parse_vkey",
     "sign_checkpoint",
     "sign_note",
@@ -211,25 +212,35 @@ def vkey_for(name: str, public_key: Ed25519PublicKey) -> str:
     return f"{name}+{key_id:08x}+{base64.b64encode(typed_key).decode('ascii')}"
 
 
-def parse_vkey(vkey: str) -> NoteVerifier:
-    """Parse a verifier key string; the key id must match the name and key it claims to identify."""
+def parse_typed_vkey(vkey: str, signature_type: int, what: str = "verifier key") -> tuple[str, int, bytes]:
+    """``(name, key id, 32-byte Ed25519 key)`` of a vkey of ``signature_type`` whose key id matches.
+
+    Shared by log keys (type 0x01) and witness keys (type 0x04, :mod:`audit.cosignature`): a vkey of
+    the other type is refused, so neither can stand in for the other.
+    """
     parts = vkey.split("+", 2)
     if len(parts) != 3:
-        raise KeyFormatError("verifier key must be <name>+<key id>+<key>")
+        raise KeyFormatError(f"{what} must be <name>+<key id>+<key>")
     name, key_id_hex, key_b64 = parts
     _check_key_name(name)
     if len(key_id_hex) != 8 or any(char not in "0123456789abcdefABCDEF" for char in key_id_hex):
-        raise KeyFormatError("verifier key id must be 8 hexadecimal digits")
+        raise KeyFormatError(f"{what} id must be 8 hexadecimal digits")
     try:
-        typed_key = _strict_b64decode("verifier key", key_b64)
+        typed_key = _strict_b64decode(what, key_b64)
     except MalformedError as exc:
         raise KeyFormatError(str(exc)) from exc
-    if len(typed_key) != 1 + 32 or typed_key[0] != SIGNATURE_TYPE_ED25519:
-        raise KeyFormatError("verifier key is not a 0x01-typed 32-byte Ed25519 public key")
+    if len(typed_key) != 1 + 32 or typed_key[0] != signature_type:
+        raise KeyFormatError(f"{what} is not a 0x{signature_type:02x}-typed 32-byte Ed25519 public key")
     key_id = int(key_id_hex, 16)
     if key_id != _key_id(name, typed_key):
-        raise KeyFormatError("verifier key id does not match its name and key")
-    return NoteVerifier(name, key_id, Ed25519PublicKey.from_public_bytes(typed_key[1:]))
+        raise KeyFormatError(f"{what} id does not match its name and key")
+    return name, key_id, typed_key[1:]
+
+
+def parse_vkey(vkey: str) -> NoteVerifier:
+    """Parse a verifier key string; the key id must match the name and key it claims to identify."""
+    name, key_id, raw = parse_typed_vkey(vkey, SIGNATURE_TYPE_ED25519)
+    return NoteVerifier(name, key_id, Ed25519PublicKey.from_public_bytes(raw))
 
 
 # --- generic signed notes ----------------------------------------------------------------------

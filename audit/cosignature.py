@@ -22,7 +22,6 @@ log's own key in :mod:`audit.checkpoint`): someone forged or broke it, and that 
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from audit.checkpoint import (
     NoteSignature,
     VerificationError,
     parse_note,
+    parse_typed_vkey,
 )
 
 __all__ = [
@@ -124,27 +124,8 @@ def cosigner_vkey(name: str, public_key: Ed25519PublicKey) -> str:
 
 def parse_cosigner_vkey(vkey: str) -> CosignerKey:
     """Parse a witness's verifier key; the key id must match the name and key, the type must be 0x04."""
-    parts = vkey.split("+", 2)
-    if len(parts) != 3:
-        raise KeyFormatError("witness verifier key must be <name>+<key id>+<key>")
-    name, key_id_hex, key_b64 = parts
-    _check_name(name)
-    if len(key_id_hex) != 8 or any(char not in "0123456789abcdef" for char in key_id_hex.lower()):
-        raise KeyFormatError("witness verifier key id must be 8 hexadecimal digits")
-    try:
-        typed = base64.b64decode(key_b64, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise KeyFormatError("witness verifier key is not valid base64") from exc
-    if base64.b64encode(typed).decode("ascii") != key_b64:
-        raise KeyFormatError("witness verifier key is not canonical base64")
-    if len(typed) != 33 or typed[0] != COSIGNATURE_V1_TYPE:
-        raise KeyFormatError(
-            "witness verifier key is not a 0x04-typed (cosignature/v1) 32-byte Ed25519 public key"
-        )
-    key = CosignerKey.from_public_key(name, Ed25519PublicKey.from_public_bytes(typed[1:]))
-    if key.key_id != int(key_id_hex, 16):
-        raise KeyFormatError("witness verifier key id does not match its name and key")
-    return key
+    name, _, raw = parse_typed_vkey(vkey, COSIGNATURE_V1_TYPE, "witness verifier key")
+    return CosignerKey.from_public_key(name, Ed25519PublicKey.from_public_bytes(raw))
 
 
 def cosignature_message(checkpoint_text: str, timestamp: int) -> bytes:
