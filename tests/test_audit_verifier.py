@@ -166,7 +166,7 @@ def test_lying_inclusion_proof_is_caught(log: MemoryLog) -> None:
 def test_monitor_state_fetches_only_new_entries(log: MemoryLog) -> None:
     auditor = LogAuditor(log, log.vkey)
     seen: list[int] = []
-    auditor.on_entry = lambda index, _entry: seen.append(index)
+    auditor.on_entry = lambda index, _entry, _data: seen.append(index)
     auditor.verify()
     log.add(release(500), release(501))
     report = auditor.verify()
