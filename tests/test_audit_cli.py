@@ -4,11 +4,14 @@ database was tampered with behind its back."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import sqlite3
 import subprocess
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,8 @@ from keyserver.releaselog.store import ReleaseLog
 from keyserver.tenancy import Role, create_tenant, issue_token
 from tests.fixtures.postgres import PostgresServer
 from tests.fixtures.server import KEYSERVER, ServerProcess, clean_env, start_server
+from tests.test_audit_verifier import MemoryLog, release
+from tests.test_log_entry import HOSTILE_ENTRIES
 
 
 class LogWriter:
@@ -347,3 +352,120 @@ def test_the_monitor_will_not_start_forgetful_unless_told_to(
     )
     assert both.returncode == 2
     assert "drop --from-checkpoint" in both.stderr
+
+
+class HostileLog(ThreadingHTTPServer):
+    """A keyserver that is not one: it serves a log (real tree, real signed checkpoints) over the log's
+    routes, with whatever entries or bodies the test gives it. Only a hostile server can serve these."""
+
+    def __init__(self, log: MemoryLog, entries_body: bytes | None = None) -> None:
+        super().__init__(("127.0.0.1", 0), _HostileHandler)
+        self.log, self.entries_body = log, entries_body
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+class _HostileHandler(BaseHTTPRequestHandler):
+    server: HostileLog
+
+    def do_GET(self) -> None:
+        log = self.server.log
+        route, _, query = self.path.removeprefix("/v1/tenants/acme/log").partition("?")
+        params = {name: int(value) for name, value in (item.split("=") for item in query.split("&") if item)}
+        if route == "/checkpoint":
+            self._answer(log.checkpoint().encode(), "text/plain")
+        elif route == "/key":
+            self._json({"verifier_key": log.vkey})
+        elif route == "/entries" and self.server.entries_body is not None:
+            self._answer(self.server.entries_body, "application/json")
+        elif route == "/entries":
+            page = log.entries(params["start"], params["end"])
+            self._json({"entries": [{"data": base64.b64encode(data).decode()} for data in page]})
+        elif route == "/proofs/inclusion":
+            proof = log.inclusion_proof(params["index"], params["tree_size"])
+            self._json({"audit_path": [node.hex() for node in proof]})
+        elif route == "/proofs/consistency":
+            proof = log.consistency_proof(params["first"], params["second"])
+            self._json({"proof": [node.hex() for node in proof]})
+        else:
+            self._answer(b"{}", "application/json", status=404)
+
+    def _json(self, body: dict[str, Any]) -> None:
+        self._answer(json.dumps(body).encode(), "application/json")
+
+    def _answer(self, body: bytes, content_type: str, status: int = 200) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def audit_hostile(server: HostileLog, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            KEYSERVER,
+            "audit",
+            *args,
+            "--url",
+            server.url,
+            "--tenant",
+            "acme",
+            "--key",
+            server.log.vkey,
+            "--json",
+        ],
+        env=clean_env(KEYSERVER_TOKEN="ks1.any"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "name"),
+    [("verify", name) for name in sorted(HOSTILE_ENTRIES)]
+    + [("monitor", name) for name in ("nested arrays 30,000 deep", "a 4,301-digit integer", "NaN")],
+)
+def test_a_hostile_entry_is_a_failed_audit_naming_it_never_a_traceback(command: str, name: str) -> None:
+    log = MemoryLog()
+    log.add(*(release(n) for n in range(3)))
+    log.add_raw(HOSTILE_ENTRIES[name][0])
+    server = HostileLog(log)
+    try:
+        extra = ["--trust-on-first-use", "--iterations", "1"] if command == "monitor" else []
+        result = audit_hostile(server, command, *extra)
+    finally:
+        server.shutdown()
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 1, result.stderr
+    verdict = json.loads(result.stdout.splitlines()[-1])
+    assert (verdict["verified"], verdict["entry_index"]) == (False, 3)
+    assert "keyserver audit: FAILED: entry 3 is not a canonical log entry" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"entries":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"entries":[{"data":' + b"9" * 5000 + b"}]}",
+        b'{"entries":"not a list"}',
+        b'{"entries":[{"data":"not base64!"}]}',
+        b"\xff\xfe",
+    ],
+    ids=["deep", "huge integer", "not a list", "bad base64", "not UTF-8"],
+)
+def test_a_hostile_entries_page_is_an_error_never_a_traceback(body: bytes) -> None:
+    log = MemoryLog()
+    log.add(release(0))
+    server = HostileLog(log, entries_body=body)
+    try:
+        result = audit_hostile(server, "verify")
+    finally:
+        server.shutdown()
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 1
+    assert "keyserver audit: error:" in result.stderr
