@@ -111,6 +111,7 @@ async def test_verify_save_grow_and_verify_again(keyserver_process: ServerProces
             "monitor",
             "--key",
             vkey,
+            "--trust-on-first-use",
             "--iterations",
             "2",
             "--interval",
