@@ -28,6 +28,8 @@ from audit.verifier import LogAuditor, VerifiedHistory
 from tests.fuzzing import fuzz_settings
 from tests.test_audit_verifier import ORIGIN, MemoryLog, release
 
+KEY = Ed25519PrivateKey.generate()  # one key for the hypothesis examples
+
 
 @pytest.fixture
 def log() -> MemoryLog:
@@ -204,6 +206,3 @@ def test_any_damage_is_refused_or_is_the_same_state(noise: bytes, at: int) -> No
     except StateError:
         return
     assert state == decode_state(raw, log.vkey)  # only whitespace-like changes can survive
-
-
-KEY = Ed25519PrivateKey.generate()
