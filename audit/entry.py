@@ -18,6 +18,9 @@ from typing import Any
 ENTRY_VERSION = 1
 MAX_SAFE_INTEGER = 2**53 - 1
 MAX_ENTRY_BYTES = 64 * 1024
+# 2**53 - 1 has 16 digits: a longer integer is out of range whatever its digits, so it is refused as text,
+# before int() (which raises an untyped ValueError past 4,300 digits and is quadratic below that).
+_MAX_INTEGER_DIGITS = len(str(MAX_SAFE_INTEGER))
 
 
 class EntryError(ValueError):
@@ -36,22 +39,57 @@ def canonical_bytes(value: dict[str, Any]) -> bytes:
 
 
 def decode_entry(data: bytes) -> dict[str, Any]:
-    """Parse entry bytes, insisting that they are exactly the canonical encoding of what they say."""
+    """Parse entry bytes, insisting that they are exactly the canonical encoding of what they say.
+
+    Any bytes at all get a value or an :class:`EntryError` saying what is wrong: an auditor reads
+    entries from a log it does not trust, and must name a bad entry, not stop on it.
+    """
     if len(data) > MAX_ENTRY_BYTES:
         raise EntryError("the entry is larger than any entry the log writes")
     try:
-        value = json.loads(data.decode("utf-8"), parse_float=_refuse_float, parse_constant=_refuse_float)
+        text = data.decode("utf-8")
+        value = _parse(text)
+        if not isinstance(value, dict):
+            raise EntryError("an entry is a JSON object")
+        if canonical_bytes(value) != data:
+            # Say why when it is a repeated member (the decoded dict kept one of them); the check is only
+            # made here so that honest entries are parsed at the C decoder's speed.
+            _parse(text, object_pairs_hook=_no_duplicate_members)
+            raise EntryError("the entry bytes are not in canonical form (key order, spacing or escapes)")
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EntryError(f"the entry is not UTF-8 JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise EntryError("an entry is a JSON object")
-    if canonical_bytes(value) != data:
-        raise EntryError("the entry bytes are not in canonical form (key order, spacing or escapes)")
+    except RecursionError:
+        # The entry is nested deeper than this interpreter can walk (an entry's bytes allow tens of
+        # thousands of levels); the writer could not have encoded it either.
+        raise EntryError("the entry is nested too deeply to decode") from None
     return value
 
 
+def _parse(text: str, **hooks: Any) -> Any:
+    return json.loads(
+        text, parse_float=_refuse_float, parse_constant=_refuse_float, parse_int=_bounded_int, **hooks
+    )
+
+
 def _refuse_float(text: str) -> Any:
-    raise EntryError(f"entries carry no floating-point numbers ({text})")
+    raise EntryError(f"entries carry no floating-point numbers ({text[:20]})")
+
+
+def _bounded_int(text: str) -> int:
+    digits = len(text) - text.startswith("-")
+    if digits > _MAX_INTEGER_DIGITS:
+        raise EntryError(f"an integer of {digits} digits is outside the interoperable range")
+    return int(text)
+
+
+def _no_duplicate_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Two readers could pick different values of a duplicated member; canonical form has none.
+    value: dict[str, Any] = {}
+    for name, item in pairs:
+        if name in value:
+            raise EntryError(f"the entry repeats the member {name[:64]!r}")
+        value[name] = item
+    return value
 
 
 def _check(value: Any, path: str) -> None:

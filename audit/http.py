@@ -41,8 +41,8 @@ class HttpLogSource:
     def _json(self, path: str, **params: int) -> dict[str, Any]:
         try:
             body = self._get(path, **params).json()
-        except ValueError:
-            raise LogFetchError(f"GET {path} did not return JSON") from None
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the decoder goes
+            raise LogFetchError(f"GET {path} did not return JSON that can be read") from None
         if not isinstance(body, dict):
             raise LogFetchError(f"GET {path} returned {type(body).__name__}, not an object")
         return body
@@ -51,7 +51,10 @@ class HttpLogSource:
         return self._get("/checkpoint").text
 
     def verifier_key(self) -> str:
-        return str(self._json("/key")["verifier_key"])
+        key = self._json("/key").get("verifier_key")
+        if not isinstance(key, str):
+            raise LogFetchError("GET /key did not return a verifier_key")
+        return key
 
     def entries(self, start: int, end: int) -> Sequence[bytes]:
         body = self._json("/entries", start=start, end=end)

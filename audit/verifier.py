@@ -10,9 +10,12 @@ It fetches the signed checkpoint, every entry and a sample of the log's own proo
    larger, the recomputed tree had its root at its size, and the log's own consistency proof verifies —
    the log only ever grew;
 4. the log's inclusion proofs (which loaders check in their release receipts) verify for a sample of
-   entries, including the newest.
+   entries, including the newest;
+5. given what an earlier run verified (:class:`VerifiedHistory`, a monitor's saved state: audit.state),
+   every entry it covered is served again with the same leaf hash — a rewritten entry is named.
 
-Failures raise :class:`AuditFailure` saying which check failed. Nothing here depends on ``keyserver``.
+Failures raise :class:`AuditFailure` saying which check failed (and which entry, when it is about one).
+Nothing here depends on ``keyserver``.
 """
 
 from __future__ import annotations
@@ -31,10 +34,19 @@ PAGE_SIZE = 1000
 INCLUSION_SAMPLES = 8
 
 Progress = Callable[[int, int], None]
+# on_entry(index, decoded entry, the entry's canonical bytes as served and hashed)
+EntryCallback = Callable[[int, dict[str, Any], bytes], None]
 
 
 class AuditFailure(Exception):
-    """The log failed a check: it is inconsistent, forged, or not the log the key belongs to."""
+    """The log failed a check: it is inconsistent, forged, or not the log the key belongs to.
+
+    ``entry_index`` names the entry at fault when the failure is about one entry.
+    """
+
+    def __init__(self, message: str, *, entry_index: int | None = None) -> None:
+        super().__init__(message)
+        self.entry_index = entry_index
 
 
 class LogSource(Protocol):
@@ -71,6 +83,21 @@ class AuditReport:
         }
 
 
+@dataclass(frozen=True)
+class VerifiedHistory:
+    """A checkpoint an earlier run verified, with the leaf hash of every entry it covers (in order)."""
+
+    checkpoint: Checkpoint
+    leaf_hashes: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.leaf_hashes) != self.checkpoint.size * merkle.HASH_SIZE:
+            raise ValueError(f"{self.checkpoint.size} entries need {self.checkpoint.size} leaf hashes")
+
+    def leaf_hash(self, index: int) -> bytes:
+        return self.leaf_hashes[index * merkle.HASH_SIZE : (index + 1) * merkle.HASH_SIZE]
+
+
 class CompactRange:
     """The right edge of a Merkle tree: one perfect-subtree hash per set bit of its size.
 
@@ -102,7 +129,14 @@ class CompactRange:
 class LogAuditor:
     """Verifies a log, and keeps its compact range so that a monitor only fetches what is new."""
 
-    def __init__(self, source: LogSource, verifier_key: str, *, progress: Progress | None = None) -> None:
+    def __init__(
+        self,
+        source: LogSource,
+        verifier_key: str,
+        *,
+        progress: Progress | None = None,
+        keep_leaf_hashes: bool = False,
+    ) -> None:
         self.source = source
         self.verifier_key = verifier_key
         self.progress = progress
@@ -110,7 +144,12 @@ class LogAuditor:
         self.kinds: Counter[str] = Counter()
         self.decisions: dict[str, Counter[str]] = {}
         self.last: Checkpoint | None = None
-        self.on_entry: Callable[[int, dict[str, Any]], None] | None = None
+        self.on_entry: EntryCallback | None = None
+        # The leaf hash of every entry verified so far (32 bytes each), for a monitor's saved state; kept
+        # only when asked for, so that a one-off audit stays in O(log n) memory.
+        self.leaf_hashes: bytearray | None = bytearray() if keep_leaf_hashes else None
+        # What an earlier run verified (a monitor's saved state): each entry served again must hash the same.
+        self.earlier: VerifiedHistory | None = None
 
     def verify(self, previous_signed_checkpoint: str | None = None) -> AuditReport:
         signed = self.source.checkpoint()
@@ -182,9 +221,12 @@ class LogAuditor:
                 raise AuditFailure(f"asked for entries [{page_start}, {page_end}) and got {len(page)}")
             for offset, data in enumerate(page):
                 index = page_start + offset
-                self._record(index, data)
                 leaf = merkle.leaf_hash(data)
+                self._check_against_earlier_run(index, leaf)
+                self._record(index, data)
                 self.tree.append(leaf)
+                if self.leaf_hashes is not None:
+                    self.leaf_hashes += leaf
                 if index in sample:
                     leaves[index] = leaf
                 if previous is not None and self.tree.size == previous.size:
@@ -193,19 +235,36 @@ class LogAuditor:
                 self.progress(page_end, end)
         return leaves, previous_root
 
+    def _check_against_earlier_run(self, index: int, leaf: bytes) -> None:
+        if self.earlier is None or index >= self.earlier.checkpoint.size:
+            return
+        known = self.earlier.leaf_hash(index)
+        if known != leaf:
+            raise AuditFailure(
+                f"entry {index} was rewritten: the log now serves an entry with leaf hash {leaf.hex()}, but"
+                f" entry {index} had leaf hash {known.hex()} when the log was verified at size"
+                f" {self.earlier.checkpoint.size} (root {self.earlier.checkpoint.root_hash.hex()}): the log"
+                " rewrote its history",
+                entry_index=index,
+            )
+
     def _record(self, index: int, data: bytes) -> None:
         try:
             entry = decode_entry(data)
         except EntryError as exc:
-            raise AuditFailure(f"entry {index} is not a canonical log entry: {exc}") from None
-        self.kinds[str(entry.get("kind", "?"))] += 1
+            raise AuditFailure(
+                f"entry {index} is not a canonical log entry: {exc}", entry_index=index
+            ) from None
+        # Only strings are counted by value: a hostile entry may put anything here.
+        kind = entry.get("kind")
+        self.kinds[kind if isinstance(kind, str) else "?"] += 1
         decision = entry.get("decision")
         if isinstance(decision, str):
             key = entry.get("key")
-            name = str(key.get("name")) if isinstance(key, dict) else "-"
-            self.decisions.setdefault(name, Counter())[decision] += 1
+            name = key.get("name") if isinstance(key, dict) else None
+            self.decisions.setdefault(name if isinstance(name, str) else "-", Counter())[decision] += 1
         if self.on_entry is not None:
-            self.on_entry(index, entry)
+            self.on_entry(index, entry, data)
 
     def _check_consistency(self, previous: Checkpoint, current: Checkpoint) -> None:
         proof = self.source.consistency_proof(previous.size, current.size)

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from audit.http import HttpLogSource, LogFetchError
-from audit.verifier import AuditFailure, AuditReport, LogAuditor
+from audit.state import MonitorState, StateError, load_state, save_state
+from audit.verifier import AuditFailure, AuditReport, LogAuditor, VerifiedHistory
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -39,7 +40,23 @@ def add_audit_commands(commands: Any) -> None:
     monitor = sub.add_parser("monitor", help="verify, then keep verifying and report new entries")
     _connection(monitor)
     _pinned_key(monitor)
-    monitor.add_argument("--from-checkpoint", type=Path)
+    monitor.add_argument(
+        "--state",
+        type=Path,
+        help="remember what was verified here (written atomically after every poll) and, on a restart,"
+        " hold the log to it",
+    )
+    monitor.add_argument(
+        "--trust-on-first-use",
+        action="store_true",
+        help="start without a saved state (none given, or the --state file does not exist yet): trust the"
+        " history the log shows first",
+    )
+    monitor.add_argument(
+        "--from-checkpoint",
+        type=Path,
+        help="a checkpoint saved earlier: the first poll proves the log only grew",
+    )
     monitor.add_argument("--interval", type=float, default=10.0, help="seconds between polls (default 10)")
     monitor.add_argument("--iterations", type=int, help="stop after this many polls (default: never)")
     monitor.add_argument("--json", action="store_true", help="one JSON line per new entry")
@@ -62,6 +79,9 @@ def run_audit(args: argparse.Namespace) -> int:
     if not token:
         print("keyserver: give an auditor token with --token or KEYSERVER_TOKEN", file=sys.stderr)
         return EXIT_USAGE
+    if args.audit_command == "monitor" and (refusal := _monitor_usage(args)):
+        print(f"keyserver audit monitor: {refusal}", file=sys.stderr)
+        return EXIT_USAGE
     source = HttpLogSource(args.url, args.tenant, token)
     try:
         if args.audit_command == "key":
@@ -71,9 +91,12 @@ def run_audit(args: argparse.Namespace) -> int:
         if args.audit_command == "verify":
             return _verify(args, source, key)
         return _monitor(args, source, key)
-    except (AuditFailure, LogFetchError) as exc:
+    except (AuditFailure, LogFetchError, StateError) as exc:
         if getattr(args, "json", False):
-            print(json.dumps({"verified": False, "error": str(exc)}))
+            failure: dict[str, Any] = {"verified": False, "error": str(exc)}
+            if isinstance(exc, AuditFailure) and exc.entry_index is not None:
+                failure["entry_index"] = exc.entry_index
+            print(json.dumps(failure), flush=True)
         print(
             f"keyserver audit: {'FAILED' if isinstance(exc, AuditFailure) else 'error'}: {exc}",
             file=sys.stderr,
@@ -81,6 +104,29 @@ def run_audit(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     finally:
         source.close()
+
+
+def _monitor_usage(args: argparse.Namespace) -> str | None:
+    """Why the monitor must not start as asked, or None. A monitor that starts afresh trusts whatever
+    history the log shows it then, so that happens only when asked for."""
+    if args.state is None:
+        if args.trust_on_first_use:
+            return None
+        return (
+            "give --state FILE to remember what was verified across restarts (without it a restarted"
+            " monitor cannot tell that the log rewrote what it already verified), or --trust-on-first-use"
+            " to run without one"
+        )
+    if args.state.exists():
+        if args.from_checkpoint is not None:
+            return f"the state file {args.state} already anchors the log; drop --from-checkpoint"
+        return None
+    if args.trust_on_first_use or args.from_checkpoint is not None:
+        return None
+    return (
+        f"the state file {args.state} does not exist: if this is the first run, add --trust-on-first-use"
+        " (or --from-checkpoint) to start it; if it was there before, find out why it is gone"
+    )
 
 
 def _verify(args: argparse.Namespace, source: HttpLogSource, key: str) -> int:
@@ -100,33 +146,59 @@ def _verify(args: argparse.Namespace, source: HttpLogSource, key: str) -> int:
 
 
 def _monitor(args: argparse.Namespace, source: HttpLogSource, key: str) -> int:
-    auditor = LogAuditor(source, key)
+    state_path: Path | None = args.state
+    auditor = LogAuditor(source, key, keep_leaf_hashes=state_path is not None)
+    previous = args.from_checkpoint.read_text() if args.from_checkpoint else None
+    saved: MonitorState | None = None
+    if state_path is not None and state_path.exists():
+        saved = load_state(state_path, key)
+        auditor.earlier = saved.history
+        previous = saved.signed_checkpoint
+    # A restarted monitor verifies every entry again, but announces only those it has not announced.
+    announced = 0 if saved is None else saved.history.checkpoint.size
 
-    def announce(index: int, entry: dict[str, Any]) -> None:
+    def announce(index: int, entry: dict[str, Any], data: bytes) -> None:
+        if index < announced:
+            return
         if args.json:
-            print(json.dumps({"index": index, "entry": entry}), flush=True)
+            # The entry's own canonical bytes, not a re-encoding of what they decoded to.
+            print(f'{{"index": {index}, "entry": {data.decode()}}}', flush=True)
         else:
             summary = " ".join(
-                f"{k}={entry[k]}" for k in ("kind", "decision", "reason") if entry.get(k) is not None
+                f"{k}={entry[k]}" for k in ("kind", "decision", "reason") if isinstance(entry.get(k), str)
             )
             print(f"#{index} {summary}", flush=True)
 
     auditor.on_entry = announce
-    previous = args.from_checkpoint.read_text() if args.from_checkpoint else None
     polls = 0
     while True:
         report = auditor.verify(previous)
         previous = None  # from now on the auditor's own last checkpoint is the reference
+        if state_path is not None:
+            saved = _save_if_new(state_path, saved, auditor, report, key)
         if not args.json:
-            print(
-                f"verified size {report.checkpoint.size} ({report.entries_checked} new)",
-                file=sys.stderr,
-                flush=True,
-            )
+            new = report.checkpoint.size - (report.previous_size or 0)
+            print(f"verified size {report.checkpoint.size} ({new} new)", file=sys.stderr, flush=True)
         polls += 1
         if args.iterations is not None and polls >= args.iterations:
             return EXIT_OK
         time.sleep(args.interval)
+
+
+def _save_if_new(
+    path: Path, saved: MonitorState | None, auditor: LogAuditor, report: AuditReport, key: str
+) -> MonitorState:
+    if saved is not None and saved.signed_checkpoint == report.signed_checkpoint:
+        return saved  # the file already holds this state
+    if auditor.leaf_hashes is None:
+        raise ValueError("a monitor with a state file keeps its leaf hashes")
+    history = VerifiedHistory(report.checkpoint, bytes(auditor.leaf_hashes))
+    state = MonitorState(key, report.signed_checkpoint, history)
+    try:
+        save_state(path, state)
+    except OSError as exc:
+        raise StateError(f"cannot save the state file {path}: {exc.strerror}") from None
+    return state
 
 
 def _summary(report: AuditReport) -> str:

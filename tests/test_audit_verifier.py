@@ -17,8 +17,10 @@ from hypothesis import strategies as st
 
 from audit import merkle
 from audit.checkpoint import Checkpoint, sign_checkpoint, vkey_for
-from audit.entry import canonical_bytes
-from audit.verifier import AuditFailure, CompactRange, LogAuditor
+from audit.entry import EntryError, canonical_bytes, decode_entry
+from audit.verifier import AuditFailure, CompactRange, LogAuditor, VerifiedHistory
+from tests.fuzzing import fuzz_settings
+from tests.test_log_entry import HOSTILE_ENTRIES, hostile_bytes
 
 ORIGIN = "keyserver.test/acme"
 
@@ -40,6 +42,11 @@ class MemoryLog:
             data = canonical_bytes(entry)
             self.data.append(data)
             self.store.append(data)
+
+    def add_raw(self, data: bytes) -> None:
+        """Log bytes as they are: a hostile log commits to whatever it likes."""
+        self.data.append(data)
+        self.store.append(data)
 
     def signed(self, size: int | None = None, root: bytes | None = None) -> str:
         size = self.store.size if size is None else size
@@ -166,7 +173,7 @@ def test_lying_inclusion_proof_is_caught(log: MemoryLog) -> None:
 def test_monitor_state_fetches_only_new_entries(log: MemoryLog) -> None:
     auditor = LogAuditor(log, log.vkey)
     seen: list[int] = []
-    auditor.on_entry = lambda index, _entry: seen.append(index)
+    auditor.on_entry = lambda index, _entry, _data: seen.append(index)
     auditor.verify()
     log.add(release(500), release(501))
     report = auditor.verify()
@@ -198,3 +205,88 @@ def test_signature_mangling_is_refused(log: MemoryLog) -> None:
     log.checkpoint = lambda: f"{body}\n\n{name} {base64.b64encode(bytes(raw)).decode()}\n"  # type: ignore[method-assign]
     with pytest.raises(AuditFailure):
         LogAuditor(log, log.vkey).verify()
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_ENTRIES))
+def test_a_hostile_entry_fails_the_audit_naming_its_index(name: str) -> None:
+    """The log signs a tree over a hostile entry: the audit fails on that entry, with its index."""
+    data, reason = HOSTILE_ENTRIES[name]
+    log = MemoryLog()
+    log.add(*(release(n) for n in range(5)))
+    log.add_raw(data)
+    log.add(release(6))
+    with pytest.raises(AuditFailure, match=f"entry 5 is not a canonical log entry: .*{reason}") as failure:
+        LogAuditor(log, log.vkey).verify()
+    assert failure.value.entry_index == 5
+
+
+@given(st.lists(hostile_bytes, min_size=1, max_size=4), st.integers(min_value=0, max_value=3))
+@fuzz_settings(60)
+def test_any_bytes_as_entries_verify_or_fail_naming_the_first_bad_one(
+    entries: list[bytes], honest_before: int
+) -> None:
+    log = MemoryLog()
+    log.add(*(release(n) for n in range(honest_before)))
+    for data in entries:
+        log.add_raw(data)
+    first_bad = next((honest_before + n for n, data in enumerate(entries) if not decodes(data)), None)
+    if first_bad is None:
+        assert LogAuditor(log, log.vkey).verify().checkpoint.size == honest_before + len(entries)
+        return
+    with pytest.raises(AuditFailure, match=f"^entry {first_bad} is not a canonical log entry") as failure:
+        LogAuditor(log, log.vkey).verify()
+    assert failure.value.entry_index == first_bad
+
+
+def decodes(data: bytes) -> bool:
+    try:
+        decode_entry(data)
+    except EntryError:
+        return False
+    return True
+
+
+def history_of(log: MemoryLog) -> VerifiedHistory:
+    auditor = LogAuditor(log, log.vkey, keep_leaf_hashes=True)
+    report = auditor.verify()
+    assert auditor.leaf_hashes is not None
+    return VerifiedHistory(report.checkpoint, bytes(auditor.leaf_hashes))
+
+
+def test_a_rewrite_re_signed_by_the_log_is_caught_only_with_what_an_earlier_run_verified() -> None:
+    """The log rewrites entry 2, rebuilds its tree, and signs it: a fresh auditor sees a consistent log;
+    one holding the earlier run's checkpoint and leaf hashes names entry 2."""
+    honest = MemoryLog()
+    honest.add(*(release(n) for n in range(10)))
+    earlier = history_of(honest)
+    saved = honest.signed()
+    rewritten = MemoryLog(honest.key)
+    rewritten.add(*(release(n) if n != 2 else release(2, "denied") for n in range(12)))
+
+    assert LogAuditor(rewritten, rewritten.vkey).verify().checkpoint.size == 12  # what a forgetful one sees
+
+    auditor = LogAuditor(rewritten, rewritten.vkey)
+    auditor.earlier = earlier
+    with pytest.raises(AuditFailure, match=r"entry 2 was rewritten: .* verified at size 10") as failure:
+        auditor.verify(saved)
+    assert failure.value.entry_index == 2
+
+
+def test_an_earlier_run_of_an_honest_log_verifies_and_its_history_grows(log: MemoryLog) -> None:
+    earlier = history_of(log)
+    log.add(release(600), release(601))
+    auditor = LogAuditor(log, log.vkey, keep_leaf_hashes=True)
+    auditor.earlier = earlier
+    seen: list[int] = []
+    auditor.on_entry = lambda index, _entry, _data: seen.append(index)
+    report = auditor.verify()
+    assert report.checkpoint.size == 26
+    assert auditor.leaf_hashes is not None
+    assert bytes(auditor.leaf_hashes[: len(earlier.leaf_hashes)]) == earlier.leaf_hashes
+    assert seen == list(range(26))  # every entry is verified again; the CLI announces only new ones
+
+
+def test_verified_history_needs_one_leaf_hash_per_entry(log: MemoryLog) -> None:
+    earlier = history_of(log)
+    with pytest.raises(ValueError, match="leaf hashes"):
+        VerifiedHistory(earlier.checkpoint, earlier.leaf_hashes[:-1])

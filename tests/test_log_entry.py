@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from audit.entry import MAX_SAFE_INTEGER, EntryError, canonical_bytes, decode_entry
+from tests.fuzzing import fuzz_settings
 
 pytestmark = pytest.mark.fuzz
 
@@ -77,3 +78,63 @@ def test_values_that_cannot_be_logged() -> None:
             canonical_bytes(bad)
     with pytest.raises(EntryError, match="limited"):
         canonical_bytes({"x": "a" * 70_000})
+
+
+# What a hostile log could serve as an entry, and what decode_entry must say about it: each one an
+# EntryError (so the auditor can name the entry), never RecursionError or the ValueError int() raises
+# past 4,300 digits.
+HOSTILE_ENTRIES = {
+    "nested arrays 30,000 deep": (b'{"a":' + b"[" * 30_000 + b"]" * 30_000 + b"}", "nested too deeply"),
+    "nested objects 10,000 deep": (b'{"a":' + b'{"a":' * 10_000 + b"1" + b"}" * 10_001, "nested too deeply"),
+    "a 4,301-digit integer": (b'{"a":' + b"9" * 4301 + b"}", "4301 digits"),
+    "a negative 20,000-digit integer": (b'{"a":-' + b"1" * 20_000 + b"}", "20000 digits"),
+    "a 17-digit integer": (b'{"a":10000000000000000}', "17 digits"),
+    "invalid UTF-8": (b'{"a":"\xc3\x28"}', "not UTF-8"),
+    "a UTF-8-encoded surrogate": (b'{"a":"\xed\xa0\x80"}', "not UTF-8"),
+    "an escaped lone surrogate": (b'{"a":"\\ud800"}', "surrogate"),
+    "a duplicate member": (b'{"a":1,"a":2}', "repeats the member 'a'"),
+    "NaN": (b'{"a":NaN}', "floating-point"),
+    "Infinity": (b'{"a":-Infinity}', "floating-point"),
+    "oversize": (b'{"a":"' + b"x" * 70_000 + b'"}', "larger than any entry"),
+    "not an object": (b"[1]", "a JSON object"),
+    "truncated": (b'{"a":[1,', "not UTF-8 JSON"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_ENTRIES))
+def test_hostile_entries_are_a_typed_error_saying_what_is_wrong(name: str) -> None:
+    data, reason = HOSTILE_ENTRIES[name]
+    with pytest.raises(EntryError, match=reason):
+        decode_entry(data)
+
+
+def test_nesting_the_writer_can_encode_is_read_back() -> None:
+    """The guard against deep nesting refuses nothing canonical_bytes writes at ordinary depths."""
+    value: Any = 1
+    for _ in range(200):
+        value = [value]
+    data = canonical_bytes({"a": value})
+    assert decode_entry(data) == {"a": value}
+
+
+# Random bytes, JSON-looking text, and long runs of what breaks recursive or digit-converting decoders.
+hostile_bytes = (
+    st.binary(max_size=400)
+    | st.text(alphabet='{}[]":,.-+0123456789eEaNnIfilrstu\\ ', max_size=400).map(str.encode)
+    | st.builds(
+        lambda opener, count, tail: b'{"a":' + opener * count + tail,
+        st.sampled_from([b"[", b'{"a":', b"9", b"-1", b'"\\ud800', b"\xed\xa0\x80"]),
+        st.integers(min_value=0, max_value=40_000),
+        st.binary(max_size=16),
+    )
+)
+
+
+@given(hostile_bytes)
+@fuzz_settings(300)
+def test_any_bytes_decode_or_are_an_entry_error(data: bytes) -> None:
+    try:
+        entry = decode_entry(data)
+    except EntryError:
+        return
+    assert canonical_bytes(entry) == data  # what decodes is exactly canonical
