@@ -1,8 +1,8 @@
 """Shamir secret sharing over GF(2^8), byte by byte: the bare arithmetic, no formats.
 
-Each byte of the secret is the constant term of its own random polynomial of degree k − 1; share x
+Each byte of the secret is the constant term of its own random polynomial of degree k - 1; share x
 (1..n) holds every polynomial's value at x. Any k shares determine the polynomials (Lagrange
-interpolation at 0); any k − 1 are consistent with every value of every secret byte, each with exactly
+interpolation at 0); any k - 1 are consistent with every value of every secret byte, each with exactly
 as many polynomials, so they say nothing about it (tests/threshold/test_secrecy.py checks this over the
 whole byte range). Intermediate values live in bytearrays that are overwritten before returning.
 """
@@ -30,9 +30,9 @@ def evaluate(coefficients: Sequence[int], x: int) -> int:
 def split_bytes(
     secret: bytes | bytearray, k: int, n: int, *, random_bytes: RandomBytes = secrets.token_bytes
 ) -> list[bytearray]:
-    """The n share values (share x is at index x − 1) of ``secret`` with threshold k.
+    """The n share values (share x is at index x - 1) of ``secret`` with threshold k.
 
-    ``random_bytes`` supplies the k − 1 random coefficients of every byte's polynomial; only tests
+    ``random_bytes`` supplies the k - 1 random coefficients of every byte's polynomial; only tests
     pass anything but the operating system's CSPRNG.
     """
     if not 1 <= k <= n <= 255:

@@ -122,7 +122,9 @@ class KeyIdentity:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
-            raise InvalidParameters(f"a key name is 1..100 characters of A-Z a-z 0-9 . _ -, not {self.name!r}")
+            raise InvalidParameters(
+                f"a key name is 1..100 characters of A-Z a-z 0-9 . _ -, not {self.name!r}"
+            )
         for field, value in (("version", self.version), ("k", self.k), ("n", self.n)):
             if type(value) is not int:
                 raise InvalidParameters(f"{field} is an integer, not {value!r}")
@@ -135,7 +137,8 @@ class KeyIdentity:
 
     def canonical(self) -> bytes:
         name = self.name.encode()
-        return _DOMAIN + struct.pack(">H", len(name)) + name + struct.pack(">IBB", self.version, self.k, self.n)
+        fields = struct.pack(">IBB", self.version, self.k, self.n)
+        return _DOMAIN + struct.pack(">H", len(name)) + name + fields
 
     def describe(self) -> str:
         return f"{self.name} version {self.version} ({self.k} of {self.n})"
@@ -157,7 +160,8 @@ class KeyCommitment:
     def matches(self, key: bytes | bytearray) -> bool:
         if len(key) != self.length:
             return False
-        return hmac.compare_digest(_commitment_digest(self.identity, self.length, self.nonce, key), self.digest)
+        digest = _commitment_digest(self.identity, self.length, self.nonce, key)
+        return hmac.compare_digest(digest, self.digest)
 
     def share_tag(self, index: int) -> bytes:
         material = self.identity.canonical() + bytes([self.length]) + self.nonce + bytes([index])
@@ -180,7 +184,9 @@ class KeyCommitment:
         """Strict: exactly the fields ``to_json`` writes, each of its type."""
         fields = {"format", "name", "version", "k", "n", "length", "nonce", "digest"}
         if not isinstance(document, Mapping) or set(document) != fields:
-            raise MalformedCommitment(f"a commitment is a JSON object with exactly the fields {sorted(fields)}")
+            raise MalformedCommitment(
+                f"a commitment is a JSON object with exactly the fields {sorted(fields)}"
+            )
         if document["format"] != COMMITMENT_FORMAT:
             raise MalformedCommitment(f"not a {COMMITMENT_FORMAT} document: {document['format']!r}")
         try:
@@ -275,8 +281,7 @@ def combine(
             raise DuplicateShare(f"share index {duplicates[0]} was given more than once")
         if len(parsed) < identity.k:
             raise NotEnoughShares(
-                f"{identity.describe()} needs {identity.k} shares, {len(parsed)} given"
-                f" (indices {indices})"
+                f"{identity.describe()} needs {identity.k} shares, {len(parsed)} given (indices {indices})"
             )
         chosen = parsed[: identity.k]
         key = interpolate([s.index for s in chosen], [s.value for s in chosen])

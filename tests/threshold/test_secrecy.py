@@ -1,6 +1,6 @@
-"""Any k − 1 shares reveal nothing: exhaustively, over the whole byte range, for small parameters.
+"""Any k - 1 shares reveal nothing: exhaustively, over the whole byte range, for small parameters.
 
-Perfect secrecy means: whatever k − 1 share values an attacker sees, every secret byte is consistent
+Perfect secrecy means: whatever k - 1 share values an attacker sees, every secret byte is consistent
 with them, and with exactly as many choices of the random coefficients. The tests drive the real
 ``split_bytes`` with every possible coefficient (k = 2) or solve for the polynomials by brute force
 with the field operations alone (k = 3), never with the interpolation they are checking.
@@ -23,7 +23,8 @@ def test_one_share_of_two_is_uniform_for_every_secret_byte() -> None:
     seen: list[list[set[int]]] = [[set() for _ in range(256)] for _ in range(3)]
     for coefficient in range(256):
         # One split of a 256-byte secret holding every byte value, with the coefficient forced.
-        shares = split_bytes(ALL_BYTES, 2, 3, random_bytes=lambda size, c=coefficient: bytes([c]) * size)
+        forced = bytes([coefficient]) * len(ALL_BYTES)
+        shares = split_bytes(ALL_BYTES, 2, 3, random_bytes=lambda size, forced=forced: forced[:size])
         for x in range(3):
             for secret_byte in range(256):
                 seen[x][secret_byte].add(shares[x][secret_byte])
@@ -60,7 +61,7 @@ def test_two_shares_of_three_fit_every_secret_byte_exactly_once() -> None:
 
 
 def test_any_k_minus_one_real_shares_fit_every_secret() -> None:
-    """From k − 1 shares of a real split and any guessed secret byte, exactly one value of one more
+    """From k - 1 shares of a real split and any guessed secret byte, exactly one value of one more
     share completes them to k points whose polynomial has f(0) = guess: the seen shares rule out no
     guess."""
     secret = bytes(range(16, 48))
