@@ -9,6 +9,7 @@ with the field operations alone (k = 3), never with the interpolation they are c
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from collections import Counter
 
 from threshold.gf256 import inverse, multiply
@@ -17,14 +18,20 @@ from threshold.shamir import evaluate, interpolate, lagrange_basis, split_bytes
 ALL_BYTES = bytes(range(256))
 
 
+def _constant(value: int) -> Callable[[int], bytes]:
+    def random_bytes(size: int) -> bytes:
+        return bytes([value]) * size
+
+    return random_bytes
+
+
 def test_one_share_of_two_is_uniform_for_every_secret_byte() -> None:
     """k = 2, n = 3: for every secret byte s and share index x, the 256 possible coefficients map to
     256 distinct share values. So a single share value is equally likely under every secret."""
     seen: list[list[set[int]]] = [[set() for _ in range(256)] for _ in range(3)]
     for coefficient in range(256):
         # One split of a 256-byte secret holding every byte value, with the coefficient forced.
-        forced = bytes([coefficient]) * len(ALL_BYTES)
-        shares = split_bytes(ALL_BYTES, 2, 3, random_bytes=lambda size, forced=forced: forced[:size])
+        shares = split_bytes(ALL_BYTES, 2, 3, random_bytes=_constant(coefficient))
         for x in range(3):
             for secret_byte in range(256):
                 seen[x][secret_byte].add(shares[x][secret_byte])
