@@ -9,8 +9,8 @@ with the field operations alone (k = 3), never with the interpolation they are c
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 from collections import Counter
+from collections.abc import Callable
 
 from threshold.gf256 import inverse, multiply
 from threshold.shamir import evaluate, interpolate, lagrange_basis, split_bytes
