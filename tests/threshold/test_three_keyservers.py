@@ -1,4 +1,5 @@
-"""k-of-n release across three real keyservers (each its own app, database, tenant, policy, log origin)
+"""k-of-n release across three real keyservers (each its own app, database, tenant, policy, log origin:
+A and C on SQLite, B on PostgreSQL)
 and a real TPM (swtpm): the owner splits with the CLI, imports one share into each keyserver with the
 SDK, the "loader" gets each share released under that keyserver's policy and combines two of them
 against the owner's commitment. A keyserver that hands out another value is caught by the commitment.
@@ -47,15 +48,17 @@ from tests.test_release_swtpm import PCR, Loader, extend, loader_ak, setup_tenan
 from tests.tpm.test_swtpm import read_pcrs
 from threshold import CommitmentMismatch, KeyCommitment, KeyIdentity, Share, combine
 
-pytestmark = pytest.mark.swtpm
+pytestmark = [pytest.mark.swtpm, pytest.mark.postgres]
 ORIGINS = ("ks-a.example", "ks-b.example", "ks-c.example")
 IDENTITY = KeyIdentity("weights", 1, 2, 3)
 
 
 @asynccontextmanager
-async def running_keyserver(root: Path, origin: str) -> AsyncIterator[Service]:
+async def running_keyserver(root: Path, origin: str, database_url: str | None) -> AsyncIterator[Service]:
     settings = Settings(
-        data_dir=root / "data", database_url=f"sqlite+aiosqlite:///{root / 'ks.sqlite3'}", log_origin=origin
+        data_dir=root / "data",
+        database_url=database_url or f"sqlite+aiosqlite:///{root / 'ks.sqlite3'}",
+        log_origin=origin,
     )
     announced: list[str] = []
     app = create_app(settings, announce=announced.append)
@@ -95,14 +98,16 @@ def split_with_cli(out_dir: Path) -> tuple[bytes, list[bytes], KeyCommitment]:
 
 
 async def test_two_of_three_keyservers_release_and_attest(
-    tmp_path: Path, swtpm: Any, tpm_esapi: ESAPI
+    tmp_path: Path, swtpm: Any, tpm_esapi: ESAPI, postgres_url: str
 ) -> None:
     key, shares, commitment = split_with_cli(tmp_path / "split")
     extend(tpm_esapi, b"reviewed loader build 1")
     async with AsyncExitStack() as stack:
         keyservers = [
-            await stack.enter_async_context(running_keyserver(root, origin))
-            for root, origin in zip(keyserver_roots(tmp_path), ORIGINS, strict=True)
+            await stack.enter_async_context(running_keyserver(root, origin, database))
+            for root, origin, database in zip(
+                keyserver_roots(tmp_path), ORIGINS, (None, postgres_url, None), strict=True
+            )
         ]
         with loader_ak(tpm_esapi) as ak:
             admins = []
