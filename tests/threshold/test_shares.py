@@ -222,3 +222,12 @@ def test_a_commitment_to_another_key_refuses_the_combination() -> None:
     changed["digest"] = other.to_json()["digest"]
     with pytest.raises(CommitmentMismatch, match="did not commit to"):
         combine(shares[:2], KeyCommitment.from_json(changed), IDENTITY)
+
+
+def test_a_share_moved_to_another_index_is_refused_by_its_tag() -> None:
+    """The index is bound by the tag: re-encoding share 2's value as share 3 is not share 3."""
+    shares, commitment = shares_of()
+    moved = bytearray(shares[1])
+    moved[3] = 3
+    with pytest.raises(WrongIdentity, match="index 3"):
+        combine([shares[0], bytes(moved)], commitment, IDENTITY)
