@@ -83,7 +83,7 @@ def create_app(settings: Settings | None = None, *, announce: Announce = print_o
             )
             # The database may be down while this worker starts (a worker replaced during an outage):
             # its checks run when it first answers; requests that need it get 503 until then.
-            readiness = Readiness(timeout_s=settings.db_timeout_s * 2)
+            readiness = Readiness()
             for name, check in database_checks(db, announce):
                 readiness.register(name, check)
             state.readiness = readiness

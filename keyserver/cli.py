@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import re
 import sys
@@ -130,8 +131,17 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     configure_logging(settings.log_level)
     # Initialise once here, before any worker starts, so the operator credential is printed once and
-    # workers never race each other over migrations.
-    asyncio.run(_with_db(settings, lambda db: initialise(db)))
+    # workers never race each other over migrations. A database that does not answer is no reason not to
+    # start: the workers run the same checks when it does, and serve nothing before (keyserver.readiness).
+    try:
+        asyncio.run(_with_db(settings, lambda db: initialise(db)))
+    except KeyserverError:
+        raise
+    except Exception as exc:  # the driver's own errors: refused, timed out, starting up
+        logging.getLogger("keyserver.serve").warning(
+            "the database did not answer at start; serving once it does",
+            extra={"fields": {"error": type(exc).__name__}},
+        )
     # Workers are separate processes that build their own app from the environment.
     os.environ["KEYSERVER_DATA_DIR"] = str(settings.data_dir)
     if settings.database_url:

@@ -46,9 +46,10 @@ class _Registered:
 class Readiness:
     """The list of start-up checks and whether they have all passed once."""
 
-    def __init__(self, *, timeout_s: float, retry_interval_s: float = DEFAULT_RETRY_INTERVAL_S) -> None:
+    def __init__(self, *, retry_interval_s: float = DEFAULT_RETRY_INTERVAL_S) -> None:
+        # No deadline of its own: the database's connect and statement timeouts bound each check, and
+        # cancelling one midway (a migration, with KEYSERVER_AUTO_MIGRATE) would only make it start over.
         self._checks: list[_Registered] = []
-        self._timeout_s = timeout_s
         self._retry_interval_s = retry_interval_s
         self._lock = asyncio.Lock()
         self._ready = False
@@ -96,8 +97,7 @@ class Readiness:
             if registered.passed:
                 continue
             try:
-                async with asyncio.timeout(self._timeout_s):
-                    await registered.check()
+                await registered.check()
             except ConfigurationError as exc:
                 log.error(
                     "refusing to serve: a start-up check failed",
