@@ -139,7 +139,8 @@ async def test_serve_starts_while_postgres_is_down(
     finally:
         stderr = server.stop()
     assert "the database did not answer at start" in stderr
-    assert server.process.returncode == 0, stderr[-3000:]
+    # Asked to stop: uvicorn's single-worker server re-raises the SIGTERM it handled once it has shut down.
+    assert server.process.returncode in (0, -signal.SIGTERM), stderr[-3000:]
 
 
 def _wait_for(condition: Any, seconds: float, what: str) -> Any:
