@@ -110,7 +110,14 @@ class Readiness:
             except Exception as exc:  # the database not answering (yet), whatever the driver raised
                 log.warning(
                     "not ready: a start-up check could not run",
-                    extra={"fields": {"check": registered.name, "error": type(exc).__name__}},
+                    # The driver's message (host, port, server state; never the URL's password).
+                    extra={
+                        "fields": {
+                            "check": registered.name,
+                            "error": type(exc).__name__,
+                            "detail": str(exc)[:300],
+                        }
+                    },
                 )
                 self._last_failure = NotReady("the keyserver is waiting for its database; retry shortly")
                 raise self._last_failure from exc
