@@ -1,5 +1,7 @@
 # keyserver service image: the embedded default (SQLite in /var/lib/keyserver), or PostgreSQL with
 # KEYSERVER_DATABASE_URL. Build: docker build -t keyserver .   Run: docker run -p 8080:8080 keyserver
+# On PostgreSQL the URL names the service role, which owns nothing; migrate first as the owner:
+#   docker run -e KEYSERVER_DATABASE_URL=<owner URL> keyserver keyserver db upgrade --service-role <role>
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 COPY requirements/runtime.txt requirements/runtime.txt

@@ -124,8 +124,8 @@ async def bench_database(kind: str) -> AsyncIterator[Database]:
         from tests.fixtures.postgres import throwaway_cluster
 
         with throwaway_cluster(durable=True) as server:
-            name = await asyncio.to_thread(server.create_database)
-            db = Database(Settings(data_dir=Path(tmp), database_url=server.url(name), auto_migrate=True))
+            name = await asyncio.to_thread(server.create_migrated_database)
+            db = Database(Settings(data_dir=Path(tmp), database_url=server.url(name)))
             await initialise(db, announce=lambda _token: None)
             try:
                 yield db

@@ -107,7 +107,7 @@ def _database(kind: str, tmp: Path) -> Iterator[str | None]:
     from tests.fixtures.postgres import throwaway_cluster
 
     with throwaway_cluster(durable=True) as server:
-        yield server.url(server.create_database())
+        yield server.url(server.create_migrated_database())
 
 
 @asynccontextmanager

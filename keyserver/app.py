@@ -40,12 +40,13 @@ from keyserver.api.tpm import TpmAdminController, TpmEnrolmentController
 from keyserver.attestation import AttestationIssuer
 from keyserver.backends.base import KeyBackend
 from keyserver.backends.factory import backend_from_settings
-from keyserver.bootstrap import Announce, initialise, print_operator_token
+from keyserver.bootstrap import Announce, database_checks, prepare_data_dir, print_operator_token
 from keyserver.config import Settings
 from keyserver.db.session import Database
 from keyserver.explorer import explorer_router
 from keyserver.logs import configure_logging
 from keyserver.ratelimits import ReleaseLimiter
+from keyserver.readiness import Readiness
 from keyserver.release import ReleaseService
 from keyserver.releaselog.signing import LogSigner
 from keyserver.releaselog.store import ReleaseLog
@@ -66,8 +67,9 @@ def create_app(settings: Settings | None = None, *, announce: Announce = print_o
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         backend: KeyBackend | None = None
         try:
-            await initialise(db, announce)
-            # After initialise: the data directory (and so the software KEK's home) exists now.
+            if settings.is_sqlite and settings.database_url is None:
+                prepare_data_dir(settings)
+            # The data directory (and so the software KEK's home) exists now.
             backend = backend_from_settings(settings)
             # A misconfigured HSM or Vault stops the start here, with its reason, not at the first release.
             await backend.health()
@@ -80,6 +82,13 @@ def create_app(settings: Settings | None = None, *, announce: Announce = print_o
                 AttestationIssuer(backend, settings.log_origin),
                 ReleaseLimiter(db, settings),
             )
+            # The database may be down while this worker starts (a worker replaced during an outage):
+            # its checks run when it first answers; requests that need it get 503 until then.
+            readiness = Readiness()
+            for name, check in database_checks(db, announce):
+                readiness.register(name, check)
+            state.readiness = readiness
+            await readiness.start()
             yield
         finally:
             if backend is not None:
@@ -112,10 +121,10 @@ def create_app(settings: Settings | None = None, *, announce: Announce = print_o
         ],
         dependencies={
             "principal": Provide(provide_principal),
-            "db": Provide(provide_db, sync_to_thread=False),
-            "release_log": Provide(provide_release_log, sync_to_thread=False),
+            "db": Provide(provide_db),
+            "release_log": Provide(provide_release_log),
             "key_backend": Provide(provide_key_backend, sync_to_thread=False),
-            "release_service": Provide(provide_release_service, sync_to_thread=False),
+            "release_service": Provide(provide_release_service),
         },
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         before_request=screen_request,

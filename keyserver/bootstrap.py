@@ -9,8 +9,10 @@ from collections.abc import Callable
 
 from keyserver.config import Settings
 from keyserver.db import migrate
+from keyserver.db.grants import check_service_role
 from keyserver.db.session import Database, Scope
 from keyserver.errors import ConfigurationError
+from keyserver.readiness import StartupCheck
 from keyserver.tenancy import Role, has_operator_token, issue_token
 
 log = logging.getLogger("keyserver.bootstrap")
@@ -47,7 +49,23 @@ async def initialise(db: Database, announce: Announce = print_operator_token) ->
     settings = db.settings
     if settings.is_sqlite and settings.database_url is None:
         prepare_data_dir(settings)
-    await db.check_isolation_enforced()
+    for _name, check in database_checks(db, announce):
+        await check()
+
+
+def database_checks(
+    db: Database, announce: Announce = print_operator_token
+) -> list[tuple[str, StartupCheck]]:
+    """The start-up checks that need the database, in order (see keyserver.readiness)."""
+    return [
+        ("database role", db.check_isolation_enforced),
+        ("service role owns nothing", lambda: check_service_role(db)),
+        ("schema and operator credential", lambda: _schema_and_operator(db, announce)),
+    ]
+
+
+async def _schema_and_operator(db: Database, announce: Announce) -> None:
+    settings = db.settings
     if settings.should_auto_migrate:
         await migrate.upgrade(db.engine)
     current, head = await migrate.current_revision(db.engine), migrate.head_revision()

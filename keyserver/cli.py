@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import re
 import sys
@@ -62,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     db = commands.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
     upgrade = db.add_parser("upgrade", help="migrate the schema up (default: to the newest revision)")
     upgrade.add_argument("--revision", default="head")
+    upgrade.add_argument(
+        "--service-role",
+        help="PostgreSQL: then grant ROLE (the one the service connects as) exactly the service's"
+        " privileges; run as the schema's owner (env KEYSERVER_SERVICE_ROLE)",
+    )
     downgrade = db.add_parser("downgrade", help="migrate the schema down to REVISION (base = empty)")
     downgrade.add_argument("revision")
     db.add_parser("current", help="print the schema revision")
@@ -135,13 +141,22 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     configure_logging(settings.log_level)
     # Initialise once here, before any worker starts, so the operator credential is printed once and
-    # workers never race each other over migrations.
-    asyncio.run(_with_db(settings, lambda db: initialise(db)))
+    # workers never race each other over migrations. A database that does not answer is no reason not to
+    # start: the workers run the same checks when it does, and serve nothing before (keyserver.readiness).
+    try:
+        asyncio.run(_with_db(settings, lambda db: initialise(db)))
+    except KeyserverError:
+        raise
+    except Exception as exc:  # the driver's own errors: refused, timed out, starting up
+        logging.getLogger("keyserver.serve").warning(
+            "the database did not answer at start; serving once it does",
+            extra={"fields": {"error": type(exc).__name__}},
+        )
     # Workers are separate processes that build their own app from the environment.
     os.environ["KEYSERVER_DATA_DIR"] = str(settings.data_dir)
     if settings.database_url:
         os.environ["KEYSERVER_DATABASE_URL"] = settings.database_url
-    uvicorn.run(
+    config = uvicorn.Config(
         "keyserver.app:create_app",
         factory=True,
         host=settings.host,
@@ -151,7 +166,15 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         access_log=False,
         server_header=False,
     )
-    return EXIT_OK
+    from keyserver.serving import run_until_stopped
+
+    if run_until_stopped(config):
+        return EXIT_OK
+    print(
+        "keyserver: the server stopped without being asked to (a worker failed to start? see the log above)",
+        file=sys.stderr,
+    )
+    return EXIT_FAILED
 
 
 async def _with_db(settings: Settings, action: Callable[[Database], Awaitable[Any]]) -> Any:
@@ -170,6 +193,13 @@ async def _db_command(args: argparse.Namespace, settings: Settings) -> int:
             prepare_data_dir(settings)
         if args.db_command == "upgrade":
             await migrate.upgrade(db.engine, args.revision)
+            service_role = args.service_role or os.environ.get("KEYSERVER_SERVICE_ROLE")
+            if service_role:
+                from keyserver.db.grants import grant_service_role
+
+                tables = await grant_service_role(db.engine, service_role)
+                granted = f"granted {service_role} the service's privileges on {len(tables)} tables"
+                print(granted, file=sys.stderr)
         elif args.db_command == "downgrade":
             await migrate.downgrade(db.engine, args.revision)
         print(await migrate.current_revision(db.engine) or "base")

@@ -79,6 +79,9 @@ class Settings:
     # PostgreSQL roles that bypass row-level security (superusers, BYPASSRLS) would turn the
     # database's tenant isolation off; the service refuses them unless this is set on purpose.
     allow_rls_bypass: bool = False
+    # A PostgreSQL role that owns the schema (or anything in it) could drop the release log's
+    # append-only triggers and row-level security; the service refuses it unless this is set on purpose.
+    allow_schema_owner: bool = False
     # Checkpoint origins are "<log_origin>/<tenant name>"; set it to the keyserver's public name.
     log_origin: str = "keyserver.local"
     # The software backend's key-encryption key; None means "kek.bin in data_dir".
@@ -178,6 +181,7 @@ class Settings:
             kek_file=Path(kek_file) if kek_file else None,
             auto_migrate=_bool("KEYSERVER_AUTO_MIGRATE", get("AUTO_MIGRATE")),
             allow_rls_bypass=bool(_bool("KEYSERVER_ALLOW_RLS_BYPASS", get("ALLOW_RLS_BYPASS"))),
+            allow_schema_owner=bool(_bool("KEYSERVER_ALLOW_SCHEMA_OWNER", get("ALLOW_SCHEMA_OWNER"))),
             db_pre_ping=_bool_or("KEYSERVER_DB_PRE_PING", get("DB_PRE_PING"), settings.db_pre_ping),
             pkcs11_module=Path(pkcs11_module) if pkcs11_module else None,
             pkcs11_token_label=get("PKCS11_TOKEN_LABEL"),

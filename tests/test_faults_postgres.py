@@ -20,8 +20,6 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyserver.config import Settings
-from keyserver.db import migrate
-from keyserver.db.session import Database
 from keyserver.faults import ReleaseStep
 from tests.fault_rig import (
     ALL_STEPS,
@@ -50,17 +48,7 @@ def cluster() -> Iterator[PostgresCluster]:
 
 @pytest.fixture(scope="module")
 def database_name(cluster: PostgresCluster) -> str:
-    name = cluster.create_database()
-
-    async def upgrade() -> None:
-        db = Database(Settings(database_url=cluster.url(name)))
-        try:
-            await migrate.upgrade(db.engine)
-        finally:
-            await db.dispose()
-
-    asyncio.run(upgrade())
-    return name
+    return cluster.create_migrated_database()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

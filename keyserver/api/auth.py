@@ -14,6 +14,7 @@ from keyserver.backends.base import KeyBackend
 from keyserver.db.models import Tenant
 from keyserver.db.session import Database
 from keyserver.errors import Unauthenticated
+from keyserver.readiness import Readiness
 from keyserver.release import ReleaseService
 from keyserver.releaselog.store import ReleaseLog
 from keyserver.tenancy import Principal, Role, authenticate, require_role, resolve_tenant
@@ -34,12 +35,20 @@ async def provide_principal(request: Request[Any, Any, Any], db: NamedDependency
     return await authenticate(db, value.strip())
 
 
-def provide_db(request: Request[Any, Any, Any]) -> Database:
+async def _ready(request: Request[Any, Any, Any]) -> None:
+    # Nothing touches the store before the start-up checks have passed (keyserver.readiness): 503.
+    readiness: Readiness = request.app.state.readiness
+    await readiness.ensure()
+
+
+async def provide_db(request: Request[Any, Any, Any]) -> Database:
+    await _ready(request)
     db: Database = request.app.state.db
     return db
 
 
-def provide_release_log(request: Request[Any, Any, Any]) -> ReleaseLog:
+async def provide_release_log(request: Request[Any, Any, Any]) -> ReleaseLog:
+    await _ready(request)
     release_log: ReleaseLog = request.app.state.release_log
     return release_log
 
@@ -49,7 +58,8 @@ def provide_key_backend(request: Request[Any, Any, Any]) -> KeyBackend:
     return backend
 
 
-def provide_release_service(request: Request[Any, Any, Any]) -> ReleaseService:
+async def provide_release_service(request: Request[Any, Any, Any]) -> ReleaseService:
+    await _ready(request)
     service: ReleaseService = request.app.state.release_service
     return service
 

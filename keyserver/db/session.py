@@ -179,8 +179,8 @@ class Database:
         if row.rolsuper or row.rolbypassrls:
             raise ConfigurationError(
                 "the database role in KEYSERVER_DATABASE_URL is a superuser or has BYPASSRLS, which would"
-                " disable tenant isolation in the database; connect as an ordinary role that owns the"
-                " schema (see README, 'PostgreSQL'), or set KEYSERVER_ALLOW_RLS_BYPASS=true knowingly"
+                " disable tenant isolation in the database; connect as an ordinary role that owns nothing"
+                " (see README, 'PostgreSQL'), or set KEYSERVER_ALLOW_RLS_BYPASS=true knowingly"
             )
 
     async def dispose(self) -> None:
