@@ -8,6 +8,7 @@ that a stop was requested; :func:`run_until_stopped` returns whether it was.
 
 from __future__ import annotations
 
+import socket
 import types
 
 import uvicorn
@@ -38,10 +39,25 @@ class _Supervisor(Multiprocess):
         super().handle_break()
 
 
+def listening_socket(config: uvicorn.Config) -> socket.socket:
+    """The shared listening socket of a multi-worker server, with ``TCP_NODELAY`` for every connection.
+
+    uvicorn binds it with protocol 0, and the workers rebuild it the same way, so asyncio (which sets
+    ``TCP_NODELAY`` only on sockets whose protocol is ``IPPROTO_TCP``) leaves Nagle on: h11 writes a
+    response's head and body separately and the body waits ~40 ms for the client's delayed ACK (issue
+    15). Linux copies the option from the listening socket to each connection it accepts, so it is set
+    here, once, whatever the workers do.
+    """
+    sock = config.bind_socket()
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
 def run_until_stopped(config: uvicorn.Config) -> bool:
     """Serve until the server stops; True when a stop signal ended it, False for any other end."""
     if config.workers > 1:
-        supervisor = _Supervisor(config, sockets=[config.bind_socket()])
+        supervisor = _Supervisor(config, sockets=[listening_socket(config)])
         try:
             supervisor.run()
         except KeyboardInterrupt:
