@@ -23,6 +23,7 @@ from keyserver.bootstrap import initialise
 from keyserver.cli_audit import add_audit_commands, run_audit
 from keyserver.cli_evidence import add_evidence_commands, run_evidence
 from keyserver.cli_policy import add_policy_commands, run_policy
+from keyserver.cli_tpm import add_tpm_commands, run_tpm
 from keyserver.config import Settings
 from keyserver.db import migrate
 from keyserver.db.session import Database, Scope
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_audit_commands(commands)
     add_evidence_commands(commands)
     add_policy_commands(commands)
+    add_tpm_commands(commands)
     demo = commands.add_parser(
         "demo", help="run the confidential-inference demo end to end (needs `make demo`)"
     )
@@ -257,6 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     if args.command == "audit":  # a client of some keyserver: no local settings involved
         return run_audit(args)
+    if args.command == "tpm":  # a tenant admin's client of some keyserver
+        return run_tpm(args)
     if args.command == "evidence":  # offline: files in, claims out
         return run_evidence(args)
     if args.command == "policy":  # offline: policy + claims in, decision out
