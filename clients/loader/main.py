@@ -17,9 +17,8 @@ from typing import Any
 from clients.accelerator.accelerator import Accelerator
 from clients.loader.collectors.base import Collector
 from clients.loader.collectors.errors import CollectorError
-from clients.loader.config import ConfigError, LoaderConfig
+from clients.loader.config import ConfigError, LoaderConfig, config_digest
 from clients.loader.keyserver_api import KeyserverError, LoaderKeyserver
-from clients.loader.measure import config_digest
 from clients.loader.receipt import ReceiptInvalid
 from clients.loader.release import EphemeralKey, ReleaseRefused, attestation_result, release_key
 from clients.loader.service import LoaderState, TokenCache, create_loader_server

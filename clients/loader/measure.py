@@ -29,9 +29,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import clients
+from clients.loader.config import CONFIG_DOMAIN as CONFIG_DOMAIN
+from clients.loader.config import config_digest as config_digest
 
 IMAGE_DOMAIN = b"keyserver-loader-image-v1\x00"
-CONFIG_DOMAIN = b"keyserver-loader-config-v1\x00"
 # Where the loader starts. Third-party packages (numpy, cryptography, …) are not followed: they belong to
 # the VM's root file system, which a real deployment measures as a whole (dm-verity); here they are the
 # venv's. tests/clients/test_loader_image.py checks that a running loader imports nothing else.
@@ -116,11 +117,6 @@ def image_digest(files: Iterable[Path], root: Path | None = None) -> bytes:
         data = path.read_bytes()
         h.update(len(name).to_bytes(4, "big") + name + len(data).to_bytes(8, "big") + data)
     return h.digest()
-
-
-def config_digest(canonical_config: bytes) -> bytes:
-    """What the loader extends for the configuration it parsed (its canonical bytes)."""
-    return hashlib.sha256(CONFIG_DOMAIN + canonical_config).digest()
 
 
 def pcr_after_extends(digests: Iterable[bytes], initial: bytes = bytes(32)) -> bytes:
