@@ -17,6 +17,8 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from litestar.testing import TestClient
 
 from audit.checkpoint import vkey_for
@@ -33,7 +35,7 @@ from clients.loader.measure import (
     repository_root,
 )
 from clients.loader.release import EphemeralKey
-from clients.loader.service import LoaderState, TokenCache, create_loader_server
+from clients.loader.service import LoaderState, TokenCache, answer, create_loader_server
 from clients.model.train import train
 
 
@@ -248,3 +250,31 @@ def test_the_loader_api_refuses_bodies_it_does_not_read(loader_state: LoaderStat
         assert client.post("/v1/run", content=b"\xff").status_code == 400
         too_large = client.post("/v1/run", content=b"x" * (4 << 20 + 1))
         assert too_large.status_code == 413
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    body=st.one_of(
+        st.binary(max_size=300),
+        st.builds(lambda v: json.dumps(v).encode(), JSON_VALUES),
+        st.builds(lambda m: json.dumps({"message": m}).encode(), st.text(max_size=200)),
+    )
+)
+def test_any_body_is_answered_and_never_raises(loader_state: LoaderState, body: bytes) -> None:
+    status, document = answer(loader_state, "POST", "/v1/run", body)
+    assert status == 400
+    assert set(document) == {"error"}
