@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 TOKEN_REFRESH_SECONDS = 120.0
 MAX_MESSAGE_CHARS = 1 << 20
 MAX_BODY_BYTES = 2 * MAX_MESSAGE_CHARS
+# A connection that sends nothing for this long is dropped (a thread per connection must not wait forever).
+IDLE_SECONDS = 30.0
+# Programs run this many at a time; more wait their turn (CPU-bound: more threads would not go faster).
+CONCURRENT_RUNS = 4
+_runs = threading.BoundedSemaphore(CONCURRENT_RUNS)
 _REQUEST_MEMBERS = frozenset({"program", "inputs"})
 
 
@@ -108,7 +113,8 @@ def answer(loader: LoaderState, method: str, path: str, body: bytes) -> tuple[in
         if len(message) > MAX_MESSAGE_CHARS:
             return 400, {"error": 'a request is {"message": <sealed request>}'}
         try:
-            return 200, {"message": _run_sealed(loader, message)}
+            with _runs:
+                return 200, {"message": _run_sealed(loader, message)}
         except ChannelError:
             return 400, {"error": "the message does not open with this loader's key"}
     if path in ("/healthz", "/v1/attestation", "/v1/run"):
@@ -121,6 +127,7 @@ def create_loader_server(loader: LoaderState, host: str, port: int) -> Threading
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = IDLE_SECONDS
         server_version = "keyserver-loader"
         sys_version = ""
 

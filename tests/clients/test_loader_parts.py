@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +26,7 @@ from audit.checkpoint import vkey_for
 from clients.accelerator.accelerator import Accelerator
 from clients.channel import message_from_text, message_to_text, seal_request
 from clients.inference.server import create_inference_app
+from clients.loader import service
 from clients.loader.config import ConfigError, LoaderConfig, config_document
 from clients.loader.keyserver_api import KeyserverUnreachable
 from clients.loader.measure import (
@@ -278,3 +280,12 @@ def test_any_body_is_answered_and_never_raises(loader_state: LoaderState, body: 
     status, document = answer(loader_state, "POST", "/v1/run", body)
     assert status == 400
     assert set(document) == {"error"}
+
+
+def test_an_idle_connection_is_dropped(loader_state: LoaderState, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(service, "IDLE_SECONDS", 0.5)
+    with LoaderClient(loader_state) as client:
+        port = int(str(client.base_url.port))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as idle:
+            idle.sendall(b"POST /v1/run HTTP/1.1\r\nHost: x\r\n")  # and then nothing
+            assert idle.recv(1024) == b""  # closed by the loader, well before this socket's own deadline
