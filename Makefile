@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export VENV
 
-.PHONY: run test bench profile demo fuzz lint format system-deps lock clean
+.PHONY: run test bench profile demo fuzz lint format system-deps lock clean loader-wheel
 
 ## run: the service on the embedded default (SQLite + software key backend), on 127.0.0.1:8080
 run: $(VENV)/.installed-runtime
@@ -30,6 +30,11 @@ profile: system-deps $(VENV)/.installed-dev
 ## demo: the confidential-inference design end to end (keyserver, swtpm, loader, inference server, caller)
 demo: system-deps $(VENV)/.installed-dev
 	$(BIN)/keyserver demo
+
+## loader-wheel: the trusted loader's own distribution (keyserver-loader) in dist/: exactly its measured
+## image, depending on cryptography, joserfc, numpy and tpm2-pytss only (docs/clients.md)
+loader-wheel: $(VENV)/.installed-dev
+	$(BIN)/python -m clients.loader.build_wheel dist
 
 system-deps:
 	scripts/install-system-deps

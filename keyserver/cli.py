@@ -25,6 +25,7 @@ from keyserver.cli_audit import add_audit_commands, run_audit
 from keyserver.cli_evidence import add_evidence_commands, run_evidence
 from keyserver.cli_policy import add_policy_commands, run_policy
 from keyserver.cli_threshold import add_key_commands, run_key
+from keyserver.cli_tpm import add_tpm_commands, run_tpm
 from keyserver.cli_witness import add_witness_commands, run_witness
 from keyserver.config import Settings
 from keyserver.db import migrate
@@ -102,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_policy_commands(commands)
     add_witness_commands(commands)
     add_key_commands(commands)
+    add_tpm_commands(commands)
     demo = commands.add_parser(
         "demo", help="run the confidential-inference demo end to end (needs `make demo`)"
     )
@@ -308,6 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_witness(args)
     if args.command == "key":  # offline: the model owner's key in, shares and commitment out
         return run_key(args)
+    if args.command == "tpm":  # a tenant admin's client of some keyserver
+        return run_tpm(args)
     if args.command == "evidence":  # offline: files in, claims out
         return run_evidence(args)
     if args.command == "policy":  # offline: policy + claims in, decision out

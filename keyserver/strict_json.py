@@ -1,6 +1,7 @@
 """JSON parsing for security decisions: duplicate members are refused (two parsers could pick different
 values of a duplicated member), so are NaN and Infinity (not JSON, and not equal to themselves), and only
-an object is accepted where an object is expected."""
+an object is accepted where an object is expected. The one strict parser of the project: the server, the
+loader, the SDK, policy documents and TDX collateral all read JSON through it."""
 
 from __future__ import annotations
 
@@ -17,15 +18,19 @@ def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def _refuse_constant(name: str) -> Any:
+def refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+# For readers that need ``raw_decode`` (several values, or a value followed by other text).
+STRICT_DECODER = json.JSONDecoder(object_pairs_hook=no_duplicates, parse_constant=refuse_constant)
 
 
 def loads_strict(raw: bytes) -> Any:
     """The JSON value in ``raw`` (UTF-8); ``ValueError`` saying what is wrong for anything else."""
     try:
         return json.loads(
-            raw.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=_refuse_constant
+            raw.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=refuse_constant
         )
     except (UnicodeDecodeError, RecursionError) as exc:
         raise ValueError(str(exc)) from None

@@ -8,7 +8,6 @@ type-checked and cost-bounded, its reference values in the format of the claims 
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from keyserver.evidence.claims import TEE_NVIDIA_GPU
+from keyserver.strict_json import loads_strict
 from policy.cel import CelCompileError, CompiledRule, compile_rule
 from policy.claims import (
     CLAIM_NAME,
@@ -112,23 +112,10 @@ def load_json(text: str | bytes) -> Any:
     """Parse JSON text, refusing duplicate members (which of two ``"tees"`` would win is not something a
     policy should leave to a parser) and non-finite numbers."""
 
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in out:
-                raise PolicyError(f"member {key!r} appears twice")
-            out[key] = value
-        return out
-
-    def no_constant(name: str) -> Any:
-        raise PolicyError(f"{name} is not a JSON number")
-
     try:
-        return json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constant)
-    except json.JSONDecodeError as exc:
+        return loads_strict(text.encode() if isinstance(text, str) else text)
+    except ValueError as exc:
         raise PolicyError(f"not valid JSON: {exc}") from None
-    except RecursionError:
-        raise PolicyError("not valid JSON: nested too deeply") from None
 
 
 def _object(value: object, path: str, *, required: set[str], optional: set[str]) -> Mapping[str, Any]:

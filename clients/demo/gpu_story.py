@@ -15,10 +15,10 @@ from clients.demo.deployment import AK_HANDLE, PCR, TENANT, Deployment
 from clients.demo.gpus import SimulatedNvml, SyntheticGpu
 from clients.loader.collectors.nvidia_gpu import GpuCollector
 from clients.loader.collectors.tpm import TpmCollector, extend_pcr
+from clients.loader.keyserver_api import KeyserverRefused, LoaderKeyserver
 from clients.loader.measure import config_digest, image_digest, loader_files
 from clients.loader.release import EphemeralKey, LogTrust, release_key
 from clients.sdk import make_bundle
-from clients.sdk.errors import ReleaseDenied
 
 GPU_KEY = "gpu-weights"
 # The SPDM blocks the CI signer pins (a real deployment pins every block NVIDIA's RIMs name: `keyserver
@@ -60,29 +60,30 @@ async def gpu_chapter(deployed: Deployment) -> dict[str, bool]:
     vm = TpmCollector(deployed.tpm.tcti, AK_HANDLE, f"sha256:{PCR}")
     log = LogTrust(deployed.log_verifier_key, deployed.log_origin)
     outcomes: dict[str, bool] = {}
-    async with deployed.client() as client:
-        released = await release_key(
+    # The loader's own client (standard library HTTP, like the measured loader), not the SDK.
+    client = LoaderKeyserver(deployed.keyserver_url, tenant=TENANT, timeout=30)
+    released = release_key(
+        client,
+        GpuCollector(vm, SimulatedNvml(fleet)),
+        EphemeralKey(),
+        tenant=TENANT,
+        key_name=GPU_KEY,
+        log=log,
+    )
+    outcomes["composite_release_granted"] = len(released.material) == 32
+    rogue = SyntheticGpu(deployed.gpu_ca, measurements=list(approved.measurements))
+    rogue.measurements[9] = bytes(48)  # block 10: firmware the CI signer never approved
+    try:
+        release_key(
             client,
-            GpuCollector(vm, SimulatedNvml(fleet)),
+            GpuCollector(vm, SimulatedNvml([approved, rogue])),
             EphemeralKey(),
             tenant=TENANT,
             key_name=GPU_KEY,
             log=log,
         )
-        outcomes["composite_release_granted"] = len(released.material) == 32
-        rogue = SyntheticGpu(deployed.gpu_ca, measurements=list(approved.measurements))
-        rogue.measurements[9] = bytes(48)  # block 10: firmware the CI signer never approved
-        try:
-            await release_key(
-                client,
-                GpuCollector(vm, SimulatedNvml([approved, rogue])),
-                EphemeralKey(),
-                tenant=TENANT,
-                key_name=GPU_KEY,
-                log=log,
-            )
-            outcomes["wrong_firmware_denied"] = False
-        except ReleaseDenied as denied:
-            outcomes["wrong_firmware_denied"] = denied.reason == "reference-value-mismatch"
-            deployed.gpu_denial = f"{denied.reason}: {denied.parsed.detail}"
+        outcomes["wrong_firmware_denied"] = False
+    except KeyserverRefused as denied:
+        outcomes["wrong_firmware_denied"] = denied.reason == "reference-value-mismatch"
+        deployed.gpu_denial = f"{denied.reason}: {denied.message}"
     return outcomes

@@ -25,30 +25,65 @@ LOCALHOST = "127.0.0.1"
 START_SECONDS = 30.0
 
 
-class DemoError(Exception):
+class DemoError(RuntimeError):
     """A step of the demo could not run; the message says which and why."""
 
 
-def free_port(consecutive: int = 1) -> int:
-    """A free TCP port on 127.0.0.1 followed by ``consecutive - 1`` more (swtpm wants port + 1)."""
-    for _ in range(50):
+# The process helpers below are also the test fixtures' (tests/fixtures/_proc.py imports them): one copy.
+
+
+def free_port(consecutive: int = 1, attempts: int = 50) -> int:
+    """A TCP port on 127.0.0.1 that is free now, followed by ``consecutive - 1`` more free ports.
+
+    Several servers need adjacent ports: swtpm's control channel is expected at port + 1 by the
+    tpm2-tss ``swtpm`` TCTI, and OpenBao's dev server puts its cluster listener on port + 1. There is an
+    unavoidable race between this check and the server's bind; callers retry with a new port if the
+    server exits early.
+    """
+    for _ in range(attempts):
         with contextlib.ExitStack() as stack:
-            first = stack.enter_context(socket.socket())
+            first = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
             first.bind((LOCALHOST, 0))
             port: int = first.getsockname()[1]
+            if port + consecutive - 1 > 65535:
+                continue
             try:
                 for offset in range(1, consecutive):
-                    stack.enter_context(socket.socket()).bind((LOCALHOST, port + offset))
+                    extra = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                    extra.bind((LOCALHOST, port + offset))
             except OSError:
                 continue
             return port
-    raise DemoError(f"no {consecutive} adjacent free TCP ports on {LOCALHOST}")
+    raise DemoError(f"no run of {consecutive} free TCP port(s) on {LOCALHOST} after {attempts} tries")
 
 
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex((LOCALHOST, port)) == 0
+def port_open(port: int, host: str = LOCALHOST) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    """The last lines of a log file, for error messages (never raises)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"(log {path} unreadable: {exc})"
+    return "\n".join(text.splitlines()[-lines:]) or f"(log {path} is empty)"
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """Stop exactly this process: SIGTERM, a bounded wait, then SIGKILL. Idempotent."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
 
 
 def wait_until(
@@ -102,13 +137,7 @@ class Process:
     def stop(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         self.proc = None

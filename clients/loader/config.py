@@ -10,6 +10,7 @@ arguments and stay out of it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from audit.entry import canonical_bytes
 from clients.loader.release import LogTrust
 from keyserver.strict_json import loads_object
+
+CONFIG_DOMAIN = b"keyserver-loader-config-v1\x00"
 
 CONFIG_VERSION = 1
 MAX_CONFIG_BYTES = 64 * 1024
@@ -118,3 +121,9 @@ def config_document(
 
 def write_config(path: Path, document: Mapping[str, Any]) -> None:
     path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+
+
+def config_digest(canonical_config: bytes) -> bytes:
+    """What the loader extends for the configuration it parsed (its canonical bytes); here rather than in
+    ``measure`` so that the loader does not carry the code that computes its image."""
+    return hashlib.sha256(CONFIG_DOMAIN + canonical_config).digest()

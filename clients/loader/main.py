@@ -9,23 +9,19 @@ it never serves without a key it could prove was logged.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
 from clients.accelerator.accelerator import Accelerator
 from clients.loader.collectors.base import Collector
 from clients.loader.collectors.errors import CollectorError
-from clients.loader.config import ConfigError, LoaderConfig
-from clients.loader.measure import config_digest
+from clients.loader.config import ConfigError, LoaderConfig, config_digest
+from clients.loader.keyserver_api import KeyserverError, LoaderKeyserver
 from clients.loader.receipt import ReceiptInvalid
 from clients.loader.release import EphemeralKey, ReleaseRefused, attestation_result, release_key
-from clients.loader.service import LoaderState, TokenCache, create_loader_app
-from clients.sdk import KeyserverAPIError, KeyserverClient
+from clients.loader.service import LoaderState, TokenCache, create_loader_server
 from clients.weights import decrypt_file
 
 
@@ -83,16 +79,14 @@ def measure_config(args: argparse.Namespace, config: LoaderConfig) -> None:
     extend_pcr(args.tcti, sha256[0][0], config_digest(config.canonical))
 
 
-async def release_and_load(
+def release_and_load(
     args: argparse.Namespace,
-    client: KeyserverClient,
+    client: LoaderKeyserver,
     collector: Collector,
     key: EphemeralKey,
     config: LoaderConfig,
 ) -> Accelerator:
-    released = await release_key(
-        client, collector, key, tenant=config.tenant, key_name=config.key, log=config.log
-    )
+    released = release_key(client, collector, key, tenant=config.tenant, key_name=config.key, log=config.log)
     archive = decrypt_file(Path(args.weights), released.material, expected_key_id=released.kid)
     try:
         return Accelerator.from_archive(bytes(archive), config.program_signers)
@@ -104,9 +98,7 @@ def refusal(exc: Exception) -> BootRefused:
     """Why the boot stops, for the one JSON line the loader prints."""
     if isinstance(exc, BootRefused):
         return exc
-    if isinstance(exc, KeyserverAPIError):
-        return BootRefused(exc.reason or exc.code, str(exc))
-    if isinstance(exc, ReleaseRefused | ReceiptInvalid | CollectorError):
+    if isinstance(exc, KeyserverError | ReleaseRefused | ReceiptInvalid | CollectorError):
         return BootRefused(exc.reason, exc.message)
     if isinstance(exc, ConfigError):
         return BootRefused("config-invalid", str(exc))
@@ -115,32 +107,25 @@ def refusal(exc: Exception) -> BootRefused:
     return BootRefused(type(exc).__name__, str(exc))
 
 
-async def boot(args: argparse.Namespace) -> int:
+def boot(args: argparse.Namespace) -> int:
     try:
         check_interpreter()
         config = LoaderConfig.load(Path(args.config))
         measure_config(args, config)
         key = EphemeralKey()
         collector = collector_for(args, config)
+        client = LoaderKeyserver(args.keyserver, tenant=config.tenant, timeout=args.timeout)
+        accelerator = release_and_load(args, client, collector, key, config)
+        tokens = TokenCache(fetch=lambda: attestation_result(client, collector, key))
+        state = LoaderState(tenant=config.tenant, key=key, accelerator=accelerator, tokens=tokens)
+        server = create_loader_server(state, args.host, args.port)
     except Exception as exc:
         refused = refusal(exc)
         _say(ready=False, reason=refused.reason, detail=refused.detail)
         return 1
-    client = KeyserverClient(args.keyserver, tenant=config.tenant, timeout=args.timeout, trust_env=False)
-    async with client:
-        try:
-            accelerator = await release_and_load(args, client, collector, key, config)
-        except Exception as exc:
-            refused = refusal(exc)
-            _say(ready=False, reason=refused.reason, detail=refused.detail)
-            return 1
-        tokens = TokenCache(fetch=lambda: attestation_result(client, collector, key))
-        state = LoaderState(tenant=config.tenant, key=key, accelerator=accelerator, tokens=tokens)
-        server = uvicorn.Server(
-            uvicorn.Config(create_loader_app(state), host=args.host, port=args.port, log_level="warning")
-        )
-        _say(ready=True, port=args.port, thumbprint=key.thumbprint_b64url)
-        await server.serve()
+    _say(ready=True, port=server.server_address[1], thumbprint=key.thumbprint_b64url)
+    with server:
+        server.serve_forever()
     return 0
 
 
@@ -161,7 +146,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return asyncio.run(boot(parser().parse_args(argv)))
+    return boot(parser().parse_args(argv))
 
 
 if __name__ == "__main__":

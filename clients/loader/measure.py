@@ -2,9 +2,13 @@
 
 Two measurements go into one PCR, in this order:
 
-1. the loader **image**: every file of the repository packages it runs (not only ``*.py``: a stray
-   ``.pyc`` or ``.so`` next to the sources would be imported in their place). Its digest is one SHA-256
-   over a canonical listing, so a build pipeline computes it from the build output alone. The boot
+1. the loader **image**: exactly the project files its process can import: the modules reachable by
+   ``import`` statements (anywhere in a module, lazy imports included) from ``clients.loader.__main__``,
+   computed from the sources (:func:`import_closure`), never listed by hand; and, in each directory that
+   holds one of them, every file that is not a Python source (a stray ``.pyc`` or ``.so`` next to the
+   sources would be imported in their place). So a change to server code the loader does not import
+   leaves the measurement as it was. Its digest is one SHA-256 over a canonical listing, so a build
+   pipeline computes it from the build output alone. The boot
    chain extends it before the loader runs (in a real VM: UKI/IMA; a program cannot credibly measure
    its own code). Here the demo and the tests play that part (``collectors.tpm.extend_pcr``).
 2. the loader **configuration** it actually parsed: the loader extends its digest itself, before its
@@ -19,36 +23,85 @@ unless Python was started with ``-I`` and ``-X pycache_prefix=…`` (``clients/l
 
 from __future__ import annotations
 
+import ast
 import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
 import clients
+from clients.loader.config import CONFIG_DOMAIN as CONFIG_DOMAIN
+from clients.loader.config import config_digest as config_digest
 
 IMAGE_DOMAIN = b"keyserver-loader-image-v1\x00"
-CONFIG_DOMAIN = b"keyserver-loader-config-v1\x00"
-# The repository packages the loader process imports from (relative to the repository's root). Whole
-# packages, not a hand-kept list of modules: the loader imports pure modules of `keyserver` and `audit`
-# (binding, JWE, checkpoints, Merkle proofs), and a module left out of the list would be code that runs
-# unmeasured. Third-party packages (numpy, cryptography, …) belong to the VM's root file system, which a
-# real deployment measures as a whole (dm-verity); here they are the venv's.
-LOADER_PACKAGES = ("clients", "audit", "keyserver")
+# Where the loader starts. Third-party packages (numpy, cryptography, …) are not followed: they belong to
+# the VM's root file system, which a real deployment measures as a whole (dm-verity); here they are the
+# venv's. tests/clients/test_loader_image.py checks that a running loader imports nothing else.
+LOADER_ENTRY = "clients.loader.__main__"
+PROJECT_PACKAGES = ("clients", "audit", "keyserver", "policy")
 
 
 def repository_root() -> Path:
     return Path(clients.__file__).resolve().parent.parent
 
 
-def loader_files(root: Path | None = None, packages: Iterable[str] = LOADER_PACKAGES) -> list[Path]:
-    """Every file of the loader's packages but cached bytecode directories, in a fixed order."""
+def _module_file(root: Path, module: str) -> Path | None:
+    path = root.joinpath(*module.split("."))
+    if (path / "__init__.py").is_file():
+        return path / "__init__.py"
+    if path.with_suffix(".py").is_file():
+        return path.with_suffix(".py")
+    return None
+
+
+def _imported_names(source: Path, module: str) -> set[str]:
+    """Every module an ``import`` in ``source`` may load (``from a import b``: ``a`` and ``a.b``)."""
+    is_package = source.name == "__init__.py"
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source.read_bytes(), str(source))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = module.split(".")
+                anchor = parts if is_package else parts[:-1]
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+def import_closure(root: Path, entry: str = LOADER_ENTRY) -> list[str]:
+    """The project modules reachable from ``entry`` through import statements (with each module's
+    parent packages, which Python imports first), sorted."""
+    seen: set[str] = set()
+    pending = [entry]
+    while pending:
+        module = pending.pop()
+        parts = module.split(".")
+        if parts[0] not in PROJECT_PACKAGES:
+            continue
+        for depth in range(1, len(parts) + 1):
+            name = ".".join(parts[:depth])
+            if name in seen:
+                continue
+            source = _module_file(root, name)
+            if source is None:
+                continue  # ``from package import name`` where name is not a module
+            seen.add(name)
+            pending.extend(_imported_names(source, name))
+    return sorted(seen)
+
+
+def loader_files(root: Path | None = None, entry: str = LOADER_ENTRY) -> list[Path]:
+    """The files of the loader image, in a fixed order: the import closure's sources, and every other
+    file (but cached bytecode directories) in the directories that hold them."""
     base = root or repository_root()
-    found: set[Path] = set()
-    for name in packages:
-        path = base / name
-        if path.is_file():
-            found.add(path)
-        elif path.is_dir():
-            found.update(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    sources = {_module_file(base, name) for name in import_closure(base, entry)}
+    found: set[Path] = {path for path in sources if path is not None}
+    for directory in {path.parent for path in found}:
+        found.update(p for p in directory.iterdir() if p.is_file() and p.suffix != ".py")
     return sorted(found, key=lambda p: p.relative_to(base).as_posix())
 
 
@@ -64,11 +117,6 @@ def image_digest(files: Iterable[Path], root: Path | None = None) -> bytes:
         data = path.read_bytes()
         h.update(len(name).to_bytes(4, "big") + name + len(data).to_bytes(8, "big") + data)
     return h.digest()
-
-
-def config_digest(canonical_config: bytes) -> bytes:
-    """What the loader extends for the configuration it parsed (its canonical bytes)."""
-    return hashlib.sha256(CONFIG_DOMAIN + canonical_config).digest()
 
 
 def pcr_after_extends(digests: Iterable[bytes], initial: bytes = bytes(32)) -> bytes:

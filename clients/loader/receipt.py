@@ -18,16 +18,30 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from audit import merkle
 from audit.checkpoint import CheckpointError, verify_checkpoint
 from audit.entry import EntryError, decode_entry
-from clients.sdk.models import Receipt
 
 # The kind keyserver.releaselog.records.KEY_RELEASE names; not imported from there, because that module
 # brings the database layer into the loader.
 KEY_RELEASE = "key-release"
+
+
+class Receipt(Protocol):
+    """A receipt as the loader's client (``clients.loader.keyserver_api``) or the SDK reads it."""
+
+    @property
+    def log_index(self) -> int: ...
+    @property
+    def tree_size(self) -> int: ...
+    @property
+    def checkpoint(self) -> str: ...
+    @property
+    def inclusion_proof(self) -> list[bytes]: ...
+    @property
+    def entry(self) -> bytes | None: ...
 
 
 class ReceiptInvalid(Exception):

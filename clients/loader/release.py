@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from joserfc.jwk import ECKey
 
 from clients.loader.collectors.base import Collector
+from clients.loader.keyserver_api import LoaderKeyserver
 from clients.loader.receipt import ExpectedRelease, verify_receipt
-from clients.sdk import KeyserverClient
 from keyserver.binding import binding, jwk_thumbprint, jwk_thumbprint_b64url
 from keyserver.errors import InvalidRequest
 from keyserver.jwe import unwrap_released
@@ -64,15 +64,15 @@ class ReleasedKey:
     entry: dict[str, Any]
 
 
-async def bound_evidence(client: KeyserverClient, collector: Collector, key: EphemeralKey) -> tuple[str, Any]:
+def bound_evidence(client: LoaderKeyserver, collector: Collector, key: EphemeralKey) -> tuple[str, Any]:
     """A fresh challenge, and evidence that binds its nonce to ``key`` (the challenge id, the evidence)."""
-    challenge = await client.loader.challenge()
+    challenge = client.challenge()
     evidence = collector.collect(binding(challenge.nonce, key.public_jwk))
     return challenge.id, evidence
 
 
-async def release_key(
-    client: KeyserverClient,
+def release_key(
+    client: LoaderKeyserver,
     collector: Collector,
     key: EphemeralKey,
     *,
@@ -83,11 +83,11 @@ async def release_key(
 ) -> ReleasedKey:
     """Run the release protocol once and return the key, only if its receipt verifies.
 
-    Raises the SDK's ``ReleaseDenied`` when the keyserver says no, :class:`ReleaseRefused` when the
+    Raises ``KeyserverRefused`` when the keyserver says no, :class:`ReleaseRefused` when the
     answer is not a key for this loader, and ``ReceiptInvalid`` when the release is not provably logged.
     """
-    challenge_id, evidence = await bound_evidence(client, collector, key)
-    granted = await client.loader.release(key_name, challenge_id, evidence, key.public_jwk, version=version)
+    challenge_id, evidence = bound_evidence(client, collector, key)
+    granted = client.release(key_name, challenge_id, evidence, key.public_jwk, version)
     try:
         material, metadata = unwrap_released(granted.jwe, key.private)
     except InvalidRequest as exc:
@@ -114,11 +114,10 @@ async def release_key(
     return ReleasedKey(material, f"{metadata.name}/{metadata.version}", granted.receipt.log_index, entry)
 
 
-async def attestation_result(client: KeyserverClient, collector: Collector, key: EphemeralKey) -> str:
+def attestation_result(client: LoaderKeyserver, collector: Collector, key: EphemeralKey) -> str:
     """An attestation-result token (EAR JWT) naming ``key``: what callers check before sealing requests."""
-    challenge_id, evidence = await bound_evidence(client, collector, key)
-    token: str = await client.loader.attest(challenge_id, evidence, key.public_jwk)
-    return token
+    challenge_id, evidence = bound_evidence(client, collector, key)
+    return client.attest(challenge_id, evidence, key.public_jwk)
 
 
 def public_jwk_matches(jwk: Mapping[str, Any], key: EphemeralKey) -> bool:

@@ -15,46 +15,51 @@ Two routes, both safe to expose to an untrusted inference server:
 
 from __future__ import annotations
 
-import asyncio
+import json
 import logging
+import threading
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-
-from litestar import Litestar, Response, get, post
-from litestar.params import JSONBody
 
 from clients.accelerator.accelerator import Accelerator
 from clients.accelerator.errors import ProgramRejected
 from clients.channel import ChannelError, message_from_text, message_to_text, open_request
 from clients.loader.collectors.errors import CollectorError
+from clients.loader.keyserver_api import KeyserverError
 from clients.loader.release import EphemeralKey
-from clients.sdk import KeyserverClientError
+from keyserver.strict_json import loads_strict
 
 log = logging.getLogger(__name__)
 # Attestation results live five minutes; fetch a new one well before the old one lapses.
 TOKEN_REFRESH_SECONDS = 120.0
 MAX_MESSAGE_CHARS = 1 << 20
+MAX_BODY_BYTES = 2 * MAX_MESSAGE_CHARS
+# A connection that sends nothing for this long is dropped (a thread per connection must not wait forever).
+IDLE_SECONDS = 30.0
+# Programs run this many at a time; more wait their turn (CPU-bound: more threads would not go faster).
+CONCURRENT_RUNS = 4
+_runs = threading.BoundedSemaphore(CONCURRENT_RUNS)
 _REQUEST_MEMBERS = frozenset({"program", "inputs"})
 
 
 @dataclass
 class TokenCache:
-    """The current attestation-result token, renewed by ``fetch`` when older than the refresh age."""
+    """The current attestation-result token, renewed by ``fetch`` when older than the refresh age. One
+    fetch at a time: concurrent callers wait for it rather than each asking the keyserver."""
 
-    fetch: Callable[[], Awaitable[str]]
+    fetch: Callable[[], str]
     refresh_after: float = TOKEN_REFRESH_SECONDS
     _token: str | None = None
     _at: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def __post_init__(self) -> None:
-        self._lock = asyncio.Lock()
-
-    async def get(self) -> str:
-        async with self._lock:
+    def get(self) -> str:
+        with self._lock:
             if self._token is None or time.monotonic() - self._at > self.refresh_after:
-                self._token = await self.fetch()
+                self._token = self.fetch()
                 self._at = time.monotonic()
             return self._token
 
@@ -68,7 +73,7 @@ class LoaderState:
 
 
 def _run_sealed(loader: LoaderState, message: str) -> str:
-    """Open, verify, run, seal. Runs in a worker thread: programs are CPU-bound numpy work."""
+    """Open, verify, run, seal (each request in its own thread: programs are CPU-bound numpy work)."""
     request, reply = open_request(loader.key.private, message_from_text(message))
     if set(request) != _REQUEST_MEMBERS or not isinstance(request["inputs"], dict):
         outcome: dict[str, Any] = {
@@ -86,35 +91,79 @@ def _run_sealed(loader: LoaderState, message: str) -> str:
     return message_to_text(reply.seal(outcome))
 
 
-def create_loader_app(loader: LoaderState) -> Litestar:
-    @get("/healthz", sync_to_thread=False)
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @get("/v1/attestation")
-    async def attestation() -> Response[Any]:
+def answer(loader: LoaderState, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    """The loader API as a pure function of the request: (status, JSON document)."""
+    if (method, path) == ("GET", "/healthz"):
+        return 200, {"status": "ok"}
+    if (method, path) == ("GET", "/v1/attestation"):
         try:
-            token = await loader.tokens.get()
-        except (KeyserverClientError, CollectorError) as exc:
+            token = loader.tokens.get()
+        except (KeyserverError, CollectorError) as exc:
             # No fresh attestation, no key to offer: callers must not seal to an unattested loader.
-            return Response(
-                {"error": f"the keyserver did not attest this loader now: {exc}"}, status_code=503
-            )
-        return Response({"tenant": loader.tenant, "public_key": loader.key.public_jwk, "token": token})
-
-    @post("/v1/run", status_code=200)
-    async def run(data: JSONBody[dict[str, Any]]) -> Response[Any]:
-        message = data.get("message")
-        if set(data) != {"message"} or not isinstance(message, str) or len(message) > MAX_MESSAGE_CHARS:
-            return Response({"error": 'a request is {"message": <sealed request>}'}, status_code=400)
+            return 503, {"error": f"the keyserver did not attest this loader now: {exc}"}
+        return 200, {"tenant": loader.tenant, "public_key": loader.key.public_jwk, "token": token}
+    if (method, path) == ("POST", "/v1/run"):
         try:
-            sealed = await asyncio.to_thread(_run_sealed, loader, message)
+            data = loads_strict(body)
+        except ValueError:
+            data = None
+        message = data.get("message") if isinstance(data, dict) else None
+        if not isinstance(data, dict) or set(data) != {"message"} or not isinstance(message, str):
+            return 400, {"error": 'a request is {"message": <sealed request>}'}
+        if len(message) > MAX_MESSAGE_CHARS:
+            return 400, {"error": 'a request is {"message": <sealed request>}'}
+        try:
+            with _runs:
+                return 200, {"message": _run_sealed(loader, message)}
         except ChannelError:
-            return Response({"error": "the message does not open with this loader's key"}, status_code=400)
-        return Response({"message": sealed})
+            return 400, {"error": "the message does not open with this loader's key"}
+    if path in ("/healthz", "/v1/attestation", "/v1/run"):
+        return 405, {"error": "method not allowed"}
+    return 404, {"error": "not found"}
 
-    return Litestar(
-        route_handlers=[healthz, attestation, run],
-        openapi_config=None,
-        request_max_body_size=2 * MAX_MESSAGE_CHARS,
-    )
+
+def create_loader_server(loader: LoaderState, host: str, port: int) -> ThreadingHTTPServer:
+    """The loader API on ``host:port`` (``port`` 0: any free port), one thread per connection."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        timeout = IDLE_SECONDS
+        server_version = "keyserver-loader"
+        sys_version = ""
+
+        def _handle(self, method: str) -> None:
+            length_text = self.headers.get("Content-Length", "0")
+            if self.headers.get("Transfer-Encoding") or not length_text.isdigit():
+                self._send(411, {"error": "send a Content-Length"}, close=True)
+                return
+            length = int(length_text)
+            if length > MAX_BODY_BYTES:
+                self._send(413, {"error": "the request is too large"}, close=True)
+                return
+            body = self.rfile.read(length)
+            status, document = answer(loader, method, self.path.split("?", 1)[0], body)
+            self._send(status, document)
+
+        def _send(self, status: int, document: dict[str, Any], *, close: bool = False) -> None:
+            data = json.dumps(document).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            if close:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            self._handle("GET")
+
+        def do_POST(self) -> None:
+            self._handle("POST")
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("loader api: " + format, *args)
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    return server

@@ -7,21 +7,28 @@ import dataclasses
 import hashlib
 import json
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from litestar.testing import TestClient
 
 from audit.checkpoint import vkey_for
 from clients.accelerator.accelerator import Accelerator
 from clients.channel import message_from_text, message_to_text, seal_request
 from clients.inference.server import create_inference_app
+from clients.loader import service
 from clients.loader.config import ConfigError, LoaderConfig, config_document
+from clients.loader.keyserver_api import KeyserverUnreachable
 from clients.loader.measure import (
     config_digest,
     image_digest,
@@ -30,9 +37,8 @@ from clients.loader.measure import (
     repository_root,
 )
 from clients.loader.release import EphemeralKey
-from clients.loader.service import LoaderState, TokenCache, create_loader_app
+from clients.loader.service import LoaderState, TokenCache, answer, create_loader_server
 from clients.model.train import train
-from clients.sdk import KeyserverUnreachable
 
 
 def pem(key: Any) -> str:
@@ -158,7 +164,7 @@ def loader_state() -> LoaderState:
     signer = ed25519.Ed25519PrivateKey.generate()
     calls: list[int] = []
 
-    async def fetch() -> str:
+    def fetch() -> str:
         calls.append(1)
         return f"token-{len(calls)}"
 
@@ -170,8 +176,26 @@ def loader_state() -> LoaderState:
     )
 
 
+class LoaderClient:
+    """The loader's real HTTP server on a free port, and httpx to talk to it (the untrusted side's view)."""
+
+    def __init__(self, state: LoaderState) -> None:
+        self.server = create_loader_server(state, "127.0.0.1", 0)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> httpx.Client:
+        self.thread.start()
+        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.server.server_address[1]}", timeout=30)
+        return self.client
+
+    def __exit__(self, *_: object) -> None:
+        self.client.close()
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def test_the_loader_api_refuses_what_it_cannot_open(loader_state: LoaderState) -> None:
-    with TestClient(create_loader_app(loader_state)) as client:
+    with LoaderClient(loader_state) as client:
         attestation = client.get("/v1/attestation").json()
         assert attestation["public_key"] == loader_state.key.public_jwk
         assert client.get("/v1/attestation").json()["token"] == attestation["token"]  # cached
@@ -190,7 +214,7 @@ def test_the_loader_api_refuses_what_it_cannot_open(loader_state: LoaderState) -
 
 def test_a_malformed_request_is_answered_sealed(loader_state: LoaderState) -> None:
     key = loader_state.key
-    with TestClient(create_loader_app(loader_state)) as client:
+    with LoaderClient(loader_state) as client:
         sealed, context = seal_request(key.public_jwk, {"inputs": {}}, attested_jkt=key.thumbprint_b64url)
         answer = client.post("/v1/run", json={"message": message_to_text(sealed)})
         assert answer.status_code == 200
@@ -209,11 +233,59 @@ def test_the_inference_server_checks_shapes_and_reports_an_absent_loader() -> No
 
 
 def test_no_attestation_is_a_503_not_a_stale_key(loader_state: LoaderState) -> None:
-    async def refused() -> str:
+    def refused() -> str:
         raise KeyserverUnreachable("the keyserver is down")
 
     state = dataclasses.replace(loader_state, tokens=TokenCache(fetch=refused))
-    with TestClient(create_loader_app(state)) as client:
+    with LoaderClient(state) as client:
         answer = client.get("/v1/attestation")
         assert answer.status_code == 503
         assert "public_key" not in answer.json()
+
+
+def test_the_loader_api_refuses_bodies_it_does_not_read(loader_state: LoaderState) -> None:
+    with LoaderClient(loader_state) as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        assert client.get("/nowhere").status_code == 404
+        assert client.get("/v1/run").status_code == 405
+        assert client.post("/v1/run", content=b'{"message": "a", "message": "b"}').status_code == 400
+        assert client.post("/v1/run", content=b"\xff").status_code == 400
+        too_large = client.post("/v1/run", content=b"x" * (4 << 20 + 1))
+        assert too_large.status_code == 413
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    body=st.one_of(
+        st.binary(max_size=300),
+        st.builds(lambda v: json.dumps(v).encode(), JSON_VALUES),
+        st.builds(lambda m: json.dumps({"message": m}).encode(), st.text(max_size=200)),
+    )
+)
+def test_any_body_is_answered_and_never_raises(loader_state: LoaderState, body: bytes) -> None:
+    status, document = answer(loader_state, "POST", "/v1/run", body)
+    assert status == 400
+    assert set(document) == {"error"}
+
+
+def test_an_idle_connection_is_dropped(loader_state: LoaderState, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(service, "IDLE_SECONDS", 0.5)
+    with LoaderClient(loader_state) as client:
+        port = int(str(client.base_url.port))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as idle:
+            idle.sendall(b"POST /v1/run HTTP/1.1\r\nHost: x\r\n")  # and then nothing
+            assert idle.recv(1024) == b""  # closed by the loader, well before this socket's own deadline

@@ -12,12 +12,12 @@ Only successes are cached. Bounded (LRU) and thread-safe.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from keyserver.cache import BoundedCache
 
 from .certs import AmdExtensions
 from .report import SigningKey, SnpProduct
@@ -39,39 +39,28 @@ class VerifiedLeaf:
 
 
 class ChainCache:
-    """LRU cache of :class:`VerifiedLeaf` keyed by ``(signing key kind, leaf SHA-256)``."""
+    """LRU cache of :class:`VerifiedLeaf` keyed by ``(signing key kind, leaf SHA-256)``: the project's one
+    bounded cache (:class:`keyserver.cache.BoundedCache`), with the keys this cache's callers use."""
 
     def __init__(self, max_entries: int = 1024) -> None:
-        if max_entries < 1:
-            raise ValueError("max_entries must be at least 1")
-        self._max = max_entries
-        self._entries: OrderedDict[tuple[SigningKey, str], VerifiedLeaf] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
+        self._cache: BoundedCache[tuple[SigningKey, str], VerifiedLeaf] = BoundedCache(max_entries)
+
+    @property
+    def hits(self) -> int:
+        return self._cache.hits
+
+    @property
+    def misses(self) -> int:
+        return self._cache.misses
 
     def get(self, kind: SigningKey, leaf_sha256: str) -> VerifiedLeaf | None:
-        with self._lock:
-            entry = self._entries.get((kind, leaf_sha256))
-            if entry is None:
-                self.misses += 1
-                return None
-            self._entries.move_to_end((kind, leaf_sha256))
-            self.hits += 1
-            return entry
+        return self._cache.get((kind, leaf_sha256))
 
     def put(self, leaf: VerifiedLeaf) -> None:
-        with self._lock:
-            key = (leaf.kind, leaf.leaf_sha256)
-            self._entries[key] = leaf
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._max:
-                self._entries.popitem(last=False)
+        self._cache.put((leaf.kind, leaf.leaf_sha256), leaf)
 
     def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
+        self._cache.clear()
 
     def __len__(self) -> int:
-        with self._lock:
-            return len(self._entries)
+        return len(self._cache)

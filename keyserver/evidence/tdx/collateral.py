@@ -49,6 +49,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from keyserver.errors import EvidenceError
 from keyserver.evidence.x509errors import X509_DECODE_ERRORS
+from keyserver.strict_json import STRICT_DECODER
 
 from .certs import (
     INTEL_SGX_ROOT_CA_CN,
@@ -194,20 +195,7 @@ def _malformed(what: str, message: str) -> EvidenceError:
     return EvidenceError(_MALFORMED, f"{what}: {message}")
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+_DECODER = STRICT_DECODER
 _JSON_WS = " \t\n\r"
 
 
