@@ -21,7 +21,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyserver.binding import check_binding, report_data_for
 from keyserver.errors import EvidenceError
-from keyserver.evidence.claims import TEE_SEV_SNP, TEE_TDX, TEE_TPM, Claims
+from keyserver.evidence.claims import (
+    TEE_AWS_NITRO,
+    TEE_AZURE_SNP_VTPM,
+    TEE_AZURE_TDX_VTPM,
+    TEE_SEV_SNP,
+    TEE_TDX,
+    TEE_TPM,
+    Claims,
+)
 
 if TYPE_CHECKING:
     from keyserver.evidence.snp.cache import ChainCache
@@ -114,16 +122,36 @@ async def verify_evidence(
             collateral_bytes = json.dumps(raw, sort_keys=True).encode()
             collateral = parse_dcap_qvl_collateral(collateral_bytes)
         claims = verify_tdx_quote(quote, now=now, collateral=collateral)
+    elif tee in (TEE_AZURE_SNP_VTPM, TEE_AZURE_TDX_VTPM):
+        from keyserver.binding import binding
+        from keyserver.evidence.azure.wire import verify_azure_evidence
+
+        # The vTPM quote's qualifyingData carries the binding, as a TPM's does (report_data_for).
+        expected = report_data_for(tee, binding(nonce, ephemeral_jwk))
+        claims, collateral_bytes = verify_azure_evidence(
+            tee, evidence, expected_nonce=expected, now=now, chain_cache=snp_chain_cache()
+        )
+    elif tee == TEE_AWS_NITRO:
+        from keyserver.evidence.nitro import verify_nitro_document
+
+        _only(evidence, {"tee", "document"})
+        document = field(evidence, "document")
+        assert document is not None
+        claims = verify_nitro_document(document, now=now)
     else:
-        raise EvidenceError("evidence-malformed", "evidence 'tee' must be tpm, sev-snp or tdx")
+        raise EvidenceError(
+            "evidence-malformed",
+            "evidence 'tee' must be tpm, sev-snp, tdx, azure-snp-vtpm, azure-tdx-vtpm or aws-nitro",
+        )
     return VerifiedEvidence(tee, claims, collateral_bytes)
 
 
 def check_evidence_binding(
     verified: VerifiedEvidence, nonce: bytes, ephemeral_jwk: Mapping[str, Any]
 ) -> None:
-    """The report proves it answers this challenge and names this ephemeral key (SEV-SNP, TDX). A TPM
-    quote's binding is its qualifyingData, already checked by :func:`verify_evidence`."""
+    """The report proves it answers this challenge and names this ephemeral key (SEV-SNP, TDX, AWS Nitro;
+    Azure CVMs through their vTPM quote's qualifyingData, which their verifier also checked). A TPM quote's
+    binding is its qualifyingData, already checked by :func:`verify_evidence`."""
     if verified.tee != TEE_TPM:
         check_binding(verified.tee, bytes.fromhex(str(verified.claims["report_data"])), nonce, ephemeral_jwk)
 

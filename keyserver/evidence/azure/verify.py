@@ -59,7 +59,7 @@ def ak_public_key(hcl: HclReport) -> rsa.RSAPublicKey:
     n = _b64url_int(hcl.runtime.ak_jwk["n"], "HCLAkPub modulus")
     e = _b64url_int(hcl.runtime.ak_jwk["e"], "HCLAkPub exponent")
     if n.bit_length() < _MIN_AK_BITS or e != 65537:
-        raise EvidenceError("azure-ak-invalid", "HCLAkPub is not an RSA key of at least 2048 bits with e=65537")
+        raise EvidenceError("azure-ak-invalid", "HCLAkPub is not an RSA key of 2048 bits or more, e=65537")
     try:
         return rsa.RSAPublicNumbers(e, n).public_key()
     except ValueError:

@@ -71,7 +71,7 @@ def _bytes(doc: dict[Any, Any], name: str, *, low: int, high: int, optional: boo
 
 def parse_document(data: bytes) -> NitroDocument:
     """Parse a COSE_Sign1 Nitro attestation document; ``nitro-document-malformed`` on every structural
-    problem (the signature and chain are checked by :func:`~keyserver.evidence.nitro.verify_nitro_document`)."""
+    problem (:func:`~keyserver.evidence.nitro.verify_nitro_document` checks the signature and chain)."""
     if len(data) > MAX_DOCUMENT:
         raise _malformed(f"the document is {len(data)} bytes; at most {MAX_DOCUMENT} are accepted")
     outer = _loads(data, "COSE_Sign1 envelope")

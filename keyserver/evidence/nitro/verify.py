@@ -23,9 +23,9 @@ from importlib import resources
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from keyserver.errors import EvidenceError
 from keyserver.evidence.claims import TEE_AWS_NITRO, Claims
@@ -56,7 +56,7 @@ def _load(der: bytes, what: str) -> x509.Certificate:
     try:
         return x509.load_der_x509_certificate(der)
     except ValueError as exc:
-        raise EvidenceError("nitro-document-malformed", f"the {what} is not a DER certificate: {exc}") from None
+        raise EvidenceError("nitro-document-malformed", f"the {what} is not DER: {exc}") from None
 
 
 def _verify_chain(doc: NitroDocument, root_der: bytes, now: datetime) -> x509.Certificate:
@@ -119,7 +119,7 @@ def verify_nitro_document(data: bytes, *, now: datetime, root: bytes | None = No
     timestamp = datetime.fromtimestamp(doc.timestamp_ms / 1000, UTC)
     if not leaf.not_valid_before_utc <= timestamp <= leaf.not_valid_after_utc:
         raise EvidenceError(
-            "nitro-timestamp-invalid", "the document's timestamp is outside its signing certificate's validity"
+            "nitro-timestamp-invalid", "the document's timestamp is outside its signing certificate's window"
         )
     debug = all(i in doc.pcrs and not any(doc.pcrs[i]) for i in _DEBUG_PCRS)
     claims: Claims = {
