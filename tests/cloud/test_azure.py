@@ -16,7 +16,9 @@ from keyserver.evidence.azure.hcl import RUNTIME_HEADER_OFFSET, VARIABLE_DATA_OF
 from keyserver.evidence.claims import Claims
 from tests.cloud.vectors import AZURE, AzureVector
 
-pytestmark = pytest.mark.filterwarnings("ignore:Parsed a serial number:cryptography.utils.CryptographyDeprecationWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Parsed a serial number:cryptography.utils.CryptographyDeprecationWarning"
+)
 
 ONE_SECOND = timedelta(seconds=1)
 
@@ -77,7 +79,10 @@ def test_real_vector_is_accepted_with_its_manifest_claims(name: str) -> None:
         assert str(claims["snp.report_data"]).startswith(str(claims["azure.runtime_data_sha256"]))
         assert claims["snp.product"] in ("Milan", "Genoa")
     else:
-        assert claims["tdx.report_data"] == "9734504f161d104c74e3165c15f779b06a9bb40dfa71937817d7eee68e593839" + "00" * 32
+        assert (
+            claims["tdx.report_data"]
+            == "9734504f161d104c74e3165c15f779b06a9bb40dfa71937817d7eee68e593839" + "00" * 32
+        )
         assert str(claims["tdx.mrtd"]).startswith("024a32b0")
 
 
@@ -101,7 +106,9 @@ def test_refused_one_second_outside_the_validity(name: str) -> None:
     for outside in (start - ONE_SECOND, end + ONE_SECOND):
         with pytest.raises(EvidenceError) as info:
             verify(v, now=outside)
-        assert "expired" in info.value.reason or "valid" in info.value.reason or "not-yet" in info.value.reason
+        assert (
+            "expired" in info.value.reason or "valid" in info.value.reason or "not-yet" in info.value.reason
+        )
 
 
 @pytest.mark.parametrize("name", sorted(AZURE))
@@ -126,7 +133,9 @@ def test_runtime_data_that_does_not_hash_to_report_data_is_refused(name: str) ->
         "azure-hcl-malformed",
         "azure-report-data-mismatch",
     )
-    assert reason(_runtime_edit(v, b'"tpm-enabled":true', b'"tpm-enabled":1234')) == "azure-report-data-mismatch"
+    assert (
+        reason(_runtime_edit(v, b'"tpm-enabled":true', b'"tpm-enabled":1234')) == "azure-report-data-mismatch"
+    )
 
 
 def test_runtime_data_with_another_ak_is_refused_before_the_quote() -> None:
@@ -213,8 +222,12 @@ def test_hcl_report_of_the_other_tee_is_refused() -> None:
         lambda d: b"XCLA" + d[4:],  # not an HCL report
         lambda d: d + b"\x01",  # non-zero tail
         lambda d: d[:RUNTIME_HEADER_OFFSET] + struct.pack("<I", 7) + d[RUNTIME_HEADER_OFFSET + 4 :],  # sizes
-        lambda d: d[: RUNTIME_HEADER_OFFSET + 8] + struct.pack("<I", 3) + d[RUNTIME_HEADER_OFFSET + 12 :],  # type
-        lambda d: d[: RUNTIME_HEADER_OFFSET + 12] + struct.pack("<I", 9) + d[RUNTIME_HEADER_OFFSET + 16 :],  # hash
+        lambda d: (
+            d[: RUNTIME_HEADER_OFFSET + 8] + struct.pack("<I", 3) + d[RUNTIME_HEADER_OFFSET + 12 :]
+        ),  # type
+        lambda d: (
+            d[: RUNTIME_HEADER_OFFSET + 12] + struct.pack("<I", 9) + d[RUNTIME_HEADER_OFFSET + 16 :]
+        ),  # hash
         lambda d: d + bytes(16 * 1024),  # oversize
     ],
 )

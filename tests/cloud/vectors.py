@@ -40,7 +40,9 @@ class AzureVector:
         """The window the hardware layer's signing certificate allows (the tightest in the chain)."""
         if self.vcek is not None:
             pem = self.vcek if self.vcek.lstrip().startswith(b"-----") else None
-            leaf = x509.load_pem_x509_certificates(pem)[0] if pem else x509.load_der_x509_certificate(self.vcek)
+            leaf = (
+                x509.load_pem_x509_certificates(pem)[0] if pem else x509.load_der_x509_certificate(self.vcek)
+            )
             return leaf.not_valid_before_utc, leaf.not_valid_after_utc
         assert self.td_quote is not None
         start = self.td_quote.index(b"-----BEGIN CERTIFICATE-----")
@@ -74,7 +76,15 @@ def azure_vectors() -> dict[str, AzureVector]:
         )
         m, s, p = _quote_json(doc["quote"])
         out[f"snp/{name}"] = AzureVector(
-            f"snp/{name}", "azure-snp-vtpm", bytes(doc["report"]), m, s, p, nonce, pcr0, vcek=doc["vcek"].encode()
+            f"snp/{name}",
+            "azure-snp-vtpm",
+            bytes(doc["report"]),
+            m,
+            s,
+            p,
+            nonce,
+            pcr0,
+            vcek=doc["vcek"].encode(),
         )
     for name, nonce, pcr0 in (
         ("evidence-v1", challenge, "e15c44796beabf46abcec7c57e590942041e47497e4ec27571c8b7664f48dced"),
@@ -89,7 +99,15 @@ def azure_vectors() -> dict[str, AzureVector]:
         doc = json.loads((snp / f"{name}.json").read_text())
         m, s, p = _quote_json(doc["tpm_quote"])
         out[f"snp/{name}"] = AzureVector(
-            f"snp/{name}", "azure-snp-vtpm", b64url(doc["hcl_report"]), m, s, p, nonce, pcr0, vcek=b64url(doc["vcek"])
+            f"snp/{name}",
+            "azure-snp-vtpm",
+            b64url(doc["hcl_report"]),
+            m,
+            s,
+            p,
+            nonce,
+            pcr0,
+            vcek=b64url(doc["vcek"]),
         )
     m, s, p = _quote_json(json.loads((snp / "tpm-quote-v1.json").read_text()))
     out["snp/hcl-report"] = AzureVector(

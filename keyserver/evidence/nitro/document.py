@@ -9,6 +9,7 @@ bytes}, certificate (DER leaf), cabundle (DER, root first), and optional public_
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,7 +61,7 @@ def _loads(data: bytes, what: str) -> Any:
         raise _malformed(f"the {what} is not valid CBOR: {exc}") from None
 
 
-def _bytes(doc: dict[Any, Any], name: str, *, low: int, high: int, optional: bool = False) -> bytes | None:
+def _bytes(doc: Mapping[Any, Any], name: str, *, low: int, high: int, optional: bool = False) -> bytes | None:
     value = doc.get(name)
     if value is None and optional:
         return None
@@ -79,22 +80,22 @@ def parse_document(data: bytes) -> NitroDocument:
         if outer.tag != COSE_SIGN1_TAG:
             raise _malformed(f"the document is CBOR tag {outer.tag}, not COSE_Sign1 (18)")
         outer = outer.value
-    if not isinstance(outer, list) or len(outer) != 4:
+    if not isinstance(outer, list | tuple) or len(outer) != 4:  # cbor2 decodes some arrays as tuples
         raise _malformed("the document is not a COSE_Sign1 array of four items")
     protected, unprotected, payload, signature = outer
     if not all(isinstance(x, bytes) for x in (protected, payload, signature)):
         raise _malformed("the COSE_Sign1 protected header, payload and signature must be byte strings")
-    if not isinstance(unprotected, dict):
+    if not isinstance(unprotected, Mapping):
         raise _malformed("the COSE_Sign1 unprotected header must be a map")
     header = _loads(protected, "protected header")
-    if not isinstance(header, dict) or header.get(1) != ALG_ES384:
+    if not isinstance(header, Mapping) or header.get(1) != ALG_ES384:
         raise _malformed("the COSE protected header does not name ES384 (alg -35)")
     if 1 in unprotected:
         raise _malformed("the COSE algorithm must be in the protected header only")
     if len(signature) != SIGNATURE_BYTES:
         raise _malformed(f"an ES384 signature is {SIGNATURE_BYTES} bytes, not {len(signature)}")
     doc = _loads(payload, "attestation document")
-    if not isinstance(doc, dict) or not all(isinstance(k, str) for k in doc):
+    if not isinstance(doc, Mapping) or not all(isinstance(k, str) for k in doc):
         raise _malformed("the attestation document is not a map with text keys")
     module_id, digest, timestamp = doc.get("module_id"), doc.get("digest"), doc.get("timestamp")
     if not isinstance(module_id, str) or not module_id:
@@ -104,7 +105,7 @@ def parse_document(data: bytes) -> NitroDocument:
     if not isinstance(timestamp, int) or isinstance(timestamp, bool) or not 0 < timestamp < 2**63:
         raise _malformed("the document's 'timestamp' must be a positive integer (milliseconds)")
     raw_pcrs = doc.get("pcrs")
-    if not isinstance(raw_pcrs, dict) or not 1 <= len(raw_pcrs) <= MAX_PCRS:
+    if not isinstance(raw_pcrs, Mapping) or not 1 <= len(raw_pcrs) <= MAX_PCRS:
         raise _malformed(f"the document's 'pcrs' must be a map of 1 to {MAX_PCRS} entries")
     pcrs: dict[int, bytes] = {}
     for index, value in raw_pcrs.items():
@@ -114,7 +115,7 @@ def parse_document(data: bytes) -> NitroDocument:
             raise _malformed(f"PCR{index} must be 32, 48 or 64 bytes")
         pcrs[index] = value
     cabundle = doc.get("cabundle")
-    if not isinstance(cabundle, list) or not 1 <= len(cabundle) <= MAX_CABUNDLE:
+    if not isinstance(cabundle, list | tuple) or not 1 <= len(cabundle) <= MAX_CABUNDLE:
         raise _malformed(f"the document's 'cabundle' must list 1 to {MAX_CABUNDLE} certificates")
     if not all(isinstance(c, bytes) and 1 <= len(c) <= MAX_CERT for c in cabundle):
         raise _malformed(f"every 'cabundle' entry must be a DER certificate of 1 to {MAX_CERT} bytes")
