@@ -26,7 +26,7 @@ from policy.claims import (
     Kind,
     check_claims,
     claim_format,
-    tee_prefix,
+    tee_prefixes,
 )
 
 POLICY_FORMAT_VERSION = 1
@@ -364,10 +364,11 @@ def parse_reference_set(document: object) -> ReferenceValueSet:
 
 def _claim_name(tee: str, name: object, path: str) -> str:
     text = _str(name, path)
-    prefix = tee_prefix(tee)
-    if not CLAIM_NAME.fullmatch(text) or not text.startswith(prefix):
+    prefixes = tee_prefixes(tee)
+    if not CLAIM_NAME.fullmatch(text) or not text.startswith(prefixes):
+        named = " or ".join(f"{p}…" for p in prefixes)
         raise PolicyError(
-            f"{text!r} is not a {tee} claim name (a {tee} set pins claims named {prefix}…; see DESIGN.md, "
+            f"{text!r} is not a {tee} claim name (a {tee} set pins claims named {named}; see DESIGN.md, "
             "Claims)",
             path,
         )

@@ -131,7 +131,9 @@ def verify_nitro_document(data: bytes, *, now: datetime, root: bytes | None = No
         "nitro.timestamp": doc.timestamp_ms,
         "nitro.nonce": doc.nonce.hex() if doc.nonce is not None else None,
         "nitro.user_data": doc.user_data.hex() if doc.user_data is not None else None,
-        "nitro.public_key": doc.public_key.hex() if doc.public_key is not None else None,
+        # The key itself only when it fits a claim string (1024 characters); its digest always.
+        "nitro.public_key": doc.public_key.hex() if doc.public_key and len(doc.public_key) <= 512 else None,
+        "nitro.public_key_sha256": hashlib.sha256(doc.public_key).hexdigest() if doc.public_key else None,
         "nitro.signing_cert_sha256": hashlib.sha256(doc.certificate).hexdigest(),
         "nitro.signing_cert_not_after": _iso(leaf.not_valid_after_utc),
     }
