@@ -19,6 +19,7 @@ from typing import Any
 from policy.cel import CelCompileError, CompiledRule, compile_rule
 from policy.claims import (
     CLAIM_NAME,
+    NITRO_PCR_NAME,
     PCR_NAME,
     TEES,
     UINT_MAX,
@@ -374,6 +375,8 @@ def _claim_name(tee: str, name: object, path: str) -> str:
         )
     if text.startswith("tpm.pcrs.") and not PCR_NAME.match(text):
         raise PolicyError(f"{text!r} is not a PCR claim; PCRs are tpm.pcrs.<sha1|sha256|sha384>.<0-23>", path)
+    if text.startswith("nitro.pcrs.") and not NITRO_PCR_NAME.match(text):
+        raise PolicyError(f"{text!r} is not a Nitro PCR claim; they are nitro.pcrs.<0-31>", path)
     return text
 
 
