@@ -114,7 +114,7 @@ _INT = re.compile(
     r"|(reported|current|committed|launch)_tcb\.(bootloader|tee|snp|microcode|fmc))"
     r"|tdx\.(quote_version|module_svn|module_major_version|pce_svn|qe_svn|tcb_evaluation_data_number)"
     r"|tpm\.(clock|reset_count|restart_count|firmware_version)"
-    r"|azure\.hcl_version|nitro\.timestamp)$"
+    r"|nitro\.timestamp)$"
 )
 _BOOL = re.compile(
     r"^(snp\.(policy_[a-z0-9_]+|platform_[a-z0-9_]+|author_key_en|mask_chip_key|chip_id_masked)"

@@ -134,10 +134,16 @@ def parse_hcl_report(data: bytes) -> HclReport:
         raise _malformed(f"the HCL report is {len(data)} bytes, shorter than its fixed part")
     if data[:4] != HCL_SIGNATURE:
         raise _malformed("the HCL report does not start with 'HCLA'")
-    version, report_size, request_type = struct.unpack_from("<III", data, 4)
-    data_size, _rt_version, report_type, hash_type, var_size = struct.unpack_from(
+    version, report_size, request_type, status = struct.unpack_from("<IIII", data, 4)
+    data_size, rt_version, report_type, hash_type, var_size = struct.unpack_from(
         "<5I", data, RUNTIME_HEADER_OFFSET
     )
+    # Nothing signs the header: version and request type are informative only (never claims); the rest
+    # must have the one value a good report has.
+    if status != 0 or any(data[20:HEADER_SIZE]):
+        raise _malformed("the HCL report's status is not 0 (success) or its reserved header bytes are set")
+    if rt_version != 1:
+        raise _malformed(f"the HCL runtime-claims version is {rt_version}; only 1 is known")
     if report_type not in (REPORT_TYPE_SNP, REPORT_TYPE_TDX):
         raise _malformed(f"the HCL report type is {report_type}; only 2 (SEV-SNP) and 4 (TDX) are known")
     if hash_type not in _HASHES:

@@ -101,7 +101,6 @@ def _azure_claims(hcl: HclReport) -> Claims:
         "azure.tpm_persisted": flag("tpm-persisted"),
         "azure.console_enabled": flag("console-enabled"),
         "azure.user_data": hcl.runtime.user_data.lower() if hcl.runtime.user_data is not None else None,
-        "azure.hcl_version": hcl.version,
         "azure.runtime_data_sha256": hashlib.sha256(hcl.variable_data).hexdigest(),
     }
 

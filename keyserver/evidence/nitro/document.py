@@ -9,6 +9,7 @@ bytes}, certificate (DER leaf), cabundle (DER, root first), and optional public_
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -55,10 +56,15 @@ class NitroDocument:
 
 
 def _loads(data: bytes, what: str) -> Any:
+    """One CBOR item filling ``data`` exactly (``cbor2.loads`` would ignore bytes after the item)."""
+    stream = io.BytesIO(data)
     try:
-        return cbor2.loads(data)
+        value = cbor2.CBORDecoder(stream).decode()
     except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise _malformed(f"the {what} is not valid CBOR: {exc}") from None
+    if stream.tell() != len(data):
+        raise _malformed(f"the {what} has {len(data) - stream.tell()} bytes after its CBOR item")
+    return value
 
 
 def _bytes(doc: Mapping[Any, Any], name: str, *, low: int, high: int, optional: bool = False) -> bytes | None:
