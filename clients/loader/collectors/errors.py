@@ -124,3 +124,18 @@ class ReportDataMismatch(CollectorError):
     """The report's user-data field is not the binding written to inblob."""
 
     reason = "report-data-mismatch"
+
+
+# --- Azure CVM vTPM and AWS Nitro (issue 19) -------------------------------------------------------------
+
+
+class AzureHclReportInvalid(CollectorError):
+    """The vTPM NV index does not hold an HCL report the keyserver could verify."""
+
+    reason = "azure-hcl-report-invalid"
+
+
+class NsmError(CollectorError):
+    """The Nitro Secure Module refused the request or answered something that is not a document."""
+
+    reason = "nsm-error"
