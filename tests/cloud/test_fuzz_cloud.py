@@ -18,7 +18,10 @@ from keyserver.evidence.nitro import parse_document, verify_nitro_document
 from tests.cloud.vectors import AZURE, NITRO
 from tests.fuzzing import fuzz_settings
 
-pytestmark = pytest.mark.filterwarnings("ignore::cryptography.utils.CryptographyDeprecationWarning")
+pytestmark = [
+    pytest.mark.fuzz,
+    pytest.mark.filterwarnings("ignore::cryptography.utils.CryptographyDeprecationWarning"),
+]
 
 HCL = AZURE["snp/hcl-report"].hcl_report
 DOCUMENT = NITRO["valid-attestation-doc-bytes"].document
