@@ -107,3 +107,19 @@ def test_configuration_and_binding_are_checked(tmp_path: Any) -> None:
     with pytest.raises(NsmError, match="cannot open"):
         NitroCollector(nsm_device(tmp_path / "nsm")).collect(bytes(64))
     assert NSM_IOCTL_REQUEST == 0xC0200A00  # _IOWR(0x0A, 0, struct nsm_message) on 64-bit Linux
+
+
+def test_the_loader_command_line_offers_the_cloud_collectors(tmp_path: Any) -> None:
+    import argparse
+
+    from clients.loader.collectors.azure import AzureVtpmCollector
+    from clients.loader.main import collector_for
+
+    vcek = tmp_path / "vcek.pem"
+    vcek.write_bytes(b"vcek bytes")
+    args = argparse.Namespace(tee="azure-snp-vtpm", tcti="swtpm:port=1", vcek=str(vcek))
+    azure = collector_for(args, cast(Any, None))
+    assert isinstance(azure, AzureVtpmCollector)
+    assert azure.vcek == b"vcek bytes"
+    nitro = collector_for(argparse.Namespace(tee="aws-nitro"), cast(Any, None))
+    assert isinstance(nitro, NitroCollector)
