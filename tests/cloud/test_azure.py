@@ -4,6 +4,7 @@ with that layer's reason."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from datetime import datetime, timedelta
@@ -71,7 +72,7 @@ def test_real_vector_is_accepted_with_its_manifest_claims(name: str) -> None:
         assert claims["tpm.pcrs.sha256.0"] == v.pcr0
     assert all(f"tpm.pcrs.sha256.{i}" in claims for i in range(24))
     hcl = parse_hcl_report(v.hcl_report)
-    assert claims["azure.runtime_data_sha256"] == __import__("hashlib").sha256(hcl.variable_data).hexdigest()
+    assert claims["azure.runtime_data_sha256"] == hashlib.sha256(hcl.variable_data).hexdigest()
     assert claims["azure.secure_boot"] is True
     assert claims["azure.tpm_enabled"] is True
     assert isinstance(claims["azure.vm_id"], str)

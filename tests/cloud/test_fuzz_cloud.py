@@ -4,6 +4,7 @@ EvidenceError; nothing else escapes, nothing hangs. ``make fuzz`` scales the bud
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import cbor2
@@ -68,7 +69,7 @@ def test_hcl_parser_parses_or_refuses(data: bytes) -> None:
             lambda inner: (
                 st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
             ),
-        ).map(lambda v: __import__("json").dumps({"keys": v}).encode()),
+        ).map(lambda v: json.dumps({"keys": v}).encode()),
     )
 )
 def test_runtime_data_parser_parses_or_refuses(data: bytes) -> None:

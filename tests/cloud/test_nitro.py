@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import cbor2
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from keyserver.errors import EvidenceError
 from keyserver.evidence.claims import Claims
@@ -129,11 +130,7 @@ def test_a_chain_spliced_from_another_document_is_refused() -> None:
         extra={
             "cabundle": [
                 synth.root_der,
-                synth.leaf.public_bytes(
-                    __import__(
-                        "cryptography.hazmat.primitives.serialization", fromlist=["Encoding"]
-                    ).Encoding.DER
-                ),
+                synth.leaf.public_bytes(Encoding.DER),
             ]
         }
     )
