@@ -4,11 +4,12 @@ A loader proves that the key it wants a release wrapped to lives inside the atte
 
     binding = SHA-512("keyserver-binding-v1" || 0x00 || nonce || JWK-thumbprint-SHA-256(ephemeral public key))
 
-into the evidence's user-data field: all 64 bytes in SEV-SNP ``REPORT_DATA`` and TDX ``REPORTDATA``, the
-first 32 in a TPM quote's ``qualifyingData`` (a TPM bounds it by its largest digest, and 32 bytes is what
-every TPM accepts). The thumbprint is RFC 7638's, raw 32 bytes. The label and the 0x00 separate this hash
-from any other use of SHA-512 over a nonce; the thumbprint has a fixed length at the end, so the
-concatenation parses one way only whatever the nonce's length.
+into the evidence's user-data field: all 64 bytes in SEV-SNP ``REPORT_DATA``, TDX ``REPORTDATA`` and an AWS
+Nitro document's ``nonce``, the first 32 in a TPM quote's ``qualifyingData`` (an Azure CVM's vTPM quote's
+too: a TPM bounds it by its largest digest, and 32 bytes is what every TPM accepts). The thumbprint is
+RFC 7638's, raw 32 bytes. The label and the 0x00 separate this hash from any other use of SHA-512 over a
+nonce; the thumbprint has a fixed length at the end, so the concatenation parses one way only whatever
+the nonce's length.
 
 Everything here is pure: no I/O, no clock. ``parse_ephemeral_jwk`` is the strict gate every ephemeral key
 passes before keyserver computes a binding for it or encrypts to it.
@@ -29,7 +30,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from keyserver.errors import EvidenceError
-from keyserver.evidence.claims import TEE_NVIDIA_GPU, TEE_SEV_SNP, TEE_TDX, TEE_TPM
+from keyserver.evidence.claims import (
+    TEE_AWS_NITRO,
+    TEE_AZURE_SNP_VTPM,
+    TEE_AZURE_TDX_VTPM,
+    TEE_NVIDIA_GPU,
+    TEE_SEV_SNP,
+    TEE_TDX,
+    TEE_TPM,
+)
 
 BINDING_LABEL = b"keyserver-binding-v1"
 BINDING_BYTES = 64
@@ -127,9 +136,10 @@ def report_data_for(tee: str, binding_value: bytes) -> bytes:
     """What the evidence of ``tee`` must carry in its user-data field for ``binding_value``."""
     if len(binding_value) != BINDING_BYTES:
         raise ValueError(f"a binding is {BINDING_BYTES} bytes, not {len(binding_value)}")
-    if tee in (TEE_SEV_SNP, TEE_TDX):
+    if tee in (TEE_SEV_SNP, TEE_TDX, TEE_AWS_NITRO):
         return bytes(binding_value)
-    if tee == TEE_TPM:
+    # Azure CVMs: the binding is in the vTPM quote (the paravisor owns REPORT_DATA), so it is a TPM's.
+    if tee in (TEE_TPM, TEE_AZURE_SNP_VTPM, TEE_AZURE_TDX_VTPM):
         return bytes(binding_value[:TPM_QUALIFYING_DATA_BYTES])
     if tee == TEE_NVIDIA_GPU:  # the SPDM GET_MEASUREMENTS nonce of every GPU report (docs/binding.md)
         return bytes(binding_value[:GPU_NONCE_BYTES])
@@ -141,6 +151,9 @@ _FIELD_NAMES = {
     TEE_TDX: "REPORTDATA",
     TEE_TPM: "qualifyingData (extraData)",
     TEE_NVIDIA_GPU: "SPDM nonce",
+    TEE_AZURE_SNP_VTPM: "vTPM quote qualifyingData (extraData)",
+    TEE_AZURE_TDX_VTPM: "vTPM quote qualifyingData (extraData)",
+    TEE_AWS_NITRO: "attestation document nonce",
 }
 
 

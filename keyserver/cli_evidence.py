@@ -16,7 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from keyserver.errors import EvidenceError
-from keyserver.evidence.claims import TEE_NVIDIA_GPU, TEE_SEV_SNP, TEE_TDX, TEE_TPM, Claims
+from keyserver.evidence.claims import (
+    TEE_AWS_NITRO,
+    TEE_AZURE_SNP_VTPM,
+    TEE_AZURE_TDX_VTPM,
+    TEE_NVIDIA_GPU,
+    TEE_SEV_SNP,
+    TEE_TDX,
+    TEE_TPM,
+    TEES,
+    Claims,
+)
 from keyserver.evidence.timeparse import parse_now
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
@@ -27,7 +37,7 @@ def add_evidence_commands(commands: Any) -> None:
     sub = evidence.add_subparsers(dest="evidence_command", required=True)
 
     verify = sub.add_parser("verify", help="verify evidence and print its claims")
-    verify.add_argument("--tee", required=True, choices=[TEE_TPM, TEE_SEV_SNP, TEE_TDX, TEE_NVIDIA_GPU])
+    verify.add_argument("--tee", required=True, choices=list(TEES))
     verify.add_argument("--now", help="verification time, ISO 8601 with a zone (default: now)")
     verify.add_argument("--json", action="store_true", help="print one JSON document")
     snp = verify.add_argument_group("sev-snp")
@@ -51,6 +61,11 @@ def add_evidence_commands(commands: Any) -> None:
     )
     rim_values.add_argument("rims", type=Path, nargs="+")
     rim_values.add_argument("--now", help="verify the RIMs' signers at this time (default: now)")
+    cloud = verify.add_argument_group("azure-snp-vtpm, azure-tdx-vtpm (also --cert, --quote, --signature, …)")
+    cloud.add_argument("--hcl-report", type=Path, help="the HCL report (vTPM NV index 0x01400001), raw")
+    cloud.add_argument("--td-quote", type=Path, help="azure-tdx-vtpm: the TD quote (raw)")
+    nitro = verify.add_argument_group("aws-nitro")
+    nitro.add_argument("--document", type=Path, help="the attestation document (COSE_Sign1, raw or base64)")
 
     eventlog = sub.add_parser("eventlog", help="parse a TCG PC Client event log and replay it")
     eventlog.add_argument("file", type=Path)
@@ -148,6 +163,32 @@ def _verify_tpm(args: argparse.Namespace, now: datetime) -> Claims:
     )
 
 
+def _verify_azure(args: argparse.Namespace, now: datetime) -> Claims:
+    from keyserver.evidence.cloud_files import verify_azure_files
+
+    _require(args, "hcl_report", "quote", "signature", "pcrs", "nonce")
+    return verify_azure_files(
+        args.tee,
+        hcl_report=args.hcl_report,
+        quote=args.quote,
+        signature=args.signature,
+        pcrs=args.pcrs,
+        nonce_hex=args.nonce,
+        now=now,
+        cert=args.cert,
+        td_quote=args.td_quote,
+        collateral=args.collateral,
+        eventlog=args.eventlog,
+    )
+
+
+def _verify_nitro(args: argparse.Namespace, now: datetime) -> Claims:
+    from keyserver.evidence.cloud_files import verify_nitro_file
+
+    _require(args, "document")
+    return verify_nitro_file(args.document, now)
+
+
 def _eventlog(args: argparse.Namespace) -> int:
     from keyserver.evidence.tpm.files import describe_event_log
 
@@ -183,4 +224,7 @@ _VERIFIERS: dict[str, Callable[[argparse.Namespace, datetime], Claims]] = {
     TEE_SEV_SNP: _verify_snp,
     TEE_TDX: _verify_tdx,
     TEE_TPM: _verify_tpm,
+    TEE_AZURE_SNP_VTPM: _verify_azure,
+    TEE_AZURE_TDX_VTPM: _verify_azure,
+    TEE_AWS_NITRO: _verify_nitro,
 }

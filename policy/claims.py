@@ -14,19 +14,41 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 
-from keyserver.evidence.claims import TEE_NVIDIA_GPU, TEE_SEV_SNP, TEE_TDX, TEE_TPM, TEES
+from keyserver.evidence.claims import (
+    TEE_AWS_NITRO,
+    TEE_AZURE_SNP_VTPM,
+    TEE_AZURE_TDX_VTPM,
+    TEE_NVIDIA_GPU,
+    TEE_SEV_SNP,
+    TEE_TDX,
+    TEE_TPM,
+    TEES,
+)
 from policy.cel import CLAIM_LIMITS, ClaimLimits
 
-__all__ = ["TEES", "ClaimFormat", "Kind", "check_claims", "claim_format", "tee_prefix"]
+__all__ = ["TEES", "ClaimFormat", "Kind", "check_claims", "claim_format", "tee_prefix", "tee_prefixes"]
 
 INT_MIN = -(1 << 63)
 UINT_MAX = (1 << 64) - 1
 
 _PREFIX = {TEE_SEV_SNP: "snp.", TEE_TDX: "tdx.", TEE_TPM: "tpm.", TEE_NVIDIA_GPU: "gpu."}
+# Azure CVM evidence carries two layers (hardware report + vTPM) and the paravisor's claims; a reference
+# value set for it may pin any of them.
+_PREFIXES: dict[str, tuple[str, ...]] = {
+    **{tee: (prefix,) for tee, prefix in _PREFIX.items()},
+    TEE_AZURE_SNP_VTPM: ("snp.", "tpm.", "azure."),
+    TEE_AZURE_TDX_VTPM: ("tdx.", "tpm.", "azure."),
+    TEE_AWS_NITRO: ("nitro.",),
+}
 
 
 def tee_prefix(tee: str) -> str:
-    return _PREFIX[tee]
+    return _PREFIXES[tee][0]
+
+
+def tee_prefixes(tee: str) -> tuple[str, ...]:
+    """The claim-name prefixes a reference value set for ``tee`` may pin."""
+    return _PREFIXES[tee]
 
 
 class Kind(Enum):
@@ -85,20 +107,26 @@ _HEX: dict[str, int | None] = {
     "gpu.measurements_sha384": 48,
     "gpu.leaf_sha256": 32,
     "gpu.root_sha256": 32,
+    "azure.runtime_data_sha256": 32,
+    "nitro.signing_cert_sha256": 32,
+    "nitro.public_key_sha256": 32,
 }
 GPU_MEASUREMENT_NAME = re.compile(r"^gpu\.measurement\.([1-9]|[1-5][0-9]|6[0-4])\Z")
 PCR_NAME = re.compile(r"^tpm\.pcrs\.(sha1|sha256|sha384)\.([0-9]|1[0-9]|2[0-3])\Z")
 _PCR_BYTES = {"sha1": 20, "sha256": 32, "sha384": 48}
+NITRO_PCR_NAME = re.compile(r"^nitro\.pcrs\.([0-9]|[12][0-9]|3[01])\Z")
 _INT = re.compile(
     r"^(snp\.(version|guest_svn|policy|vmpl|signature_algo|platform_info|signer_info|policy_abi_major"
     r"|policy_abi_minor|(current|committed)_(major|minor|build)"
     r"|(reported|current|committed|launch)_tcb\.(bootloader|tee|snp|microcode|fmc))"
     r"|tdx\.(quote_version|module_svn|module_major_version|pce_svn|qe_svn|tcb_evaluation_data_number)"
-    r"|tpm\.(clock|reset_count|restart_count|firmware_version))$"
+    r"|tpm\.(clock|reset_count|restart_count|firmware_version)"
+    r"|nitro\.timestamp)$"
 )
 _BOOL = re.compile(
     r"^(snp\.(policy_[a-z0-9_]+|platform_[a-z0-9_]+|author_key_en|mask_chip_key|chip_id_masked)"
-    r"|tpm\.(secure_boot|clock_safe)|gpu\.(nvdec0_disabled|report_fwid_present|cc_mode_attested))$"
+    r"|tpm\.(secure_boot|clock_safe)|gpu\.(nvdec0_disabled|report_fwid_present|cc_mode_attested)"
+    r"|azure\.(secure_boot|tpm_enabled|tpm_persisted|console_enabled))$"
 )
 # Intel's TCB statuses (the TCB-level rule the TDX verifier implements; "Revoked" never reaches a policy).
 TDX_TCB_STATUSES = frozenset(
@@ -122,7 +150,7 @@ _ENUM: dict[str, frozenset[str]] = {
     "gpu.revocation": frozenset({"good", "not-checked"}),
 }
 _LIST = frozenset({"tdx.advisory_ids", "tpm.efi_apps", "tpm.eventlog.digest_mismatches", "gpu.measurements"})
-CLAIM_NAME = re.compile(r"^(snp|tdx|tpm|gpu)\.[a-z0-9_]+(\.[a-z0-9_]+)*$")
+CLAIM_NAME = re.compile(r"^(snp|tdx|tpm|gpu|azure|nitro)\.[a-z0-9_]+(\.[a-z0-9_]+)*$")
 
 
 def claim_format(name: str) -> ClaimFormat:
@@ -133,6 +161,8 @@ def claim_format(name: str) -> ClaimFormat:
         return ClaimFormat(Kind.HEX, _PCR_BYTES[pcr.group(1)])
     if GPU_MEASUREMENT_NAME.fullmatch(name):
         return ClaimFormat(Kind.HEX, 48)
+    if NITRO_PCR_NAME.match(name):
+        return ClaimFormat(Kind.HEX, 48)  # SHA-384 (the document's digest must be SHA384)
     if _INT.fullmatch(name):
         return ClaimFormat(Kind.INT)
     if _BOOL.fullmatch(name):

@@ -20,6 +20,7 @@ from keyserver.strict_json import loads_strict
 from policy.cel import CelCompileError, CompiledRule, compile_rule
 from policy.claims import (
     CLAIM_NAME,
+    NITRO_PCR_NAME,
     PCR_NAME,
     TEES,
     UINT_MAX,
@@ -27,7 +28,7 @@ from policy.claims import (
     Kind,
     check_claims,
     claim_format,
-    tee_prefix,
+    tee_prefixes,
 )
 from policy.gpu import GPU_SET_FORBIDDEN
 
@@ -353,10 +354,11 @@ def parse_reference_set(document: object) -> ReferenceValueSet:
 
 def _claim_name(tee: str, name: object, path: str) -> str:
     text = _str(name, path)
-    prefix = tee_prefix(tee)
-    if not CLAIM_NAME.fullmatch(text) or not text.startswith(prefix):
+    prefixes = tee_prefixes(tee)
+    if not CLAIM_NAME.fullmatch(text) or not text.startswith(prefixes):
+        named = " or ".join(f"{p}…" for p in prefixes)
         raise PolicyError(
-            f"{text!r} is not a {tee} claim name (a {tee} set pins claims named {prefix}…; see DESIGN.md, "
+            f"{text!r} is not a {tee} claim name (a {tee} set pins claims named {named}; see DESIGN.md, "
             "Claims)",
             path,
         )
@@ -368,6 +370,8 @@ def _claim_name(tee: str, name: object, path: str) -> str:
         )
     if text.startswith("tpm.pcrs.") and not PCR_NAME.match(text):
         raise PolicyError(f"{text!r} is not a PCR claim; PCRs are tpm.pcrs.<sha1|sha256|sha384>.<0-23>", path)
+    if text.startswith("nitro.pcrs.") and not NITRO_PCR_NAME.match(text):
+        raise PolicyError(f"{text!r} is not a Nitro PCR claim; they are nitro.pcrs.<0-31>", path)
     return text
 
 

@@ -43,6 +43,15 @@ def _vm_collector(args: argparse.Namespace, config: LoaderConfig) -> Collector:
         from clients.loader.collectors.tpm import TpmCollector
 
         return TpmCollector(args.tcti, int(args.ak_handle, 0), pcr_selection=config.pcr_selection)
+    if args.tee == "azure-snp-vtpm":
+        from clients.loader.collectors.azure import AzureVtpmCollector
+
+        vcek = Path(args.vcek).read_bytes() if args.vcek else None
+        return AzureVtpmCollector(args.tee, args.tcti, vcek=vcek)
+    if args.tee == "aws-nitro":
+        from clients.loader.collectors.nitro import NitroCollector
+
+        return NitroCollector()
     from clients.loader.collectors.tsm import TsmCollector
 
     return TsmCollector(args.tee, root=Path(args.tsm_root))
@@ -134,11 +143,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="the measured loader configuration (JSON)")
     p.add_argument("--keyserver", required=True, help="the keyserver's base URL")
     p.add_argument("--weights", required=True, help="the encrypted weights file")
-    p.add_argument("--tee", choices=("tpm", "sev-snp", "tdx"), default="tpm")
+    p.add_argument("--tee", choices=("tpm", "sev-snp", "tdx", "azure-snp-vtpm", "aws-nitro"), default="tpm")
     p.add_argument("--tcti", default="device:/dev/tpmrm0", help="TPM: the tpm2-tss TCTI")
     p.add_argument("--ak-handle", default="0x81010020", help="TPM: the enrolled AK's persistent handle")
     p.add_argument("--tsm-root", default="/sys/kernel/config/tsm/report", help="SEV-SNP/TDX: configfs-tsm")
     p.add_argument("--gpus", action="store_true", help="add every NVIDIA CC GPU's report (NVML)")
+    p.add_argument("--vcek", help="azure-snp-vtpm: the VCEK (PEM bundle from Azure THIM, or DER)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8090)
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per keyserver request")

@@ -21,7 +21,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyserver.binding import check_binding, report_data_for
 from keyserver.errors import EvidenceError
-from keyserver.evidence.claims import TEE_SEV_SNP, TEE_TDX, TEE_TPM, Claims
+from keyserver.evidence.claims import (
+    TEE_AWS_NITRO,
+    TEE_AZURE_SNP_VTPM,
+    TEE_AZURE_TDX_VTPM,
+    TEE_SEV_SNP,
+    TEE_TDX,
+    TEE_TPM,
+    TEES,
+    Claims,
+)
 
 if TYPE_CHECKING:
     from keyserver.evidence.snp.cache import ChainCache
@@ -29,7 +38,7 @@ if TYPE_CHECKING:
 MAX_EVIDENCE_FIELD = 4 * 1024 * 1024
 # Every value of a request's "tee" that the service knows (a release's log entry records anything
 # else as "unknown"). Verifiers added here must add their tee.
-KNOWN_TEES = frozenset({TEE_TPM, TEE_SEV_SNP, TEE_TDX, "attestation-result"})
+KNOWN_TEES = frozenset({*TEES, "attestation-result"})
 
 _snp_chains: ChainCache | None = None
 
@@ -135,8 +144,27 @@ async def verify_evidence(
             "GPU reports do not stand alone (they say nothing of where the loader runs): send the VM's "
             "evidence with 'gpus' (docs/nvidia-gpu.md)",
         )
+    elif tee in (TEE_AZURE_SNP_VTPM, TEE_AZURE_TDX_VTPM):
+        from keyserver.binding import binding
+        from keyserver.evidence.azure.wire import verify_azure_evidence
+
+        # The vTPM quote's qualifyingData carries the binding, as a TPM's does (report_data_for).
+        expected = report_data_for(tee, binding(nonce, ephemeral_jwk))
+        claims, collateral_bytes = verify_azure_evidence(
+            tee, evidence, expected_nonce=expected, now=now, chain_cache=snp_chain_cache()
+        )
+    elif tee == TEE_AWS_NITRO:
+        from keyserver.evidence.nitro import verify_nitro_document
+
+        _only(evidence, {"tee", "document"})
+        document = field(evidence, "document")
+        assert document is not None
+        claims = verify_nitro_document(document, now=now)
     else:
-        raise EvidenceError("evidence-malformed", "evidence 'tee' must be tpm, sev-snp or tdx")
+        raise EvidenceError(
+            "evidence-malformed",
+            "evidence 'tee' must be tpm, sev-snp, tdx, azure-snp-vtpm, azure-tdx-vtpm or aws-nitro",
+        )
     return VerifiedEvidence(tee, claims, collateral_bytes)
 
 

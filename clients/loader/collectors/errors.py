@@ -142,3 +142,18 @@ class GpuReportMismatch(CollectorError):
     """A GPU report does not answer the nonce the loader asked it to sign, or does not parse."""
 
     reason = "gpu-report-mismatch"
+
+
+# --- Azure CVM vTPM and AWS Nitro (issue 19) -------------------------------------------------------------
+
+
+class AzureHclReportInvalid(CollectorError):
+    """The vTPM NV index does not hold an HCL report the keyserver could verify."""
+
+    reason = "azure-hcl-report-invalid"
+
+
+class NsmError(CollectorError):
+    """The Nitro Secure Module refused the request or answered something that is not a document."""
+
+    reason = "nsm-error"
