@@ -4,11 +4,15 @@ quote), never for other bytes, never for another root, and nothing failed is sto
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import functools
 import hashlib
 import json
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import pytest
 from cryptography import x509
@@ -17,8 +21,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyserver.errors import EvidenceError
+from keyserver.evidence import dispatch
 from keyserver.evidence.claims import Claims
 from keyserver.evidence.tdx import (
     Collateral,
@@ -496,3 +502,43 @@ def test_a_hit_judges_the_quotes_pck_chain_exactly_as_a_miss() -> None:
             assert hit == full
             refusals.add(full[0] if full else None)
     assert refusals == {None, "certificate-revoked", "collateral-mismatch", "crl-invalid"}
+
+
+# ----------------------------------------------------------------------------------- the release path
+
+
+def test_the_release_path_verifies_tdx_collateral_through_the_process_cache() -> None:
+    """dispatch.verify_evidence (what /release and /attest call) uses the process's collateral cache: the
+    second release with the same collateral is a hit with the same claims, changed collateral is not."""
+    document, now = collaterals()["dcap-qvl"]
+    collateral_doc: dict[str, str] = json.loads(document)
+    evidence: dict[str, object] = {
+        "tee": "tdx",
+        "quote": base64.b64encode(vec(DCAP_QVL)).decode(),
+        "collateral": collateral_doc,
+    }
+
+    def verify(ev: dict[str, object]) -> dispatch.VerifiedEvidence:
+        return asyncio.run(
+            dispatch.verify_evidence(
+                cast(AsyncSession, None),  # TDX evidence never reads the database
+                uuid.uuid4(),
+                ev,
+                nonce=b"\0" * 32,
+                ephemeral_jwk={},
+                now=now,
+            )
+        )
+
+    cache = dispatch.tdx_collateral_cache()
+    first = verify(evidence)
+    hits = cache.verify_hits
+    second = verify(evidence)
+    assert cache.verify_hits == hits + 1
+    assert first == second
+    assert first.claims["tdx.tcb_status"] == "UpToDate"
+    signature = collateral_doc["tcb_info_signature"]
+    changed = {**collateral_doc, "tcb_info_signature": ("0" if signature[0] != "0" else "1") + signature[1:]}
+    with pytest.raises(EvidenceError) as exc:
+        verify({**evidence, "collateral": changed})
+    assert exc.value.reason == "collateral-signature-invalid"
