@@ -360,6 +360,7 @@ def shared() -> CollateralCache:
     return cache
 
 
+@pytest.mark.fuzz
 @fuzz_settings(60)
 @given(
     quote=st.sampled_from(QUOTES),
