@@ -34,6 +34,7 @@ from keyserver.evidence.claims import (
 
 if TYPE_CHECKING:
     from keyserver.evidence.snp.cache import ChainCache
+    from keyserver.evidence.tdx.cache import CollateralCache
 
 MAX_EVIDENCE_FIELD = 4 * 1024 * 1024
 # Every value of a request's "tee" that the service knows (a release's log entry records anything
@@ -53,6 +54,21 @@ def snp_chain_cache() -> ChainCache:
 
         _snp_chains = ChainCache(max_entries=4096)
     return _snp_chains
+
+
+_tdx_collateral: CollateralCache | None = None
+
+
+def tdx_collateral_cache() -> CollateralCache:
+    """The process's cache of parsed, authenticated TDX collateral (keyserver/evidence/tdx/cache.py: keyed
+    by the exact bytes and bound to the root; validity windows, freshness and everything that depends on
+    the quote are checked on every use)."""
+    global _tdx_collateral
+    if _tdx_collateral is None:
+        from keyserver.evidence.tdx.cache import CollateralCache
+
+        _tdx_collateral = CollateralCache(max_entries=256)
+    return _tdx_collateral
 
 
 @dataclass(frozen=True)
@@ -125,7 +141,7 @@ async def verify_evidence(
             chain_cache=snp_chain_cache(),
         )
     elif tee == TEE_TDX:
-        from keyserver.evidence.tdx import parse_dcap_qvl_collateral, verify_tdx_quote
+        from keyserver.evidence.tdx import verify_tdx_quote
 
         _only(evidence, {"tee", "quote", "collateral"})
         quote = field(evidence, "quote")
@@ -136,8 +152,10 @@ async def verify_evidence(
             if not isinstance(raw, dict):
                 raise EvidenceError("evidence-malformed", "evidence 'collateral' is dcap-qvl's JSON object")
             collateral_bytes = json.dumps(raw, sort_keys=True).encode()
-            collateral = parse_dcap_qvl_collateral(collateral_bytes)
-        claims = verify_tdx_quote(quote, now=now, collateral=collateral)
+            collateral = tdx_collateral_cache().parse(collateral_bytes)
+        claims = verify_tdx_quote(
+            quote, now=now, collateral=collateral, collateral_cache=tdx_collateral_cache()
+        )
     elif tee == "nvidia-gpu":
         raise EvidenceError(
             "evidence-malformed",

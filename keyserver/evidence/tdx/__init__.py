@@ -17,6 +17,7 @@ Errors are :class:`keyserver.errors.EvidenceError`; ``reason`` is one of :data:`
 
 from keyserver.evidence.timeparse import parse_now
 
+from .cache import CollateralCache
 from .ccel import CcelEvent, CcelReplay, CcelTable, parse_ccel_table, replay_ccel, verify_ccel
 from .certs import INTEL_SGX_ROOT_CA_SHA256, intel_sgx_root_ca, load_root
 from .collateral import (
@@ -84,6 +85,7 @@ __all__ = [
     "CcelReplay",
     "CcelTable",
     "Collateral",
+    "CollateralCache",
     "EnclaveReport",
     "PckChain",
     "PckExtensions",

@@ -797,6 +797,12 @@ def _check_fresh(what: str, issued: datetime, next_update: datetime | None, now:
         )
 
 
+def _check_signing_chain_validity(chain: tuple[x509.Certificate, ...], what: str, now: datetime) -> None:
+    signer, chain_root = chain
+    check_validity(chain_root, now, f"root certificate in the {what}")
+    check_validity(signer, now, f"TCB signing certificate in the {what}")
+
+
 def _verify_tcb_signing_chain(
     chain: tuple[x509.Certificate, ...], what: str, *, root: x509.Certificate, now: datetime
 ) -> ec.EllipticCurvePublicKey:
@@ -810,8 +816,7 @@ def _verify_tcb_signing_chain(
     if common_name(signer.subject) != TCB_SIGNING_CN or is_ca(signer):
         raise EvidenceError(reason, f"the {what} does not start with the Intel SGX TCB Signing certificate")
     verify_issued_by(signer, root, f"TCB signing certificate in the {what}", reason)
-    check_validity(chain_root, now, f"root certificate in the {what}")
-    check_validity(signer, now, f"TCB signing certificate in the {what}")
+    _check_signing_chain_validity(chain, what, now)
     key = signer.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
         raise EvidenceError(reason, f"the TCB signing key in the {what} is not ECDSA P-256")
@@ -819,8 +824,17 @@ def _verify_tcb_signing_chain(
 
 
 def _verify_crl(
-    crl: x509.CertificateRevocationList, issuer: x509.Certificate, what: str, now: datetime
+    crl: x509.CertificateRevocationList,
+    issuer: x509.Certificate,
+    what: str,
+    now: datetime,
+    authenticated: bool = False,
 ) -> None:
+    """Issuer and signature (skipped when ``authenticated``: checked before, against the same issuer),
+    then freshness at ``now``."""
+    if authenticated:
+        _check_fresh(what, crl.last_update_utc, crl.next_update_utc, now)
+        return
     if crl.issuer != issuer.subject:
         raise EvidenceError(
             "crl-invalid",
@@ -868,26 +882,63 @@ def verify_collateral(
     4. Not revoked: the PCK leaf (PCK CRL); the PCK CA and the TCB signing certificates (root CA CRL).
     5. TCB info and QE identity current: ``issueDate <= now < nextUpdate``.
     """
-    tcb_key = _verify_tcb_signing_chain(
-        collateral.tcb_info_issuer_chain, "TCB info issuer chain", root=root, now=now
+    verify_collateral_checks(
+        collateral,
+        pck_leaf=pck_leaf,
+        pck_intermediate=pck_intermediate,
+        root=root,
+        now=now,
+        authenticated=False,
     )
-    if not verify_p256_signature(tcb_key, collateral.tcb_info.signature, collateral.tcb_info.raw):
+
+
+def verify_collateral_checks(
+    collateral: Collateral,
+    *,
+    pck_leaf: x509.Certificate,
+    pck_intermediate: x509.Certificate,
+    root: x509.Certificate,
+    now: datetime,
+    authenticated: bool,
+) -> None:
+    """:func:`verify_collateral`'s checks in its order. With ``authenticated`` the checks that depend on
+    neither ``now`` nor the quote (chain structure and anchoring to ``root``, the signatures over the TCB
+    info and QE identity, the root CA CRL's issuer and signature, the PCK CRL issuer chain's anchoring, the
+    TCB signing certificates' revocation) are skipped: only
+    :class:`~keyserver.evidence.tdx.cache.CollateralCache` passes it, for collateral that passed them
+    against this exact ``root``. Everything that depends on ``now`` or on the quote's PCK chain runs
+    always, in the same order, so a cached verification fails exactly as an uncached one would."""
+    if authenticated:
+        _check_signing_chain_validity(collateral.tcb_info_issuer_chain, "TCB info issuer chain", now)
+    elif not verify_p256_signature(
+        _verify_tcb_signing_chain(
+            collateral.tcb_info_issuer_chain, "TCB info issuer chain", root=root, now=now
+        ),
+        collateral.tcb_info.signature,
+        collateral.tcb_info.raw,
+    ):
         raise EvidenceError(
             "collateral-signature-invalid",
             "the TCB info signature does not verify with the Intel SGX TCB Signing key (edited or "
             "re-serialised "
             "TCB info? the signature covers the tcbInfo value exactly as served)",
         )
-    qe_key = _verify_tcb_signing_chain(
-        collateral.qe_identity_issuer_chain, "QE identity issuer chain", root=root, now=now
-    )
-    if not verify_p256_signature(qe_key, collateral.qe_identity.signature, collateral.qe_identity.raw):
+    if authenticated:
+        _check_signing_chain_validity(collateral.qe_identity_issuer_chain, "QE identity issuer chain", now)
+    elif not verify_p256_signature(
+        _verify_tcb_signing_chain(
+            collateral.qe_identity_issuer_chain, "QE identity issuer chain", root=root, now=now
+        ),
+        collateral.qe_identity.signature,
+        collateral.qe_identity.raw,
+    ):
         raise EvidenceError(
             "collateral-signature-invalid",
             "the QE identity signature does not verify with the Intel SGX TCB Signing key (edited or "
             "re-serialised enclaveIdentity?)",
         )
-    _verify_crl(collateral.root_ca_crl, root, "root CA CRL", now)
+    _verify_crl(collateral.root_ca_crl, root, "root CA CRL", now, authenticated)
+    # The PCK CRL depends on the quote's PCK chain: always checked.
     if collateral.pck_crl.issuer != pck_leaf.issuer:
         raise EvidenceError(
             _MISMATCH,
@@ -899,12 +950,13 @@ def verify_collateral(
     if collateral.pck_crl_issuer_chain is not None:
         chain = collateral.pck_crl_issuer_chain
         reason = "collateral-chain-invalid"
-        if len(chain) != 2:
-            raise EvidenceError(
-                reason, f"the PCK CRL issuer chain holds {len(chain)} certificates; expected 2"
-            )
-        anchor_root(chain[1], root, "PCK CRL issuer chain", reason)
-        verify_issued_by(chain[0], root, "PCK CRL issuer CA", reason)
+        if not authenticated:
+            if len(chain) != 2:
+                raise EvidenceError(
+                    reason, f"the PCK CRL issuer chain holds {len(chain)} certificates; expected 2"
+                )
+            anchor_root(chain[1], root, "PCK CRL issuer chain", reason)
+            verify_issued_by(chain[0], root, "PCK CRL issuer CA", reason)
         check_validity(chain[0], now, "PCK CRL issuer CA")
         if spki(chain[0]) != spki(pck_intermediate):
             raise EvidenceError(
@@ -912,11 +964,14 @@ def verify_collateral(
             )
     _not_revoked(collateral.pck_crl, pck_leaf, "PCK certificate", "PCK CRL")
     _not_revoked(collateral.root_ca_crl, pck_intermediate, "PCK CA certificate", "root CA CRL")
-    for chain_what, chain in (
-        ("TCB info", collateral.tcb_info_issuer_chain),
-        ("QE identity", collateral.qe_identity_issuer_chain),
-    ):
-        _not_revoked(collateral.root_ca_crl, chain[0], f"{chain_what} signing certificate", "root CA CRL")
+    if not authenticated:
+        for chain_what, signing_chain in (
+            ("TCB info", collateral.tcb_info_issuer_chain),
+            ("QE identity", collateral.qe_identity_issuer_chain),
+        ):
+            _not_revoked(
+                collateral.root_ca_crl, signing_chain[0], f"{chain_what} signing certificate", "root CA CRL"
+            )
     tcb_info = collateral.tcb_info.tcb_info
     _check_fresh("TCB info", tcb_info.issue_date, tcb_info.next_update, now)
     qe_identity = collateral.qe_identity.qe_identity

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from keyserver.errors import EvidenceError
 from keyserver.evidence.claims import TEE_TDX, Claims
 
+from .cache import CollateralCache
 from .certs import intel_sgx_root_ca
 from .collateral import Collateral, load_collateral, verify_collateral, verify_p256_signature
 from .pck import SGX_TYPES, PckChain, verify_pck_chain
@@ -150,8 +151,12 @@ def verify_tdx_quote(
     now: datetime,
     collateral: Collateral | None = None,
     root: x509.Certificate | None = None,
+    collateral_cache: CollateralCache | None = None,
 ) -> Claims:
     """Verify a raw TDX v4 quote and return its claims (see module docstring).
+
+    With ``collateral_cache`` (and ``collateral`` parsed by it), the collateral's time- and quote-independent
+    checks are done once per exact bytes and root (keyserver/evidence/tdx/cache.py); the result is the same.
 
     ``root`` defaults to the shipped, fingerprint-pinned Intel SGX Root CA. Evidence problems raise
     :class:`~keyserver.errors.EvidenceError` with a stable ``reason``; a naive ``now`` is a ``ValueError``.
@@ -162,9 +167,8 @@ def verify_tdx_quote(
     chain = verify_quote_signatures(parsed, root=trusted, now=now)
     tcb: TcbEvaluation | None = None
     if collateral is not None:
-        verify_collateral(
-            collateral, pck_leaf=chain.leaf, pck_intermediate=chain.intermediate, root=trusted, now=now
-        )
+        check = verify_collateral if collateral_cache is None else collateral_cache.verify
+        check(collateral, pck_leaf=chain.leaf, pck_intermediate=chain.intermediate, root=trusted, now=now)
         tcb = evaluate_tcb(
             collateral.tcb_info.tcb_info,
             collateral.qe_identity.qe_identity,
