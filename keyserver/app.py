@@ -17,7 +17,7 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
-from keyserver import __version__
+from keyserver import __version__, evaluation
 from keyserver.api.auth import (
     BEARER_SCHEME,
     provide_db,
@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None, *, announce: Announce = print_o
         backend: KeyBackend | None = None
         try:
             await initialise(db, announce)
+            evaluation.configure(settings.policy_eval_workers, settings.policy_eval_timeout_s)
             # After initialise: the data directory (and so the software KEK's home) exists now.
             backend = backend_from_settings(settings)
             # A misconfigured HSM or Vault stops the start here, with its reason, not at the first release.
@@ -83,6 +84,7 @@ def create_app(settings: Settings | None = None, *, announce: Announce = print_o
         finally:
             if backend is not None:
                 await backend.aclose()
+            evaluation.pool().close()
             await db.dispose()
 
     prometheus = PrometheusConfig(

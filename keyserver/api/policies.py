@@ -15,7 +15,7 @@ from keyserver import policies
 from keyserver.api.auth import SECURITY, tenant_session
 from keyserver.api.problems import TOKEN_READ, TOKEN_WRITE
 from keyserver.api.schemas import Version, VersionPath
-from keyserver.appraisal import appraise_with
+from keyserver.appraisal import decide, prepare
 from keyserver.db.models import Policy
 from keyserver.db.session import Database
 from keyserver.db.types import utcnow
@@ -144,7 +144,9 @@ class PolicyController(Controller):
                 row = await session.get(Policy, (target.id, name, data.version))
             if row is None or row.tenant_id != target.id:
                 raise NotFound(f"no such version of policy {name!r} (or none is active)")
-            result = await appraise_with(session, target.id, row, data.claims, utcnow())
+            prepared = await prepare(session, target.id, row)
+        # After the transaction: the evaluation holds no lock and no pooled connection while it runs.
+        result = await decide(prepared, data.claims, utcnow())
         return DryRunOut(
             result.granted,
             result.reason,
