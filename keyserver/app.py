@@ -43,6 +43,7 @@ from keyserver.backends.factory import backend_from_settings
 from keyserver.bootstrap import Announce, initialise, print_operator_token
 from keyserver.config import Settings
 from keyserver.db.session import Database
+from keyserver.kek_identity import check_kek_identity, kek_recorded
 from keyserver.logs import configure_logging
 from keyserver.ratelimits import ReleaseLimiter
 from keyserver.release import ReleaseService
@@ -67,10 +68,13 @@ def create_app(settings: Settings | None = None, *, announce: Announce = print_o
         try:
             await initialise(db, announce)
             evaluation.configure(settings.policy_eval_workers, settings.policy_eval_timeout_s)
-            # After initialise: the data directory (and so the software KEK's home) exists now.
-            backend = backend_from_settings(settings)
+            # After initialise: the data directory (and so the software KEK's home) exists now. Once the
+            # database has recorded a KEK, a missing one is reported, never created afresh.
+            backend = backend_from_settings(settings, create_kek=not await kek_recorded(db))
             # A misconfigured HSM or Vault stops the start here, with its reason, not at the first release.
             await backend.health()
+            # And so does a backend holding another KEK than the one the stored keys were wrapped under.
+            await check_kek_identity(db, backend)
             state.key_backend = backend
             state.release_log = ReleaseLog(LogSigner(backend, settings.log_origin))
             state.release_service = ReleaseService(
