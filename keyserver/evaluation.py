@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -99,11 +100,37 @@ def evaluate_job(job: Job) -> Decision:
 class _Worker:
     process: BaseProcess
     conn: Connection
+    # The pipe is closed by whoever finishes last, the killer or the thread still blocked on it: closing
+    # it under a reading thread could let the descriptor be reused by the next worker's pipe mid-read.
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+    _in_use: bool = False
+    _dead: bool = False
 
     def kill(self) -> None:
+        # No join: the next Process.start() reaps finished children, and joining would block the loop.
         self.process.kill()
-        self.conn.close()
-        self.process.join(1.0)
+        with self._guard:
+            self._dead = True
+            if not self._in_use:
+                self.conn.close()
+
+    def roundtrip(self, job: Job) -> Decision:
+        """One job, on a worker thread (the pipe blocks)."""
+        with self._guard:
+            if self._dead:
+                raise EOFError("the evaluation process was killed")
+            self._in_use = True
+        try:
+            self.conn.send(job)
+            decision = self.conn.recv()
+        finally:
+            with self._guard:
+                self._in_use = False
+                if self._dead:
+                    self.conn.close()
+        if not isinstance(decision, Decision):
+            raise OSError("the evaluation process answered with something other than a decision")
+        return decision
 
 
 def _denial(detail: str) -> Decision:
@@ -185,9 +212,7 @@ class EvaluationPool:
                 return _denial(f"no evaluation process could be started ({type(exc).__name__})")
             job = Job(document, dict(claims), tuple(sets), now)
             try:
-                return await asyncio.wait_for(
-                    asyncio.to_thread(_roundtrip, worker.conn, job), self.deadline_s
-                )
+                return await asyncio.wait_for(asyncio.to_thread(worker.roundtrip, job), self.deadline_s)
             except TimeoutError:
                 log.warning("policy evaluation exceeded its deadline of %ss; worker killed", self.deadline_s)
                 worker.kill()
@@ -222,14 +247,6 @@ class EvaluationPool:
     def close(self) -> None:
         while self._idle:
             self._idle.pop().kill()
-
-
-def _roundtrip(conn: Connection, job: Job) -> Decision:
-    conn.send(job)
-    decision = conn.recv()
-    if not isinstance(decision, Decision):
-        raise OSError("the evaluation process answered with something other than a decision")
-    return decision
 
 
 _pool: EvaluationPool | None = None
