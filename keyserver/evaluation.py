@@ -11,6 +11,11 @@ so with two or more workers another tenant always finds one within one deadline.
 A worker receives the stored policy document's bytes (it parses and compiles them itself, once per
 document: compiled CEL programs cannot cross a process boundary) with the claims, the reference-value
 sets and the time, and sends back the :class:`~policy.evaluate.Decision`.
+
+Workers are started with ``spawn`` (the service process has threads; forking it is unsafe), which imports
+the parent's main module again in each worker: an entry point must guard its start with
+``if __name__ == "__main__"`` (keyserver's own, uvicorn's and pytest's do). Measured (one core, loaded
+machine): a small policy evaluates in ~1.9 ms through the pool against ~0.4 ms in process.
 """
 
 from __future__ import annotations
