@@ -6,6 +6,7 @@ configured from KEYSERVER_* environment variables.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -65,9 +66,12 @@ def create_app(settings: Settings | None = None, *, announce: Announce = print_o
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         backend: KeyBackend | None = None
+        prestart: asyncio.Task[None] | None = None
         try:
             await initialise(db, announce)
-            evaluation.configure(settings.policy_eval_workers, settings.policy_eval_timeout_s)
+            pool = evaluation.configure(settings.policy_eval_workers, settings.policy_eval_timeout_s)
+            # In the background: starting a worker takes a second or so, and the start need not wait.
+            prestart = pool.warm_up()
             # After initialise: the data directory (and so the software KEK's home) exists now. Once the
             # database has recorded a KEK, a missing one is reported, never created afresh.
             backend = backend_from_settings(settings, create_kek=not await kek_recorded(db))
@@ -88,6 +92,8 @@ def create_app(settings: Settings | None = None, *, announce: Announce = print_o
         finally:
             if backend is not None:
                 await backend.aclose()
+            if prestart is not None:
+                prestart.cancel()
             evaluation.pool().close()
             await db.dispose()
 

@@ -154,18 +154,45 @@ class EvaluationPool:
     _by_tenant: dict[uuid.UUID, int] = field(default_factory=dict)
     _changed: asyncio.Condition | None = None
     _loop: asyncio.AbstractEventLoop | None = None
+    # Cleared while the service starts the workers ahead (see warm_up), set otherwise: /readyz waits for
+    # it, so that "ready" means "can evaluate".
+    warmed: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
+        self.warmed.set()
         if self.workers < 1 or self.deadline_s <= 0:
             raise ValueError("an evaluation pool needs at least one worker and a positive deadline")
         if self.per_tenant <= 0:
             self.per_tenant = max(1, self.workers // 2)
 
+    def warm_up(self) -> asyncio.Task[None]:
+        """Start the workers in the background; ``warmed`` is clear until they are up (or gave up)."""
+        self.warmed.clear()
+        return asyncio.create_task(self.start())
+
     async def start(self) -> None:
         """Start the idle workers up to the pool's size now (otherwise each starts at its first use)."""
+        try:
+            await self._start_idle()
+        finally:
+            self.warmed.set()
+
+    async def _start_idle(self) -> None:
         missing = self.workers - len(self._idle) - self._busy
-        started = await asyncio.gather(*(self._start() for _ in range(missing)))
-        self._idle.extend(started)
+        try:
+            started = await asyncio.gather(*(self._start() for _ in range(missing)))
+        except (TimeoutError, EOFError, OSError):
+            log.warning("policy evaluation workers could not be started ahead; each starts at first use")
+            return
+        for worker in started:
+            self._release(worker)
+
+    def _release(self, worker: _Worker) -> None:
+        # A request may have started its own worker while start() was under way: keep the pool's size.
+        if len(self._idle) + self._busy >= self.workers + 1 or len(self._idle) >= self.workers:
+            worker.kill()
+        else:
+            self._idle.append(worker)
 
     async def _start(self) -> _Worker:
         worker = self._spawn()
@@ -239,7 +266,7 @@ class EvaluationPool:
                 raise
         finally:
             if worker is not None:
-                self._idle.append(worker)
+                self._release(worker)
             async with changed:
                 self._busy -= 1
                 left = self._by_tenant[tenant_id] - 1

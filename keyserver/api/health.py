@@ -8,6 +8,7 @@ from typing import Any
 from litestar import Request, get
 from litestar.di import NamedDependency
 
+from keyserver import evaluation
 from keyserver.api.problems import problem_responses
 from keyserver.api.schemas import Status
 from keyserver.backends.base import KeyBackend
@@ -32,6 +33,11 @@ async def readyz(
     db: NamedDependency[Database], key_backend: NamedDependency[KeyBackend], request: Request[Any, Any, Any]
 ) -> Status:
     settings: Settings = request.app.state.settings
+    pool = evaluation.pool()
+    if not pool.warmed.is_set():
+        # Only while the service starts: its policy evaluation workers are being started (a second or
+        # so); a replica that cannot evaluate yet is not ready.
+        await asyncio.to_thread(pool.warmed.wait, evaluation.START_TIMEOUT_S)
     # Its own deadline: a probe must answer (503) even when a backend call hangs behind a wedged one.
     try:
         async with asyncio.timeout(settings.readyz_timeout_s):
