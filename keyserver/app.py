@@ -6,6 +6,7 @@ configured from KEYSERVER_* environment variables.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,7 +18,7 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
-from keyserver import __version__
+from keyserver import __version__, evaluation
 from keyserver.api.auth import (
     BEARER_SCHEME,
     provide_db,
@@ -44,6 +45,7 @@ from keyserver.bootstrap import Announce, database_checks, prepare_data_dir, pri
 from keyserver.config import Settings
 from keyserver.db.session import Database
 from keyserver.explorer import explorer_router
+from keyserver.kek_identity import check_kek_identity, kek_recorded
 from keyserver.logs import configure_logging
 from keyserver.ratelimits import ReleaseLimiter
 from keyserver.readiness import Readiness
@@ -66,13 +68,30 @@ def create_app(settings: Settings | None = None, *, announce: Announce = print_o
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         backend: KeyBackend | None = None
+        prestart: asyncio.Task[None] | None = None
         try:
             if settings.is_sqlite and settings.database_url is None:
                 prepare_data_dir(settings)
-            # The data directory (and so the software KEK's home) exists now.
-            backend = backend_from_settings(settings)
+            pool = evaluation.configure(settings.policy_eval_workers, settings.policy_eval_timeout_s)
+            # In the background: starting a worker takes a second or so, and the start need not wait.
+            prestart = pool.warm_up()
+            # The database may be down while this worker starts (a worker replaced during an outage):
+            # its checks run when it first answers; requests that need it get 503 until then. One attempt
+            # now, before the key backend: the record of the KEK lives in the schema these checks verify.
+            readiness = Readiness()
+            for name, check in database_checks(db, announce):
+                readiness.register(name, check)
+            await readiness.start()
+            # A KEK is created only when the database answered and has recorded none: once one is recorded,
+            # or while the database cannot say, a missing KEK is reported, never created afresh.
+            create_kek = readiness.ready and not await kek_recorded(db)
+            backend = backend_from_settings(settings, create_kek=create_kek)
             # A misconfigured HSM or Vault stops the start here, with its reason, not at the first release.
             await backend.health()
+            # And the backend must hold the KEK the stored keys were wrapped under (or record it, at first
+            # use): a start-up check like the others, run when the database answers.
+            started_backend = backend
+            readiness.register("key-encryption key identity", lambda: check_kek_identity(db, started_backend))
             state.key_backend = backend
             state.release_log = ReleaseLog(LogSigner(backend, settings.log_origin))
             state.release_service = ReleaseService(
@@ -82,17 +101,15 @@ def create_app(settings: Settings | None = None, *, announce: Announce = print_o
                 AttestationIssuer(backend, settings.log_origin),
                 ReleaseLimiter(db, settings),
             )
-            # The database may be down while this worker starts (a worker replaced during an outage):
-            # its checks run when it first answers; requests that need it get 503 until then.
-            readiness = Readiness()
-            for name, check in database_checks(db, announce):
-                readiness.register(name, check)
             state.readiness = readiness
             await readiness.start()
             yield
         finally:
             if backend is not None:
                 await backend.aclose()
+            if prestart is not None:
+                prestart.cancel()
+            evaluation.pool().close()
             await db.dispose()
 
     prometheus = PrometheusConfig(

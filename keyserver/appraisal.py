@@ -13,11 +13,12 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from keyserver import evaluation
 from keyserver.cache import BoundedCache
 from keyserver.db.models import Policy as PolicyRow
 from keyserver.db.models import PolicyHead
@@ -26,7 +27,7 @@ from keyserver.errors import InvalidRequest
 from keyserver.evidence.claims import Claims
 from policy.document import Policy, PolicyError, ReferenceValues, ReferenceValueSet, parse_reference_values
 from policy.document import parse_policy as _parse_policy
-from policy.evaluate import check_examples, evaluate
+from policy.evaluate import ExampleFailure
 
 POLICY_MISSING = "policy-missing"
 
@@ -162,14 +163,38 @@ async def appraise_with(
     claims: Mapping[str, Any] | Claims,
     now: datetime,
 ) -> Appraisal:
+    return await decide(await prepare(session, tenant_id, row), claims, now)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What an appraisal reads from the store; :func:`decide` needs no session, so a caller that holds no
+    lock it must keep (the dry run) evaluates after its transaction ends."""
+
+    tenant_id: uuid.UUID
+    name: str
+    version: int
+    sha256: str
+    document: bytes
+    sets: tuple[ReferenceValueSet, ...]
+
+
+async def prepare(session: AsyncSession, tenant_id: uuid.UUID, row: PolicyRow) -> Prepared:
     policy = stored_policy(row.document)
     sets = await reference_sets(session, tenant_id, policy.reference_values)
-    decision = evaluate(policy, dict(claims), sets, now)
+    return Prepared(tenant_id, row.name, row.version, row.sha256, bytes(row.document), tuple(sets))
+
+
+async def decide(prepared: Prepared, claims: Mapping[str, Any] | Claims, now: datetime) -> Appraisal:
+    # Off the event loop, under a deadline (keyserver/evaluation.py): a slow rule cannot stall others.
+    decision = await evaluation.pool().evaluate(
+        prepared.tenant_id, prepared.document, dict(claims), prepared.sets, now
+    )
     return Appraisal(
         granted=decision.granted,
         reason=decision.reason,
         detail=decision.detail or "granted",
-        policy_ref={"name": row.name, "version": row.version, "sha256": row.sha256},
+        policy_ref={"name": prepared.name, "version": prepared.version, "sha256": prepared.sha256},
         reference_value_refs=[{"name": n, "version": v} for n, v in decision.reference_values],
         results=[r.to_json() for r in decision.results],
     )
@@ -180,4 +205,16 @@ async def failing_examples(
 ) -> list[str]:
     policy = parse_policy(json.loads(row.document))
     sets = await reference_sets(session, tenant_id, policy.reference_values)
-    return [failure.message for failure in check_examples(policy, sets, now)]
+    # As policy.evaluate.check_examples, each example evaluated in the pool under its deadline.
+    pool = evaluation.pool()
+    failures: list[str] = []
+    both: tuple[tuple[Literal["grant", "deny"], tuple[Mapping[str, object], ...]], ...] = (
+        ("grant", policy.examples.grant),
+        ("deny", policy.examples.deny),
+    )
+    for expected, examples in both:
+        for i, claims in enumerate(examples):
+            decision = await pool.evaluate(tenant_id, row.document, dict(claims), sets, now)
+            if decision.granted != (expected == "grant"):
+                failures.append(ExampleFailure(expected, i, decision).message)
+    return failures

@@ -110,6 +110,14 @@ class Settings:
     vault_key_name: str = "keyserver"
     vault_timeout_s: float = 5.0
     vault_ca_file: Path | None = None
+    # Every call into the PKCS#11 module is bounded by this (a hung HSM fails backend-unavailable, and
+    # the backend stops queueing behind it: see keyserver/backends/pkcs11.py); /readyz has its own.
+    backend_timeout_s: float = 5.0
+    readyz_timeout_s: float = 2.0
+    # Policy evaluation (keyserver/evaluation.py): worker processes, and the wall-clock deadline of one
+    # evaluation, past which its worker is killed and the release or dry run denied (evaluation-error).
+    policy_eval_workers: int = 2
+    policy_eval_timeout_s: float = 2.0
     # Release limits that apply where the tenant admin set none: attempts per tenant, grants per key.
     release_limit_tenant: Budget | None = DEFAULT_TENANT_LIMIT
     release_limit_key: Budget | None = None
@@ -158,6 +166,10 @@ class Settings:
         vault_token_file = get("VAULT_TOKEN_FILE")
         vault_timeout = get("VAULT_TIMEOUT_S")
         vault_ca_file = get("VAULT_CA_FILE")
+        backend_timeout = get("BACKEND_TIMEOUT_S")
+        readyz_timeout = get("READYZ_TIMEOUT_S")
+        eval_workers = get("POLICY_EVAL_WORKERS")
+        eval_timeout = get("POLICY_EVAL_TIMEOUT_S")
         limit_tenant = get("RELEASE_LIMIT_TENANT")
         limit_key = get("RELEASE_LIMIT_KEY")
         challenge_limit = get("CHALLENGE_LIMIT")
@@ -199,6 +211,26 @@ class Settings:
                 else settings.vault_timeout_s
             ),
             vault_ca_file=Path(vault_ca_file) if vault_ca_file else None,
+            backend_timeout_s=(
+                _float("KEYSERVER_BACKEND_TIMEOUT_S", backend_timeout)
+                if backend_timeout
+                else settings.backend_timeout_s
+            ),
+            readyz_timeout_s=(
+                _float("KEYSERVER_READYZ_TIMEOUT_S", readyz_timeout)
+                if readyz_timeout
+                else settings.readyz_timeout_s
+            ),
+            policy_eval_workers=(
+                _int("KEYSERVER_POLICY_EVAL_WORKERS", eval_workers)
+                if eval_workers
+                else settings.policy_eval_workers
+            ),
+            policy_eval_timeout_s=(
+                _float("KEYSERVER_POLICY_EVAL_TIMEOUT_S", eval_timeout)
+                if eval_timeout
+                else settings.policy_eval_timeout_s
+            ),
             release_limit_tenant=(
                 Budget.parse("KEYSERVER_RELEASE_LIMIT_TENANT", limit_tenant)
                 if limit_tenant

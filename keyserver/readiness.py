@@ -57,10 +57,11 @@ class Readiness:
         self._last_failure: NotReady = NotReady("the keyserver is starting; retry shortly")
 
     def register(self, name: str, check: StartupCheck) -> None:
-        """Add a check; it runs after those registered before it. Register before the first attempt."""
-        if self._ready:
-            raise RuntimeError(f"start-up check {name!r} registered after the service became ready")
+        """Add a check; it runs after those registered before it. A check added after the others passed
+        makes the service not ready again until it passes too (e.g. the KEK's identity, which can only
+        be registered once the key backend exists, and that needs the database's answer first)."""
         self._checks.append(_Registered(name, check))
+        self._ready = False
 
     @property
     def ready(self) -> bool:

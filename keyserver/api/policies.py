@@ -20,7 +20,7 @@ from keyserver import policies
 from keyserver.api.auth import SECURITY, tenant_session
 from keyserver.api.problems import TOKEN_READ, TOKEN_WRITE
 from keyserver.api.schemas import Version, VersionPath
-from keyserver.appraisal import appraise_with
+from keyserver.appraisal import decide, prepare
 from keyserver.binding import MIN_NONCE_BYTES, parse_ephemeral_jwk
 from keyserver.db.models import Policy
 from keyserver.db.session import Database
@@ -174,7 +174,9 @@ class PolicyController(Controller):
                 except EvidenceError as exc:
                     return DryRunOut(False, exc.reason, exc.message, None, [], [], None, False)
                 verified = True
-            result = await appraise_with(session, target.id, row, claims, now)
+            prepared = await prepare(session, target.id, row)
+        # After the transaction: the evaluation holds no lock and no pooled connection while it runs.
+        result = await decide(prepared, claims, now)
         return DryRunOut(
             result.granted,
             result.reason,

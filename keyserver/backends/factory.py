@@ -20,13 +20,15 @@ _VAULT_MOUNT = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
 _VAULT_KEY_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
-def backend_from_settings(settings: Settings) -> KeyBackend:
+def backend_from_settings(settings: Settings, *, create_kek: bool = True) -> KeyBackend:
+    """``create_kek=False`` once the database has recorded a KEK (keyserver/kek_identity.py): a KEK
+    that is missing then is an error to report, not one to create afresh."""
     if settings.key_backend == "software":
-        return SoftwareBackend.from_file(settings.effective_kek_file)
+        return SoftwareBackend.from_file(settings.effective_kek_file, create=create_kek)
     if settings.key_backend == "pkcs11":
-        return _pkcs11(settings)
+        return _pkcs11(settings, create_kek)
     if settings.key_backend == "vault":
-        return _vault(settings)
+        return _vault(settings, create_kek)
     # Refuse rather than fall back: silently using a local KEK when an HSM was asked for would
     # defeat the point of asking for one.
     raise ConfigurationError(
@@ -34,7 +36,7 @@ def backend_from_settings(settings: Settings) -> KeyBackend:
     )
 
 
-def _pkcs11(settings: Settings) -> KeyBackend:
+def _pkcs11(settings: Settings, create_kek: bool) -> KeyBackend:
     from keyserver.backends.pkcs11 import Pkcs11Backend
 
     module = settings.pkcs11_module
@@ -55,10 +57,17 @@ def _pkcs11(settings: Settings) -> KeyBackend:
         "KEYSERVER_PKCS11_PIN_FILE",
         "the token's user PIN",
     )
-    return Pkcs11Backend(str(module), settings.pkcs11_token_label, pin, settings.pkcs11_kek_label)
+    return Pkcs11Backend(
+        str(module),
+        settings.pkcs11_token_label,
+        pin,
+        settings.pkcs11_kek_label,
+        create_kek=create_kek,
+        call_timeout_s=settings.backend_timeout_s,
+    )
 
 
-def _vault(settings: Settings) -> KeyBackend:
+def _vault(settings: Settings, create_kek: bool) -> KeyBackend:
     from keyserver.backends.vault import VaultBackend
 
     addr = settings.vault_addr
@@ -95,6 +104,7 @@ def _vault(settings: Settings) -> KeyBackend:
             key_name=settings.vault_key_name,
             timeout_s=settings.vault_timeout_s,
             ca_file=settings.vault_ca_file,
+            create_key=create_kek,
         )
     if not settings.vault_token:
         raise ConfigurationError(
@@ -107,6 +117,7 @@ def _vault(settings: Settings) -> KeyBackend:
         key_name=settings.vault_key_name,
         timeout_s=settings.vault_timeout_s,
         ca_file=settings.vault_ca_file,
+        create_key=create_kek,
     )
 
 

@@ -39,6 +39,7 @@ import hashlib
 import os
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -126,6 +127,14 @@ def _derivation_data(length: int, context: bytes) -> bytes:
     return hashlib.sha256(_DERIVATION_LABEL + length.to_bytes(2, "big") + context).digest()
 
 
+class _CallState:
+    """One call's fate, under the backend's stuck-call guard: returned, or overran its deadline."""
+
+    def __init__(self) -> None:
+        self.returned = False
+        self.stuck = False
+
+
 class _DerivingKey(SecretKey, DeriveMixin):
     """For the type checker: python-pkcs11 mixes capabilities into each key's class at run time."""
 
@@ -149,7 +158,10 @@ class Pkcs11Backend:
         kek_label: str = "keyserver-kek",
         *,
         create_kek: bool = True,
+        call_timeout_s: float = 5.0,
     ) -> None:
+        if not call_timeout_s > 0:
+            raise ValueError("the PKCS#11 call timeout must be a positive number of seconds")
         self._module_path = module_path
         self._token_label = token_label
         self._pin = pin
@@ -165,6 +177,13 @@ class Pkcs11Backend:
         self._closed = False
         # Set once a session worked: from then on a vanished token may come back (see _find_token).
         self._had_token = False
+        self._call_timeout_s = call_timeout_s
+        # The circuit breaker: how many calls overran their deadline and have not returned yet. While
+        # one is stuck inside the module it holds the module lock, and every later call would queue
+        # behind it (holding its request's transaction and pooled connection); so calls fail at once
+        # instead, until the stuck one returns (a hung network HSM may come back) and closes the circuit.
+        self._stuck_calls = 0
+        self._stuck_guard = threading.Lock()
 
     def __repr__(self) -> str:
         return (
@@ -230,24 +249,69 @@ class Pkcs11Backend:
     # -- session handling ---------------------------------------------------------------------
 
     async def _run(self, operation: Callable[[Session, _DerivingKey], T]) -> T:
-        return await asyncio.to_thread(self._locked, operation)
+        """Run ``operation`` under the module lock on a worker thread, within the call timeout.
+
+        A thread inside a C call cannot be interrupted: past the deadline the caller gets a
+        ``BackendError`` (a release: 503 ``backend-unavailable``, nothing released), the call is counted
+        as stuck, and until it returns every call fails at once rather than queueing behind it."""
+        with self._stuck_guard:
+            stuck = self._stuck_calls
+        if stuck:
+            raise BackendError(
+                f"the HSM (token {self._token_label!r}) has a call that has not returned for over "
+                f"{self._call_timeout_s:g} s; failing fast until it does (circuit open)"
+            )
+        deadline = time.monotonic() + self._call_timeout_s
+        thread_call = asyncio.to_thread(self._guarded, operation, deadline, _CallState())
+        try:
+            return await asyncio.wait_for(thread_call, self._call_timeout_s)
+        except TimeoutError:
+            raise BackendError(
+                f"the HSM (token {self._token_label!r}) did not answer within {self._call_timeout_s:g} s"
+            ) from None
+
+    def _guarded(
+        self, operation: Callable[[Session, _DerivingKey], T], deadline: float, state: _CallState
+    ) -> T:
+        # Waiting for the lock is bounded too: a call queued behind a stuck one gives up at its deadline.
+        if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise BackendError(f"the HSM (token {self._token_label!r}) is busy with a call that overran")
+        watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), self._mark_stuck, (state,))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            if time.monotonic() >= deadline:
+                raise BackendError("the HSM call's deadline passed before it could start")
+            return self._locked(operation)
+        finally:
+            watchdog.cancel()
+            self._lock.release()
+            with self._stuck_guard:
+                state.returned = True
+                if state.stuck:
+                    self._stuck_calls -= 1  # the stuck call came back: the circuit closes
+
+    def _mark_stuck(self, state: _CallState) -> None:
+        with self._stuck_guard:
+            if not state.returned:
+                state.stuck = True
+                self._stuck_calls += 1
 
     def _locked(self, operation: Callable[[Session, _DerivingKey], T]) -> T:
-        with self._lock:
-            for attempt in (1, 2):
-                try:
-                    session, kek = self._ensure_session()
-                    return operation(session, kek)
-                except _SESSION_LOST as exc:
-                    self._drop_session()
-                    if attempt == 2:
-                        raise BackendError(
-                            f"the HSM session on token {self._token_label!r} was lost twice in a row"
-                            f" ({type(exc).__name__}): is the token still present?"
-                        ) from None
-                except p11.PKCS11Error as exc:
-                    raise BackendError(f"the HSM failed the operation ({type(exc).__name__})") from None
-            raise AssertionError("unreachable")
+        for attempt in (1, 2):
+            try:
+                session, kek = self._ensure_session()
+                return operation(session, kek)
+            except _SESSION_LOST as exc:
+                self._drop_session()
+                if attempt == 2:
+                    raise BackendError(
+                        f"the HSM session on token {self._token_label!r} was lost twice in a row"
+                        f" ({type(exc).__name__}): is the token still present?"
+                    ) from None
+            except p11.PKCS11Error as exc:
+                raise BackendError(f"the HSM failed the operation ({type(exc).__name__})") from None
+        raise AssertionError("unreachable")
 
     def _ensure_session(self) -> tuple[Session, _DerivingKey]:
         if self._closed:
@@ -401,7 +465,11 @@ class Pkcs11Backend:
         self._owns_login = False
 
     def _close(self) -> None:
-        with self._lock:
+        # Bounded like every call: a stuck call keeps the lock, and shutting down must not wait for it.
+        if not self._lock.acquire(timeout=self._call_timeout_s):
+            self._closed = True
+            return
+        try:
             self._closed = True
             session, self._session, self._kek = self._session, None, None
             if session is not None:
@@ -409,6 +477,8 @@ class Pkcs11Backend:
                     # Closing a session we logged in logs the token out for this process; a shared
                     # one (opened while another session held the login) just closes.
                     session.close()
+        finally:
+            self._lock.release()
 
     # -- the operations (run under the module lock, on a worker thread) ---------------------------
 

@@ -333,3 +333,21 @@ class ReleaseCounter(Base):
     window_seconds: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     window_start: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     count: Mapped[int] = mapped_column(BigInteger)
+
+
+# --- the key-encryption key's identity (keyserver/kek_identity.py) ----------------------------------------
+
+
+class KekCheck(Base):
+    """One row, written once: a random check value wrapped by the backend's KEK at first use. A backend
+    that cannot unwrap it (kek.bin replaced or re-created, another HSM key or Vault transit key) holds
+    another KEK, under which no stored key opens."""
+
+    __tablename__ = "kek_check"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    backend: Mapped[str] = mapped_column(String(32))
+    wrapped_check: Mapped[bytes] = mapped_column(LargeBinary)
+    check_sha256: Mapped[bytes] = mapped_column(LargeBinary(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

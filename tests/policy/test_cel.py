@@ -13,6 +13,7 @@ from policy import evaluate, parse_policy
 from policy.cel import (
     CLAIM_LIMITS,
     MAX_COST,
+    REGEX_COMPILE_UNITS,
     Activation,
     Call,
     CelCompileError,
@@ -26,6 +27,7 @@ from policy.cel import (
     compile_rule,
     decode_checked,
     engine,
+    regex_program_size,
     run,
 )
 from policy.evaluate import POLICY_INVALID, RULE_ERROR
@@ -96,6 +98,18 @@ def test_library_iteration_budget_stops_a_runaway_evaluation() -> None:
     assert outcome.error == "the evaluation exceeded CEL's budget of comprehension iterations"
 
 
+def _slow_regex_rule() -> str:
+    """Issue 21 item 1: 4,094 characters of nested stars over a Unicode class. The old model priced it at
+    ~590,000 units (by input size and counted repetitions); CEL recompiles it on every evaluation, which
+    takes ~0.5 s whatever the input (RE2 program of ~490,000 instructions)."""
+    head, tail = 'claims["x"].matches(r"', '")'
+    pattern = (r"((\pL*)*)*" * 500)[: 4094 - len(head) - len(tail)]
+    return head + pattern + tail
+
+
+SLOW_REGEX_RULE = _slow_regex_rule()
+
+
 # --- the static bound ---------------------------------------------------------------------------------------
 
 
@@ -108,7 +122,10 @@ def test_library_iteration_budget_stops_a_runaway_evaluation() -> None:
         (nested_literals(3, 4, 'claims["snp.measurement"]'), "may cost up to"),
         (chained_maps(10, 8), r"map\(\) and filter\(\)"),  # 850 characters, 41 s unchecked
         ('claims["snp.l0"].all(a, claims["snp.l1"].exists(b, a == b))', "may iterate up to"),
-        ('claims["snp.l0"].all(a, a.matches("^(y{1,128}){1,64}$"))', "may cost up to"),
+        ('claims["snp.l0"].all(a, a.matches("^(y{1,128}){1,64}$"))', "refused by RE2|may cost up to"),
+        (SLOW_REGEX_RULE, "refused by RE2"),
+        ('claims["x"].matches("\\\\pL{20}")', "compiles to 23,924 RE2 instructions"),
+        ('claims["x"].matches("(")', "refused by RE2: missing \\)"),
         ("claims == claims", "may cost up to"),
         ('claims.exists(k, claims[k].contains("x"))', "may cost up to"),
     ],
@@ -120,6 +137,9 @@ def test_library_iteration_budget_stops_a_runaway_evaluation() -> None:
         "maps",
         "nested-claim-lists",
         "regex",
+        "slow-regex-compile",
+        "regex-program",
+        "regex-syntax",
         "eq-all",
         "scan-all",
     ],
@@ -174,6 +194,15 @@ def test_ordinary_rules_are_cheap() -> None:
         ('claims["tdx.mrtd"].matches("^[0-9a-f]{96}$")', 500_000),
     ]:
         assert compile_rule(source).cost < cost_below, source
+
+
+def test_regex_is_priced_by_its_compiled_program() -> None:
+    # The compilation CEL repeats on every evaluation is priced even when the input is a tiny constant.
+    cheap = compile_rule('"a".matches("^[0-9a-f]{96}$")').cost
+    costly = compile_rule('"a".matches("^(\\\\pL|[0-9]){1,5}$")').cost
+    assert regex_program_size("^[0-9a-f]{96}$") < 400 < regex_program_size("^(\\pL|[0-9]){1,5}$")
+    assert costly > 10 * cheap
+    assert costly >= REGEX_COMPILE_UNITS * regex_program_size("^(\\pL|[0-9]){1,5}$")
 
 
 # --- the decoded AST ----------------------------------------------------------------------------------------
