@@ -82,9 +82,11 @@ def create_app(settings: Settings | None = None, *, announce: Announce = print_o
             for name, check in database_checks(db, announce):
                 readiness.register(name, check)
             await readiness.start()
-            # A KEK is created only when the database answered and has recorded none: once one is recorded,
-            # or while the database cannot say, a missing KEK is reported, never created afresh.
-            create_kek = readiness.ready and not await kek_recorded(db)
+            # Once the database has recorded a KEK, a missing one is reported, never created afresh. While the
+            # database cannot say (it is down), a missing KEK is created: the identity check below compares it
+            # with the record as soon as the database answers and refuses to serve on a mismatch, so a KEK
+            # made in an outage can never silently replace the one the stored keys were wrapped under.
+            create_kek = not (readiness.ready and await kek_recorded(db))
             backend = backend_from_settings(settings, create_kek=create_kek)
             # A misconfigured HSM or Vault stops the start here, with its reason, not at the first release.
             await backend.health()

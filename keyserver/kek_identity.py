@@ -28,14 +28,17 @@ from keyserver.backends.base import BackendError, KeyBackend
 from keyserver.db.models import KekCheck
 from keyserver.db.session import Database, Scope
 from keyserver.db.types import utcnow
-from keyserver.errors import KeyserverError
+from keyserver.errors import ConfigurationError
 
 KEK_CHECK_CONTEXT = b"keyserver/kek-check/v1"
 _ROW_ID = 1
 
 
-class KekMismatch(KeyserverError):
-    """The configured backend does not hold the KEK the database's keys were wrapped under."""
+class KekMismatch(ConfigurationError):
+    """The configured backend does not hold the KEK the database's keys were wrapped under.
+
+    A configuration error: at start-up it stops the worker; found later (the database answered only
+    after the start) the service keeps refusing (503) until the right KEK is configured."""
 
     code = "kek-mismatch"
     http_status = 503
