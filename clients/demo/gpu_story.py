@@ -85,5 +85,5 @@ async def gpu_chapter(deployed: Deployment) -> dict[str, bool]:
         outcomes["wrong_firmware_denied"] = False
     except KeyserverRefused as denied:
         outcomes["wrong_firmware_denied"] = denied.reason == "reference-value-mismatch"
-        deployed.gpu_denial = f"{denied.reason}: {denied.message}"
+        deployed.gpu_denial = f"{denied.reason}: {denied.detail}"
     return outcomes

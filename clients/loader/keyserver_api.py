@@ -56,7 +56,7 @@ class KeyserverRefused(KeyserverError):
 
     def __init__(self, status: int, code: str, reason: str | None, detail: str) -> None:
         super().__init__(reason or code, f"{status} {code}: {detail}")
-        self.status, self.code = status, code
+        self.status, self.code, self.detail = status, code, detail
 
 
 @dataclass(frozen=True)
