@@ -35,7 +35,8 @@ def test_every_vector_matches_its_pinned_digest() -> None:
     assert on_disk == set(listed), "files in tests/vectors not pinned by SHA256SUMS (or pinned but missing)"
 
 
-# A path that climbs out of the clone to a sibling folder: ../shared, /work/shared, parents[2] / "shared".
+# A path that climbs out of the clone to a sibling folder (the shared folder beside the clone, by a relative
+# path, an absolute one, or parents[n] of a test file).
 _OUTSIDE = re.compile(r"\.\./shared|/work/shared|/work/main|parents\[[2-9]\]\s*/\s*\"shared\"")
 
 
