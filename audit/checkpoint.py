@@ -51,6 +51,8 @@ __all__ = [
     "parse_vkey",
     "sign_checkpoint",
     "sign_note",
+    "typed_key_id",
+    "typed_vkey",
     "verify_checkpoint",
     "vkey_for",
 ]
@@ -199,17 +201,28 @@ def _key_id(name: str, typed_key: bytes) -> int:
     return int.from_bytes(digest[:_KEY_ID_SIZE], "big")
 
 
+def typed_key_id(name: str, signature_type: int, public_key: Ed25519PublicKey) -> int:
+    """The signed-note key id of an Ed25519 key under ``name`` for ``signature_type`` (0x01: a note's
+    signature, 0x04: a ``cosignature/v1``): the first 4 bytes of SHA-256(name || 0x0A || type || key)."""
+    _check_key_name(name)
+    return _key_id(name, bytes([signature_type]) + _raw_public_key(public_key))
+
+
+def typed_vkey(name: str, signature_type: int, public_key: Ed25519PublicKey) -> str:
+    """The verifier key string ``<name>+<key id hex>+<base64(type || key)>``."""
+    typed_key = bytes([signature_type]) + _raw_public_key(public_key)
+    key_id = typed_key_id(name, signature_type, public_key)
+    return f"{name}+{key_id:08x}+{base64.b64encode(typed_key).decode('ascii')}"
+
+
 def key_id_for(name: str, public_key: Ed25519PublicKey) -> int:
     """The signed-note key id of an Ed25519 key under ``name``."""
-    _check_key_name(name)
-    return _key_id(name, bytes([SIGNATURE_TYPE_ED25519]) + _raw_public_key(public_key))
+    return typed_key_id(name, SIGNATURE_TYPE_ED25519, public_key)
 
 
 def vkey_for(name: str, public_key: Ed25519PublicKey) -> str:
     """The verifier key string ``<name>+<key id hex>+<base64(0x01 || key)>`` auditors configure."""
-    typed_key = bytes([SIGNATURE_TYPE_ED25519]) + _raw_public_key(public_key)
-    key_id = key_id_for(name, public_key)
-    return f"{name}+{key_id:08x}+{base64.b64encode(typed_key).decode('ascii')}"
+    return typed_vkey(name, SIGNATURE_TYPE_ED25519, public_key)
 
 
 def parse_typed_vkey(vkey: str, signature_type: int, what: str = "verifier key") -> tuple[str, int, bytes]:

@@ -22,14 +22,12 @@ log's own key in :mod:`audit.checkpoint`): someone forged or broke it, and that 
 from __future__ import annotations
 
 import base64
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from audit.checkpoint import (
     CheckpointError,
@@ -40,6 +38,8 @@ from audit.checkpoint import (
     VerificationError,
     parse_note,
     parse_typed_vkey,
+    typed_key_id,
+    typed_vkey,
 )
 
 __all__ = [
@@ -99,27 +99,14 @@ class VerifiedCosignature:
         return datetime.fromtimestamp(self.timestamp, tz=UTC)
 
 
-def _raw(public_key: Ed25519PublicKey) -> bytes:
-    return public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
-
-
-def _check_name(name: str) -> None:
-    # The signed-note rules for key names: non-empty, no spaces, no '+', no control characters.
-    if not name or any(char in " +" or ord(char) < 0x20 or ord(char) == 0x7F for char in name):
-        raise KeyFormatError(f"cosigner name {name!r} must be non-empty with no spaces, '+' or controls")
-
-
 def cosigner_key_id(name: str, public_key: Ed25519PublicKey) -> int:
     """The key id of an Ed25519 ``cosignature/v1`` key under ``name`` (type byte 0x04)."""
-    _check_name(name)
-    digest = hashlib.sha256(name.encode("utf-8") + b"\n" + bytes([COSIGNATURE_V1_TYPE]) + _raw(public_key))
-    return int.from_bytes(digest.digest()[:4], "big")
+    return typed_key_id(name, COSIGNATURE_V1_TYPE, public_key)
 
 
 def cosigner_vkey(name: str, public_key: Ed25519PublicKey) -> str:
     """The verifier key string a client pins: ``<name>+<key id hex>+<base64(0x04 || key)>``."""
-    typed = base64.b64encode(bytes([COSIGNATURE_V1_TYPE]) + _raw(public_key)).decode("ascii")
-    return f"{name}+{cosigner_key_id(name, public_key):08x}+{typed}"
+    return typed_vkey(name, COSIGNATURE_V1_TYPE, public_key)
 
 
 def parse_cosigner_vkey(vkey: str) -> CosignerKey:
