@@ -153,16 +153,6 @@ async def appraise(
         return Appraisal(
             False, POLICY_MISSING, f"the key's policy {policy_name!r} has no active version", None
         )
-    return await appraise_with(session, tenant_id, row, claims, now)
-
-
-async def appraise_with(
-    session: AsyncSession,
-    tenant_id: uuid.UUID,
-    row: PolicyRow,
-    claims: Mapping[str, Any] | Claims,
-    now: datetime,
-) -> Appraisal:
     return await decide(await prepare(session, tenant_id, row), claims, now)
 
 
