@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
+import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,7 +34,7 @@ from tpm2_pytss import ESAPI
 
 from audit import merkle
 from audit.checkpoint import Checkpoint, parse_note, parse_signed_checkpoint, sign_checkpoint
-from audit.cosignature import CosignaturePolicy, parse_cosigner_vkey
+from audit.cosignature import CosignaturePolicy, cosigner_vkey, parse_cosigner_vkey
 from audit.entry import canonical_bytes, decode_entry
 from clients.loader.keyserver_api import Receipt
 from clients.loader.receipt import ExpectedRelease, ReceiptInvalid, verify_receipt
@@ -51,7 +53,7 @@ from tests.fixtures.server import ServerProcess, clean_env, start_server
 from tests.test_release_swtpm import Loader, extend, loader_ak, setup_tenant
 from tests.test_release_two_processes import Remote
 from tests.test_tenancy import TenantFixture
-from tests.test_witness import WitnessProcess, start_witness
+from tests.test_witness import KEYSERVER, WitnessProcess, start_witness
 
 pytestmark = pytest.mark.swtpm
 
@@ -219,6 +221,18 @@ async def scenario(
     with pytest.raises(ReceiptInvalid):
         check({**second, "receipt": {**second["receipt"], "checkpoint": answer["receipt"]["checkpoint"]}})
 
+    # --- an auditor checks the witnesses' cosigned checkpoint against the history it rebuilt ------------
+    audited = await audit_verify(
+        client, acme, log_vkey, ["--quorum", "2", *(a for v in vkeys for a in ("--witness", v))]
+    )
+    assert audited["verified"] is True
+    assert audited["witnesses"]["cosigned_size"] == second["receipt"]["tree_size"]
+    assert len(audited["witnesses"]["cosigners"]) >= 2
+    # An auditor who trusts a witness that never cosigned, and requires it: fails.
+    stranger = cosigner_vkey("stranger.example", Ed25519PrivateKey.generate().public_key())
+    refused = await audit_verify(client, acme, log_vkey, ["--quorum", "1", "--witness", stranger], ok=False)
+    assert "quorum" in refused["error"]
+
     # --- a split view: the log's own key signs another history of the same size ------------------------
     await split_view(client, settings, acme, loader, second, check, witnesses)
 
@@ -250,6 +264,17 @@ async def scenario(
         check(weak.json())
     assert insufficient.value.reason == "receipt-cosignatures-insufficient"
     assert check(weak.json(), strict=False)["decision"] == "granted"  # a loader without witnesses takes it
+
+
+async def audit_verify(
+    client: httpx.AsyncClient, acme: TenantFixture, log_vkey: str, extra: list[str], *, ok: bool = True
+) -> dict[str, Any]:
+    argv = [KEYSERVER, "audit", "verify", "--url", str(client.base_url), "--tenant", "acme"]
+    argv += ["--token", acme.auditor, "--key", log_vkey, "--json", *extra]
+    done = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=120)
+    assert (done.returncode == 0) == ok, done.stderr
+    document: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1] if not ok else done.stdout)
+    return document
 
 
 async def split_view(

@@ -366,3 +366,15 @@ class TenantWitnesses(Base):
     document: Mapped[bytes] = mapped_column(LargeBinary)  # canonical JSON (audit.entry)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_by: Mapped[str] = mapped_column(String(120))
+
+
+class LogCosignedHead(Base):
+    """The largest checkpoint of a tenant's log that reached its witness quorum: the log's signed note
+    with the cosignature lines, as receipts carry it and auditors check it."""
+
+    __tablename__ = "log_cosigned_heads"
+
+    tenant_id: Mapped[uuid.UUID] = tenant_key()
+    size: Mapped[int] = mapped_column(BigInteger)
+    note: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -39,7 +39,7 @@ from keyserver.db.session import Database, Scope
 from keyserver.errors import ConfigurationError
 from keyserver.releaselog.store import ReleaseLog
 from keyserver.witness.client import WitnessClient, WitnessEndpoint
-from keyserver.witness.tenant_config import REFUSE, WitnessConfig, load_config
+from keyserver.witness.tenant_config import REFUSE, WitnessConfig, load_config, record_cosigned
 
 if TYPE_CHECKING:
     from keyserver.release import Outcome
@@ -232,6 +232,10 @@ class CosigningStage:
         if outcome.cosigned_by < config.quorum:
             return False
         names = tuple(line[2:].split(" ", 1)[0] for line in outcome.lines)
+        cosigned = CosignedHead(size, note + "".join(outcome.lines), names)
+        # Kept for auditors (GET …/log/checkpoint/cosigned) before any receipt carries it.
+        async with self._db.transaction(scope) as session:
+            await record_cosigned(session, tenant.id, size, cosigned.note)
         if stage.best is None or size > stage.best.size:
-            stage.best = CosignedHead(size, note + "".join(outcome.lines), names)
+            stage.best = cosigned
         return True

@@ -23,13 +23,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from audit.checkpoint import CheckpointError
 from audit.cosignature import CosignerKey, parse_cosigner_vkey
 from audit.entry import canonical_bytes, decode_entry
-from keyserver.db.models import Tenant, TenantWitnesses
+from keyserver.db.models import LogCosignedHead, Tenant, TenantWitnesses
 from keyserver.db.types import utcnow
+from keyserver.db.upsert import insert_ignore
 from keyserver.errors import InvalidRequest, NotFound
 from keyserver.releaselog import records
 from keyserver.releaselog.store import ReleaseLog
@@ -41,8 +43,10 @@ __all__ = [
     "RELEASE_WEAK",
     "TenantWitness",
     "WitnessConfig",
+    "latest_cosigned",
     "load_config",
     "parse_config",
+    "record_cosigned",
     "remove_config",
     "set_config",
 ]
@@ -192,3 +196,21 @@ async def remove_config(
     await release_log.append(
         session, tenant, [records.record(WITNESSES_REMOVED, principal=f"token:{principal}")]
     )
+
+
+async def record_cosigned(session: AsyncSession, tenant_id: uuid.UUID, size: int, note: str) -> None:
+    """Keep ``note`` as the tenant's latest cosigned checkpoint unless a larger one is kept already (several
+    processes cosign one log: whichever is larger stays, whatever order they finish in)."""
+    now = utcnow()
+    await insert_ignore(
+        session, LogCosignedHead, {"tenant_id": tenant_id, "size": size, "note": note, "updated_at": now}
+    )
+    await session.execute(
+        update(LogCosignedHead)
+        .where(LogCosignedHead.tenant_id == tenant_id, LogCosignedHead.size < size)
+        .values(size=size, note=note, updated_at=now)
+    )
+
+
+async def latest_cosigned(session: AsyncSession, tenant_id: uuid.UUID) -> LogCosignedHead | None:
+    return await session.get(LogCosignedHead, tenant_id)

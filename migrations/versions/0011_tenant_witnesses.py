@@ -19,6 +19,7 @@ branch_labels: str | None = None
 depends_on: str | None = None
 
 TABLE = "tenant_witnesses"
+COSIGNED = "log_cosigned_heads"
 
 
 def upgrade() -> None:
@@ -37,8 +38,25 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("tenant_id", name=op.f("pk_tenant_witnesses")),
     )
     rls.enable_tenant_rls(TABLE)
+    op.create_table(
+        COSIGNED,
+        sa.Column("tenant_id", sa.Uuid(), nullable=False),
+        sa.Column("size", sa.BigInteger(), nullable=False),
+        sa.Column("note", sa.Text(), nullable=False),
+        sa.Column("updated_at", UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"],
+            ["tenants.id"],
+            name=op.f("fk_log_cosigned_heads_tenant_id_tenants"),
+            ondelete="RESTRICT",
+        ),
+        sa.PrimaryKeyConstraint("tenant_id", name=op.f("pk_log_cosigned_heads")),
+    )
+    rls.enable_tenant_rls(COSIGNED)
 
 
 def downgrade() -> None:
+    rls.disable_rls(COSIGNED)
+    op.drop_table(COSIGNED)
     rls.disable_rls(TABLE)
     op.drop_table(TABLE)
