@@ -372,7 +372,9 @@ async def limits_set(args: argparse.Namespace, client: KeyserverClient, out: Pri
 def _witness_rows(config: dict[str, Any], out: Printer) -> str:
     rows = [[w.get("name"), w.get("url"), w.get("vkey")] for w in config.get("witnesses", [])]
     table = out.table(["NAME", "URL", "VKEY"], rows)
-    if "quorum" not in config:
+    if not rows:
+        return "no witnesses: receipts carry no cosignatures"
+    if config.get("quorum") is None:
         return table
     return f"{table}\nquorum {config['quorum']} of {len(rows)}, failure mode {config.get('failure_mode')}"
 
