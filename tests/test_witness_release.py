@@ -228,6 +228,15 @@ async def scenario(
     assert audited["verified"] is True
     assert audited["witnesses"]["cosigned_size"] == second["receipt"]["tree_size"]
     assert len(audited["witnesses"]["cosigners"]) >= 2
+    # The monitor reports the cosigners at every poll.
+    witness_args = ["--quorum", "2", *(a for v in vkeys for a in ("--witness", v))]
+    argv = [KEYSERVER, "audit", "monitor", "--url", str(client.base_url), "--tenant", "acme"]
+    argv += ["--token", acme.auditor, "--key", log_vkey, "--trust-on-first-use", "--iterations", "1"]
+    monitored = await asyncio.to_thread(
+        subprocess.run, [*argv, *witness_args], capture_output=True, text=True, timeout=120
+    )
+    assert monitored.returncode == 0, monitored.stderr
+    assert f"cosigned at size {second['receipt']['tree_size']} by " in monitored.stderr
     # An auditor who trusts a witness that never cosigned, and requires it: fails.
     stranger = cosigner_vkey("stranger.example", Ed25519PrivateKey.generate().public_key())
     refused = await audit_verify(client, acme, log_vkey, ["--quorum", "1", "--witness", stranger], ok=False)
