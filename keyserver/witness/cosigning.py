@@ -72,6 +72,8 @@ class _TenantStage:
     round: asyncio.Task[None] | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     failures: dict[str, str] = field(default_factory=dict)
+    # Bumped when the tenant's witnesses change: a round asked under the old list keeps nothing.
+    generation: int = 0
 
     def covers(self, size: int) -> bool:
         return self.best is not None and self.best.size >= size
@@ -187,6 +189,7 @@ class CosigningStage:
         stage = self._stages.get(tenant_id)
         if stage is not None:
             stage.best = None
+            stage.generation += 1
 
     # --- rounds --------------------------------------------------------------------------------------
 
@@ -212,6 +215,7 @@ class CosigningStage:
 
     async def _round(self, tenant: Tenant, stage: _TenantStage, config: WitnessConfig) -> bool:
         scope = Scope.for_tenant(tenant.id)
+        generation = stage.generation
         async with self._db.transaction(scope) as session:
             head = await self._log.head(session, tenant)
             note, size = head.checkpoint, head.size
@@ -229,7 +233,7 @@ class CosigningStage:
                 "witnesses did not cosign",
                 extra={"fields": {"tenant": tenant.name, "size": size, "failures": outcome.failures}},
             )
-        if outcome.cosigned_by < config.quorum:
+        if outcome.cosigned_by < config.quorum or generation != stage.generation:
             return False
         names = tuple(line[2:].split(" ", 1)[0] for line in outcome.lines)
         cosigned = CosignedHead(size, note + "".join(outcome.lines), names)
