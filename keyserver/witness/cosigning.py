@@ -120,10 +120,11 @@ class CosigningStage:
             cosigned = replace(receipt, tree_size=head.size, checkpoint=head.note, inclusion_proof=proof)
             return replace(outcome, receipt=cosigned)
         stage = self._stage(tenant.id)
-        failures = "; ".join(f"{name}: {why}" for name, why in sorted(stage.failures.items()))
+        # Names only: the caller may be anyone, and a witness's answer is not for them (the log has it).
+        missing = ", ".join(sorted(stage.failures)) or "no round finished"
         detail = (
             f"fewer than {config.quorum} of {len(config.witnesses)} witnesses cosigned the log within"
-            f" {self._wait_s:g} s ({failures or 'no answer'})"
+            f" {self._wait_s:g} s (not cosigned by: {missing})"
         )
         log.warning(
             "witness quorum not reached",
