@@ -1,7 +1,8 @@
 """The keyserver's cosigning stage (keyserver/witness/cosigning.py) on both databases, against three real
 witness processes and one that accepts connections and never answers: concurrent releases share rounds
 (one in flight per tenant), every receipt gets a checkpoint covering its entry with the quorum and an
-inclusion proof against that very checkpoint, and the silent witness costs its timeout, not the release."""
+inclusion proof against that very checkpoint, and a round ends when the quorum is in (the silent witness
+does not hold it up); without a quorum the silent witness is named once its timeout passed."""
 
 from __future__ import annotations
 
@@ -115,7 +116,8 @@ async def test_concurrent_releases_share_rounds_and_get_cosigned_receipts(
         stage = CountingStage(migrated_db, release_log, http, witness_timeout_s=1, wait_s=30)
         first = await stage.apply(tenant, await release(migrated_db, release_log, tenant, 0))
         assert stage.rounds == 1
-        assert "quiet.example/witness" in stage._stage(tenant.id).failures  # named, and did not hold it up
+        # The silent witness did not hold the round up: the three others made the quorum.
+        assert len(require_quorum(first.receipt.checkpoint, policy, datetime.now(UTC))) == 3
         outcomes = await asyncio.gather(
             *(_release_and_apply(stage, migrated_db, release_log, tenant, n) for n in range(1, RELEASES + 1))
         )

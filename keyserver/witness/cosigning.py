@@ -4,8 +4,9 @@ receipt is handed out.
 Per tenant there is at most one *round* in flight. A round reads the latest committed head of the
 tenant's log (whatever batch of releases made it), asks every configured witness at once
 (:class:`keyserver.witness.client.WitnessClient`, each bounded by the witness timeout, a 409 "old size"
-answered with a consistency proof from that size), and keeps the checkpoint as *cosigned* when at least
-``m`` of the answers verify under the keys the tenant configured. A release whose entry is at index ``i``
+answered with a consistency proof from that size), stops as soon as ``m`` answers verify under the keys
+the tenant configured (a slow witness does not slow every release), and keeps that checkpoint as
+*cosigned*. A release whose entry is at index ``i``
 waits — at most the cosigning wait — for a cosigned checkpoint of size ``> i``; releases that arrive
 while a round runs are covered by the next one, so one round serves however many releases committed in
 the meantime, independently of how the release transaction itself is batched.
@@ -33,12 +34,18 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from audit.checkpoint import parse_signed_checkpoint
+from audit.checkpoint import Checkpoint, parse_signed_checkpoint
 from keyserver.db.models import Tenant
 from keyserver.db.session import Database, Scope
 from keyserver.errors import ConfigurationError
 from keyserver.releaselog.store import ReleaseLog
-from keyserver.witness.client import WitnessClient, WitnessEndpoint
+from keyserver.witness.client import (
+    ProofSource,
+    WitnessClient,
+    WitnessEndpoint,
+    WitnessOutcome,
+    WitnessUnavailable,
+)
 from keyserver.witness.tenant_config import REFUSE, WitnessConfig, load_config, record_cosigned
 
 if TYPE_CHECKING:
@@ -98,6 +105,7 @@ class CosigningStage:
                 raise ConfigurationError(f"the {name} must be between 0 and 3600 seconds, not {value}")
         self._db, self._log = db, release_log
         self._client = WitnessClient(http, timeout=witness_timeout_s)
+        self._witness_timeout_s = witness_timeout_s
         self._wait_s = wait_s
         self._stages: dict[uuid.UUID, _TenantStage] = {}
         self._configs: dict[uuid.UUID, tuple[float, WitnessConfig | None]] = {}
@@ -227,7 +235,7 @@ class CosigningStage:
                 return await self._log.consistency_proof(session, tenant, old, new)
 
         endpoints = [WitnessEndpoint(w.key, w.url) for w in config.witnesses]
-        outcome = await self._client.cosign_all(endpoints, note, checkpoint, proofs)
+        outcome = await self._ask(endpoints, note, checkpoint, proofs, config.quorum)
         stage.failures = dict(outcome.failures)
         if outcome.failures:
             log.info(
@@ -244,3 +252,41 @@ class CosigningStage:
         if stage.best is None or size > stage.best.size:
             stage.best = cosigned
         return True
+
+    async def _ask(
+        self,
+        endpoints: Sequence[WitnessEndpoint],
+        note: str,
+        checkpoint: Checkpoint,
+        proofs: ProofSource,
+        quorum: int,
+    ) -> WitnessOutcome:
+        """Ask every witness at once; done when ``quorum`` verified cosignatures are in (the others are
+        cancelled: a slow witness must not slow every release) or every witness answered or timed out."""
+
+        async def one(witness: WitnessEndpoint) -> tuple[str, str | None, str | None]:
+            try:
+                line = await asyncio.wait_for(
+                    self._client.cosign(witness, note, checkpoint, proofs), self._witness_timeout_s
+                )
+            except TimeoutError:
+                return witness.key.name, None, f"no answer within {self._witness_timeout_s:g} s"
+            except WitnessUnavailable as exc:
+                return witness.key.name, None, str(exc)
+            return witness.key.name, line, None
+
+        outcome = WitnessOutcome()
+        pending = {asyncio.create_task(one(w)) for w in endpoints}
+        try:
+            while pending and outcome.cosigned_by < quorum:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    name, line, failure = task.result()
+                    if line is not None:
+                        outcome.lines.append(line)
+                    else:
+                        outcome.failures[name] = failure or "unknown failure"
+        finally:
+            for task in pending:
+                task.cancel()
+        return outcome
