@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from keyserver.release import Outcome, Receipt
 from keyserver.releaselog.signing import LogSigner
 from keyserver.releaselog.store import ReleaseLog
 from keyserver.tenancy import create_tenant
-from keyserver.witness.cosigning import QUORUM_UNAVAILABLE, CosigningStage
+from keyserver.witness.cosigning import QUORUM_UNAVAILABLE, CosigningStage, shielded_proofs
 from keyserver.witness.tenant_config import WitnessConfig, latest_cosigned, parse_config, set_config
 from tests.fixtures._proc import stop_process
 from tests.test_witness import WitnessProcess, start_witness
@@ -84,6 +84,35 @@ async def silent() -> AsyncIterator[str]:
     server.close()
 
 
+@pytest.fixture
+async def stubborn() -> AsyncIterator[str]:
+    """A witness URL that always answers 409 "I have size 1": each request makes the log read a
+    consistency proof from 1, often still in flight when the quorum is in and the request is cancelled."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            (
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            ),
+            0,
+        )
+        await reader.readexactly(length)
+        writer.write(
+            b"HTTP/1.1 409 Conflict\r\nContent-Type: text/x.tlog.size\r\nContent-Length: 2\r\n"
+            b"Connection: close\r\n\r\n1\n"
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
+    server.close()
+
+
 async def configure(db: Database, log: ReleaseLog, tenant: Tenant, config: WitnessConfig) -> None:
     async with db.transaction(Scope.for_tenant(tenant.id)) as session:
         await set_config(session, log, tenant, config, principal=uuid.uuid4())
@@ -106,10 +135,13 @@ async def test_concurrent_releases_share_rounds_and_get_cosigned_receipts(
     log_vkey: str,
     witnesses: list[WitnessProcess],
     silent: str,
+    stubborn: str,
 ) -> None:
     quiet = cosigner_vkey("quiet.example/witness", Ed25519PrivateKey.generate().public_key())
+    odd = cosigner_vkey("odd.example/witness", Ed25519PrivateKey.generate().public_key())
     listed = [{"name": w.name, "url": w.url, "vkey": w.vkey} for w in witnesses]
     listed.append({"name": "quiet.example/witness", "url": silent, "vkey": quiet})
+    listed.append({"name": "odd.example/witness", "url": stubborn, "vkey": odd})
     await configure(migrated_db, release_log, tenant, parse_config({"witnesses": listed, "quorum": 3}))
     policy = CosignaturePolicy(tuple(parse_cosigner_vkey(w.vkey) for w in witnesses), 3)
     async with httpx.AsyncClient() as http:
@@ -176,3 +208,35 @@ async def test_no_quorum_refuses_a_grant_or_releases_weak(
         stage.forget(tenant.id)
         granted = await release(migrated_db, release_log, tenant, 2)
         assert await stage.apply(tenant, granted) == granted
+
+
+async def test_a_cancelled_proof_read_still_ends_its_transaction(
+    migrated_db: Database, release_log: ReleaseLog, tenant: Tenant
+) -> None:
+    """A witness request cancelled while its consistency proof is read (the quorum came in) must not leave
+    the transaction open: on SQLite every transaction holds the write lock until it ends."""
+    for n in range(4):
+        await release(migrated_db, release_log, tenant, n)
+    inside, go_on = asyncio.Event(), asyncio.Event()
+    reads: list[str] = []
+
+    async def read(old: int, new: int) -> list[bytes]:
+        reads.append("started")
+        async with migrated_db.transaction(Scope.for_tenant(tenant.id)) as session:
+            inside.set()
+            await go_on.wait()
+            proof = await release_log.consistency_proof(session, tenant, old, new)
+        reads.append("committed")
+        return proof
+
+    proofs = shielded_proofs(read)
+    waiter: asyncio.Future[Sequence[bytes]] = asyncio.ensure_future(proofs(2, 4))
+    await inside.wait()
+    waiter.cancel()  # as a round cancels a witness's request once the quorum is in
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    go_on.set()
+    # Another witness at the same size gets the same read's result; and the database takes writes again.
+    assert len(await proofs(2, 4)) >= 1
+    assert reads == ["started", "committed"]  # one read, run to its end although its first waiter left
+    await asyncio.wait_for(release(migrated_db, release_log, tenant, 9), 30)

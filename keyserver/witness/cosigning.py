@@ -28,7 +28,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -51,7 +51,7 @@ from keyserver.witness.tenant_config import REFUSE, WitnessConfig, load_config, 
 if TYPE_CHECKING:
     from keyserver.release import Outcome
 
-__all__ = ["QUORUM_UNAVAILABLE", "CosignedHead", "CosigningStage"]
+__all__ = ["QUORUM_UNAVAILABLE", "CosignedHead", "CosigningStage", "shielded_proofs"]
 
 QUORUM_UNAVAILABLE = "witness-quorum-unavailable"
 log = logging.getLogger("keyserver.witness.cosigning")
@@ -230,9 +230,11 @@ class CosigningStage:
             note, size = head.checkpoint, head.size
         checkpoint, _ = parse_signed_checkpoint(note)
 
-        async def proofs(old: int, new: int) -> Sequence[bytes]:
+        async def consistency(old: int, new: int) -> list[bytes]:
             async with self._db.transaction(scope) as session:
                 return await self._log.consistency_proof(session, tenant, old, new)
+
+        proofs = shielded_proofs(consistency)
 
         endpoints = [WitnessEndpoint(w.key, w.url) for w in config.witnesses]
         outcome = await self._ask(endpoints, note, checkpoint, proofs, config.quorum)
@@ -290,3 +292,28 @@ class CosigningStage:
             for task in pending:
                 task.cancel()
         return outcome
+
+
+def shielded_proofs(read: Callable[[int, int], Awaitable[list[bytes]]]) -> ProofSource:
+    """``read`` as a proof source whose reads are never cancelled half-way, one read per (old, new).
+
+    A witness's request is cancelled once the quorum is in (or at its timeout); a database transaction
+    cancelled half-way would leave its connection — on SQLite, the write lock — held. Shielded, the read
+    finishes (and its transaction ends) whoever stops waiting for it. Witnesses at the same size share it.
+    """
+    started: dict[tuple[int, int], asyncio.Task[list[bytes]]] = {}
+
+    async def proofs(old: int, new: int) -> Sequence[bytes]:
+        if (old, new) not in started:
+            task = asyncio.ensure_future(read(old, new))
+            task.add_done_callback(_retrieve)
+            started[(old, new)] = task
+        return await asyncio.shield(started[(old, new)])
+
+    return proofs
+
+
+def _retrieve(task: asyncio.Task[list[bytes]]) -> None:
+    """Collect the outcome of a proof read whose waiters were all cancelled (else asyncio reports it)."""
+    if not task.cancelled():
+        task.exception()
