@@ -50,6 +50,10 @@ class HttpLogSource:
     def checkpoint(self) -> str:
         return self._get("/checkpoint").text
 
+    def cosigned_checkpoint(self) -> str:
+        """The latest checkpoint a quorum of the log's witnesses cosigned (audit.witnessed checks it)."""
+        return self._get("/checkpoint/cosigned").text
+
     def verifier_key(self) -> str:
         key = self._json("/key").get("verifier_key")
         if not isinstance(key, str):

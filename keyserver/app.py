@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -38,6 +39,7 @@ from keyserver.api.protocol import ProtocolController
 from keyserver.api.references import ReferenceController
 from keyserver.api.tenants import TenantController, whoami
 from keyserver.api.tpm import TpmAdminController, TpmEnrolmentController
+from keyserver.api.witnesses import WitnessConfigController
 from keyserver.attestation import AttestationIssuer
 from keyserver.backends.base import KeyBackend
 from keyserver.backends.factory import backend_from_settings
@@ -52,6 +54,7 @@ from keyserver.readiness import Readiness
 from keyserver.release import ReleaseService
 from keyserver.releaselog.signing import LogSigner
 from keyserver.releaselog.store import ReleaseLog
+from keyserver.witness.cosigning import CosigningStage
 
 
 class MetricsController(PrometheusController):
@@ -68,6 +71,7 @@ def create_app(settings: Settings | None = None, *, announce: Announce = print_o
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         backend: KeyBackend | None = None
+        witness_http: httpx.AsyncClient | None = None
         prestart: asyncio.Task[None] | None = None
         try:
             if settings.is_sqlite and settings.database_url is None:
@@ -103,10 +107,21 @@ def create_app(settings: Settings | None = None, *, announce: Announce = print_o
                 AttestationIssuer(backend, settings.log_origin),
                 ReleaseLimiter(db, settings),
             )
+            witness_http = httpx.AsyncClient()
+            state.cosigning = CosigningStage(
+                db,
+                state.release_log,
+                witness_http,
+                witness_timeout_s=settings.witness_timeout_s,
+                wait_s=settings.cosign_wait_s,
+            )
+            state.release_service.witnessing = state.cosigning.apply
             state.readiness = readiness
             await readiness.start()
             yield
         finally:
+            if witness_http is not None:
+                await witness_http.aclose()
             if backend is not None:
                 await backend.aclose()
             if prestart is not None:
@@ -132,6 +147,7 @@ def create_app(settings: Settings | None = None, *, announce: Announce = print_o
             TpmEnrolmentController,
             KeyController,
             ReleaseLimitController,
+            WitnessConfigController,
             PolicyController,
             ReferenceController,
             ProtocolController,

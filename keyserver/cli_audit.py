@@ -8,12 +8,16 @@ import json
 import os
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from audit.checkpoint import CheckpointError
+from audit.cosignature import CosignaturePolicy, parse_cosigner_vkey
 from audit.http import HttpLogSource, LogFetchError
 from audit.state import MonitorState, StateError, load_state, save_state
 from audit.verifier import AuditFailure, AuditReport, LogAuditor, VerifiedHistory
+from audit.witnessed import CosignatureReport, check_cosigned
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -32,6 +36,7 @@ def add_audit_commands(commands: Any) -> None:
         "--from-checkpoint", type=Path, help="a checkpoint saved earlier: prove the log only grew"
     )
     verify.add_argument("--save-checkpoint", type=Path, help="write the verified checkpoint here")
+    _witnesses(verify)
     verify.add_argument("--json", action="store_true", help="print one JSON document")
     verify.add_argument(
         "--progress", action="store_true", help="show a progress bar (default: on a terminal)"
@@ -57,6 +62,7 @@ def add_audit_commands(commands: Any) -> None:
         type=Path,
         help="a checkpoint saved earlier: the first poll proves the log only grew",
     )
+    _witnesses(monitor)
     monitor.add_argument("--interval", type=float, default=10.0, help="seconds between polls (default 10)")
     monitor.add_argument("--iterations", type=int, help="stop after this many polls (default: never)")
     monitor.add_argument("--json", action="store_true", help="one JSON line per new entry")
@@ -72,6 +78,40 @@ def _pinned_key(parser: argparse.ArgumentParser) -> None:
     key = parser.add_mutually_exclusive_group(required=True)
     key.add_argument("--key", help="the log's verifier key (name+id+key), as pinned")
     key.add_argument("--key-file", type=Path, help="a file holding the verifier key")
+
+
+def _witnesses(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--witness",
+        action="append",
+        default=[],
+        metavar="VKEY",
+        help="a witness you trust (its cosignature/v1 verifier key; repeat): check the log's cosigned"
+        " checkpoint is the history verified",
+    )
+    parser.add_argument("--quorum", type=int, help="cosignatures required (with --witness)")
+    parser.add_argument("--max-age", type=int, metavar="SECONDS", help="refuse older cosignatures")
+
+
+def _witness_policy(args: argparse.Namespace) -> CosignaturePolicy | None:
+    if not args.witness:
+        if args.quorum is not None or args.max_age is not None:
+            raise StateError("--quorum and --max-age go with --witness")
+        return None
+    try:
+        keys = tuple(parse_cosigner_vkey(vkey) for vkey in args.witness)
+        max_age = None if args.max_age is None else timedelta(seconds=args.max_age)
+        return CosignaturePolicy(keys, args.quorum if args.quorum is not None else len(keys), max_age)
+    except (CheckpointError, ValueError) as exc:
+        raise StateError(f"witnesses: {exc}") from None
+
+
+def _check_witnesses(
+    source: HttpLogSource, key: str, policy: CosignaturePolicy | None, note: str | None, report: AuditReport
+) -> CosignatureReport | None:
+    if policy is None or note is None:
+        return None
+    return check_cosigned(note, key, policy, report.checkpoint, source.consistency_proof, datetime.now(UTC))
 
 
 def run_audit(args: argparse.Namespace) -> int:
@@ -133,15 +173,22 @@ def _verify(args: argparse.Namespace, source: HttpLogSource, key: str) -> int:
     show_progress = args.progress or (sys.stderr.isatty() and not args.json)
     auditor = LogAuditor(source, key, progress=_progress_bar if show_progress else None)
     previous = args.from_checkpoint.read_text() if args.from_checkpoint else None
+    policy = _witness_policy(args)
+    # Before the log: the cosigned checkpoint is then no larger than the tree verified next.
+    note = source.cosigned_checkpoint() if policy is not None else None
     report = auditor.verify(previous)
     if show_progress:
         sys.stderr.write("\n")
+    witnessed = _check_witnesses(source, key, policy, note, report)
     if args.save_checkpoint:
         args.save_checkpoint.write_text(report.signed_checkpoint)
     if args.json:
-        print(json.dumps({"verified": True, **report.as_json()}, indent=2))
+        extra = {} if witnessed is None else {"witnesses": witnessed.as_json()}
+        print(json.dumps({"verified": True, **report.as_json(), **extra}, indent=2))
     else:
         print(_summary(report))
+        if witnessed is not None:
+            print(witnessed.summary())
     return EXIT_OK
 
 
@@ -170,9 +217,14 @@ def _monitor(args: argparse.Namespace, source: HttpLogSource, key: str) -> int:
             print(f"#{index} {summary}", flush=True)
 
     auditor.on_entry = announce
+    policy = _witness_policy(args)
     polls = 0
     while True:
+        note = source.cosigned_checkpoint() if policy is not None else None
         report = auditor.verify(previous)
+        witnessed = _check_witnesses(source, key, policy, note, report)
+        if witnessed is not None:
+            print(witnessed.summary(), file=sys.stderr, flush=True)
         previous = None  # from now on the auditor's own last checkpoint is the reference
         if state_path is not None:
             saved = _save_if_new(state_path, saved, auditor, report, key)

@@ -126,6 +126,11 @@ class Settings:
     # Tenants whose release log anyone may read without a token (the log routes and the explorer):
     # KEYSERVER_PUBLIC_LOGS=acme,umbrella. Empty by default: a log is read with an auditor token.
     public_logs: frozenset[str] = frozenset()
+    # Witnesses (keyserver/witness/cosigning.py): how long one witness may take to answer one
+    # add-checkpoint, and how long a release waits for a cosigned checkpoint before the tenant's failure
+    # mode applies (refuse: 503 with no key; release-weak: the receipt as it is).
+    witness_timeout_s: float = 3.0
+    cosign_wait_s: float = 5.0
 
     @property
     def effective_database_url(self) -> str:
@@ -173,6 +178,8 @@ class Settings:
         limit_tenant = get("RELEASE_LIMIT_TENANT")
         limit_key = get("RELEASE_LIMIT_KEY")
         challenge_limit = get("CHALLENGE_LIMIT")
+        witness_timeout = get("WITNESS_TIMEOUT_S")
+        cosign_wait = get("COSIGN_WAIT_S")
         backend = get("KEY_BACKEND") or settings.key_backend
         if backend not in KEY_BACKENDS:
             raise ConfigurationError(
@@ -247,6 +254,14 @@ class Settings:
                 else settings.challenge_limit
             ),
             public_logs=_tenant_names("KEYSERVER_PUBLIC_LOGS", get("PUBLIC_LOGS"), settings.public_logs),
+            witness_timeout_s=(
+                _float("KEYSERVER_WITNESS_TIMEOUT_S", witness_timeout)
+                if witness_timeout
+                else settings.witness_timeout_s
+            ),
+            cosign_wait_s=(
+                _float("KEYSERVER_COSIGN_WAIT_S", cosign_wait) if cosign_wait else settings.cosign_wait_s
+            ),
         )
 
 

@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -102,6 +102,9 @@ class ReleaseService:
         self.limiter = limiter
         # The fault-injection seam (keyserver/faults.py): None in production, set by tests only.
         self.faults: FaultHook | None = None
+        # The witnesses' cosigning stage (keyserver/witness/cosigning.py): after the commit, it puts a
+        # cosigned checkpoint in the receipt, or applies the tenant's failure mode. None: no witnesses.
+        self.witnessing: Callable[[Tenant, Outcome], Awaitable[Outcome]] | None = None
 
     async def _step(self, step: ReleaseStep, session: AsyncSession | None) -> None:
         if self.faults is not None:
@@ -244,7 +247,7 @@ class ReleaseService:
         # Committed: the entry is durable. Only now may the key leave.
         await self._step(ReleaseStep.COMMITTED, None)
         receipt = Receipt(index, appended.size, appended.checkpoint, proof, appended.entries[0])
-        return Outcome(
+        outcome = Outcome(
             granted=granted,
             reason=reason,
             detail=detail,
@@ -255,6 +258,7 @@ class ReleaseService:
             unavailable=unavailable,
             retry_after=retry_after,
         )
+        return outcome if self.witnessing is None else await self.witnessing(tenant, outcome)
 
     async def _wrap(
         self, tenant: Tenant, key: ReleasableKey, public: object, jwk: Mapping[str, Any]

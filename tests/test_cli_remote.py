@@ -36,6 +36,7 @@ from tpm2_pytss.constants import ESYS_TR
 from tpm2_pytss.types import TPM2B_ENCRYPTED_SECRET, TPM2B_ID_OBJECT
 from tpm2_pytss.utils import NVReadEK
 
+from audit.cosignature import cosigner_vkey
 from clients.cli.main import main as cli_main
 from clients.cli.parser import command_words, completion_script
 from keyserver.binding import binding, report_data_for
@@ -266,6 +267,20 @@ def test_a_tenant_from_scratch_with_only_the_cli(
     assert admin.json("key", "enable", "weights")["state"] == "enabled"
     reset = admin.json("limits", "reset", "--key", "weights")
     assert reset["source"] == "default"
+    # Witnesses: set (refuse by default), shown as a table, a bad URL refused, removed.
+    witness_key = cosigner_vkey("w.example", ed25519.Ed25519PrivateKey.generate().public_key())
+    witnessed = admin.json(
+        "witnesses", "set", "--witness", "w.example", "https://w.example", witness_key, "--quorum", "1"
+    )
+    assert (witnessed["failure_mode"], witnessed["quorum"]) == ("refuse", 1)
+    table, _ = admin("witnesses", "show")
+    assert "w.example" in table
+    assert "quorum 1 of 1, failure mode refuse" in table
+    admin.json(
+        "witnesses", "set", "--witness", "w.example", "ftp://w", witness_key, "--quorum", "1", expect=1
+    )
+    assert admin.json("witnesses", "remove")["witnesses"] == []
+    assert admin.json("witnesses", "show")["witnesses"] == []
 
     # The log, as an auditor: everything above is in it.
     auditor_token = admin.json("token", "create", "--role", "auditor")["token"]

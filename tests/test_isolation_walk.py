@@ -39,12 +39,14 @@ from cryptography.x509.oid import NameOID
 from litestar.routes import HTTPRoute
 from sqlalchemy import select, text
 
+from audit.cosignature import cosigner_vkey
 from audit.entry import canonical_bytes
 from keyserver.attestation_token import issue_attestation_result
 from keyserver.binding import jwk_thumbprint
-from keyserver.db.models import Base
+from keyserver.db.models import Base, LogHead
 from keyserver.db.session import Database, Scope
 from keyserver.db.types import utcnow
+from keyserver.witness.tenant_config import record_cosigned
 from tests.conftest import Service, bearer
 from tests.test_tpm_enrolment import pem
 from tests.world import World, b64, populate
@@ -161,6 +163,14 @@ SIGNER_PEM = (
 POLICY = {"version": 1, "tees": ["tpm"], "rules": [{"name": "r", "expr": "claims['tpm.reset_count'] >= 0"}]}
 RV = {"version": 1, "expected": {"tpm.pcrs.sha256.8": ["22" * 32]}}
 ENROLMENT = {"ek_public": "AAAA", "ak_public": "AAAA"}
+_WITNESS_KEY = ed25519.Ed25519PrivateKey.generate().public_key()
+WITNESSES = {
+    "witnesses": [
+        {"name": "w.example", "url": "https://w.example", "vkey": cosigner_vkey("w.example", _WITNESS_KEY)}
+    ],
+    "quorum": 1,
+    "failure_mode": "release-weak",
+}
 
 
 def _ca(name: str) -> x509.Certificate:
@@ -249,6 +259,10 @@ ROUTES: dict[tuple[str, str], Route] = {
         "tenant", _const({"max_releases": 100, "window_seconds": 60})
     ),
     ("DELETE", T + "/release-limits/keys/{name}"): Route("tenant"),
+    ("GET", T + "/log/checkpoint/cosigned"): Route("tenant"),
+    ("GET", T + "/witnesses"): Route("tenant"),
+    ("PUT", T + "/witnesses"): Route("tenant", _const(WITNESSES)),
+    ("DELETE", T + "/witnesses"): Route("tenant"),
     # No token: the loader and the TPM prove themselves. The tenant is named in the path on purpose;
     # another tenant's things named on a tenant's path must look like nothing.
     ("POST", T + "/challenges"): Route("loader"),
@@ -454,6 +468,10 @@ async def test_every_route_keeps_tenants_apart(service: Service, db: Database) -
 
     alpha = await populate(service, "alpha", 1)
     beta = await populate(service, "beta", 2)
+    # Each log's latest cosigned checkpoint (as the cosigning stage keeps it; here its head, unsigned by
+    # witnesses: the walk is about who may read it).
+    for world in (alpha, beta):
+        await _record_cosigned_head(db, uuid.UUID(world.tenant_id))
     before = await snapshot(service, beta)
     walk = Walk(service, alpha, beta, service.app.state.settings.log_origin)
     for (method, template), route in sorted(ROUTES.items()):
@@ -467,6 +485,12 @@ async def test_every_route_keeps_tenants_apart(service: Service, db: Database) -
 
     if db.dialect == "postgresql":
         await _database_keeps_tenants_apart(db, uuid.UUID(alpha.tenant_id), uuid.UUID(beta.tenant_id))
+
+
+async def _record_cosigned_head(db: Database, tenant_id: uuid.UUID) -> None:
+    async with db.transaction(Scope.for_tenant(tenant_id)) as session:
+        head = (await session.execute(select(LogHead).where(LogHead.tenant_id == tenant_id))).scalar_one()
+        await record_cosigned(session, tenant_id, head.size, head.checkpoint)
 
 
 async def _database_keeps_tenants_apart(db: Database, alpha: uuid.UUID, beta: uuid.UUID) -> None:

@@ -366,6 +366,31 @@ async def limits_set(args: argparse.Namespace, client: KeyserverClient, out: Pri
     return EXIT_OK
 
 
+# --- witnesses ----------------------------------------------------------------------------------------
+
+
+def _witness_rows(config: dict[str, Any], out: Printer) -> str:
+    rows = [[w.get("name"), w.get("url"), w.get("vkey")] for w in config.get("witnesses", [])]
+    table = out.table(["NAME", "URL", "VKEY"], rows)
+    if not rows:
+        return "no witnesses: receipts carry no cosignatures"
+    if config.get("quorum") is None:
+        return table
+    return f"{table}\nquorum {config['quorum']} of {len(rows)}, failure mode {config.get('failure_mode')}"
+
+
+async def witnesses_cmd(args: argparse.Namespace, client: KeyserverClient, out: Printer) -> int:
+    if args.action == "show":
+        config = await client.admin.witnesses()
+    elif args.action == "set":
+        witnesses = [{"name": n, "url": u, "vkey": v} for n, u, v in args.witness]
+        config = await client.admin.set_witnesses(witnesses, args.quorum, args.failure_mode)
+    else:
+        config = await client.admin.remove_witnesses()
+    out.emit(config, _witness_rows(config, out))
+    return EXIT_OK
+
+
 _HANDLERS: dict[str, Handler] = {
     "whoami": whoami,
     "token create": token_create,
@@ -396,6 +421,9 @@ _HANDLERS: dict[str, Handler] = {
     "limits show": limits_show,
     "limits set": limits_set,
     "limits reset": limits_set,
+    "witnesses show": witnesses_cmd,
+    "witnesses set": witnesses_cmd,
+    "witnesses remove": witnesses_cmd,
     "log show": show_log,
     "log tail": tail_log,
 }

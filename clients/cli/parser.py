@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     _signers(commands)
     _tpm(commands)
     _limits(commands)
+    _witnesses(commands)
     _log(commands)
     _tokens(commands)
     completion = commands.add_parser("completion", help="print a shell completion script")
@@ -156,6 +157,30 @@ def _limits(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             budget.add_argument("--max", type=int, dest="max_releases", help="releases per window")
             budget.add_argument("--unlimited", action="store_true", help="no limit for this scope")
             command.add_argument("--window", type=parse_seconds, required=True, help="e.g. 60s, 15m, 1h, 1d")
+
+
+def _witnesses(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    witnesses = commands.add_parser("witnesses", help="the witnesses that cosign the log").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    _json(witnesses.add_parser("show", help="the witnesses, quorum and failure mode"))
+    command = _json(witnesses.add_parser("set", help="ask these witnesses; require a quorum"))
+    command.add_argument(
+        "--witness",
+        nargs=3,
+        action="append",
+        required=True,
+        metavar=("NAME", "URL", "VKEY"),
+        help="a witness: its name, submission URL and cosignature/v1 vkey (repeat for each)",
+    )
+    command.add_argument("--quorum", type=int, required=True, help="cosignatures a release needs (m)")
+    command.add_argument(
+        "--failure-mode",
+        choices=["refuse", "release-weak"],
+        default="refuse",
+        help="fewer than m in time: refuse (503, no key; the default) or release with a weak receipt",
+    )
+    _json(witnesses.add_parser("remove", help="stop witnessing the log"))
 
 
 def _log(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

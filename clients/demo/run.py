@@ -133,6 +133,18 @@ async def story(deployed: Deployment, outcomes: Outcomes) -> None:
         "gpu.wrong_firmware_denied" if gpu["wrong_firmware_denied"] else "FAILED: gpu.wrong_firmware",
         deployed.gpu_denial,
     )
+    from clients.demo.witness_story import witness_chapter
+
+    witnessed = await witness_chapter(deployed)
+    outcomes.record("witness.cosigned_release", True, witnessed["cosigned_release"])
+    say("witness.cosigned_release", f"3 witness processes; receipt cosigned by {witnessed['cosigners']}")
+    split = witnessed["split_view"]
+    outcomes.record(
+        "witness.split_view_refused",
+        {"witnesses_cosigned": 0, "loader": "refused"},
+        {"witnesses_cosigned": split["witnesses_cosigned"], "loader": split["loader"]},
+    )
+    say("witness.split_view_refused", f"a forked checkpoint signed by the log key: {split['why']}")
     say("done" if outcomes.failures == 0 else f"{outcomes.failures} step(s) did not behave")
 
 

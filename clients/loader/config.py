@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from audit.entry import canonical_bytes
 from clients.loader.release import LogTrust
+from clients.loader.witnesses import WitnessTrustError, parse_witness_trust
 from keyserver.strict_json import loads_object
 
 CONFIG_DOMAIN = b"keyserver-loader-config-v1\x00"
@@ -47,7 +48,7 @@ class LoaderConfig:
 
     @classmethod
     def from_document(cls, document: Mapping[str, Any]) -> LoaderConfig:
-        unknown, missing = set(document) - _MEMBERS, _MEMBERS - set(document)
+        unknown, missing = set(document) - _MEMBERS - {"witnesses"}, _MEMBERS - set(document)
         if unknown or missing:
             raise ConfigError(
                 f"loader configuration members differ: unknown {sorted(unknown)}, missing {sorted(missing)}"
@@ -78,10 +79,15 @@ class LoaderConfig:
             if not isinstance(key, ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey):
                 raise ConfigError(f"program signer {name!r}: Ed25519 or ECDSA keys only")
             keys[name] = key
+        # Optional: without it, receipts need no cosignatures (clients/loader/witnesses.py).
+        try:
+            cosignatures = None if "witnesses" not in document else parse_witness_trust(document["witnesses"])
+        except WitnessTrustError as exc:
+            raise ConfigError(f"loader configuration: {exc}") from None
         return cls(
             tenant=document["tenant"],
             key=document["key"],
-            log=LogTrust(verifier_key=log["verifier_key"], origin=log["origin"]),
+            log=LogTrust(verifier_key=log["verifier_key"], origin=log["origin"], cosignatures=cosignatures),
             program_signers=keys,
             pcr_selection=document["pcr_selection"],
             canonical=canonical_bytes(dict(document)),
@@ -107,9 +113,12 @@ def config_document(
     log_origin: str,
     program_signers: Mapping[str, str],
     pcr_selection: str = "sha256:10",
+    witnesses: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A configuration document (what a build pipeline writes into the loader image)."""
+    extra = {} if witnesses is None else {"witnesses": dict(witnesses)}
     return {
+        **extra,
         "v": CONFIG_VERSION,
         "tenant": tenant,
         "key": key,

@@ -8,8 +8,10 @@ that *this* release — this key version, to this ephemeral key, as exactly the 
 log signed by the key the loader was built to trust, the loader refuses the key. Anyone on the path who
 swaps the JWE (the ephemeral key is public, so anyone can make one) or skips the log is caught. What a
 receipt alone cannot catch is a *malicious keyserver* that signs a forked log shown only to this loader:
-that needs witnesses cosigning the checkpoints (C2SP tlog-witness), which the loader does not yet require
-(docs/clients.md, "Limits").
+that needs witnesses cosigning the checkpoints (C2SP tlog-witness). A loader configured with witnesses
+(their keys, a quorum m and a maximum age: its *own* measured configuration, never the keyserver's word)
+also requires m valid, fresh cosignatures on the very checkpoint the inclusion proof is against; a split
+view then needs m witnesses to collude (docs/release-log.md, "Witnesses").
 
 Pure: bytes and the pinned log key in, the decoded entry out, :class:`ReceiptInvalid` otherwise.
 """
@@ -18,10 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from audit import merkle
 from audit.checkpoint import CheckpointError, verify_checkpoint
+from audit.cosignature import CosignaturePolicy, QuorumError, require_quorum
 from audit.entry import EntryError, decode_entry
 
 # The kind keyserver.releaselog.records.KEY_RELEASE names; not imported from there, because that module
@@ -66,7 +70,13 @@ class ExpectedRelease:
 
 
 def verify_receipt(
-    receipt: Receipt, *, log_verifier_key: str, origin: str | None, expected: ExpectedRelease
+    receipt: Receipt,
+    *,
+    log_verifier_key: str,
+    origin: str | None,
+    expected: ExpectedRelease,
+    cosignatures: CosignaturePolicy | None = None,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
     """The logged entry for this release, once the receipt proves it is in the signed log.
 
@@ -74,6 +84,8 @@ def verify_receipt(
     the pinned key (and its origin, when given), that it covers the receipt's tree size, the inclusion
     of ``SHA-256(0x00 ‖ entry)`` at ``log_index`` under the checkpoint's root, and only then what the
     entry says — a granted ``key-release`` of ``expected``'s key version to ``expected``'s ephemeral key.
+    With ``cosignatures``, the same note (the checkpoint whose root the proof is checked against) must
+    also carry the policy's quorum of valid cosignatures from its witnesses, none older than its max age.
     """
     if receipt.entry is None:
         raise ReceiptInvalid("receipt-entry-missing", "the receipt does not carry its log entry")
@@ -81,6 +93,8 @@ def verify_receipt(
         checkpoint = verify_checkpoint(receipt.checkpoint, log_verifier_key, origin=origin)
     except CheckpointError as exc:
         raise ReceiptInvalid("receipt-checkpoint-invalid", f"the checkpoint does not verify: {exc}") from None
+    if cosignatures is not None:
+        _check_cosignatures(receipt.checkpoint, cosignatures, now or datetime.now(UTC))
     if checkpoint.size != receipt.tree_size:
         raise ReceiptInvalid(
             "receipt-tree-size-mismatch",
@@ -121,3 +135,14 @@ def _check_entry(entry: Mapping[str, Any], expected: ExpectedRelease) -> None:
                 "receipt-entry-mismatch",
                 f"the logged entry's {name} is {logged!r}, but this release is {wanted!r}",
             )
+
+
+def _check_cosignatures(note: str, policy: CosignaturePolicy, now: datetime) -> None:
+    try:
+        require_quorum(note, policy, now)
+    except QuorumError as exc:
+        raise ReceiptInvalid("receipt-cosignatures-insufficient", str(exc)) from None
+    except CheckpointError as exc:
+        # A line naming a trusted witness that does not verify on this checkpoint: forged, or moved from
+        # another checkpoint (a cosignature on a different tree than the one the proof is against).
+        raise ReceiptInvalid("receipt-cosignature-invalid", str(exc)) from None

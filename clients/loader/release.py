@@ -15,6 +15,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 from joserfc.jwk import ECKey
 
+from audit.cosignature import CosignaturePolicy
 from clients.loader.collectors.base import Collector
 from clients.loader.keyserver_api import LoaderKeyserver
 from clients.loader.receipt import ExpectedRelease, verify_receipt
@@ -38,6 +39,8 @@ class LogTrust:
 
     verifier_key: str  # the tenant log's note verifier key (`keyserver audit key`)
     origin: str | None = None  # the checkpoint origin, "<keyserver origin>/<tenant>"
+    # The witnesses whose quorum of cosignatures a receipt must carry (None: not required).
+    cosignatures: CosignaturePolicy | None = None
 
 
 class EphemeralKey:
@@ -110,6 +113,7 @@ def release_key(
             jwe_sha256=hashlib.sha256(granted.jwe.encode()).hexdigest(),
             requested_version=version,
         ),
+        cosignatures=log.cosignatures,
     )
     return ReleasedKey(material, f"{metadata.name}/{metadata.version}", granted.receipt.log_index, entry)
 

@@ -283,6 +283,23 @@ class AdminApi(TenantRoutes):
             return self._path("release-limits", "tenant")
         return self._path("release-limits", "keys", segment(key, "key name"))
 
+    # --- witnesses ---------------------------------------------------------------------------------
+
+    async def witnesses(self) -> dict[str, Any]:
+        """The tenant's witnesses, quorum and failure mode (docs/release-log.md, "Witnesses")."""
+        return (await self._transport.call("GET", self._path("witnesses"))).fields().raw
+
+    async def set_witnesses(
+        self, witnesses: list[dict[str, str]], quorum: int, failure_mode: str = "refuse"
+    ) -> dict[str, Any]:
+        """Ask these witnesses (each ``{"name", "url", "vkey"}``) to cosign every checkpoint; a release
+        needs ``quorum`` cosignatures, else ``failure_mode`` (``refuse`` or ``release-weak``) applies."""
+        body = {"witnesses": witnesses, "quorum": positive(quorum, "quorum"), "failure_mode": failure_mode}
+        return (await self._transport.call("PUT", self._path("witnesses"), body=body)).fields().raw
+
+    async def remove_witnesses(self) -> dict[str, Any]:
+        return (await self._transport.call("DELETE", self._path("witnesses"))).fields().raw
+
     # --- keys --------------------------------------------------------------------------------------
 
     async def create_key(self, name: str, policy: str, *, material: bytes | None = None) -> Key:

@@ -30,6 +30,11 @@ class AuditorApi(TenantRoutes):
         """The latest signed checkpoint (C2SP signed note), as text."""
         return (await self._transport.call("GET", self._path("log", "checkpoint"))).text()
 
+    async def cosigned_checkpoint(self) -> str:
+        """The latest checkpoint a quorum of the log's witnesses cosigned (signed note with cosignature
+        lines); check it with ``audit.witnessed.check_cosigned`` and the witness keys *you* trust."""
+        return (await self._transport.call("GET", self._path("log", "checkpoint", "cosigned"))).text()
+
     async def entries(self, start: int, end: int, *, page_size: int = MAX_ENTRIES_PER_READ) -> list[LogEntry]:
         """Entries ``[start, end)``, fetched ``page_size`` at a time."""
         _non_negative(start, "start")

@@ -52,7 +52,8 @@ class LoaderApi(TenantRoutes):
         version: int | None = None,
     ) -> ReleaseGranted:
         """The key, wrapped to ``ephemeral_jwk``, and the receipt of the logged grant. Verify the receipt
-        (``clients.loader.receipt``) before using the key."""
+        (``clients.loader.receipt``, with the witness keys and quorum you pin: ``cosignatures=``) before
+        using the key."""
         body: dict[str, Any] = {
             "challenge": uuid_text(challenge_id, "challenge id"),
             "evidence": evidence_object(evidence),

@@ -21,8 +21,10 @@ from keyserver.api.schemas import MAX_INT64
 from keyserver.config import Settings
 from keyserver.db.models import Tenant
 from keyserver.db.session import Database, Scope
+from keyserver.errors import NotFound
 from keyserver.releaselog.store import ReleaseLog
 from keyserver.tenancy import Principal, Role, lookup_tenant
+from keyserver.witness.tenant_config import latest_cosigned
 
 LOG_READERS = (Role.AUDITOR, Role.TENANT_ADMIN)
 NonNegative = Annotated[int, Parameter(ge=0, le=MAX_INT64)]
@@ -108,6 +110,24 @@ class LogController(Controller):
         async with log_session(db, reader, tenant) as (session, target):
             head = await release_log.head(session, target)
         return Response(head.checkpoint, media_type="text/plain; charset=utf-8")
+
+    @get(
+        "/checkpoint/cosigned",
+        summary="The latest checkpoint its witnesses' quorum cosigned (C2SP signed note with cosignatures)",
+        media_type="text/plain",
+        responses=TOKEN_READ,
+    )
+    async def cosigned_checkpoint(
+        self,
+        reader: NamedDependency[Principal | None],
+        db: NamedDependency[Database],
+        tenant: FromPath[str],
+    ) -> Response[str]:
+        async with log_session(db, reader, tenant) as (session, target):
+            head = await latest_cosigned(session, target.id)
+        if head is None:
+            raise NotFound("no checkpoint of this log has been cosigned by a quorum of its witnesses")
+        return Response(head.note, media_type="text/plain; charset=utf-8")
 
     @get("/key", summary="The log's checkpoint-signing public key (pin it out of band)", responses=TOKEN_READ)
     async def key(

@@ -351,3 +351,30 @@ class KekCheck(Base):
     wrapped_check: Mapped[bytes] = mapped_column(LargeBinary)
     check_sha256: Mapped[bytes] = mapped_column(LargeBinary(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+# --- the witnesses a tenant's log asks to cosign (keyserver/witness/tenant_config.py) ----------------------
+
+
+class TenantWitnesses(Base):
+    """A tenant's witnesses, quorum and failure mode, as one canonical JSON document (one row per tenant;
+    no row: the log is not witnessed)."""
+
+    __tablename__ = "tenant_witnesses"
+
+    tenant_id: Mapped[uuid.UUID] = tenant_key()
+    document: Mapped[bytes] = mapped_column(LargeBinary)  # canonical JSON (audit.entry)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(120))
+
+
+class LogCosignedHead(Base):
+    """The largest checkpoint of a tenant's log that reached its witness quorum: the log's signed note
+    with the cosignature lines, as receipts carry it and auditors check it."""
+
+    __tablename__ = "log_cosigned_heads"
+
+    tenant_id: Mapped[uuid.UUID] = tenant_key()
+    size: Mapped[int] = mapped_column(BigInteger)
+    note: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

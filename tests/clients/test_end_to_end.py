@@ -273,6 +273,8 @@ def test_the_demo_command_runs_from_nothing(tmp_path: Path) -> None:
         "audit.denial_logged",
         "gpu.composite_release_granted",
         "gpu.wrong_firmware_denied",
+        "witness.cosigned_release",
+        "witness.split_view_refused",
     ):
         assert outcomes[name]["ok"] is True, (name, outcomes[name])
         assert set(outcomes[name]) == {"expected", "observed", "ok"}
@@ -288,3 +290,9 @@ def test_the_demo_command_runs_from_nothing(tmp_path: Path) -> None:
     # The GPU chapter (docs/nvidia-gpu.md): composite evidence with simulated CC GPUs.
     assert "==> gpu.composite_release_granted\n" in out
     assert "==> gpu.wrong_firmware_denied\n    reference-value-mismatch: reference-values:gpus:gpu1:" in out
+    # The witness chapter (docs/release-log.md): three witness processes, a forked checkpoint refused.
+    assert outcomes["witness.split_view_refused"]["observed"] == {
+        "witnesses_cosigned": 0,
+        "loader": "refused",
+    }
+    assert "receipt-cosignatures-insufficient" in out
