@@ -114,6 +114,7 @@ def create_app(settings: Settings | None = None, *, announce: Announce = print_o
                 witness_http,
                 witness_timeout_s=settings.witness_timeout_s,
                 wait_s=settings.cosign_wait_s,
+                outbound=settings.witness_outbound,
             )
             state.release_service.witnessing = state.cosigning.apply
             state.readiness = readiness

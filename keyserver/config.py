@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from keyserver.errors import ConfigurationError
+from keyserver.witness.outbound import WitnessOutbound
 
 ENV_PREFIX = "KEYSERVER_"
 DEFAULT_DATA_DIR = Path("keyserver-data")
@@ -131,6 +132,9 @@ class Settings:
     # mode applies (refuse: 503 with no key; release-weak: the receipt as it is).
     witness_timeout_s: float = 3.0
     cosign_wait_s: float = 5.0
+    # Where a tenant's witnesses may be (KEYSERVER_WITNESS_URL_PREFIXES; keyserver/witness/outbound.py):
+    # unset, public https hosts only, so a tenant admin cannot aim the keyserver at internal addresses.
+    witness_outbound: WitnessOutbound = field(default_factory=WitnessOutbound)
 
     @property
     def effective_database_url(self) -> str:
@@ -180,6 +184,7 @@ class Settings:
         challenge_limit = get("CHALLENGE_LIMIT")
         witness_timeout = get("WITNESS_TIMEOUT_S")
         cosign_wait = get("COSIGN_WAIT_S")
+        witness_prefixes = get("WITNESS_URL_PREFIXES")
         backend = get("KEY_BACKEND") or settings.key_backend
         if backend not in KEY_BACKENDS:
             raise ConfigurationError(
@@ -261,6 +266,9 @@ class Settings:
             ),
             cosign_wait_s=(
                 _float("KEYSERVER_COSIGN_WAIT_S", cosign_wait) if cosign_wait else settings.cosign_wait_s
+            ),
+            witness_outbound=(
+                WitnessOutbound.parse(witness_prefixes) if witness_prefixes else settings.witness_outbound
             ),
         )
 

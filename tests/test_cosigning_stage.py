@@ -29,11 +29,14 @@ from keyserver.releaselog.signing import LogSigner
 from keyserver.releaselog.store import ReleaseLog
 from keyserver.tenancy import create_tenant
 from keyserver.witness.cosigning import QUORUM_UNAVAILABLE, CosigningStage, shielded_proofs
+from keyserver.witness.outbound import WitnessOutbound
 from keyserver.witness.tenant_config import WitnessConfig, latest_cosigned, parse_config, set_config
 from tests.fixtures._proc import stop_process
 from tests.test_witness import WitnessProcess, start_witness
 
 RELEASES = 12
+# The test witnesses listen on loopback, which the operator must allow (keyserver/witness/outbound.py).
+LOOPBACK = WitnessOutbound.allowing(["http://127.0.0.1:"])
 
 
 class CountingStage(CosigningStage):
@@ -145,7 +148,9 @@ async def test_concurrent_releases_share_rounds_and_get_cosigned_receipts(
     await configure(migrated_db, release_log, tenant, parse_config({"witnesses": listed, "quorum": 3}))
     policy = CosignaturePolicy(tuple(parse_cosigner_vkey(w.vkey) for w in witnesses), 3)
     async with httpx.AsyncClient() as http:
-        stage = CountingStage(migrated_db, release_log, http, witness_timeout_s=1, wait_s=30)
+        stage = CountingStage(
+            migrated_db, release_log, http, witness_timeout_s=1, wait_s=30, outbound=LOOPBACK
+        )
         first = await stage.apply(tenant, await release(migrated_db, release_log, tenant, 0))
         assert stage.rounds == 1
         # The silent witness did not hold the round up: the three others made the quorum.
@@ -194,7 +199,9 @@ async def test_no_quorum_refuses_a_grant_or_releases_weak(
         {"name": "quiet.example/witness", "url": silent, "vkey": quiet},
     ]
     async with httpx.AsyncClient() as http:
-        stage = CosigningStage(migrated_db, release_log, http, witness_timeout_s=0.5, wait_s=1.5)
+        stage = CosigningStage(
+            migrated_db, release_log, http, witness_timeout_s=0.5, wait_s=1.5, outbound=LOOPBACK
+        )
         await configure(migrated_db, release_log, tenant, parse_config({"witnesses": listed, "quorum": 2}))
         stage.forget(tenant.id)
         granted = await release(migrated_db, release_log, tenant, 1)
@@ -240,3 +247,22 @@ async def test_a_cancelled_proof_read_still_ends_its_transaction(
     assert len(await proofs(2, 4)) >= 1
     assert reads == ["started", "committed"]  # one read, run to its end although its first waiter left
     await asyncio.wait_for(release(migrated_db, release_log, tenant, 9), 30)
+
+
+async def test_without_the_operators_leave_loopback_witnesses_are_never_asked(
+    migrated_db: Database, release_log: ReleaseLog, tenant: Tenant, witnesses: list[WitnessProcess]
+) -> None:
+    """A witness URL stored before the operator narrowed the bound (or written to the database directly)
+    is checked again before each request: with the default bound, nothing is sent to loopback."""
+    listed = [{"name": w.name, "url": w.url, "vkey": w.vkey} for w in witnesses]
+    await configure(migrated_db, release_log, tenant, parse_config({"witnesses": listed, "quorum": 1}))
+    async with httpx.AsyncClient() as http:
+        stage = CosigningStage(
+            migrated_db, release_log, http, witness_timeout_s=0.5, wait_s=1.0, outbound=WitnessOutbound()
+        )
+        refused = await stage.apply(tenant, await release(migrated_db, release_log, tenant, 1))
+    assert (refused.granted, refused.unavailable, refused.reason) == (False, True, QUORUM_UNAVAILABLE)
+    for w in witnesses:
+        assert w.name in refused.detail
+    async with migrated_db.transaction(Scope.for_tenant(tenant.id)) as session:
+        assert await latest_cosigned(session, tenant.id) is None  # no witness was reached

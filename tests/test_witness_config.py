@@ -34,14 +34,14 @@ async def test_set_show_and_remove_are_logged(service: Service, acme: TenantFixt
     admin, auditor = bearer(acme.admin), bearer(acme.auditor)
     unset = await service.client.get(PATH, headers=admin)
     assert unset.json() == {"witnesses": [], "quorum": None, "failure_mode": None}
-    listed = [witness("w1.example"), witness("w2.example", "http://10.0.0.2:8080/")]
+    listed = [witness("w1.example"), witness("w2.example", "https://w2.example:8443/")]
     body: dict[str, Any] = {"witnesses": listed, "quorum": 2}
     answer = await service.client.put(PATH, json=body, headers=admin)
     assert answer.status_code == 200, answer.text
     shown = (await service.client.get(PATH, headers=auditor)).json()
     assert shown["failure_mode"] == "refuse"  # the safe default
     assert shown["quorum"] == 2
-    assert [w["url"] for w in shown["witnesses"]] == ["https://w1.example", "http://10.0.0.2:8080"]
+    assert [w["url"] for w in shown["witnesses"]] == ["https://w1.example", "https://w2.example:8443"]
     # An auditor reads but does not set.
     assert (await service.client.put(PATH, json=body, headers=auditor)).status_code == 403
     removed = await service.client.delete(PATH, headers=admin)

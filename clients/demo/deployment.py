@@ -120,6 +120,9 @@ class Deployment:
             **base,
             "KEYSERVER_DATA_DIR": str(self.workdir / "keyserver"),
             "TSS2_LOG": "all+NONE",
+            # The demo's witnesses listen on loopback; a real deployment allows only public https hosts
+            # or the prefixes its operator names (keyserver/witness/outbound.py).
+            "KEYSERVER_WITNESS_URL_PREFIXES": "http://127.0.0.1:",
             **extra,
         }
 

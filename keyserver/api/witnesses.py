@@ -12,10 +12,13 @@ from litestar.params import FromPath, JSONBody
 
 from keyserver.api.auth import SECURITY, tenant_session
 from keyserver.api.problems import TOKEN_READ, TOKEN_WRITE
+from keyserver.config import Settings
 from keyserver.db.session import Database
+from keyserver.errors import InvalidRequest
 from keyserver.releaselog.store import ReleaseLog
 from keyserver.tenancy import Principal, Role
 from keyserver.witness.cosigning import CosigningStage
+from keyserver.witness.outbound import OutboundRefused
 from keyserver.witness.tenant_config import load_config, parse_config, remove_config, set_config
 
 
@@ -59,6 +62,12 @@ class WitnessConfigController(Controller):
         data: JSONBody[dict[str, Any]],
     ) -> dict[str, Any]:
         config = parse_config(data)
+        settings: Settings = state.settings
+        for witness in config.witnesses:
+            try:
+                settings.witness_outbound.check_url(witness.url)
+            except OutboundRefused as exc:
+                raise InvalidRequest(f"witness {witness.name}: {exc}") from None
         async with tenant_session(db, principal, tenant, Role.TENANT_ADMIN) as (session, target):
             await set_config(session, release_log, target, config, principal=principal.token_id)
         _forget(state, target.id)

@@ -46,6 +46,7 @@ from keyserver.witness.client import (
     WitnessOutcome,
     WitnessUnavailable,
 )
+from keyserver.witness.outbound import OutboundRefused, WitnessOutbound
 from keyserver.witness.tenant_config import REFUSE, WitnessConfig, load_config, record_cosigned
 
 if TYPE_CHECKING:
@@ -99,6 +100,7 @@ class CosigningStage:
         *,
         witness_timeout_s: float,
         wait_s: float,
+        outbound: WitnessOutbound,
     ) -> None:
         for name, value in (("witness timeout", witness_timeout_s), ("cosigning wait", wait_s)):
             if not 0 < value < 3600:  # also refuses NaN
@@ -107,6 +109,7 @@ class CosigningStage:
         self._client = WitnessClient(http, timeout=witness_timeout_s)
         self._witness_timeout_s = witness_timeout_s
         self._wait_s = wait_s
+        self._outbound = outbound
         self._stages: dict[uuid.UUID, _TenantStage] = {}
         self._configs: dict[uuid.UUID, tuple[float, WitnessConfig | None]] = {}
 
@@ -267,6 +270,10 @@ class CosigningStage:
         cancelled: a slow witness must not slow every release) or every witness answered or timed out."""
 
         async def one(witness: WitnessEndpoint) -> tuple[str, str | None, str | None]:
+            try:
+                await self._outbound.check_resolved(witness.url)
+            except OutboundRefused as exc:
+                return witness.key.name, None, str(exc)
             try:
                 line = await asyncio.wait_for(
                     self._client.cosign(witness, note, checkpoint, proofs), self._witness_timeout_s
