@@ -18,17 +18,19 @@ from pathlib import Path
 from clients.loader.measure import image_digest, import_closure, loader_files, repository_root
 
 # What the loader may import beyond the standard library and its own image. joserfc: the JWE unwrap
-# (keyserver.jwe); _openssl and _cffi_backend: the native bindings of cryptography and tpm2-pytss.
+# (keyserver.jwe); cbor2: the Nitro attestation document (COSE); _openssl and _cffi_backend: the native
+# bindings of cryptography and tpm2-pytss.
 THIRD_PARTY_ALLOWED = frozenset(
-    {"cryptography", "numpy", "tpm2_pytss", "joserfc", "_cffi_backend", "_openssl"}
+    {"cbor2", "cryptography", "numpy", "tpm2_pytss", "joserfc", "_cffi_backend", "_openssl"}
 )
 PROJECT = ("clients", "audit", "keyserver", "policy", "migrations")
 
 PROBE = """
 import importlib, json, sys
 before = set(sys.modules)
-for name in ("clients.loader.main", "clients.loader.collectors.tpm", "clients.loader.collectors.tsm"):
-    importlib.import_module(name)
+for name in ("main", "collectors.tpm", "collectors.tsm", "collectors.azure", "collectors.nitro",
+             "collectors.nvidia_gpu"):
+    importlib.import_module("clients.loader." + name)
 loaded = {}
 for name in set(sys.modules) - before:
     loaded[name] = getattr(sys.modules[name], "__file__", None)
