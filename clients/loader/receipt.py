@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from audit import merkle
+from audit import merkle_verify as merkle  # the verify-only half: no tree building in the image
 from audit.checkpoint import CheckpointError, verify_checkpoint
 from audit.entry import EntryError, decode_entry
 
