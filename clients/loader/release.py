@@ -20,7 +20,7 @@ from clients.loader.keyserver_api import LoaderKeyserver
 from clients.loader.receipt import ExpectedRelease, verify_receipt
 from keyserver.binding import binding, jwk_thumbprint, jwk_thumbprint_b64url
 from keyserver.errors import InvalidRequest
-from keyserver.jwe import unwrap_released
+from keyserver.jwe_unwrap import unwrap_released
 
 
 class ReleaseRefused(Exception):
