@@ -5,6 +5,10 @@
 use), then the totals: modules, lines, and *code lines* (lines holding code: not blank, not only a
 comment, not part of a docstring). ``--json`` prints the same as one JSON object. ``--entry MODULE`` (more
 than once) measures from other entry points, to see what one part would bring in on its own.
+``--without MODULE`` (more than once) leaves a module out of the walk, as if no import reached it: what
+the image would be without, say, the collectors of the TEEs a deployment does not use
+(``--without clients.loader.collectors.azure``). That is a what-if, not the measurement: the measured
+image is always the full closure (:mod:`clients.loader.measure`).
 
 This module is not imported by the loader, so it is not part of the image it reports on.
 """
@@ -17,11 +21,18 @@ import io
 import json
 import sys
 import tokenize
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from clients.loader.measure import LOADER_ENTRY, _module_file, import_closure, repository_root
+from clients.loader.measure import (
+    LOADER_ENTRY,
+    PROJECT_PACKAGES,
+    _imported_names,
+    _module_file,
+    import_closure,
+    repository_root,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +80,37 @@ def code_lines(source: str) -> int:
     return len(lines)
 
 
-def image_sizes(root: Path | None = None, entries: Sequence[str] = (LOADER_ENTRY,)) -> list[ModuleSize]:
+def closure_without(root: Path, entry: str, without: Collection[str]) -> list[str]:
+    """:func:`~clients.loader.measure.import_closure`, but never following an import of a module in
+    ``without`` (or below it). With ``without`` empty it is the same walk with the same result."""
+    if not without:
+        return import_closure(root, entry)
+    seen: set[str] = set()
+    pending = [entry]
+    while pending:
+        module = pending.pop()
+        parts = module.split(".")
+        if parts[0] not in PROJECT_PACKAGES:
+            continue
+        for depth in range(1, len(parts) + 1):
+            name = ".".join(parts[:depth])
+            if name in seen or any(name == w or name.startswith(w + ".") for w in without):
+                continue
+            source = _module_file(root, name)
+            if source is None:
+                continue
+            seen.add(name)
+            pending.extend(_imported_names(source, name))
+    return sorted(seen)
+
+
+def image_sizes(
+    root: Path | None = None, entries: Sequence[str] = (LOADER_ENTRY,), without: Collection[str] = ()
+) -> list[ModuleSize]:
     base = root or repository_root()
     modules: set[str] = set()
     for entry in entries:
-        modules.update(import_closure(base, entry))
+        modules.update(closure_without(base, entry, without))
     sizes = []
     for module in sorted(modules):
         path = _module_file(base, module)
@@ -88,9 +125,10 @@ def image_sizes(root: Path | None = None, entries: Sequence[str] = (LOADER_ENTRY
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m clients.loader.image_report", description=__doc__)
     parser.add_argument("--entry", action="append", help=f"entry module (default {LOADER_ENTRY})")
+    parser.add_argument("--without", action="append", default=[], help="leave this module out (what-if)")
     parser.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     args = parser.parse_args(argv)
-    sizes = image_sizes(entries=args.entry or (LOADER_ENTRY,))
+    sizes = image_sizes(entries=args.entry or (LOADER_ENTRY,), without=args.without)
     total = sum(s.lines for s in sizes)
     code = sum(s.code_lines for s in sizes)
     if args.json:

@@ -78,3 +78,15 @@ def test_the_command_prints_totals_that_add_up(tmp_path: Path) -> None:
 def test_another_entry_measures_only_what_it_reaches() -> None:
     alone = image_sizes(repository_root(), entries=("keyserver.strict_json",))
     assert [s.module for s in alone] == ["keyserver", "keyserver.strict_json"]
+
+
+def test_leaving_a_module_out_is_a_what_if_on_the_same_walk() -> None:
+    root = repository_root()
+    assert [s.module for s in image_sizes(root, without=())] == import_closure(root)
+    full = {s.module for s in image_sizes(root)}
+    nitro_out = {s.module for s in image_sizes(root, without=("clients.loader.collectors.nitro",))}
+    # The module and what only it imports are gone; what others import too stays.
+    assert "clients.loader.collectors.nitro" not in nitro_out
+    assert "keyserver.evidence.nitro.document" not in nitro_out
+    assert "keyserver.binding" in nitro_out
+    assert nitro_out < full
