@@ -92,7 +92,6 @@ _KEMS: Final = {
     "P-384": _Kem(0x0011, hpke.KEM.P384, 97, "P-384"),
     "P-521": _Kem(0x0012, hpke.KEM.P521, 133, "P-521"),
 }
-_KEMS_BY_ID: Final = {kem.iana_id: kem for kem in _KEMS.values()}
 _EC_CURVE_NAMES: Final = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
 _EC_COORDINATE_BYTES: Final = {"P-256": 32, "P-384": 48, "P-521": 66}
 
