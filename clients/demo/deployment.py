@@ -33,8 +33,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from audit.entry import canonical_bytes
-from clients.accelerator.program import sign_program
 from clients.accelerator.programs import generation_program
+from clients.accelerator.signing import sign_program
 from clients.demo.gpus import GpuTestCa
 from clients.demo.processes import (
     DemoError,
