@@ -52,7 +52,7 @@ from clients.loader.collectors.tpm_ak import activate_credential, enrolment_mate
 from clients.loader.config import config_document, write_config
 from clients.loader.measure import config_digest, image_digest, loader_files, pcr_after_extends
 from clients.model.corpus import load_corpus
-from clients.model.tensors import encode_tensors
+from clients.model.tensors_encode import encode_tensors
 from clients.model.train import train
 from clients.sdk import KeyserverClient, make_bundle
 from clients.weights import encrypt_weights
