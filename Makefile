@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export VENV
 
-.PHONY: run test bench profile demo fuzz lint format system-deps lock clean loader-wheel
+.PHONY: run test bench profile demo fuzz lint format system-deps lock clean loader-wheel loader-report
 
 ## run: the service on the embedded default (SQLite + software key backend), on 127.0.0.1:8080
 run: $(VENV)/.installed-runtime
@@ -32,9 +32,13 @@ demo: system-deps $(VENV)/.installed-dev
 	$(BIN)/keyserver demo
 
 ## loader-wheel: the trusted loader's own distribution (keyserver-loader) in dist/: exactly its measured
-## image, depending on cryptography, joserfc, numpy and tpm2-pytss only (docs/clients.md)
+## image, depending on cbor2, cryptography, joserfc, numpy and tpm2-pytss only (docs/clients.md)
 loader-wheel: $(VENV)/.installed-dev
 	$(BIN)/python -m clients.loader.build_wheel dist
+
+## loader-report: the loader's measured image, module by module, in lines and code lines (docs/clients.md)
+loader-report: $(VENV)/.installed-dev
+	$(BIN)/python -m clients.loader.image_report
 
 system-deps:
 	scripts/install-system-deps

@@ -285,7 +285,9 @@ def tdx_cases() -> tuple[Call, Call, Call, Call]:
 def gpu_cases() -> tuple[Call, Call]:
     """``nvidia-gpu``: trustee's real Hopper report (driver 550) and its 5-certificate chain. Bound: loading
     the chain, its 5 ECDSA P-384 links (the last by the pinned root) and the report's P-384 signature."""
-    from keyserver.evidence.nvidia import nvidia_device_root, parse_gpu_report, verify_gpu_report
+    from keyserver.evidence.nvidia import parse_gpu_report
+    from keyserver.evidence.nvidia.certs import nvidia_device_root
+    from keyserver.evidence.nvidia.verify import verify_gpu_report
 
     folder = VECTORS / "nvidia" / "hopper-trustee-550"
     report = bytes.fromhex((folder / "hopperAttestationReport.txt").read_text().strip())

@@ -49,12 +49,6 @@ class Conflict(KeyserverError):
     title = "Conflict with the current state"
 
 
-class PayloadTooLarge(KeyserverError):
-    code = "payload-too-large"
-    http_status = 413
-    title = "Request body too large"
-
-
 class Unavailable(KeyserverError):
     code = "unavailable"
     http_status = 503

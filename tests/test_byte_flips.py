@@ -108,7 +108,7 @@ def test_azure_flips_are_rejected(name: str) -> None:
     ["valid-attestation-doc-bytes", "debug-mode-attestation-doc-bytes", "valid-attestation-doc-base64"],
 )
 def test_nitro_flips_are_rejected(name: str) -> None:
-    from keyserver.evidence.nitro import verify_nitro_document
+    from keyserver.evidence.nitro.verify import verify_nitro_document
     from tests.cloud.vectors import NITRO
 
     v = NITRO[name]

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from audit import merkle
+from audit import merkle, merkle_verify
 from audit.merkle import (
     EMPTY_ROOT,
     Address,
@@ -419,21 +419,21 @@ def test_rfc9162_algorithms_alone_reject_wrong_lengths(small: tuple[MemoryNodeSt
         for index in range(size):
             proof = store.inclusion_proof(index, size)
             leaf = leaf_hash(reference.entries[index])
-            assert merkle._rfc9162_inclusion_root(leaf, index, size, proof) == reference.mth(0, size)
+            assert merkle_verify._rfc9162_inclusion_root(leaf, index, size, proof) == reference.mth(0, size)
             with pytest.raises(ProofError, match="longer"):
-                merkle._rfc9162_inclusion_root(leaf, index, size, [*proof, SOME_HASH])
+                merkle_verify._rfc9162_inclusion_root(leaf, index, size, [*proof, SOME_HASH])
             if proof:
                 with pytest.raises(ProofError, match="shorter"):
-                    merkle._rfc9162_inclusion_root(leaf, index, size, proof[:-1])
+                    merkle_verify._rfc9162_inclusion_root(leaf, index, size, proof[:-1])
         for first in range(1, size):
             proof = store.consistency_proof(first, size)
             first_root = reference.mth(0, first)
-            roots = merkle._rfc9162_consistency_roots(first, size, first_root, proof)
+            roots = merkle_verify._rfc9162_consistency_roots(first, size, first_root, proof)
             assert roots == (first_root, reference.mth(0, size))
             with pytest.raises(ProofError, match="longer"):
-                merkle._rfc9162_consistency_roots(first, size, first_root, [*proof, SOME_HASH])
+                merkle_verify._rfc9162_consistency_roots(first, size, first_root, [*proof, SOME_HASH])
             with pytest.raises(ProofError, match=r"shorter|empty"):
-                merkle._rfc9162_consistency_roots(first, size, first_root, proof[:-1])
+                merkle_verify._rfc9162_consistency_roots(first, size, first_root, proof[:-1])
 
 
 # --- property-based, on a larger tree ----------------------------------------------------------
@@ -658,3 +658,12 @@ def test_store_refuses_to_overwrite_a_node() -> None:
         store._store([((0, 1), leaf_hash(b"not b"))])
     store._store([((0, 1), leaf_hash(b"b"))])  # rewriting the same hash is harmless
     assert store.root() == Reference([b"a", b"b"]).mth(0, 2)
+
+
+def test_the_verify_only_module_is_the_same_code_merkle_exports() -> None:
+    # The loader imports audit.merkle_verify alone; the server audit.merkle. One implementation, one set
+    # of exception classes: a ProofError from either is caught as the other's.
+    for name in merkle_verify.__all__:
+        assert getattr(merkle, name) is getattr(merkle_verify, name), name
+    for name in merkle.__all__:
+        assert hasattr(merkle, name), name

@@ -43,10 +43,8 @@ from clients.accelerator.errors import (
 )
 from clients.accelerator.signatures import (
     ALGORITHMS,
-    SignerPrivateKey,
     SignerPublicKey,
     algorithm_of,
-    sign,
     signature_is_valid,
 )
 
@@ -150,31 +148,6 @@ class Program:
 
 
 # --- signing and verifying ---------------------------------------------------------------------------
-
-
-def sign_program(
-    program: Mapping[str, Any], signer_name: str, private_key: SignerPrivateKey
-) -> dict[str, Any]:
-    """The signed envelope for ``program``. The program is checked first, so that a CI pipeline learns
-    at build time — with the same ``ProgramRejected`` the accelerator would raise — that it is invalid."""
-    if not NAME_RE.match(signer_name):
-        raise ValueError(f"signer name {signer_name!r} is not valid: 1-100 of a-z 0-9 . _ - ")
-    message = _program_bytes(program)
-    parse_program(json.loads(message))
-    return {
-        "alg": algorithm_of(private_key),
-        "program": json.loads(message),
-        "signature": base64.b64encode(sign(private_key, message)).decode("ascii"),
-        "signer": signer_name,
-    }
-
-
-def encode_signed_program(signed: Mapping[str, Any]) -> bytes:
-    """The wire form of a signed program: its canonical bytes."""
-    try:
-        return canonical_bytes(dict(signed))
-    except EntryError as exc:
-        raise ProgramRejected(PROGRAM_MALFORMED, f"the signed program is not canonical JSON: {exc}") from None
 
 
 def parse_signed_program(data: bytes) -> dict[str, Any]:

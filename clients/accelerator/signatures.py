@@ -33,12 +33,6 @@ def algorithm_of(key: SignerPublicKey | SignerPrivateKey) -> str:
     raise ValueError("a CI signer key is Ed25519 or ECDSA P-256/P-384")
 
 
-def sign(private_key: SignerPrivateKey, message: bytes) -> bytes:
-    if isinstance(private_key, ed25519.Ed25519PrivateKey):
-        return private_key.sign(message)
-    return private_key.sign(message, ec.ECDSA(_hash_for(algorithm_of(private_key))))
-
-
 def signature_is_valid(public_key: SignerPublicKey, message: bytes, signature: bytes) -> bool:
     try:
         if isinstance(public_key, ed25519.Ed25519PublicKey):

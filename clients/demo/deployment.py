@@ -33,8 +33,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from audit.entry import canonical_bytes
-from clients.accelerator.program import sign_program
 from clients.accelerator.programs import generation_program
+from clients.accelerator.signing import sign_program
 from clients.demo.gpus import GpuTestCa
 from clients.demo.processes import (
     DemoError,
@@ -52,7 +52,7 @@ from clients.loader.collectors.tpm_ak import activate_credential, enrolment_mate
 from clients.loader.config import config_document, write_config
 from clients.loader.measure import config_digest, image_digest, loader_files, pcr_after_extends
 from clients.model.corpus import load_corpus
-from clients.model.tensors import encode_tensors
+from clients.model.tensors_encode import encode_tensors
 from clients.model.train import train
 from clients.sdk import KeyserverClient, make_bundle
 from clients.weights import encrypt_weights

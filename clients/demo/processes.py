@@ -143,6 +143,76 @@ class Process:
         self.proc = None
 
 
+def swtpm_private_ca(root: Path, manufacturer: str, swtpm_localca: str) -> tuple[Path, list[Path]]:
+    """``swtpm_setup.conf`` in ``root`` making swtpm_setup sign EK certificates with a CA of our own kept
+    in ``root/localca`` (without it, /etc/swtpm_setup.conf and the system CA in /var/lib/swtpm-localca);
+    and the certificates that CA will have: its root, then the intermediate that signs the EKs.
+
+    One copy for the demo (:class:`SoftwareTpm`) and the tests' swtpm fixture (tests/fixtures/swtpm.py).
+    """
+    localca = root / "localca"
+    localca.mkdir(parents=True)
+    conf = root / "swtpm-localca.conf"
+    conf.write_text(
+        f"statedir = {localca}\nsigningkey = {localca}/signkey.pem\n"
+        f"issuercert = {localca}/issuercert.pem\ncertserial = {localca}/certserial\n"
+    )
+    options = root / "swtpm-localca.options"
+    options.write_text(
+        f"--platform-manufacturer {manufacturer}\n--platform-version 2.1\n--platform-model swtpm\n"
+    )
+    setup = root / "swtpm_setup.conf"
+    setup.write_text(
+        f"create_certs_tool = {swtpm_localca}\n"
+        f"create_certs_tool_config = {conf}\ncreate_certs_tool_options = {options}\n"
+        "active_pcr_banks = sha1,sha256\n"
+    )
+    # swtpm_localca creates the root CA on first use; this is where it puts it.
+    return setup, [localca / "swtpm-localca-rootca-cert.pem", localca / "issuercert.pem"]
+
+
+def swtpm_setup_command(swtpm_setup: str, state: Path, setup_conf: Path) -> list[str]:
+    """Manufacture a TPM 2.0 in ``state``: RSA-2048 and P-384 EKs with certificates, a platform
+    certificate, PCR banks sha1 and sha256."""
+    return [
+        swtpm_setup,
+        "--tpm2",
+        "--tpmstate",
+        str(state),
+        "--config",
+        str(setup_conf),
+        "--create-ek-cert",
+        "--create-platform-cert",
+        "--pcr-banks",
+        "sha1,sha256",
+    ]
+
+
+def swtpm_setup_environment(root: Path) -> dict[str, str]:
+    """swtpm_setup's scratch directory (TMPDIR) in ``root`` too, and the user's own swtpm configuration
+    (XDG_CONFIG_HOME) out of the way."""
+    return {**os.environ, "TMPDIR": str(root), "XDG_CONFIG_HOME": str(root)}
+
+
+def swtpm_socket_command(swtpm: str, state: Path, port: int, log: Path | None = None) -> list[str]:
+    """Serve the TPM in ``state`` on ``port`` and its control channel on ``port + 1`` (where the tpm2-tss
+    ``swtpm`` TCTI expects it), powered on with TPM2_Startup(CLEAR) done, as firmware would."""
+    return [
+        swtpm,
+        "socket",
+        "--tpm2",
+        "--tpmstate",
+        f"dir={state}",
+        "--server",
+        f"type=tcp,port={port},bindaddr={LOCALHOST}",
+        "--ctrl",
+        f"type=tcp,port={port + 1},bindaddr={LOCALHOST}",
+        "--flags",
+        "not-need-init,startup-clear",
+        *(["--log", f"file={log},level=1"] if log is not None else []),
+    ]
+
+
 class SoftwareTpm:
     """swtpm with EK certificates from a private CA kept in ``root`` (never /etc or /var/lib)."""
 
@@ -155,57 +225,19 @@ class SoftwareTpm:
         self.ek_ca_certs = [localca / "swtpm-localca-rootca-cert.pem", localca / "issuercert.pem"]
         self.process = Process(
             "swtpm",
-            [
-                require("swtpm", "swtpm"),
-                "socket",
-                "--tpm2",
-                "--tpmstate",
-                f"dir={self.state}",
-                "--server",
-                f"type=tcp,port={self.port},bindaddr={LOCALHOST}",
-                "--ctrl",
-                f"type=tcp,port={self.port + 1},bindaddr={LOCALHOST}",
-                "--flags",
-                "not-need-init,startup-clear",
-            ],
+            swtpm_socket_command(require("swtpm", "swtpm"), self.state, self.port),
             root / "swtpm.log",
         )
 
     def manufacture(self) -> None:
         """A new TPM: RSA-2048 and P-384 EKs with certificates, PCR banks sha1 and sha256."""
-        localca = self.root / "localca"
-        localca.mkdir(parents=True)
+        setup, self.ek_ca_certs = swtpm_private_ca(
+            self.root, "KeyserverDemo", require("swtpm_localca", "swtpm-tools")
+        )
         self.state.mkdir()
-        conf = self.root / "swtpm-localca.conf"
-        conf.write_text(
-            f"statedir = {localca}\nsigningkey = {localca}/signkey.pem\n"
-            f"issuercert = {localca}/issuercert.pem\ncertserial = {localca}/certserial\n"
-        )
-        options = self.root / "swtpm-localca.options"
-        options.write_text(
-            "--platform-manufacturer KeyserverDemo\n--platform-version 2.1\n--platform-model swtpm\n"
-        )
-        setup = self.root / "swtpm_setup.conf"
-        setup.write_text(
-            f"create_certs_tool = {require('swtpm_localca', 'swtpm-tools')}\n"
-            f"create_certs_tool_config = {conf}\ncreate_certs_tool_options = {options}\n"
-            "active_pcr_banks = sha1,sha256\n"
-        )
-        env = {**os.environ, "TMPDIR": str(self.root), "XDG_CONFIG_HOME": str(self.root)}
         subprocess.run(  # noqa: S603
-            [
-                require("swtpm_setup", "swtpm-tools"),
-                "--tpm2",
-                "--tpmstate",
-                str(self.state),
-                "--config",
-                str(setup),
-                "--create-ek-cert",
-                "--create-platform-cert",
-                "--pcr-banks",
-                "sha1,sha256",
-            ],
-            env=env,
+            swtpm_setup_command(require("swtpm_setup", "swtpm-tools"), self.state, setup),
+            env=swtpm_setup_environment(self.root),
             check=True,
             capture_output=True,
             timeout=60,

@@ -21,7 +21,7 @@ from pathlib import Path
 from clients.loader.measure import loader_files, repository_root
 
 NAME = "keyserver_loader"
-DEPENDENCIES = ("cryptography", "joserfc", "numpy", "tpm2-pytss")
+DEPENDENCIES = ("cbor2", "cryptography", "joserfc", "numpy", "tpm2-pytss")
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 
 

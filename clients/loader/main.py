@@ -22,7 +22,7 @@ from clients.loader.keyserver_api import KeyserverError, LoaderKeyserver
 from clients.loader.receipt import ReceiptInvalid
 from clients.loader.release import EphemeralKey, ReleaseRefused, attestation_result, release_key
 from clients.loader.service import LoaderState, TokenCache, create_loader_server
-from clients.weights import decrypt_file
+from clients.weights_decrypt import decrypt_file
 
 
 def _say(**document: Any) -> None:

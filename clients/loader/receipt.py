@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from audit import merkle
+from audit import merkle_verify as merkle  # the verify-only half: no tree building in the image
 from audit.checkpoint import CheckpointError, verify_checkpoint
 from audit.cosignature import CosignaturePolicy, QuorumError, require_quorum
 from audit.entry import EntryError, decode_entry

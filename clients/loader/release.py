@@ -8,7 +8,6 @@ proves that the keyserver logged this very release (:mod:`clients.loader.receipt
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +20,7 @@ from clients.loader.keyserver_api import LoaderKeyserver
 from clients.loader.receipt import ExpectedRelease, verify_receipt
 from keyserver.binding import binding, jwk_thumbprint, jwk_thumbprint_b64url
 from keyserver.errors import InvalidRequest
-from keyserver.jwe import unwrap_released
+from keyserver.jwe_unwrap import unwrap_released
 
 
 class ReleaseRefused(Exception):
@@ -122,7 +121,3 @@ def attestation_result(client: LoaderKeyserver, collector: Collector, key: Ephem
     """An attestation-result token (EAR JWT) naming ``key``: what callers check before sealing requests."""
     challenge_id, evidence = bound_evidence(client, collector, key)
     return client.attest(challenge_id, evidence, key.public_jwk)
-
-
-def public_jwk_matches(jwk: Mapping[str, Any], key: EphemeralKey) -> bool:
-    return jwk_thumbprint(jwk) == key.thumbprint

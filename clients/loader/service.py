@@ -26,7 +26,7 @@ from typing import Any
 
 from clients.accelerator.accelerator import Accelerator
 from clients.accelerator.errors import ProgramRejected
-from clients.channel import ChannelError, message_from_text, message_to_text, open_request
+from clients.channel_loader import ChannelError, message_from_text, message_to_text, open_request
 from clients.loader.collectors.errors import CollectorError
 from clients.loader.keyserver_api import KeyserverError
 from clients.loader.release import EphemeralKey

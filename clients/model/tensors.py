@@ -16,6 +16,8 @@ their digest.
 
 The parser is strict because it reads a file that has just been decrypted inside the confidential VM:
 a malformed archive is refused with a ``TensorArchiveError`` and nothing else, before any array is made.
+Writing archives (:mod:`clients.model.tensors_encode`, for training and the demo) is apart, so that the
+loader's measured image holds only the reader.
 """
 
 from __future__ import annotations
@@ -23,13 +25,12 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
-from audit.entry import EntryError, canonical_bytes, decode_entry
+from audit.entry import EntryError, decode_entry
 
 HEADER_LENGTH_BYTES: Final = 8
 # A header for a few hundred tensors fits in a few KiB; anything far larger is not an archive we wrote.
@@ -49,31 +50,6 @@ Tensor = npt.NDArray[np.float32] | npt.NDArray[np.int32]
 
 class TensorArchiveError(ValueError):
     """Bytes that are not a well-formed tensor archive, or tensors that cannot be archived."""
-
-
-def encode_tensors(tensors: Mapping[str, npt.NDArray[Any]]) -> bytes:
-    """The archive of ``tensors`` (float32 or int32 arrays; other dtypes are refused, not converted)."""
-    if len(tensors) > MAX_TENSORS:
-        raise TensorArchiveError(f"an archive holds at most {MAX_TENSORS} tensors; got {len(tensors)}")
-    header: dict[str, Any] = {}
-    chunks: list[bytes] = []
-    offset = 0
-    for name in sorted(tensors):
-        array = tensors[name]
-        _check_name(name)
-        dtype_name = _dtype_name(name, array)
-        shape = [int(dim) for dim in array.shape]
-        _check_shape(name, shape)
-        raw = np.ascontiguousarray(array, dtype=DTYPES[dtype_name]).tobytes()
-        header[name] = {"data_offsets": [offset, offset + len(raw)], "dtype": dtype_name, "shape": shape}
-        chunks.append(raw)
-        offset += len(raw)
-    header_bytes = canonical_bytes(header)
-    if len(header_bytes) > MAX_HEADER_BYTES:
-        raise TensorArchiveError(
-            f"the header would be {len(header_bytes)} bytes; the limit is {MAX_HEADER_BYTES}"
-        )
-    return struct.pack("<Q", len(header_bytes)) + header_bytes + b"".join(chunks)
 
 
 def decode_tensors(data: bytes) -> dict[str, Tensor]:
@@ -105,14 +81,6 @@ def decode_tensors(data: bytes) -> dict[str, Tensor]:
         array = np.frombuffer(data, dtype=DTYPES[dtype_name], count=count, offset=data_start + begin)
         tensors[name] = array.reshape(shape).astype(_NATIVE[dtype_name], copy=True)
     return tensors
-
-
-def save_tensors(path: Path, tensors: Mapping[str, npt.NDArray[Any]]) -> None:
-    path.write_bytes(encode_tensors(tensors))
-
-
-def load_tensors(path: Path) -> dict[str, Tensor]:
-    return decode_tensors(path.read_bytes())
 
 
 def _decode_header(raw: bytes) -> dict[str, Any]:
@@ -168,13 +136,6 @@ def _check_shape(name: str, shape: list[int]) -> None:
         raise TensorArchiveError(f"tensor {name!r} has a negative or oversized dimension")
     if _elements(shape) > MAX_TENSOR_ELEMENTS:
         raise TensorArchiveError(f"tensor {name!r} has more than {MAX_TENSOR_ELEMENTS} elements")
-
-
-def _dtype_name(name: str, array: npt.NDArray[Any]) -> str:
-    for dtype_name, native in _NATIVE.items():
-        if array.dtype == native:
-            return dtype_name
-    raise TensorArchiveError(f"tensor {name!r} is {array.dtype}; only float32 and int32 can be archived")
 
 
 def _elements(shape: list[int]) -> int:

@@ -33,7 +33,8 @@ from clients.model.charlm import (
     vocab_tensor,
 )
 from clients.model.corpus import load_corpus
-from clients.model.tensors import Tensor, save_tensors
+from clients.model.tensors import Tensor
+from clients.model.tensors_encode import save_tensors
 
 DEFAULT_STEPS = 3000
 BATCH_SIZE = 64

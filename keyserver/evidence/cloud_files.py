@@ -50,7 +50,7 @@ def verify_azure_files(
     collateral: Path | None = None,
     eventlog: Path | None = None,
 ) -> Claims:
-    from keyserver.evidence.azure import verify_azure_snp_vtpm, verify_azure_tdx_vtpm
+    from keyserver.evidence.azure.verify import verify_azure_snp_vtpm, verify_azure_tdx_vtpm
     from keyserver.evidence.claims import TEE_AZURE_SNP_VTPM
 
     nonce = bytes.fromhex(nonce_hex)
@@ -82,7 +82,7 @@ def verify_azure_files(
 
 
 def verify_nitro_file(document: Path, now: datetime) -> Claims:
-    from keyserver.evidence.nitro import verify_nitro_document
+    from keyserver.evidence.nitro.verify import verify_nitro_document
 
     data = _read(document)
     if data[:1] not in (b"\x84", b"\xd2"):  # not a CBOR array/tag 18: base64 text

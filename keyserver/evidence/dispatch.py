@@ -172,7 +172,7 @@ async def verify_evidence(
             tee, evidence, expected_nonce=expected, now=now, chain_cache=snp_chain_cache()
         )
     elif tee == TEE_AWS_NITRO:
-        from keyserver.evidence.nitro import verify_nitro_document
+        from keyserver.evidence.nitro.verify import verify_nitro_document
 
         _only(evidence, {"tee", "document"})
         document = field(evidence, "document")

@@ -425,3 +425,12 @@ def test_message_from_text_refusals() -> None:
         message_from_text("A" * (channel.MAX_TEXT_CHARS + 1))
     with pytest.raises(ChannelFormatError, match="is bytes"):
         open_request(_LOADER, message_to_text(_REQUEST))  # type: ignore[arg-type]
+
+
+def test_the_loader_s_channel_module_is_what_clients_channel_exports() -> None:
+    # The loader imports clients.channel_loader alone (no caller code in its measured image); callers
+    # import clients.channel. One implementation behind both names.
+    from clients import channel_loader
+
+    for name in ("open_request", "ResponseSealer", "ChannelError", "message_from_text", "MAX_TEXT_CHARS"):
+        assert getattr(channel, name) is getattr(channel_loader, name), name

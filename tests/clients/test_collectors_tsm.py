@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import errno
 import os
+import struct
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,7 +40,6 @@ from clients.loader.collectors.certtable import (
     ENTRY_SIZE,
     VCEK_GUID,
     VLEK_GUID,
-    build_cert_table,
     parse_cert_table,
     single_der_value,
 )
@@ -66,6 +66,17 @@ from tests.tdx.helpers import V4_QUOTES, V5_QUOTES, expected_vectors
 
 ATTRIBUTES = ("inblob", "outblob", "auxblob", "provider", "generation", "privlevel", "privlevel_floor")
 ANY_JWK = ECKey.import_key(ec.generate_private_key(ec.SECP256R1()).public_key()).as_dict(private=False)
+
+
+def build_cert_table(certificates: dict[uuid.UUID, bytes]) -> bytes:
+    """The table for ``certificates``, laid out as a host would: table, terminator, then the data in order.
+    (Here, not in the loader's certtable module: the loader only reads such tables.)"""
+    table_size = ENTRY_SIZE * (len(certificates) + 1)
+    header, body = b"", b""
+    for guid, data in certificates.items():
+        header += guid.bytes + struct.pack("<II", table_size + len(body), len(data))
+        body += data
+    return header + bytes(ENTRY_SIZE) + body
 
 
 # --- the simulated kernel side ---------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from clients.accelerator.program import sign_program
+from clients.accelerator.signing import sign_program
 from clients.caller import AttestedLoader, InferenceFailed, LoaderNotTrusted, attested_loader, complete
 from clients.channel import ChannelKeyError
 from clients.demo.deployment import ISSUER, PCR, TENANT, Deployment, LoaderBoot, deployment

@@ -16,8 +16,9 @@ from clients.loader.measure import loader_files, repository_root
 PROBE = """
 import importlib, json, sys
 sys.path.insert(0, sys.argv[1])
-for name in ("clients.loader.main", "clients.loader.collectors.tpm", "clients.loader.collectors.tsm"):
-    importlib.import_module(name)
+for name in ("main", "collectors.tpm", "collectors.tsm", "collectors.azure", "collectors.nitro",
+             "collectors.nvidia_gpu"):
+    importlib.import_module("clients.loader." + name)
 print(json.dumps(sorted(
     m.__file__ for n, m in sys.modules.items()
     if n.split(".")[0] in ("clients", "audit", "keyserver", "policy") and getattr(m, "__file__", None)
@@ -39,7 +40,7 @@ def test_the_loader_wheel_is_the_measured_image(tmp_path: Path) -> None:
         for line in metadata.splitlines()
         if line.startswith("Requires-Dist")
     }
-    assert requires == {"cryptography", "joserfc", "numpy", "tpm2-pytss"}
+    assert requires == {"cbor2", "cryptography", "joserfc", "numpy", "tpm2-pytss"}
 
 
 def test_pip_installs_the_loader_wheel_and_the_loader_runs_from_it_alone(tmp_path: Path) -> None:

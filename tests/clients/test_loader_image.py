@@ -18,17 +18,19 @@ from pathlib import Path
 from clients.loader.measure import image_digest, import_closure, loader_files, repository_root
 
 # What the loader may import beyond the standard library and its own image. joserfc: the JWE unwrap
-# (keyserver.jwe); _openssl and _cffi_backend: the native bindings of cryptography and tpm2-pytss.
+# (keyserver.jwe_unwrap); cbor2: the Nitro attestation document (COSE); _openssl and _cffi_backend: the native
+# bindings of cryptography and tpm2-pytss.
 THIRD_PARTY_ALLOWED = frozenset(
-    {"cryptography", "numpy", "tpm2_pytss", "joserfc", "_cffi_backend", "_openssl"}
+    {"cbor2", "cryptography", "numpy", "tpm2_pytss", "joserfc", "_cffi_backend", "_openssl"}
 )
 PROJECT = ("clients", "audit", "keyserver", "policy", "migrations")
 
 PROBE = """
 import importlib, json, sys
 before = set(sys.modules)
-for name in ("clients.loader.main", "clients.loader.collectors.tpm", "clients.loader.collectors.tsm"):
-    importlib.import_module(name)
+for name in ("main", "collectors.tpm", "collectors.tsm", "collectors.azure", "collectors.nitro",
+             "collectors.nvidia_gpu"):
+    importlib.import_module("clients.loader." + name)
 loaded = {}
 for name in set(sys.modules) - before:
     loaded[name] = getattr(sys.modules[name], "__file__", None)
@@ -69,7 +71,8 @@ def test_a_loader_process_imports_only_its_image_and_allowed_packages(tmp_path: 
 def test_the_image_is_the_import_closure_and_holds_no_server_module() -> None:
     modules = import_closure(repository_root())
     assert "clients.loader.receipt" in modules
-    assert "keyserver.jwe" in modules
+    assert "keyserver.jwe_unwrap" in modules
+    assert "keyserver.jwe" not in modules  # the wrapping side is the server's
     assert "clients.loader.collectors.tpm" in modules  # imported lazily, measured all the same
     for server in ("keyserver.app", "keyserver.release", "keyserver.api", "keyserver.db", "clients.sdk"):
         assert not any(m == server or m.startswith(server + ".") for m in modules), server

@@ -31,14 +31,8 @@ from clients.model.charlm import (
 from clients.model.corpus import load_corpus, normalise
 from clients.model.generate import generate
 from clients.model.sampling import new_generator, sample_index
-from clients.model.tensors import (
-    MAX_HEADER_BYTES,
-    Tensor,
-    TensorArchiveError,
-    decode_tensors,
-    encode_tensors,
-    load_tensors,
-)
+from clients.model.tensors import MAX_HEADER_BYTES, Tensor, TensorArchiveError, decode_tensors
+from clients.model.tensors_encode import encode_tensors, load_tensors
 from clients.model.train import TrainingResult, train
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

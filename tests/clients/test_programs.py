@@ -33,15 +33,10 @@ from clients.accelerator.errors import (
     REASONS,
     ProgramRejected,
 )
-from clients.accelerator.program import (
-    encode_signed_program,
-    parse_program,
-    parse_signed_program,
-    sign_program,
-    verify_program,
-)
+from clients.accelerator.program import parse_program, parse_signed_program, verify_program
 from clients.accelerator.programs import generation_program
-from clients.accelerator.signatures import SignerPrivateKey, sign
+from clients.accelerator.signatures import SignerPrivateKey
+from clients.accelerator.signing import encode_signed_program, sign, sign_program
 from clients.model.charlm import EMBEDDING, HIDDEN_WEIGHT, OUTPUT_WEIGHT, VOCAB, vocabulary
 from clients.model.corpus import load_corpus
 from clients.model.generate import generate

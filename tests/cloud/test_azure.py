@@ -12,8 +12,9 @@ from datetime import datetime, timedelta
 import pytest
 
 from keyserver.errors import EvidenceError
-from keyserver.evidence.azure import parse_hcl_report, verify_azure_snp_vtpm, verify_azure_tdx_vtpm
+from keyserver.evidence.azure import parse_hcl_report
 from keyserver.evidence.azure.hcl import RUNTIME_HEADER_OFFSET, VARIABLE_DATA_OFFSET
+from keyserver.evidence.azure.verify import verify_azure_snp_vtpm, verify_azure_tdx_vtpm
 from keyserver.evidence.claims import Claims
 from tests.cloud.vectors import AZURE, AzureVector
 

@@ -9,7 +9,7 @@ from datetime import datetime
 import pytest
 
 from keyserver.evidence.claims import Claims
-from keyserver.evidence.nitro import verify_nitro_document
+from keyserver.evidence.nitro.verify import verify_nitro_document
 from policy import PolicyError, evaluate, parse_policy
 from policy.evaluate import DEBUG_NOT_ALLOWED, REFERENCE_VALUE_MISMATCH
 from tests.cloud.test_azure import verify as verify_azure

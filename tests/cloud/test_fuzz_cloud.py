@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from keyserver.errors import EvidenceError
 from keyserver.evidence.azure import parse_hcl_report
 from keyserver.evidence.azure.hcl import parse_runtime_data
-from keyserver.evidence.nitro import parse_document, verify_nitro_document
+from keyserver.evidence.nitro import parse_document
+from keyserver.evidence.nitro.verify import verify_nitro_document
 from tests.cloud.vectors import AZURE, NITRO
 from tests.fuzzing import fuzz_settings
 

@@ -13,12 +13,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from keyserver.errors import EvidenceError
 from keyserver.evidence.claims import Claims
-from keyserver.evidence.nitro import (
-    AWS_NITRO_ROOT_SHA256,
-    aws_nitro_root,
-    parse_document,
-    verify_nitro_document,
-)
+from keyserver.evidence.nitro import parse_document
+from keyserver.evidence.nitro.verify import AWS_NITRO_ROOT_SHA256, aws_nitro_root, verify_nitro_document
 from tests.cloud.nitro_synth import SyntheticNitro, resign, sign
 from tests.cloud.vectors import NITRO, NitroVector
 

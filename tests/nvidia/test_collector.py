@@ -15,8 +15,9 @@ from clients.demo.gpus import GpuTestCa, SyntheticGpu
 from clients.loader.collectors.errors import GpuNotConfidential, GpuReportMismatch, GpuUnavailable
 from clients.loader.collectors.nvidia_gpu import CcState, GpuCollector
 from keyserver.binding import binding, report_data_for
-from keyserver.evidence.nvidia import trusted_root, verify_gpu_report
+from keyserver.evidence.nvidia.certs import trusted_root
 from keyserver.evidence.nvidia.composite import gpu_claims
+from keyserver.evidence.nvidia.verify import verify_gpu_report
 
 from .nvml_sim import RecordedNvml, SyntheticNvml
 from .vectors import all_vectors

@@ -14,8 +14,9 @@ from joserfc.jwk import ECKey
 from clients.demo.gpus import GpuTestCa, SyntheticGpu
 from keyserver.binding import binding, report_data_for
 from keyserver.errors import EvidenceError
-from keyserver.evidence.nvidia import trusted_root, verify_gpu_report
+from keyserver.evidence.nvidia.certs import trusted_root
 from keyserver.evidence.nvidia.composite import MAX_GPUS, gpu_claims
+from keyserver.evidence.nvidia.verify import verify_gpu_report
 from policy.document import PolicyError, ReferenceValueSet, parse_policy, parse_reference_values
 from policy.evaluate import evaluate
 

@@ -19,8 +19,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from keyserver.errors import EvidenceError
-from keyserver.evidence.nvidia import parse_gpu_report, verify_gpu_report
+from keyserver.evidence.nvidia import parse_gpu_report
 from keyserver.evidence.nvidia.spdm import REQUEST_BYTES
+from keyserver.evidence.nvidia.verify import verify_gpu_report
 from tests.fuzzing import fuzz_settings
 
 from .vectors import GpuVector, by_id

@@ -21,8 +21,10 @@ from joserfc.jwk import ECKey
 from clients.demo.gpus import GpuTestCa, SyntheticGpu
 from keyserver.binding import binding, report_data_for
 from keyserver.errors import EvidenceError
-from keyserver.evidence.nvidia import OcspResponses, trusted_root, verify_gpu_report
+from keyserver.evidence.nvidia.certs import trusted_root
 from keyserver.evidence.nvidia.composite import gpu_claims
+from keyserver.evidence.nvidia.revocation import OcspResponses
+from keyserver.evidence.nvidia.verify import verify_gpu_report
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
 NONCE = bytes(range(32))

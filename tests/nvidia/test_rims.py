@@ -11,7 +11,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from keyserver.errors import EvidenceError
-from keyserver.evidence.nvidia import verify_gpu_report
 from keyserver.evidence.nvidia.certs import trusted_root
 from keyserver.evidence.nvidia.rim import (
     compare_with_rims,
@@ -20,6 +19,7 @@ from keyserver.evidence.nvidia.rim import (
     reference_values_from_rims,
     verify_rim,
 )
+from keyserver.evidence.nvidia.verify import verify_gpu_report
 from policy.document import ReferenceValueSet, parse_policy, parse_reference_values
 from policy.evaluate import evaluate
 from tests.fuzzing import fuzz_settings

@@ -13,8 +13,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from keyserver.errors import EvidenceError
-from keyserver.evidence.nvidia import nvidia_device_root, parse_gpu_report, verify_gpu_report
-from keyserver.evidence.nvidia.certs import trusted_root
+from keyserver.evidence.nvidia import parse_gpu_report
+from keyserver.evidence.nvidia.certs import nvidia_device_root, trusted_root
+from keyserver.evidence.nvidia.verify import verify_gpu_report
 
 from .vectors import NV, GpuVector, all_vectors, by_id, expected_json, genuine
 

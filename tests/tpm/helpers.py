@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.x509.oid import NameOID
 
+from keyserver.errors import EvidenceError
 from keyserver.evidence.tpm import structures as st
 from keyserver.evidence.tpm.credential import IDENTITY_LABEL, kdfa, kdfe
 from keyserver.evidence.tpm.quote import AkPublic
@@ -159,7 +160,7 @@ def soft_ak(
     kwargs: dict[str, Any] = {"scheme": scheme, "name_alg": name_alg}
     if attributes is not None:
         kwargs["object_attributes"] = attributes
-    return SoftAk(private, st.public_from_key(private.public_key(), **kwargs))
+    return SoftAk(private, public_from_key(private.public_key(), **kwargs))
 
 
 def sign(private: PrivateKey, message: bytes, sig_alg: int, hash_alg: int) -> bytes:
@@ -274,7 +275,7 @@ EK_ATTRIBUTES = (
 
 def soft_ek(private: PrivateKey, *, name_alg: int = st.ALG_SHA256, aes_bits: int = 128) -> st.TpmtPublic:
     """The TPMT_PUBLIC of an EK-template key with ``private``'s public part."""
-    return st.public_from_key(
+    return public_from_key(
         private.public_key(),
         object_attributes=EK_ATTRIBUTES,
         name_alg=name_alg,
@@ -434,3 +435,62 @@ def with_negative_serial(cert: x509.Certificate, ca: EkCa | None = None) -> byte
 
 def sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
+
+
+def public_from_key(
+    key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey,
+    *,
+    object_attributes: int = (
+        st.ATTR_FIXED_TPM
+        | st.ATTR_FIXED_PARENT
+        | st.ATTR_SENSITIVE_DATA_ORIGIN
+        | st.ATTR_USER_WITH_AUTH
+        | st.ATTR_RESTRICTED
+        | st.ATTR_SIGN_ENCRYPT
+    ),
+    name_alg: int = st.ALG_SHA256,
+    scheme: st.Scheme | None = None,
+    symmetric: st.SymDef | None = None,
+    auth_policy: bytes = b"",
+) -> st.TpmtPublic:
+    """Build the TPMT_PUBLIC a TPM would report for ``key`` under the given template (tests only: the
+    keyserver and the loader never build a public area from a bare key, so this is not in their code).
+
+    The defaults are the AK template of ``tpm2_createak`` (restricted signing key, RSASSA or ECDSA with
+    SHA-256, NULL symmetric, empty authPolicy). A Name computed from the result equals the TPM's only if
+    the TPM key was created with exactly that template - which is why an AK known only as PEM cannot be
+    trusted to be restricted (see :class:`~keyserver.evidence.tpm.quote.AkPublic`)."""
+    sym = symmetric or st.SymDef()
+    if isinstance(key, rsa.RSAPublicKey):
+        numbers = key.public_numbers()
+        exponent = 0 if numbers.e == 65537 else numbers.e
+        params: st.RsaParms | st.EccParms = st.RsaParms(
+            sym, scheme or st.Scheme(st.ALG_RSASSA, st.ALG_SHA256), key.key_size, exponent
+        )
+        unique: bytes | st.EccPoint = numbers.n.to_bytes(key.key_size // 8, "big")
+        obj_type = st.ALG_RSA
+    else:
+        by_name = {
+            "secp256r1": st.ECC_NIST_P256,
+            "secp384r1": st.ECC_NIST_P384,
+            "secp521r1": st.ECC_NIST_P521,
+        }
+        curve_id = by_name.get(key.curve.name)
+        if curve_id is None:
+            raise EvidenceError(
+                "tpm-unsupported-algorithm", f"curve {key.curve.name} has no TPM curve ID here"
+            )
+        size = st.CURVES[curve_id][1]
+        en = key.public_numbers()
+        params = st.EccParms(sym, scheme or st.Scheme(st.ALG_ECDSA, st.ALG_SHA256), curve_id, st.Scheme())
+        unique = st.EccPoint(en.x.to_bytes(size, "big"), en.y.to_bytes(size, "big"))
+        obj_type = st.ALG_ECC
+    body = (
+        st.u16(obj_type)
+        + st.u16(name_alg)
+        + st.u32(object_attributes)
+        + st.tpm2b(auth_policy)
+        + params.marshal()
+    )
+    body += unique.marshal() if isinstance(unique, st.EccPoint) else st.tpm2b(unique)
+    return st.parse_tpmt_public(body)

@@ -19,9 +19,20 @@ from keyserver.evidence.tpm.ek import (
     verify_ak_certificate,
     verify_ek_certificate,
 )
-from keyserver.evidence.tpm.structures import TpmtPublic, public_from_key
+from keyserver.evidence.tpm.structures import TpmtPublic
 
-from .helpers import GCE_ROOTS, NOW, ec_key, ek_ca, ek_cert, rsa_key, soft_ek, vec, with_negative_serial
+from .helpers import (
+    GCE_ROOTS,
+    NOW,
+    ec_key,
+    ek_ca,
+    ek_cert,
+    public_from_key,
+    rsa_key,
+    soft_ek,
+    vec,
+    with_negative_serial,
+)
 
 
 def _der(cert: x509.Certificate) -> bytes:

@@ -34,6 +34,7 @@ from .helpers import (
     make_attest,
     make_pcrs,
     mutations,
+    public_from_key,
     rsa_key,
     sign,
     soft_ak,
@@ -574,7 +575,7 @@ def test_ak_must_be_a_restricted_signing_key(missing: int) -> None:
         | st.ATTR_RESTRICTED
         | st.ATTR_SIGN_ENCRYPT
     )
-    public = st.public_from_key(ec_key().public_key(), object_attributes=attrs & ~missing)
+    public = public_from_key(ec_key().public_key(), object_attributes=attrs & ~missing)
     with pytest.raises(EvidenceError) as err:
         AkPublic.from_public(public)
     assert reason(err) == "tpm-ak-not-restricted"
@@ -587,13 +588,11 @@ def test_ak_must_be_a_restricted_signing_key(missing: int) -> None:
 
 
 def test_ak_with_decrypt_or_symmetric_is_refused() -> None:
-    base = st.public_from_key(ec_key().public_key())
-    both = st.public_from_key(
-        ec_key().public_key(), object_attributes=base.object_attributes | st.ATTR_DECRYPT
-    )
+    base = public_from_key(ec_key().public_key())
+    both = public_from_key(ec_key().public_key(), object_attributes=base.object_attributes | st.ATTR_DECRYPT)
     with pytest.raises(EvidenceError, match="decrypt"):
         AkPublic.from_public(both)
-    storage = st.public_from_key(ec_key().public_key(), symmetric=st.SymDef(st.ALG_AES, 128, st.ALG_CFB))
+    storage = public_from_key(ec_key().public_key(), symmetric=st.SymDef(st.ALG_AES, 128, st.ALG_CFB))
     with pytest.raises(EvidenceError, match="symmetric"):
         AkPublic.from_public(storage)
 

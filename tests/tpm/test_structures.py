@@ -17,7 +17,7 @@ from keyserver.errors import EvidenceError
 from keyserver.evidence.tpm import structures as st
 from tests.fuzzing import fuzz_settings
 
-from .helpers import GCE, GCE_QUOTES, azure_quote, ec_key, vec, windows_vector
+from .helpers import GCE, GCE_QUOTES, azure_quote, ec_key, public_from_key, vec, windows_vector
 
 pytestmark = pytest.mark.fuzz
 
@@ -134,7 +134,7 @@ def test_public_key_and_back_reproduces_the_tpm_public_area(which: str) -> None:
         else base64.b64decode(windows_vector()["AK"]["Public"])
     )
     pub = st.parse_tpmt_public(raw)
-    rebuilt = st.public_from_key(
+    rebuilt = public_from_key(
         pub.public_key(),
         object_attributes=pub.object_attributes,
         scheme=pub.parameters.scheme,
@@ -147,7 +147,7 @@ def test_public_key_and_back_reproduces_the_tpm_public_area(which: str) -> None:
 @pytest.mark.parametrize("curve", ["secp256r1", "secp384r1"])
 def test_ecc_public_round_trip(curve: str) -> None:
     key = ec_key(curve).public_key()
-    pub = st.public_from_key(key)
+    pub = public_from_key(key)
     assert st.parse_tpmt_public(pub.raw) == pub
     converted = pub.public_key()
     assert isinstance(converted, ec.EllipticCurvePublicKey)
@@ -180,7 +180,7 @@ def test_structure_specific_rejections() -> None:
     with pytest.raises(EvidenceError, match="size field"):
         st.parse_tpm2b_public(st.u16(len(pub) + 1) + bytes(pub))
 
-    point = st.public_from_key(ec_key().public_key())
+    point = public_from_key(ec_key().public_key())
     off_curve = st.EccPoint(point.unique.x, bytes(32)) if isinstance(point.unique, st.EccPoint) else None
     assert off_curve is not None
     body = point.raw[: len(point.raw) - len(point.unique.marshal())] + off_curve.marshal()  # type: ignore[union-attr]

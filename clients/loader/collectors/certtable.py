@@ -71,17 +71,6 @@ def parse_cert_table(blob: bytes) -> dict[uuid.UUID, bytes]:
     return certificates
 
 
-def build_cert_table(certificates: dict[uuid.UUID, bytes]) -> bytes:
-    """The table for ``certificates``, laid out as a host would: table, terminator, then the data in order
-    (used by tests and by anyone who needs to hand a loader such a blob)."""
-    table_size = ENTRY_SIZE * (len(certificates) + 1)
-    header, body = b"", b""
-    for guid, data in certificates.items():
-        header += guid.bytes + struct.pack("<II", table_size + len(body), len(data))
-        body += data
-    return header + bytes(ENTRY_SIZE) + body
-
-
 def single_der_value(data: bytes) -> bool:
     """Whether ``data`` is exactly one DER SEQUENCE (a certificate's outer shape), nothing before or after."""
     if len(data) < 2 or data[0] != 0x30:

@@ -31,8 +31,7 @@ from clients.loader.collectors.errors import GpuNotConfidential, GpuReportMismat
 from keyserver.binding import report_data_for
 from keyserver.errors import EvidenceError
 from keyserver.evidence.claims import TEE_NVIDIA_GPU
-from keyserver.evidence.nvidia.composite import MAX_GPUS
-from keyserver.evidence.nvidia.spdm import parse_gpu_report
+from keyserver.evidence.nvidia.spdm import MAX_GPUS, parse_gpu_report
 
 
 @dataclass(frozen=True)

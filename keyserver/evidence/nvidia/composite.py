@@ -35,9 +35,9 @@ from keyserver.evidence.claims import TEE_NVIDIA_GPU, Claims
 
 from .certs import TrustedRoot, nvidia_device_root, trusted_root
 from .revocation import OcspResponses
+from .spdm import MAX_GPUS as MAX_GPUS
 from .verify import verify_gpu_report
 
-MAX_GPUS = 8
 MAX_GPU_FIELD = 96 * 1024  # base64 of a 64 KiB report or chain
 GPU_FIELDS = frozenset({"report", "certificates"})
 MAX_STAPLED_OCSP = 4

@@ -39,6 +39,9 @@ MEASUREMENTS: Final = 0x60
 REQUEST_BYTES: Final = 37
 NONCE_BYTES: Final = 32
 SIGNATURE_BYTES: Final = 96  # ECDSA P-384: r || s, 48 bytes each, big-endian
+# GPU reports one composite evidence carries (composite.py checks it; the loader's collector too, before
+# collecting, without importing the verifier).
+MAX_GPUS: Final = 8
 DMTF_MEASUREMENT_SPEC: Final = 0x01
 MAX_TRAILING_BYTES: Final = 64
 MAX_REPORT_BYTES: Final = 64 * 1024

@@ -622,54 +622,6 @@ def hierarchy_name(handle: int) -> bytes:
     return u32(handle)
 
 
-def public_from_key(
-    key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey,
-    *,
-    object_attributes: int = (
-        ATTR_FIXED_TPM
-        | ATTR_FIXED_PARENT
-        | ATTR_SENSITIVE_DATA_ORIGIN
-        | ATTR_USER_WITH_AUTH
-        | ATTR_RESTRICTED
-        | ATTR_SIGN_ENCRYPT
-    ),
-    name_alg: int = ALG_SHA256,
-    scheme: Scheme | None = None,
-    symmetric: SymDef | None = None,
-    auth_policy: bytes = b"",
-) -> TpmtPublic:
-    """Build the TPMT_PUBLIC a TPM would report for ``key`` under the given template.
-
-    The defaults are the AK template of ``tpm2_createak`` (restricted signing key, RSASSA or ECDSA with
-    SHA-256, NULL symmetric, empty authPolicy). A Name computed from the result equals the TPM's only if
-    the TPM key was created with exactly that template - which is why an AK known only as PEM cannot be
-    trusted to be restricted (see :class:`~keyserver.evidence.tpm.quote.AkPublic`)."""
-    sym = symmetric or SymDef()
-    if isinstance(key, rsa.RSAPublicKey):
-        numbers = key.public_numbers()
-        exponent = 0 if numbers.e == 65537 else numbers.e
-        params: RsaParms | EccParms = RsaParms(
-            sym, scheme or Scheme(ALG_RSASSA, ALG_SHA256), key.key_size, exponent
-        )
-        unique: bytes | EccPoint = numbers.n.to_bytes(key.key_size // 8, "big")
-        obj_type = ALG_RSA
-    else:
-        by_name = {c().name: cid for cid, c in _CRYPTO_CURVES.items()}
-        curve_id = by_name.get(key.curve.name)
-        if curve_id is None:
-            raise EvidenceError(
-                "tpm-unsupported-algorithm", f"curve {key.curve.name} has no TPM curve ID here"
-            )
-        size = CURVES[curve_id][1]
-        en = key.public_numbers()
-        params = EccParms(sym, scheme or Scheme(ALG_ECDSA, ALG_SHA256), curve_id, Scheme())
-        unique = EccPoint(en.x.to_bytes(size, "big"), en.y.to_bytes(size, "big"))
-        obj_type = ALG_ECC
-    body = u16(obj_type) + u16(name_alg) + u32(object_attributes) + tpm2b(auth_policy) + params.marshal()
-    body += unique.marshal() if isinstance(unique, EccPoint) else tpm2b(unique)
-    return parse_tpmt_public(body)
-
-
 # --- TPMS_ATTEST (Part 2 §10.12) ----------------------------------------------------------------------
 
 
