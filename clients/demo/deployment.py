@@ -237,7 +237,13 @@ class Deployment:
     # --- booting a loader ------------------------------------------------------------------------
 
     def boot_loader(
-        self, name: str, config: Mapping[str, Any], *, keyserver_url: str | None = None
+        self,
+        name: str,
+        config: Mapping[str, Any],
+        *,
+        keyserver_url: str | None = None,
+        keyservers: Mapping[str, str] | None = None,
+        weights: Path | None = None,
     ) -> LoaderBoot:
         """Reboot the VM (reset PCRs), measure the loader image, start it; wait for its first word."""
         assert self.tpm is not None
@@ -248,12 +254,18 @@ class Deployment:
         digest = image_digest(loader_files())
         extend_pcr(self.tpm.tcti, PCR, digest)  # the boot chain; the loader measures its configuration
         port = free_port()
+        # k of n (keyservers given): --keyserver NAME=URL for each; else the one keyserver's URL.
+        urls = (
+            [f"{n}={u}" for n, u in keyservers.items()]
+            if keyservers
+            else [keyserver_url or self.keyserver_url]
+        )
         argv = isolated_python_module(
             self.workdir / "pycache",
             "clients.loader",
             "--config", str(config_path),
-            "--keyserver", keyserver_url or self.keyserver_url,
-            "--weights", str(self.weights_path),
+            *(arg for url in urls for arg in ("--keyserver", url)),
+            "--weights", str(weights or self.weights_path),
             "--tcti", self.tpm.tcti,
             "--ak-handle", hex(AK_HANDLE),
             "--port", str(port),

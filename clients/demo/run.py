@@ -145,6 +145,34 @@ async def story(deployed: Deployment, outcomes: Outcomes) -> None:
         {"witnesses_cosigned": split["witnesses_cosigned"], "loader": split["loader"]},
     )
     say("witness.split_view_refused", f"a forked checkpoint signed by the log key: {split['why']}")
+    from clients.demo.threshold_story import threshold_chapter
+
+    quorum = await threshold_chapter(deployed)
+    outcomes.record("threshold.boots_2_of_3", True, quorum["boots_2_of_3"])
+    say(
+        "threshold.boots_2_of_3",
+        f"3 keyservers, 3 operators; the loader combined 2 shares: {quorum['first']}",
+    )
+    outcomes.record("threshold.caller_needs_2_of_3", {"one": "refused", "two": "accepted"}, quorum["caller"])
+    say(
+        "threshold.caller_needs_2_of_3",
+        f"a caller configured 2 of 3 with one, then two results: {quorum['caller']}",
+    )
+    outcomes.record(
+        "threshold.one_veto_still_boots",
+        {"booted": True, "refused_by": ["ks-b"], "refusal_logged": True},
+        quorum["one_veto"],
+    )
+    say(
+        "threshold.one_veto_still_boots",
+        f"operator B revoked the loader's reference value: {quorum['one_veto']}",
+    )
+    outcomes.record(
+        "threshold.two_vetoes_refused",
+        {"booted": False, "reason": "threshold-quorum-refused", "names_refusals": True},
+        quorum["two_vetoes"],
+    )
+    say("threshold.two_vetoes_refused", quorum["two_vetoes_detail"])
     say("done" if outcomes.failures == 0 else f"{outcomes.failures} step(s) did not behave")
 
 

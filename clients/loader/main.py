@@ -19,10 +19,18 @@ from clients.loader.collectors.base import Collector
 from clients.loader.collectors.errors import CollectorError
 from clients.loader.config import ConfigError, LoaderConfig, config_digest
 from clients.loader.keyserver_api import KeyserverError, LoaderKeyserver
+from clients.loader.quorum import (
+    KeyserverTrust,
+    QuorumRefused,
+    QuorumTrust,
+    attestation_results,
+    release_quorum,
+)
 from clients.loader.receipt import ReceiptInvalid
 from clients.loader.release import EphemeralKey, ReleaseRefused, attestation_result, release_key
 from clients.loader.service import LoaderState, TokenCache, create_loader_server
 from clients.weights_decrypt import decrypt_file
+from threshold import ThresholdError, wipe
 
 
 def _say(**document: Any) -> None:
@@ -109,11 +117,58 @@ def refusal(exc: Exception) -> BootRefused:
         return exc
     if isinstance(exc, KeyserverError | ReleaseRefused | ReceiptInvalid | CollectorError):
         return BootRefused(exc.reason, exc.message)
+    if isinstance(exc, QuorumRefused):
+        return BootRefused(exc.reason, exc.message)
+    if isinstance(exc, ThresholdError):
+        return BootRefused(exc.reason, exc.message)
     if isinstance(exc, ConfigError):
         return BootRefused("config-invalid", str(exc))
     # Anything else (an unreadable weights file, a tampered one, an unusable signer key, a bug): the
     # loader still stops, and says what happened rather than printing a traceback.
     return BootRefused(type(exc).__name__, str(exc))
+
+
+def keyserver_clients(args: argparse.Namespace, config: LoaderConfig) -> dict[str, LoaderKeyserver]:
+    """The run-time URLs of the configured keyservers: one plain URL for one keyserver, or
+    ``NAME=URL`` for each of the k-of-n configuration's (the URLs decide nothing the receipts prove)."""
+    given: list[str] = args.keyserver
+    if isinstance(config.source, KeyserverTrust):
+        if len(given) != 1 or "=" in given[0]:
+            raise BootRefused("config-invalid", "one keyserver: give one --keyserver URL")
+        trust = config.source
+        return {trust.name: LoaderKeyserver(given[0], tenant=trust.tenant, timeout=args.timeout)}
+    urls = dict(item.split("=", 1) for item in given if "=" in item)
+    names = [trust.name for trust in config.source.keyservers]
+    if len(urls) != len(given) or sorted(urls) != sorted(names):
+        raise BootRefused(
+            "config-invalid", f"k of n keyservers: give --keyserver NAME=URL for each of {', '.join(names)}"
+        )
+    return {
+        trust.name: LoaderKeyserver(urls[trust.name], tenant=trust.tenant, timeout=args.timeout)
+        for trust in config.source.keyservers
+    }
+
+
+def _boot_quorum(
+    args: argparse.Namespace,
+    config: LoaderConfig,
+    quorum: QuorumTrust,
+    clients: dict[str, LoaderKeyserver],
+    collector: Collector,
+    key: EphemeralKey,
+) -> tuple[LoaderState, dict[str, Any]]:
+    """The key from k of the n keyservers, the weights decrypted with it; and the boot report."""
+    outcome = release_quorum(quorum, clients, collector, key, deadline_s=args.timeout * 3)
+    try:
+        archive = decrypt_file(Path(args.weights), bytes(outcome.key), expected_key_id=quorum.key_id)
+    finally:
+        wipe(outcome.key)
+    try:
+        accelerator = Accelerator.from_archive(bytes(archive), config.program_signers)
+    finally:
+        archive[:] = bytes(len(archive))
+    tokens = TokenCache(fetch=lambda: attestation_results(quorum.keyservers, clients, collector, key))
+    return LoaderState(tenant=None, key=key, accelerator=accelerator, tokens=tokens), outcome.report
 
 
 def boot(args: argparse.Namespace) -> int:
@@ -123,16 +178,26 @@ def boot(args: argparse.Namespace) -> int:
         measure_config(args, config)
         key = EphemeralKey()
         collector = collector_for(args, config)
-        client = LoaderKeyserver(args.keyserver, tenant=config.tenant, timeout=args.timeout)
-        accelerator = release_and_load(args, client, collector, key, config)
-        tokens = TokenCache(fetch=lambda: attestation_result(client, collector, key))
-        state = LoaderState(tenant=config.tenant, key=key, accelerator=accelerator, tokens=tokens)
+        clients = keyserver_clients(args, config)
+        report: dict[str, Any] = {}
+        if isinstance(config.source, QuorumTrust):
+            state, report = _boot_quorum(args, config, config.source, clients, collector, key)
+        else:
+            client = clients[config.source.name]
+            accelerator = release_and_load(args, client, collector, key, config)
+            tokens = TokenCache(fetch=lambda: attestation_result(client, collector, key))
+            state = LoaderState(tenant=config.tenant, key=key, accelerator=accelerator, tokens=tokens)
         server = create_loader_server(state, args.host, args.port)
     except Exception as exc:
         refused = refusal(exc)
-        _say(ready=False, reason=refused.reason, detail=refused.detail)
+        if isinstance(exc, QuorumRefused):
+            _say(ready=False, reason=refused.reason, detail=refused.detail, boot_report=exc.report)
+        else:
+            _say(ready=False, reason=refused.reason, detail=refused.detail)
         return 1
-    _say(ready=True, port=server.server_address[1], thumbprint=key.thumbprint_b64url)
+    # k of n: which keyservers released their share and which refused, with their reasons.
+    extra = {"boot_report": report} if report else {}
+    _say(ready=True, port=server.server_address[1], thumbprint=key.thumbprint_b64url, **extra)
     with server:
         server.serve_forever()
     return 0
@@ -141,7 +206,12 @@ def boot(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m clients.loader", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="the measured loader configuration (JSON)")
-    p.add_argument("--keyserver", required=True, help="the keyserver's base URL")
+    p.add_argument(
+        "--keyserver",
+        required=True,
+        action="append",
+        help="the keyserver's base URL; k of n: NAME=URL, once per configured keyserver",
+    )
     p.add_argument("--weights", required=True, help="the encrypted weights file")
     p.add_argument("--tee", choices=("tpm", "sev-snp", "tdx", "azure-snp-vtpm", "aws-nitro"), default="tpm")
     p.add_argument("--tcti", default="device:/dev/tpmrm0", help="TPM: the tpm2-tss TCTI")

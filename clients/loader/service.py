@@ -50,13 +50,13 @@ class TokenCache:
     """The current attestation-result token, renewed by ``fetch`` when older than the refresh age. One
     fetch at a time: concurrent callers wait for it rather than each asking the keyserver."""
 
-    fetch: Callable[[], str]
+    fetch: Callable[[], str | list[str]]  # one keyserver's token, or every attesting one's (k of n)
     refresh_after: float = TOKEN_REFRESH_SECONDS
-    _token: str | None = None
+    _token: str | list[str] | None = None
     _at: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def get(self) -> str:
+    def get(self) -> str | list[str]:
         with self._lock:
             if self._token is None or time.monotonic() - self._at > self.refresh_after:
                 self._token = self.fetch()
@@ -66,7 +66,7 @@ class TokenCache:
 
 @dataclass
 class LoaderState:
-    tenant: str
+    tenant: str | None  # None: k of n keyservers, each with its own tenant
     key: EphemeralKey
     accelerator: Accelerator
     tokens: TokenCache
@@ -101,6 +101,8 @@ def answer(loader: LoaderState, method: str, path: str, body: bytes) -> tuple[in
         except (KeyserverError, CollectorError) as exc:
             # No fresh attestation, no key to offer: callers must not seal to an unattested loader.
             return 503, {"error": f"the keyserver did not attest this loader now: {exc}"}
+        if isinstance(token, list):  # k of n: the caller checks that enough of them verify
+            return 200, {"public_key": loader.key.public_jwk, "tokens": token}
         return 200, {"tenant": loader.tenant, "public_key": loader.key.public_jwk, "token": token}
     if (method, path) == ("POST", "/v1/run"):
         try:

@@ -275,6 +275,10 @@ def test_the_demo_command_runs_from_nothing(tmp_path: Path) -> None:
         "gpu.wrong_firmware_denied",
         "witness.cosigned_release",
         "witness.split_view_refused",
+        "threshold.boots_2_of_3",
+        "threshold.one_veto_still_boots",
+        "threshold.two_vetoes_refused",
+        "threshold.caller_needs_2_of_3",
     ):
         assert outcomes[name]["ok"] is True, (name, outcomes[name])
         assert set(outcomes[name]) == {"expected", "observed", "ok"}
@@ -296,3 +300,8 @@ def test_the_demo_command_runs_from_nothing(tmp_path: Path) -> None:
         "loader": "refused",
     }
     assert "receipt-cosignatures-insufficient" in out
+    # The k-of-n chapter (docs/threshold.md): three operators' keyservers, 2 of 3.
+    assert outcomes["threshold.one_veto_still_boots"]["observed"]["refused_by"] == ["ks-b"]
+    assert "Refused: ks-b (reference-values-revoked), ks-c (reference-values-revoked)" in out, (
+        "the failed boot names both refusals and their reasons"
+    )

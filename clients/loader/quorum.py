@@ -1,0 +1,246 @@
+"""k-of-n release at the loader: one share from each of n independent keyservers, any k make the key.
+
+The loader's measured configuration names the n keyservers (tenant, key, pinned log key, witnesses) and
+the owner's commitment to the key (docs/threshold.md). At boot the loader, with one ephemeral key,
+asks every keyserver at once — each with its own fresh challenge and evidence bound to it — and checks
+every answer exactly as a single release (:func:`clients.loader.release.release_key`: the JWE opens,
+names the configured key, and its receipt proves the keyserver logged it, cosigned as configured).
+As soon as k shares are in it combines them and checks the result against the commitment, so a
+keyserver cannot make the loader decrypt with a wrong key; shares are wiped as soon as they are
+combined or no longer needed. Fewer than k grants is :class:`QuorumRefused`, naming every keyserver
+that refused and why.
+
+Evidence is collected one request at a time (a TPM without a resource manager serves one session at a
+time); the HTTP round trips run in parallel, each bounded by the loader's request timeout.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from clients.loader.collectors.base import Collector
+from clients.loader.collectors.errors import CollectorError
+from clients.loader.keyserver_api import KeyserverError, LoaderKeyserver
+from clients.loader.receipt import ReceiptInvalid
+from clients.loader.release import EphemeralKey, LogTrust, ReleaseRefused, attestation_result, release_key
+from threshold import KeyCommitment, ThresholdError, combine, wipe
+
+__all__ = [
+    "DEFAULT_DEADLINE_S",
+    "KeyserverTrust",
+    "QuorumOutcome",
+    "QuorumRefused",
+    "QuorumTrust",
+    "SerialCollector",
+    "attestation_results",
+    "release_quorum",
+]
+
+# Past this, a keyserver that has not answered counts as refusing (each request has its own timeout too).
+DEFAULT_DEADLINE_S = 60.0
+
+
+@dataclass(frozen=True)
+class KeyserverTrust:
+    """One keyserver the loader accepts a key (or a share) from: part of its measured configuration."""
+
+    name: str  # the configuration's label, matched to a run-time URL (``--keyserver NAME=URL``)
+    tenant: str
+    key: str
+    log: LogTrust
+
+
+@dataclass(frozen=True)
+class QuorumTrust:
+    """k of the n ``keyservers`` must release their share; the shares must combine to ``commitment``."""
+
+    k: int
+    keyservers: tuple[KeyserverTrust, ...]
+    commitment: KeyCommitment
+
+    @property
+    def key_id(self) -> str:
+        """The weights file's key id: the committed key's name and version."""
+        return f"{self.commitment.identity.name}/{self.commitment.identity.version}"
+
+
+class QuorumRefused(Exception):
+    """Fewer than k keyservers released a share that combines to the committed key."""
+
+    reason = "threshold-quorum-refused"
+
+    def __init__(self, message: str, report: Mapping[str, Mapping[str, Any]]) -> None:
+        super().__init__(message)
+        self.message, self.report = message, dict(report)
+
+
+class SerialCollector:
+    """``collector``, one ``collect`` at a time (evidence for n keyservers, from one TPM or one TSM)."""
+
+    def __init__(self, collector: Collector) -> None:
+        self.tee = collector.tee
+        self._collector, self._lock = collector, threading.Lock()
+
+    def collect(self, binding: bytes) -> dict[str, Any]:
+        with self._lock:
+            return self._collector.collect(binding)
+
+
+@dataclass
+class QuorumOutcome:
+    """The combined key (the caller wipes it) and the boot report: keyserver name → what it did."""
+
+    key: bytearray
+    report: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _refusal(exc: Exception) -> dict[str, Any]:
+    if isinstance(exc, KeyserverError | ReleaseRefused | ReceiptInvalid | CollectorError):
+        return {"released": False, "reason": exc.reason, "detail": exc.message[:300]}
+    return {"released": False, "reason": type(exc).__name__, "detail": str(exc)[:300]}
+
+
+def _share_of(
+    trust: KeyserverTrust, client: LoaderKeyserver, collector: Collector, key: EphemeralKey
+) -> bytearray:
+    released = release_key(client, collector, key, tenant=trust.tenant, key_name=trust.key, log=trust.log)
+    # The released bytes object cannot be wiped; the share lives on in a bytearray that can.
+    return bytearray(released.material)
+
+
+def release_quorum(
+    quorum: QuorumTrust,
+    clients: Mapping[str, LoaderKeyserver],
+    collector: Collector,
+    key: EphemeralKey,
+    *,
+    deadline_s: float = DEFAULT_DEADLINE_S,
+    share_of: Callable[[KeyserverTrust, LoaderKeyserver, Collector, EphemeralKey], bytearray] = _share_of,
+) -> QuorumOutcome:
+    """Ask every keyserver for its share at once; the key from k shares that match the commitment."""
+    serial = SerialCollector(collector)
+    report: dict[str, dict[str, Any]] = {}
+    shares: dict[str, bytearray] = {}
+    combined: bytearray | None = None
+    pool = ThreadPoolExecutor(max_workers=len(quorum.keyservers), thread_name_prefix="quorum")
+    try:
+        futures: dict[Future[bytearray], KeyserverTrust] = {
+            pool.submit(share_of, trust, clients[trust.name], serial, key): trust
+            for trust in quorum.keyservers
+        }
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=deadline_s, return_when=FIRST_COMPLETED)
+            if not done:
+                break
+            for future in done:
+                trust = futures[future]
+                try:
+                    share = future.result()
+                except Exception as exc:
+                    report[trust.name] = _refusal(exc)
+                    continue
+                if combined is not None:
+                    wipe(share)  # enough already: a late share is not kept a moment longer
+                    report[trust.name] = {"released": True, "used": False}
+                    continue
+                shares[trust.name] = share
+                report[trust.name] = {"released": True}
+            if combined is None and len(shares) >= quorum.k:
+                combined = _combine(quorum, shares, report)
+                if combined is not None:
+                    for share in shares.values():
+                        wipe(share)
+                    shares.clear()
+        for future in pending:
+            report[futures[future].name] = {
+                "released": False,
+                "reason": "keyserver-timeout",
+                "detail": f"no answer within {deadline_s:g} s",
+            }
+            future.cancel()
+    finally:
+        for share in shares.values():
+            wipe(share)
+        pool.shutdown(wait=False, cancel_futures=True)
+    if combined is None:
+        refused = ", ".join(
+            f"{name} ({entry.get('reason', 'share not used')})"
+            for name, entry in sorted(report.items())
+            if not entry.get("released") or entry.get("used") is False
+        )
+        granted = sum(1 for entry in report.values() if entry.get("released"))
+        raise QuorumRefused(
+            f"{granted} of {len(quorum.keyservers)} keyservers released a share; {quorum.k} must agree."
+            f" Refused: {refused or 'none'}",
+            report,
+        )
+    return QuorumOutcome(combined, report)
+
+
+def _combine(
+    quorum: QuorumTrust, shares: dict[str, bytearray], report: dict[str, dict[str, Any]]
+) -> bytearray | None:
+    """The committed key from some k of ``shares``, marking the shares that do not fit it; None if no k fit.
+
+    A share altered by its keyserver (or on the way) makes its subsets miss the commitment; any k honest
+    shares still make the key, and each share outside them is checked against it.
+    """
+    identity = quorum.commitment.identity
+    for names in itertools.combinations(sorted(shares), quorum.k):
+        try:
+            key = combine([shares[name] for name in names], quorum.commitment, identity)
+        except ThresholdError:
+            continue
+        for other in set(shares) - set(names):
+            try:
+                wipe(combine([*(shares[n] for n in names), shares[other]], quorum.commitment, identity))
+                report[other]["used"] = False
+            except ThresholdError as exc:
+                report[other] = {"released": True, "used": False, "reason": exc.reason, "detail": exc.message}
+        for name in names:
+            report[name]["used"] = True
+        return key
+    for name in shares:
+        # No k of them fit: say which could not be used (a single bad share cannot be told apart at k = n).
+        share_check = _check_alone(quorum, shares[name])
+        report[name] = {"released": True, "used": False, **share_check}
+    return None
+
+
+def _check_alone(quorum: QuorumTrust, share: bytearray) -> dict[str, Any]:
+    try:
+        combine([share], quorum.commitment, quorum.commitment.identity)
+    except ThresholdError as exc:
+        if exc.reason != "threshold-not-enough-shares":
+            return {"reason": exc.reason, "detail": exc.message}
+    return {
+        "reason": "threshold-commitment-mismatch",
+        "detail": "no k released shares combine to the committed key",
+    }
+
+
+def attestation_results(
+    keyservers: Sequence[KeyserverTrust],
+    clients: Mapping[str, LoaderKeyserver],
+    collector: Collector,
+    key: EphemeralKey,
+) -> list[str]:
+    """An attestation result for ``key`` from every keyserver that gives one (a caller needs k of them)."""
+    serial = SerialCollector(collector)
+    with ThreadPoolExecutor(max_workers=len(keyservers), thread_name_prefix="attest") as pool:
+        futures = [pool.submit(attestation_result, clients[t.name], serial, key) for t in keyservers]
+        tokens = []
+        for future in futures:
+            try:
+                tokens.append(future.result())
+            except (KeyserverError, CollectorError):
+                continue
+    if not tokens:
+        raise KeyserverError("keyserver-unreachable", "no keyserver attested this loader now")
+    return tokens
