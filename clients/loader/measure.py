@@ -37,7 +37,7 @@ IMAGE_DOMAIN = b"keyserver-loader-image-v1\x00"
 # the VM's root file system, which a real deployment measures as a whole (dm-verity); here they are the
 # venv's. tests/clients/test_loader_image.py checks that a running loader imports nothing else.
 LOADER_ENTRY = "clients.loader.__main__"
-PROJECT_PACKAGES = ("clients", "audit", "keyserver", "policy")
+PROJECT_PACKAGES = ("clients", "audit", "keyserver", "policy", "threshold")
 
 
 def repository_root() -> Path:

@@ -28,7 +28,7 @@ from clients.loader.collectors.errors import CollectorError
 from clients.loader.keyserver_api import KeyserverError, LoaderKeyserver
 from clients.loader.receipt import ReceiptInvalid
 from clients.loader.release import EphemeralKey, LogTrust, ReleaseRefused, attestation_result, release_key
-from threshold import KeyCommitment, ThresholdError, combine, wipe
+from threshold import KeyCommitment, NotEnoughShares, ThresholdError, combine, wipe
 
 __all__ = [
     "DEFAULT_DEADLINE_S",
@@ -149,6 +149,11 @@ def release_quorum(
                     wipe(share)  # enough already: a late share is not kept a moment longer
                     report[trust.name] = {"released": True, "used": False}
                     continue
+                problem = _unusable(quorum, share, shares)
+                if problem is not None:
+                    wipe(share)
+                    report[trust.name] = {"released": True, "used": False, **problem}
+                    continue
                 shares[trust.name] = share
                 report[trust.name] = {"released": True}
             if combined is None and len(shares) >= quorum.k:
@@ -183,6 +188,24 @@ def release_quorum(
     return QuorumOutcome(combined, report)
 
 
+def _unusable(quorum: QuorumTrust, share: bytearray, kept: Mapping[str, bytearray]) -> dict[str, str] | None:
+    """Why ``share`` cannot count (malformed, of another key, version or split, or an index another
+    keyserver's share already has: one share must not count twice), or None."""
+    try:
+        combine([share], quorum.commitment, quorum.commitment.identity)
+    except NotEnoughShares:
+        pass  # form, identity and length are right: all that one share can show
+    except ThresholdError as exc:
+        return {"reason": exc.reason, "detail": exc.message}
+    for name, other in kept.items():
+        if other[3] == share[3]:  # byte 3 is the share's index (threshold/shares.py)
+            return {
+                "reason": "threshold-duplicate-share",
+                "detail": f"share index {share[3]} was already released by {name}",
+            }
+    return None
+
+
 def _combine(
     quorum: QuorumTrust, shares: dict[str, bytearray], report: dict[str, dict[str, Any]]
 ) -> bytearray | None:
@@ -207,22 +230,15 @@ def _combine(
             report[name]["used"] = True
         return key
     for name in shares:
-        # No k of them fit: say which could not be used (a single bad share cannot be told apart at k = n).
-        share_check = _check_alone(quorum, shares[name])
-        report[name] = {"released": True, "used": False, **share_check}
+        # Each share looked right on its own, yet no k of them fit: at least one was altered (with k of
+        # them only, which one cannot be told).
+        report[name] = {
+            "released": True,
+            "used": False,
+            "reason": "threshold-commitment-mismatch",
+            "detail": "no k of the released shares combine to the key the owner committed to",
+        }
     return None
-
-
-def _check_alone(quorum: QuorumTrust, share: bytearray) -> dict[str, Any]:
-    try:
-        combine([share], quorum.commitment, quorum.commitment.identity)
-    except ThresholdError as exc:
-        if exc.reason != "threshold-not-enough-shares":
-            return {"reason": exc.reason, "detail": exc.message}
-    return {
-        "reason": "threshold-commitment-mismatch",
-        "detail": "no k released shares combine to the committed key",
-    }
 
 
 def attestation_results(

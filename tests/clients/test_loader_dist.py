@@ -19,9 +19,10 @@ sys.path.insert(0, sys.argv[1])
 for name in ("main", "collectors.tpm", "collectors.tsm", "collectors.azure", "collectors.nitro",
              "collectors.nvidia_gpu"):
     importlib.import_module("clients.loader." + name)
+PROJECT = ("clients", "audit", "keyserver", "policy", "threshold")
 print(json.dumps(sorted(
     m.__file__ for n, m in sys.modules.items()
-    if n.split(".")[0] in ("clients", "audit", "keyserver", "policy") and getattr(m, "__file__", None)
+    if n.split(".")[0] in PROJECT and getattr(m, "__file__", None)
 )))
 """
 

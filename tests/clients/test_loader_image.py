@@ -23,7 +23,7 @@ from clients.loader.measure import image_digest, import_closure, loader_files, r
 THIRD_PARTY_ALLOWED = frozenset(
     {"cbor2", "cryptography", "numpy", "tpm2_pytss", "joserfc", "_cffi_backend", "_openssl"}
 )
-PROJECT = ("clients", "audit", "keyserver", "policy", "migrations")
+PROJECT = ("clients", "audit", "keyserver", "policy", "migrations", "threshold")
 
 PROBE = """
 import importlib, json, sys
