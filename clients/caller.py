@@ -286,9 +286,14 @@ async def complete(
     loader: AttestedLoader,
     program: Mapping[str, Any],
     inputs: Mapping[str, Any],
+    *,
+    classifier: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run a signed ``program`` on ``inputs`` in the attested loader; its outputs, opened here only."""
-    request = {"program": dict(program), "inputs": dict(inputs)}
+    """Run a signed ``program`` on ``inputs`` in the attested loader; its outputs, opened here only.
+    ``classifier``: a safety classifier's signature for this request, when the loader requires one."""
+    request: dict[str, Any] = {"program": dict(program), "inputs": dict(inputs)}
+    if classifier is not None:
+        request["classifier"] = dict(classifier)
     message, context = seal_request(loader.public_jwk, request, attested_jkt=loader.attested_jkt)
     answer = await inference.post("/v1/completions", json={"message": message_to_text(message)})
     if answer.status_code != 200:

@@ -149,7 +149,16 @@ _ENUM: dict[str, frozenset[str]] = {
     "gpu.arch": frozenset({"hopper", "blackwell"}),
     "gpu.revocation": frozenset({"good", "not-checked"}),
 }
-_LIST = frozenset({"tdx.advisory_ids", "tpm.efi_apps", "tpm.eventlog.digest_mismatches", "gpu.measurements"})
+_LIST = frozenset(
+    {
+        "tdx.advisory_ids",
+        "tpm.efi_apps",
+        "tpm.eventlog.digest_mismatches",
+        "gpu.measurements",
+        "loader.program_signers",
+        "loader.classifier_keys",
+    }
+)
 CLAIM_NAME = re.compile(r"^(snp|tdx|tpm|gpu|azure|nitro)\.[a-z0-9_]+(\.[a-z0-9_]+)*$")
 
 

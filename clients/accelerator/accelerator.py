@@ -3,12 +3,14 @@ verifies a signed program and then runs it."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from clients.accelerator.errors import PROGRAM_WRONG_MODEL, ProgramRejected
 from clients.accelerator.program import NAME_RE, parse_signed_program, verify_program
 from clients.accelerator.signatures import SignerPublicKey, algorithm_of
 from clients.accelerator.vm import Interpreter, Output
@@ -22,7 +24,12 @@ class Accelerator:
     way to compute over the weights, and every refusal it makes is a ``ProgramRejected``."""
 
     def __init__(
-        self, weights: Mapping[str, npt.NDArray[Any]], trusted_signers: Mapping[str, SignerPublicKey]
+        self,
+        weights: Mapping[str, npt.NDArray[Any]],
+        trusted_signers: Mapping[str, SignerPublicKey],
+        *,
+        model_sha256: bytes | None = None,
+        model_bound_programs: bool = False,
     ) -> None:
         if not trusted_signers:
             raise ValueError(
@@ -43,11 +50,29 @@ class Accelerator:
             owned.setflags(write=False)
             self._weights[name] = owned
         self._instructions_executed = 0
+        # The tensor archive's SHA-256: a program naming another model is refused (and, with
+        # model_bound_programs, a program naming none).
+        self.model_sha256 = model_sha256
+        self._model_bound = model_bound_programs
+        if model_bound_programs and model_sha256 is None:
+            raise ValueError("model-bound programs need the model's digest")
 
     @classmethod
-    def from_archive(cls, archive: bytes, trusted_signers: Mapping[str, SignerPublicKey]) -> Accelerator:
+    def from_archive(
+        cls,
+        archive: bytes,
+        trusted_signers: Mapping[str, SignerPublicKey],
+        *,
+        model_bound_programs: bool = False,
+    ) -> Accelerator:
         """From the decrypted tensor archive (``TensorArchiveError`` if it is malformed)."""
-        return cls(decode_tensors(archive), trusted_signers)
+        digest = hashlib.sha256(archive).digest()
+        return cls(
+            decode_tensors(archive),
+            trusted_signers,
+            model_sha256=digest,
+            model_bound_programs=model_bound_programs,
+        )
 
     @property
     def instructions_executed(self) -> int:
@@ -61,6 +86,12 @@ class Accelerator:
             parse_signed_program(signed_program) if isinstance(signed_program, bytes) else signed_program
         )
         program = verify_program(envelope, self._signers)
+        if program.model is None and self._model_bound:
+            raise ProgramRejected(PROGRAM_WRONG_MODEL, "this loader runs only programs that name its model")
+        if program.model is not None and (
+            self.model_sha256 is None or program.model != self.model_sha256.hex()
+        ):
+            raise ProgramRejected(PROGRAM_WRONG_MODEL, "the program was signed for another model")
         interpreter = Interpreter(program, self._weights, inputs)
         try:
             return interpreter.run()

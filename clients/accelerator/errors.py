@@ -23,6 +23,8 @@ PROGRAM_WEIGHTS_MISMATCH: Final = "program-weights-mismatch"
 PROGRAM_INPUT_INVALID: Final = "program-input-invalid"
 # A validly signed program failed while running: a shape mismatch, an id out of range, non-finite logits.
 PROGRAM_RUNTIME_ERROR: Final = "program-runtime-error"
+# The program names the model it may run on (its "model": SHA-256 of the tensor archive), and this is another.
+PROGRAM_WRONG_MODEL: Final = "program-wrong-model"
 
 REASONS: Final = frozenset(
     {

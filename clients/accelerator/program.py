@@ -145,6 +145,7 @@ class Program:
     outputs: Mapping[str, str]
     digest: str  # SHA-256 (hex) of the program's canonical bytes: what the signer signed
     worst_case_steps: int
+    model: str | None = None  # optional member "model": the SHA-256 (hex) of the only model it may run on
 
 
 # --- signing and verifying ---------------------------------------------------------------------------
@@ -269,7 +270,10 @@ def parse_program(document: Any) -> Program:
     if not isinstance(document, dict):
         raise _malformed("the program is a JSON object")
     message = _program_bytes(document)
-    _expect_members(document, PROGRAM_MEMBERS, "the program")
+    _expect_members(document, PROGRAM_MEMBERS | ({"model"} & set(document)), "the program")
+    model = document.get("model")
+    if model is not None and (not isinstance(model, str) or not re.fullmatch(r"[0-9a-f]{64}", model)):
+        raise _malformed('the program\'s "model" is the SHA-256 of a tensor archive, in lowercase hex')
     if document["type"] != PROGRAM_TYPE:
         raise _malformed(f'the program\'s "type" must be {PROGRAM_TYPE!r}')
     if document["version"] != PROGRAM_VERSION or isinstance(document["version"], bool):
@@ -292,7 +296,7 @@ def parse_program(document: Any) -> Program:
             f"the program may execute {steps} instructions (loops at their max); "
             f"the limit is {limits.MAX_STEPS}",
         )
-    return Program(name, weights, inputs, body, outputs, hashlib.sha256(message).hexdigest(), steps)
+    return Program(name, weights, inputs, body, outputs, hashlib.sha256(message).hexdigest(), steps, model)
 
 
 def _parse_weights(value: Any) -> dict[str, WeightSpec]:

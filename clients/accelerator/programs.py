@@ -25,7 +25,11 @@ MAX_TEMPERATURE_MILLI = 5000
 
 
 def generation_program(
-    weights: Mapping[str, npt.NDArray[Any]], *, max_new_tokens: int = 256, max_prompt_chars: int = 512
+    weights: Mapping[str, npt.NDArray[Any]],
+    *,
+    max_new_tokens: int = 256,
+    max_prompt_chars: int = 512,
+    model_sha256: str | None = None,
 ) -> dict[str, Any]:
     """The program that runs ``clients.model.generate`` for these weights' shapes: inputs ``prompt``,
     ``max_new_tokens``, ``temperature_milli`` (temperature x 1000; 0 = greedy) and ``seed``; output
@@ -66,7 +70,9 @@ def generation_program(
         {"op": "append", "ids": "tokens", "value": "next", "out": "tokens"},
         {"op": "append", "ids": "generated", "value": "next", "out": "generated"},
     ]
+    bound = {} if model_sha256 is None else {"model": model_sha256}  # runs on that model only
     return {
+        **bound,
         "type": "accelerator-program",
         "version": 1,
         "name": GENERATION_PROGRAM_NAME,

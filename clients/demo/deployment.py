@@ -244,6 +244,8 @@ class Deployment:
         keyserver_url: str | None = None,
         keyservers: Mapping[str, str] | None = None,
         weights: Path | None = None,
+        boot_events: bool = False,
+        lie_about_boot: bool = False,
     ) -> LoaderBoot:
         """Reboot the VM (reset PCRs), measure the loader image, start it; wait for its first word."""
         assert self.tpm is not None
@@ -260,6 +262,14 @@ class Deployment:
             if keyservers
             else [keyserver_url or self.keyserver_url]
         )
+        # The boot chain's event log for the PCR (what it extended before the loader): with it the loader
+        # sends its configuration with the evidence, for loader.* claims. A lie there does not replay.
+        events: list[str] = []
+        if boot_events:
+            told = bytes(32) if lie_about_boot else digest
+            events_path = self.workdir / f"{name}.events.json"
+            events_path.write_text(json.dumps([told.hex()]))
+            events = ["--boot-events", str(events_path)]
         argv = isolated_python_module(
             self.workdir / "pycache",
             "clients.loader",
@@ -269,6 +279,7 @@ class Deployment:
             "--tcti", self.tpm.tcti,
             "--ak-handle", hex(AK_HANDLE),
             "--port", str(port),
+            *events,
         )  # fmt: skip
         process = self.start(Process(name, argv, self.workdir / f"{name}.log", self.env()))
         boot = LoaderBoot(name, config_path, digest, process, port)

@@ -173,6 +173,58 @@ async def story(deployed: Deployment, outcomes: Outcomes) -> None:
         quorum["two_vetoes"],
     )
     say("threshold.two_vetoes_refused", quorum["two_vetoes_detail"])
+    from clients.demo.safeguards_story import safeguards_chapter
+
+    guarded = await safeguards_chapter(deployed)
+    outcomes.record(
+        "safeguards.policy_denies_unsafe_loader",
+        {
+            "safe": "granted",
+            "no-classifier": "rule-false: requires-the-safety-classifier",
+            "bigger-budget": "rule-false: egress-at-most-300-tokens-an-hour",
+        },
+        guarded["policy"],
+    )
+    say("safeguards.policy_denies_unsafe_loader", f"{guarded['policy']}: {guarded['policy_detail']}")
+    outcomes.record(
+        "safeguards.config_replay_mismatch_refused", "loader-config-mismatch", guarded["replay_mismatch"]
+    )
+    say(
+        "safeguards.config_replay_mismatch_refused", "a boot event log that does not replay to the quoted PCR"
+    )
+    outcomes.record("safeguards.allowed_prompt_answered", "answered", guarded.get("allowed"))
+    say(
+        "safeguards.allowed_prompt_answered",
+        "the classifier signed it; the loader checked the signature and ran it",
+    )
+    outcomes.record(
+        "safeguards.flagged_prompt_refused",
+        {"classifier": "flagged", "loader": "classifier-signature-missing"},
+        guarded.get("flagged"),
+    )
+    say("safeguards.flagged_prompt_refused", f"{guarded.get('flagged')}")
+    outcomes.record(
+        "safeguards.forged_signature_refused",
+        {
+            "forged": "classifier-signature-invalid",
+            "replayed": "classifier-signature-replayed",
+            "expired": "classifier-signature-expired",
+        },
+        guarded.get("forged"),
+    )
+    say("safeguards.forged_signature_refused", f"{guarded.get('forged')}")
+    egress = guarded.get("egress", {})
+    over_budget = "egress-budget-exceeded" in egress.get("outcomes", [])
+    counted = egress.get("counters", {}).get("refusals", {}).get("egress-budget-exceeded", 0) >= 1
+    outcomes.record(
+        "safeguards.egress_budget_refused",
+        {"refused": True, "counted": True},
+        {"refused": over_budget, "counted": counted},
+    )
+    say(
+        "safeguards.egress_budget_refused",
+        f"{egress.get('outcomes')}; counters {egress.get('counters', {}).get('egress')}",
+    )
     say("done" if outcomes.failures == 0 else f"{outcomes.failures} step(s) did not behave")
 
 

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from audit.entry import canonical_bytes
 from clients.loader.quorum import KeyserverTrust, QuorumTrust
 from clients.loader.release import LogTrust
+from clients.loader.safeguards import SafeguardConfig, SafeguardConfigError, parse_safeguards
 from clients.loader.witnesses import WitnessTrustError, parse_witness_trust
 from keyserver.strict_json import loads_object
 from threshold import KeyCommitment, ThresholdError
@@ -53,6 +54,8 @@ class LoaderConfig:
     program_signers: Mapping[str, ProgramSignerKey]
     pcr_selection: str
     canonical: bytes  # what is measured
+    # What every request must pass (clients/loader/safeguards.py); None: no classifier, no budget.
+    safeguards: SafeguardConfig | None = None
 
     @property
     def single(self) -> KeyserverTrust:
@@ -75,7 +78,7 @@ class LoaderConfig:
     @classmethod
     def from_document(cls, document: Mapping[str, Any]) -> LoaderConfig:
         mode = _THRESHOLD_MEMBER if "threshold" in document else _SINGLE
-        allowed = _COMMON | mode | (set() if "threshold" in document else {"witnesses"})
+        allowed = _COMMON | mode | {"safeguards"} | (set() if "threshold" in document else {"witnesses"})
         unknown, missing = set(document) - allowed, (_COMMON | mode) - set(document)
         if unknown or missing:
             raise ConfigError(
@@ -106,11 +109,16 @@ class LoaderConfig:
             if "threshold" in document
             else _keyserver(dict(document), "keyserver", "loader configuration")
         )
+        try:
+            safeguards = parse_safeguards(document["safeguards"]) if "safeguards" in document else None
+        except SafeguardConfigError as exc:
+            raise ConfigError(f"loader configuration: {exc}") from None
         return cls(
             source=source,
             program_signers=keys,
             pcr_selection=document["pcr_selection"],
             canonical=canonical_bytes(dict(document)),
+            safeguards=safeguards,
         )
 
     @classmethod
@@ -195,9 +203,12 @@ def config_document(
     program_signers: Mapping[str, str],
     pcr_selection: str = "sha256:10",
     witnesses: Mapping[str, Any] | None = None,
+    safeguards: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A configuration document (what a build pipeline writes into the loader image)."""
     extra = {} if witnesses is None else {"witnesses": dict(witnesses)}
+    if safeguards is not None:
+        extra["safeguards"] = dict(safeguards)
     return {
         **extra,
         "v": CONFIG_VERSION,

@@ -9,6 +9,7 @@ it never serves without a key it could prove was logged.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ from clients.loader.quorum import (
 )
 from clients.loader.receipt import ReceiptInvalid
 from clients.loader.release import EphemeralKey, ReleaseRefused, attestation_result, release_key
+from clients.loader.safeguards import Safeguards
 from clients.loader.service import LoaderState, TokenCache, create_loader_server
 from clients.weights_decrypt import decrypt_file
 from threshold import ThresholdError, wipe
@@ -88,12 +90,9 @@ def measure_config(args: argparse.Namespace, config: LoaderConfig) -> None:
     their configuration must be part of the launch measurement (docs/clients.md, "Limits")."""
     if args.tee != "tpm":
         return
-    from clients.loader.collectors.tpm import PcrSelection, extend_pcr
+    from clients.loader.collectors.tpm import extend_pcr
 
-    sha256 = [indices for bank, indices in PcrSelection.parse(config.pcr_selection).banks if bank == "sha256"]
-    if not sha256:
-        raise BootRefused("config-invalid", "the PCR selection must quote the sha256 bank")
-    extend_pcr(args.tcti, sha256[0][0], config_digest(config.canonical))
+    extend_pcr(args.tcti, _config_pcr(config), config_digest(config.canonical))
 
 
 def release_and_load(
@@ -105,10 +104,58 @@ def release_and_load(
 ) -> Accelerator:
     released = release_key(client, collector, key, tenant=config.tenant, key_name=config.key, log=config.log)
     archive = decrypt_file(Path(args.weights), released.material, expected_key_id=released.kid)
+    return load_accelerator(archive, config)
+
+
+def load_accelerator(archive: bytearray, config: LoaderConfig) -> Accelerator:
     try:
-        return Accelerator.from_archive(bytes(archive), config.program_signers)
+        bound = config.safeguards is not None and config.safeguards.model_bound_programs
+        return Accelerator.from_archive(bytes(archive), config.program_signers, model_bound_programs=bound)
     finally:
         archive[:] = bytes(len(archive))  # the accelerator holds its own copy
+
+
+def safeguards_for(config: LoaderConfig, accelerator: Accelerator) -> Safeguards | None:
+    if config.safeguards is None:
+        return None
+    assert accelerator.model_sha256 is not None  # from_archive always sets it
+    return Safeguards(config.safeguards, accelerator.model_sha256)
+
+
+class ConfigEvidence:
+    """``collector``'s evidence with the loader's configuration and the boot chain's earlier events for
+    its PCR, so that the keyserver replays them into the quoted PCR and reads the configuration's fields
+    as ``loader.*`` claims (keyserver/evidence/tpm/loader_config.py). A lie here does not replay."""
+
+    def __init__(self, collector: Collector, pcr: int, prior: list[str], canonical: bytes) -> None:
+        self.tee, self._collector = collector.tee, collector
+        self._member = {"pcr": pcr, "prior": prior, "config": base64.b64encode(canonical).decode()}
+
+    def collect(self, binding: bytes) -> dict[str, Any]:
+        return {**self._collector.collect(binding), "loader_config": dict(self._member)}
+
+
+def with_config_evidence(args: argparse.Namespace, config: LoaderConfig, collector: Collector) -> Collector:
+    """TPM with ``--boot-events``: send the configuration with the evidence (the file lists, in order, the
+    SHA-256 digests the boot chain extended into the configuration's PCR before the loader started)."""
+    if args.tee != "tpm" or not args.boot_events:
+        return collector
+    try:
+        prior = json.loads(Path(args.boot_events).read_text())
+    except (OSError, ValueError) as exc:
+        raise BootRefused("config-invalid", f"--boot-events: not a JSON list of digests ({exc})") from None
+    if not isinstance(prior, list) or not all(isinstance(d, str) for d in prior):
+        raise BootRefused("config-invalid", "--boot-events is a JSON list of SHA-256 digests (hex)")
+    return ConfigEvidence(collector, _config_pcr(config), prior, config.canonical)
+
+
+def _config_pcr(config: LoaderConfig) -> int:
+    from clients.loader.collectors.tpm import PcrSelection
+
+    sha256 = [indices for bank, indices in PcrSelection.parse(config.pcr_selection).banks if bank == "sha256"]
+    if not sha256:
+        raise BootRefused("config-invalid", "the PCR selection must quote the sha256 bank")
+    return sha256[0][0]
 
 
 def refusal(exc: Exception) -> BootRefused:
@@ -163,12 +210,16 @@ def _boot_quorum(
         archive = decrypt_file(Path(args.weights), bytes(outcome.key), expected_key_id=quorum.key_id)
     finally:
         wipe(outcome.key)
-    try:
-        accelerator = Accelerator.from_archive(bytes(archive), config.program_signers)
-    finally:
-        archive[:] = bytes(len(archive))
+    accelerator = load_accelerator(archive, config)
     tokens = TokenCache(fetch=lambda: attestation_results(quorum.keyservers, clients, collector, key))
-    return LoaderState(tenant=None, key=key, accelerator=accelerator, tokens=tokens), outcome.report
+    state = LoaderState(
+        tenant=None,
+        key=key,
+        accelerator=accelerator,
+        tokens=tokens,
+        safeguards=safeguards_for(config, accelerator),
+    )
+    return state, outcome.report
 
 
 def boot(args: argparse.Namespace) -> int:
@@ -177,7 +228,7 @@ def boot(args: argparse.Namespace) -> int:
         config = LoaderConfig.load(Path(args.config))
         measure_config(args, config)
         key = EphemeralKey()
-        collector = collector_for(args, config)
+        collector = with_config_evidence(args, config, collector_for(args, config))
         clients = keyserver_clients(args, config)
         report: dict[str, Any] = {}
         if isinstance(config.source, QuorumTrust):
@@ -186,7 +237,13 @@ def boot(args: argparse.Namespace) -> int:
             client = clients[config.source.name]
             accelerator = release_and_load(args, client, collector, key, config)
             tokens = TokenCache(fetch=lambda: attestation_result(client, collector, key))
-            state = LoaderState(tenant=config.tenant, key=key, accelerator=accelerator, tokens=tokens)
+            state = LoaderState(
+                tenant=config.tenant,
+                key=key,
+                accelerator=accelerator,
+                tokens=tokens,
+                safeguards=safeguards_for(config, accelerator),
+            )
         server = create_loader_server(state, args.host, args.port)
     except Exception as exc:
         refused = refusal(exc)
@@ -219,6 +276,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tsm-root", default="/sys/kernel/config/tsm/report", help="SEV-SNP/TDX: configfs-tsm")
     p.add_argument("--gpus", action="store_true", help="add every NVIDIA CC GPU's report (NVML)")
     p.add_argument("--vcek", help="azure-snp-vtpm: the VCEK (PEM bundle from Azure THIM, or DER)")
+    p.add_argument(
+        "--boot-events",
+        help="TPM: a JSON list of the digests the boot chain extended into the configuration's PCR before"
+        " the loader; given, the configuration is sent with the evidence (loader.* claims)",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8090)
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per keyserver request")

@@ -30,6 +30,7 @@ from clients.channel_loader import ChannelError, message_from_text, message_to_t
 from clients.loader.collectors.errors import CollectorError
 from clients.loader.keyserver_api import KeyserverError
 from clients.loader.release import EphemeralKey
+from clients.loader.safeguards import SafeguardRefused, Safeguards
 from keyserver.strict_json import loads_strict
 
 log = logging.getLogger(__name__)
@@ -70,24 +71,43 @@ class LoaderState:
     key: EphemeralKey
     accelerator: Accelerator
     tokens: TokenCache
+    # The classifier gate and egress budget of the measured configuration (None: none configured).
+    safeguards: Safeguards | None = None
 
 
 def _run_sealed(loader: LoaderState, message: str) -> str:
-    """Open, verify, run, seal (each request in its own thread: programs are CPU-bound numpy work)."""
+    """Open, check the safeguards, verify, run, count, seal (each request in its own thread: programs
+    are CPU-bound numpy work)."""
     request, reply = open_request(loader.key.private, message_from_text(message))
-    if set(request) != _REQUEST_MEMBERS or not isinstance(request["inputs"], dict):
+    members = _REQUEST_MEMBERS | ({"classifier"} & set(request))
+    if set(request) != members or not isinstance(request["inputs"], dict):
         outcome: dict[str, Any] = {
-            "error": {"reason": "request-malformed", "message": 'a request is {"program", "inputs"}'}
+            "error": {
+                "reason": "request-malformed",
+                "message": 'a request is {"program", "inputs"[, "classifier"]}',
+            }
         }
-    else:
-        try:
-            outcome = {"outputs": loader.accelerator.run(request["program"], request["inputs"])}
-        except ProgramRejected as exc:
-            outcome = {"error": {"reason": exc.reason, "message": str(exc)}}
-        except Exception:
-            # A bug, not a refusal: the caller still gets a sealed answer, the untrusted side no detail.
-            log.exception("a program failed unexpectedly")
-            outcome = {"error": {"reason": "program-failed", "message": "the loader failed to run it"}}
+        return message_to_text(reply.seal(outcome))
+    try:
+        program, inputs = request["program"], request["inputs"]
+        if loader.safeguards is not None:
+            if not isinstance(program, dict):
+                raise ProgramRejected("program-malformed", "a signed program is a JSON object")
+            loader.safeguards.admit(program, inputs, request.get("classifier"))
+        elif "classifier" in request:
+            raise SafeguardRefused("request-malformed", "this loader requires no classifier signature")
+        outputs = loader.accelerator.run(program, inputs)
+        if loader.safeguards is not None:
+            loader.safeguards.release(outputs)
+        outcome = {"outputs": outputs}
+    except SafeguardRefused as exc:
+        outcome = {"error": {"reason": exc.reason, "message": str(exc)}}
+    except ProgramRejected as exc:
+        outcome = {"error": {"reason": exc.reason, "message": str(exc)}}
+    except Exception:
+        # A bug, not a refusal: the caller still gets a sealed answer, the untrusted side no detail.
+        log.exception("a program failed unexpectedly")
+        outcome = {"error": {"reason": "program-failed", "message": "the loader failed to run it"}}
     return message_to_text(reply.seal(outcome))
 
 
@@ -104,6 +124,9 @@ def answer(loader: LoaderState, method: str, path: str, body: bytes) -> tuple[in
         if isinstance(token, list):  # k of n: the caller checks that enough of them verify
             return 200, {"public_key": loader.key.public_jwk, "tokens": token}
         return 200, {"tenant": loader.tenant, "public_key": loader.key.public_jwk, "token": token}
+    if (method, path) == ("GET", "/v1/safeguards"):
+        # The counters (refusals by reason, egress in the window and the lifetime): nothing secret.
+        return 200, loader.safeguards.report() if loader.safeguards is not None else {"configured": False}
     if (method, path) == ("POST", "/v1/run"):
         try:
             data = loads_strict(body)
@@ -119,7 +142,7 @@ def answer(loader: LoaderState, method: str, path: str, body: bytes) -> tuple[in
                 return 200, {"message": _run_sealed(loader, message)}
         except ChannelError:
             return 400, {"error": "the message does not open with this loader's key"}
-    if path in ("/healthz", "/v1/attestation", "/v1/run"):
+    if path in ("/healthz", "/v1/attestation", "/v1/run", "/v1/safeguards"):
         return 405, {"error": "method not allowed"}
     return 404, {"error": "not found"}
 

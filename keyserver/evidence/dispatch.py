@@ -216,7 +216,7 @@ async def _verify_tpm(
     from keyserver.evidence.tpm.quote import pcr_values_from_hex, verify_quote
     from keyserver.tpm_enrolment import trusted_ak
 
-    _only(evidence, {"tee", "ak_name", "quote", "signature", "pcrs", "event_log"})
+    _only(evidence, {"tee", "ak_name", "quote", "signature", "pcrs", "event_log", "loader_config"})
     ak_name, pcrs = evidence.get("ak_name"), evidence.get("pcrs")
     if not isinstance(ak_name, str) or not isinstance(pcrs, dict):
         raise EvidenceError("evidence-malformed", "TPM evidence needs 'ak_name' (hex) and 'pcrs' (object)")
@@ -234,4 +234,9 @@ async def _verify_tpm(
     event_log = field(evidence, "event_log", required=False)
     if event_log is not None:
         claims.update(verify_event_log(event_log, result.pcrs).claims)
+    if "loader_config" in evidence:
+        # The loader's measured configuration, replayed into the quoted PCR: its fields as loader.* claims.
+        from keyserver.evidence.tpm.loader_config import verify_loader_config
+
+        claims.update(verify_loader_config(evidence["loader_config"], result.pcrs))
     return claims

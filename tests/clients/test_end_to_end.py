@@ -258,7 +258,7 @@ def test_the_demo_command_runs_from_nothing(tmp_path: Path) -> None:
         [sys.executable, "-m", "keyserver", "demo", "--json", "--workdir", str(tmp_path / "demo")],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -279,6 +279,12 @@ def test_the_demo_command_runs_from_nothing(tmp_path: Path) -> None:
         "threshold.one_veto_still_boots",
         "threshold.two_vetoes_refused",
         "threshold.caller_needs_2_of_3",
+        "safeguards.allowed_prompt_answered",
+        "safeguards.flagged_prompt_refused",
+        "safeguards.forged_signature_refused",
+        "safeguards.egress_budget_refused",
+        "safeguards.policy_denies_unsafe_loader",
+        "safeguards.config_replay_mismatch_refused",
     ):
         assert outcomes[name]["ok"] is True, (name, outcomes[name])
         assert set(outcomes[name]) == {"expected", "observed", "ok"}

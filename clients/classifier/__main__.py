@@ -1,0 +1,5 @@
+import sys
+
+from clients.classifier.service import main
+
+sys.exit(main())
