@@ -37,6 +37,7 @@ REASONS: Final = frozenset(
         PROGRAM_WEIGHTS_MISMATCH,
         PROGRAM_INPUT_INVALID,
         PROGRAM_RUNTIME_ERROR,
+        PROGRAM_WRONG_MODEL,
     }
 )
 

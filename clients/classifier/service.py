@@ -6,9 +6,9 @@ run by the model owner under an agreement with its users. It is trusted by the *
 keyservers whose policies require its key) for one thing: that what it signs passed its rules.
 
 Rules: each category is a list of words or phrases; a request whose text inputs contain one (as a whole
-word, case-insensitively, after Unicode normalisation) is flagged with that category and not signed.
-Everything else is signed for :data:`VALIDITY_S` seconds with a fresh nonce, over the exact request,
-program and model (:func:`clients.loader.safeguards.classifier_message`).
+word, case-insensitively, after Unicode normalisation, whatever the spacing) is flagged with that
+category and not signed. Everything else is signed for :data:`VALIDITY_S` seconds with a fresh nonce,
+over the exact request, program and model (:func:`clients.loader.safeguards.classifier_message`).
 
 ``POST /v1/classify`` ``{"program": <signed program>, "inputs": {...}}`` → 200 ``{"allowed": true,
 "classifier": {"key", "expires", "nonce", "signature"}}`` or 403 ``{"allowed": false, "category": …}``.
@@ -70,7 +70,9 @@ class Classifier:
 
     def classify(self, inputs: Mapping[str, Any]) -> Verdict:
         text = " ".join(v for v in inputs.values() if isinstance(v, str))
-        folded = unicodedata.normalize("NFKC", text).casefold()
+        # Compatibility forms folded (fullwidth letters), case folded, any run of spaces or line breaks one
+        # space: "PIPE\n  bomb" is the listed phrase too.
+        folded = re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text).casefold())
         for category, pattern in self._patterns.items():
             if pattern.search(folded):
                 return Verdict(False, category)
