@@ -68,6 +68,16 @@ def _pem(public: ed25519.Ed25519PublicKey) -> str:
     return public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
 
 
+def loader_policy(reference_values: str) -> dict[str, Any]:
+    """The demo's release policy: a TPM whose PCRs match ``reference_values``, booted once."""
+    return {
+        "version": 1,
+        "tees": ["tpm"],
+        "reference_values": [reference_values],
+        "rules": [{"name": "booted-once", "expr": "claims['tpm.restart_count'] == 0"}],
+    }
+
+
 @dataclass
 class LoaderBoot:
     """One boot of a loader image: its process, and what it said when it started (or refused to)."""
@@ -207,13 +217,7 @@ class Deployment:
                 await ci.ci.publish("ci", make_bundle(TENANT, "loader", "tpm", values), self.ci_key)
             self.signed_program = sign_program(generation_program(trained.weights), "ci", self.ci_key)
 
-            policy = {
-                "version": 1,
-                "tees": ["tpm"],
-                "reference_values": ["loader"],
-                "rules": [{"name": "booted-once", "expr": "claims['tpm.restart_count'] == 0"}],
-            }
-            await admin.admin.add_policy("loader-policy", policy)
+            await admin.admin.add_policy("loader-policy", loader_policy("loader"))
             await admin.admin.activate_policy("loader-policy", 1)
             await admin.admin.create_key(KEY_NAME, "loader-policy", material=self.weights_key)
 

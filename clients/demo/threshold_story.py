@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from clients.caller import LoaderNotTrusted, TrustedKeyserver, verify_attestation_quorum
-from clients.demo.deployment import AK_HANDLE, PCR, TENANT, Deployment, _pem
+from clients.demo.deployment import AK_HANDLE, PCR, TENANT, Deployment, _pem, loader_policy
 from clients.demo.processes import Process, free_port, http_ready, python_module, run_json, wait_until
 from clients.loader.collectors.tpm_ak import activate_credential, enrolment_material
 from clients.loader.config import threshold_config_document
@@ -90,13 +90,7 @@ async def hold_share(operator: Operator, expected_pcr: str, share: bytes) -> Non
     async with operator.client() as admin:
         values = {"version": 1, "expected": {f"tpm.pcrs.sha256.{PCR}": [expected_pcr]}}
         await admin.admin.add_reference_values("loader", "tpm", values)
-        policy = {
-            "version": 1,
-            "tees": ["tpm"],
-            "reference_values": ["loader"],
-            "rules": [{"name": "booted-once", "expr": "claims['tpm.restart_count'] == 0"}],
-        }
-        await admin.admin.add_policy("loader-policy", policy)
+        await admin.admin.add_policy("loader-policy", loader_policy("loader"))
         await admin.admin.activate_policy("loader-policy", 1)
         await admin.admin.create_key(SHARE_KEY, "loader-policy", material=share)
 

@@ -27,8 +27,6 @@ from pathlib import Path
 
 from clients.loader.measure import (
     LOADER_ENTRY,
-    PROJECT_PACKAGES,
-    _imported_names,
     _module_file,
     import_closure,
     repository_root,
@@ -82,26 +80,8 @@ def code_lines(source: str) -> int:
 
 def closure_without(root: Path, entry: str, without: Collection[str]) -> list[str]:
     """:func:`~clients.loader.measure.import_closure`, but never following an import of a module in
-    ``without`` (or below it). With ``without`` empty it is the same walk with the same result."""
-    if not without:
-        return import_closure(root, entry)
-    seen: set[str] = set()
-    pending = [entry]
-    while pending:
-        module = pending.pop()
-        parts = module.split(".")
-        if parts[0] not in PROJECT_PACKAGES:
-            continue
-        for depth in range(1, len(parts) + 1):
-            name = ".".join(parts[:depth])
-            if name in seen or any(name == w or name.startswith(w + ".") for w in without):
-                continue
-            source = _module_file(root, name)
-            if source is None:
-                continue
-            seen.add(name)
-            pending.extend(_imported_names(source, name))
-    return sorted(seen)
+    ``without`` (or below it). With ``without`` empty it is the image's closure."""
+    return import_closure(root, entry, without)
 
 
 def image_sizes(

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 import clients
@@ -72,9 +72,10 @@ def _imported_names(source: Path, module: str) -> set[str]:
     return names
 
 
-def import_closure(root: Path, entry: str = LOADER_ENTRY) -> list[str]:
+def import_closure(root: Path, entry: str = LOADER_ENTRY, without: Collection[str] = ()) -> list[str]:
     """The project modules reachable from ``entry`` through import statements (with each module's
-    parent packages, which Python imports first), sorted."""
+    parent packages, which Python imports first), sorted. ``without``: never follow an import of these
+    modules or below them (what-if figures, clients/loader/image_report.py; empty for the image)."""
     seen: set[str] = set()
     pending = [entry]
     while pending:
@@ -84,7 +85,7 @@ def import_closure(root: Path, entry: str = LOADER_ENTRY) -> list[str]:
             continue
         for depth in range(1, len(parts) + 1):
             name = ".".join(parts[:depth])
-            if name in seen:
+            if name in seen or any(name == w or name.startswith(w + ".") for w in without):
                 continue
             source = _module_file(root, name)
             if source is None:
