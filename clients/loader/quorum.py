@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -134,8 +135,10 @@ def release_quorum(
             for trust in quorum.keyservers
         }
         pending = set(futures)
+        end = time.monotonic() + deadline_s  # one deadline for the whole boot, not per answer
         while pending:
-            done, pending = wait(pending, timeout=deadline_s, return_when=FIRST_COMPLETED)
+            remaining = end - time.monotonic()
+            done, pending = wait(pending, timeout=max(0.0, remaining), return_when=FIRST_COMPLETED)
             if not done:
                 break
             for future in done:
