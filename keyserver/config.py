@@ -126,6 +126,11 @@ class Settings:
     # Tenants whose release log anyone may read without a token (the log routes and the explorer):
     # KEYSERVER_PUBLIC_LOGS=acme,umbrella. Empty by default: a log is read with an auditor token.
     public_logs: frozenset[str] = frozenset()
+    # Group commit (docs/release-log.md): at most this many releases of one tenant share a transaction
+    # and a checkpoint, and a batch waits at most this long for more (0: a batch is whatever queued while
+    # the previous one was being written, so a lone release never waits).
+    release_batch_max: int = 64
+    release_batch_wait_ms: float = 0.0
 
     @property
     def effective_database_url(self) -> str:
@@ -173,6 +178,8 @@ class Settings:
         limit_tenant = get("RELEASE_LIMIT_TENANT")
         limit_key = get("RELEASE_LIMIT_KEY")
         challenge_limit = get("CHALLENGE_LIMIT")
+        batch_max = get("RELEASE_BATCH_MAX")
+        batch_wait = get("RELEASE_BATCH_WAIT_MS")
         backend = get("KEY_BACKEND") or settings.key_backend
         if backend not in KEY_BACKENDS:
             raise ConfigurationError(
@@ -245,6 +252,14 @@ class Settings:
                 Budget.parse("KEYSERVER_CHALLENGE_LIMIT", challenge_limit)
                 if challenge_limit
                 else settings.challenge_limit
+            ),
+            release_batch_max=(
+                _int("KEYSERVER_RELEASE_BATCH_MAX", batch_max) if batch_max else settings.release_batch_max
+            ),
+            release_batch_wait_ms=(
+                _float("KEYSERVER_RELEASE_BATCH_WAIT_MS", batch_wait)
+                if batch_wait
+                else settings.release_batch_wait_ms
             ),
             public_logs=_tenant_names("KEYSERVER_PUBLIC_LOGS", get("PUBLIC_LOGS"), settings.public_logs),
         )
