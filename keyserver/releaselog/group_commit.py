@@ -5,8 +5,8 @@ the next batch takes up to ``max_batch`` of them (after waiting at most ``max_wa
 default: a batch is whatever queued during the previous one, so a lone release never waits). A batch runs
 in ONE database transaction under the tenant's scope (row-level security as before):
 
-1. each member decides inside its own SAVEPOINT (challenge consumed, evidence verified, policy appraised,
-   key wrapped, its log entry built);
+1. each member decides inside its own SAVEPOINT (none when the batch has one member): challenge
+   consumed, evidence verified, policy appraised, key wrapped, its log entry built;
 2. the head is taken once (``SELECT … FOR UPDATE``) and all decided entries are appended in order;
 3. ONE checkpoint is signed for the new size; each member's inclusion proof is made against it;
 4. the transaction commits;
@@ -123,6 +123,11 @@ class GroupCommitter:
         result: Committed[T] = await asyncio.shield(member.future)
         return result
 
+    def waiting(self, tenant_id: uuid.UUID) -> int:
+        """How many releases of this tenant are queued for its next batch (not the running one)."""
+        queue = self._queues.get(tenant_id)
+        return 0 if queue is None else len(queue.pending)
+
     async def after_commit(self, report: BatchReport) -> None:
         """Runs after a batch's transaction committed and before any member is answered.
 
@@ -151,6 +156,12 @@ class GroupCommitter:
         try:
             async with self.db.transaction(Scope.for_tenant(tenant.id)) as session:
                 for member in batch:
+                    if len(batch) == 1:
+                        # Alone, a member's failure is the batch's: the transaction rolls back whole,
+                        # so a savepoint would only cost two statements.
+                        entry, value = await member.decide(session)
+                        decided.append((member, entry, value))
+                        break
                     try:
                         async with session.begin_nested():
                             entry, value = await member.decide(session)
