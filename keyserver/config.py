@@ -185,6 +185,10 @@ class Settings:
             raise ConfigurationError(
                 f"KEYSERVER_KEY_BACKEND={backend!r} is not one of {', '.join(KEY_BACKENDS)}"
             )
+        if batch_max is not None and _int("KEYSERVER_RELEASE_BATCH_MAX", batch_max) < 1:
+            raise ConfigurationError("KEYSERVER_RELEASE_BATCH_MAX is at least 1 (one release per batch)")
+        if batch_wait is not None and not 0 <= _float("KEYSERVER_RELEASE_BATCH_WAIT_MS", batch_wait) <= 1000:
+            raise ConfigurationError("KEYSERVER_RELEASE_BATCH_WAIT_MS is 0 to 1000 milliseconds")
         return replace(
             settings,
             data_dir=Path(data_dir) if data_dir else settings.data_dir,
