@@ -114,6 +114,9 @@ class GroupCommitter:
     async def submit(self, tenant: Tenant, decide: Decide[T]) -> Committed[T]:
         """Decide and log one release as part of the tenant's next batch; answer once it committed."""
         member = _Member(decide, asyncio.get_running_loop().create_future())
+        # If the caller is gone (its task cancelled) nobody reads the result: mark a failure as seen so
+        # asyncio does not report it as never retrieved (the batch's own error is logged by the others).
+        member.future.add_done_callback(_mark_seen)
         queue = self._queues.setdefault(tenant.id, _TenantQueue())
         queue.pending.append(member)
         if queue.task is None:
@@ -198,3 +201,8 @@ class GroupCommitter:
             member.future.set_result(
                 Committed(value, appended, index, proofs[offset], appended.entries[offset], len(decided))
             )
+
+
+def _mark_seen(future: asyncio.Future[Committed[Any]]) -> None:
+    if not future.cancelled():
+        future.exception()
