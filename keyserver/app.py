@@ -52,6 +52,7 @@ from keyserver.logs import configure_logging
 from keyserver.ratelimits import ReleaseLimiter
 from keyserver.readiness import Readiness
 from keyserver.release import ReleaseService
+from keyserver.releaselog.group_commit import BatchLimits
 from keyserver.releaselog.signing import LogSigner
 from keyserver.releaselog.store import ReleaseLog
 from keyserver.witness.cosigning import CosigningStage
@@ -106,6 +107,7 @@ def create_app(settings: Settings | None = None, *, announce: Announce = print_o
                 backend,
                 AttestationIssuer(backend, settings.log_origin),
                 ReleaseLimiter(db, settings),
+                BatchLimits(settings.release_batch_max, settings.release_batch_wait_ms / 1000),
             )
             witness_http = httpx.AsyncClient()
             state.cosigning = CosigningStage(

@@ -135,6 +135,11 @@ class Settings:
     # Where a tenant's witnesses may be (KEYSERVER_WITNESS_URL_PREFIXES; keyserver/witness/outbound.py):
     # unset, public https hosts only, so a tenant admin cannot aim the keyserver at internal addresses.
     witness_outbound: WitnessOutbound = field(default_factory=WitnessOutbound)
+    # Group commit (docs/release-log.md): at most this many releases of one tenant share a transaction
+    # and a checkpoint, and a batch waits at most this long for more (0: a batch is whatever queued while
+    # the previous one was being written, so a lone release never waits).
+    release_batch_max: int = 64
+    release_batch_wait_ms: float = 0.0
 
     @property
     def effective_database_url(self) -> str:
@@ -185,11 +190,17 @@ class Settings:
         witness_timeout = get("WITNESS_TIMEOUT_S")
         cosign_wait = get("COSIGN_WAIT_S")
         witness_prefixes = get("WITNESS_URL_PREFIXES")
+        batch_max = get("RELEASE_BATCH_MAX")
+        batch_wait = get("RELEASE_BATCH_WAIT_MS")
         backend = get("KEY_BACKEND") or settings.key_backend
         if backend not in KEY_BACKENDS:
             raise ConfigurationError(
                 f"KEYSERVER_KEY_BACKEND={backend!r} is not one of {', '.join(KEY_BACKENDS)}"
             )
+        if batch_max is not None and _int("KEYSERVER_RELEASE_BATCH_MAX", batch_max) < 1:
+            raise ConfigurationError("KEYSERVER_RELEASE_BATCH_MAX is at least 1 (one release per batch)")
+        if batch_wait is not None and not 0 <= _float("KEYSERVER_RELEASE_BATCH_WAIT_MS", batch_wait) <= 1000:
+            raise ConfigurationError("KEYSERVER_RELEASE_BATCH_WAIT_MS is 0 to 1000 milliseconds")
         return replace(
             settings,
             data_dir=Path(data_dir) if data_dir else settings.data_dir,
@@ -257,6 +268,14 @@ class Settings:
                 Budget.parse("KEYSERVER_CHALLENGE_LIMIT", challenge_limit)
                 if challenge_limit
                 else settings.challenge_limit
+            ),
+            release_batch_max=(
+                _int("KEYSERVER_RELEASE_BATCH_MAX", batch_max) if batch_max else settings.release_batch_max
+            ),
+            release_batch_wait_ms=(
+                _float("KEYSERVER_RELEASE_BATCH_WAIT_MS", batch_wait)
+                if batch_wait
+                else settings.release_batch_wait_ms
             ),
             public_logs=_tenant_names("KEYSERVER_PUBLIC_LOGS", get("PUBLIC_LOGS"), settings.public_logs),
             witness_timeout_s=(

@@ -14,7 +14,7 @@ import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -47,6 +47,7 @@ from keyserver.keys import ReleasableKey, releasable, wrapping_context
 from keyserver.ratelimits import ReleaseBudgetExhausted, ReleaseLimiter
 from keyserver.reference_values import check_name
 from keyserver.releaselog import records
+from keyserver.releaselog.group_commit import BatchLimits, GroupCommitter
 from keyserver.releaselog.store import ReleaseLog
 
 KEY_RELEASE = records.KEY_RELEASE
@@ -84,6 +85,10 @@ class Outcome:
     retry_after: int | None = None  # the decision was "deny" because the key's release budget is spent
 
 
+# Placeholder until the batch commits; every Outcome that leaves the service carries the real receipt.
+_PENDING_RECEIPT = Receipt(-1, 0, "", [], b"")
+
+
 def digest(value: Any) -> str:
     """SHA-256 over sorted-key compact JSON: what the log records instead of evidence and claims."""
     return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
@@ -97,6 +102,7 @@ class ReleaseService:
         backend: KeyBackend,
         attestation: AttestationIssuer,
         limiter: ReleaseLimiter,
+        batching: BatchLimits | None = None,
     ) -> None:
         self.db, self.log, self.backend, self.attestation = db, log, backend, attestation
         self.limiter = limiter
@@ -105,6 +111,8 @@ class ReleaseService:
         # The witnesses' cosigning stage (keyserver/witness/cosigning.py): after the commit, it puts a
         # cosigned checkpoint in the receipt, or applies the tenant's failure mode. None: no witnesses.
         self.witnessing: Callable[[Tenant, Outcome], Awaitable[Outcome]] | None = None
+        # Releases for one tenant share a transaction and a checkpoint (group commit).
+        self.group = GroupCommitter(db, log, batching or BatchLimits(), self._step)
 
     async def _step(self, step: ReleaseStep, session: AsyncSession | None) -> None:
         if self.faults is not None:
@@ -182,83 +190,92 @@ class ReleaseService:
         # A name outside the key-name grammar names no key; refusing it here keeps the caller's text out
         # of the log (a 400 like any malformed request: nothing to audit, the challenge is not used).
         check_name(request.key_name, "key name")
-        async with self.db.transaction(Scope.for_tenant(tenant.id)) as session:
-            entry: dict[str, Any] = {
-                "key": {"name": request.key_name, "version": request.key_version},
-                # What the request asked for (None = the newest live version): the request body is not
-                # covered by the evidence, so a loader checks that nobody on the path pinned an old one.
-                "requested_version": request.key_version,
-                "challenge": str(request.challenge_id),
-                # Only a known value or "unknown": nothing an unauthenticated caller writes is copied into
-                # the tenant's permanent log (the evidence digest below identifies what was sent).
-                "tee": logged_tee(request.evidence.get("tee")),
-                "digests": {"evidence": digest(request.evidence), "claims": None, "collateral": None},
-                "policy": None,
-                "reference_values": [],
-                "requester_thumbprint": None,
-            }
-            granted, reason, detail, unavailable = False, None, "", False
-            retry_after: int | None = None
-            appraisal: Appraisal | None = None
-            jwe: str | None = None
-            key: ReleasableKey | None = None
-            try:
-                nonce = await consume_challenge(session, tenant.id, request.challenge_id, now)
-                await self._step(ReleaseStep.CHALLENGE_CONSUMED, session)
-                public, jwk = parse_ephemeral_jwk(request.ephemeral_jwk)
-                entry["requester_thumbprint"] = jwk_thumbprint_b64url(jwk)
-                verified = await self._verify(session, tenant, request.evidence, nonce, jwk, now)
-                _record_evidence(entry, verified)
-                check_evidence_binding(verified, nonce, jwk)
-                await self._step(ReleaseStep.EVIDENCE_VERIFIED, session)
-                key = await releasable(session, tenant, request.key_name, request.key_version)
-                entry["key"] = {"name": key.key.name, "version": key.version.version}
-                await self._step(ReleaseStep.KEY_FOUND, session)
-                appraisal = await appraise(session, tenant.id, key.key.policy_name, verified.claims, now)
-                entry["policy"] = appraisal.policy_ref
-                entry["reference_values"] = appraisal.reference_value_refs
-                if not appraisal.granted:
-                    raise EvidenceError(appraisal.reason or "policy-denied", appraisal.detail)
-                await self.limiter.take_grant(session, tenant, key.key.name, now)
-                await self._step(ReleaseStep.APPRAISED, session)
-                jwe, entry["wrapped_in_backend"] = await self._wrap(tenant, key, public, jwk)
-                # The exact JWE that leaves: anyone with the (public) ephemeral key can make *a* JWE for
-                # it, so the loader accepts only the one whose digest is in the signed log.
-                entry["jwe_sha256"] = hashlib.sha256(jwe.encode()).hexdigest()
-                await self._step(ReleaseStep.KEY_WRAPPED, session)
-                granted, detail = True, "granted"
-            except ReleaseBudgetExhausted as exc:
-                reason, detail, retry_after = exc.reason, exc.message, exc.retry_after
-            except EvidenceError as exc:
-                reason, detail = exc.reason, exc.message
-            except BackendError as exc:
-                reason, detail, unavailable = "backend-unavailable", exc.message, True
-            except KeyserverError as exc:
-                reason, detail = exc.code, exc.message
-            entry["decision"] = "granted" if granted else "denied"
-            entry["reason"] = reason
-            appended = await self.log.append(
-                session, tenant, [records.record(KEY_RELEASE, principal=None, now=now, **entry)]
-            )
-            await self._step(ReleaseStep.LOG_APPENDED, session)
-            index = appended.first_index
-            proof = await self.log.inclusion_proof_of_appended(session, tenant, appended, index)
-            await self._step(ReleaseStep.BEFORE_COMMIT, session)
-        # Committed: the entry is durable. Only now may the key leave.
-        await self._step(ReleaseStep.COMMITTED, None)
-        receipt = Receipt(index, appended.size, appended.checkpoint, proof, appended.entries[0])
+        committed = await self.group.submit(
+            tenant, lambda session: self._decide(session, tenant, request, now)
+        )
+        decision = committed.value
+        receipt = Receipt(
+            committed.index,
+            committed.appended.size,
+            committed.appended.checkpoint,
+            committed.proof,
+            committed.entry,
+        )
+        outcome = replace(decision, receipt=receipt)
+        # After the commit: the witnesses' quorum on a checkpoint covering the entry (when configured).
+        return outcome if self.witnessing is None else await self.witnessing(tenant, outcome)
+
+    async def _decide(
+        self, session: AsyncSession, tenant: Tenant, request: ReleaseRequest, now: datetime
+    ) -> tuple[dict[str, Any], Outcome]:
+        """Decide one release inside its batch's transaction (keyserver/releaselog/group_commit.py):
+        the log entry to append and the outcome to answer with once that entry has committed."""
+        entry: dict[str, Any] = {
+            "key": {"name": request.key_name, "version": request.key_version},
+            # What the request asked for (None = the newest live version): the request body is not
+            # covered by the evidence, so a loader checks that nobody on the path pinned an old one.
+            "requested_version": request.key_version,
+            "challenge": str(request.challenge_id),
+            # Only a known value or "unknown": nothing an unauthenticated caller writes is copied into
+            # the tenant's permanent log (the evidence digest below identifies what was sent).
+            "tee": logged_tee(request.evidence.get("tee")),
+            "digests": {"evidence": digest(request.evidence), "claims": None, "collateral": None},
+            "policy": None,
+            "reference_values": [],
+            "requester_thumbprint": None,
+        }
+        granted, reason, detail, unavailable = False, None, "", False
+        retry_after: int | None = None
+        appraisal: Appraisal | None = None
+        jwe: str | None = None
+        key: ReleasableKey | None = None
+        try:
+            nonce = await consume_challenge(session, tenant.id, request.challenge_id, now)
+            await self._step(ReleaseStep.CHALLENGE_CONSUMED, session)
+            public, jwk = parse_ephemeral_jwk(request.ephemeral_jwk)
+            entry["requester_thumbprint"] = jwk_thumbprint_b64url(jwk)
+            verified = await self._verify(session, tenant, request.evidence, nonce, jwk, now)
+            _record_evidence(entry, verified)
+            check_evidence_binding(verified, nonce, jwk)
+            await self._step(ReleaseStep.EVIDENCE_VERIFIED, session)
+            key = await releasable(session, tenant, request.key_name, request.key_version)
+            entry["key"] = {"name": key.key.name, "version": key.version.version}
+            await self._step(ReleaseStep.KEY_FOUND, session)
+            appraisal = await appraise(session, tenant.id, key.key.policy_name, verified.claims, now)
+            entry["policy"] = appraisal.policy_ref
+            entry["reference_values"] = appraisal.reference_value_refs
+            if not appraisal.granted:
+                raise EvidenceError(appraisal.reason or "policy-denied", appraisal.detail)
+            await self.limiter.take_grant(session, tenant, key.key.name, now)
+            await self._step(ReleaseStep.APPRAISED, session)
+            jwe, entry["wrapped_in_backend"] = await self._wrap(tenant, key, public, jwk)
+            # The exact JWE that leaves: anyone with the (public) ephemeral key can make *a* JWE for
+            # it, so the loader accepts only the one whose digest is in the signed log.
+            entry["jwe_sha256"] = hashlib.sha256(jwe.encode()).hexdigest()
+            await self._step(ReleaseStep.KEY_WRAPPED, session)
+            granted, detail = True, "granted"
+        except ReleaseBudgetExhausted as exc:
+            reason, detail, retry_after = exc.reason, exc.message, exc.retry_after
+        except EvidenceError as exc:
+            reason, detail = exc.reason, exc.message
+        except BackendError as exc:
+            reason, detail, unavailable = "backend-unavailable", exc.message, True
+        except KeyserverError as exc:
+            reason, detail = exc.code, exc.message
+        entry["decision"] = "granted" if granted else "denied"
+        entry["reason"] = reason
         outcome = Outcome(
             granted=granted,
             reason=reason,
             detail=detail,
-            receipt=receipt,
+            receipt=_PENDING_RECEIPT,
             jwe=jwe if granted else None,
             kid=None if key is None else f"{key.key.name}/{key.version.version}",
             results=[] if appraisal is None else appraisal.results,
             unavailable=unavailable,
             retry_after=retry_after,
         )
-        return outcome if self.witnessing is None else await self.witnessing(tenant, outcome)
+        return records.record(KEY_RELEASE, principal=None, now=now, **entry), outcome
 
     async def _wrap(
         self, tenant: Tenant, key: ReleasableKey, public: object, jwk: Mapping[str, Any]

@@ -1,0 +1,194 @@
+"""Group commit of release-log appends: one transaction, one head lock, one checkpoint per batch.
+
+Releases for the same tenant that arrive while that tenant's previous batch is being written queue up;
+the next batch takes up to ``max_batch`` of them (after waiting at most ``max_wait_s`` for more, 0 by
+default: a batch is whatever queued during the previous one, so a lone release never waits). A batch runs
+in ONE database transaction under the tenant's scope (row-level security as before):
+
+1. each member decides inside its own SAVEPOINT (none when the batch has one member): challenge
+   consumed, evidence verified, policy appraised, key wrapped, its log entry built;
+2. the head is taken once (``SELECT … FOR UPDATE``) and all decided entries are appended in order;
+3. ONE checkpoint is signed for the new size; each member's inclusion proof is made against it;
+4. the transaction commits;
+5. each member is answered with its own entry and proof (and, with witnesses configured, then waits in
+   the tenant's cosigning stage, keyserver/witness/cosigning.py, which serves a whole batch with one
+   round: it cosigns the latest committed head).
+
+Failure semantics (docs/release-log.md, "Group commit"):
+
+- A member's ordinary refusals (bad evidence, policy, backend unavailable, budget) are not failures:
+  they are decided as a *denied* entry, exactly as without batching.
+- A member that raises anything else (a bug, an unexpected exception from a verifier) has its SAVEPOINT
+  rolled back: its challenge is not used, it has no entry, it gets the exception; the others go on.
+- A database failure (the kinds ``Database.transaction`` turns into 503) aborts the whole batch: the
+  transaction rolls back, nobody's entry or challenge is written, no key leaves, every member gets 503.
+- A crash of the process before the commit leaves nothing (the transaction dies with the connection);
+  after the commit, every member's entry is durable, and keys that had not yet been answered are lost
+  with the process (never sent without their entry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keyserver.db.models import Tenant
+from keyserver.db.session import Database, Scope
+from keyserver.faults import ReleaseStep
+from keyserver.releaselog.store import Appended, ReleaseLog
+
+T = TypeVar("T")
+
+# A member's decision: made inside the batch's transaction (in its own savepoint), it returns the log
+# entry to append and whatever the member needs to answer once the entry is committed.
+Decide = Callable[[AsyncSession], Awaitable[tuple[dict[str, Any], T]]]
+StepHook = Callable[[ReleaseStep, AsyncSession | None], Awaitable[None]]
+
+# Failures of the database rather than of a member: they abort the whole batch (see module docstring).
+_DATABASE_FAILURES = (DBAPIError, TimeoutError, OSError)
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """How large a batch may grow and how long its first member may wait for company."""
+
+    max_batch: int = 64
+    max_wait_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ValueError("a batch holds at least one release")
+        if not 0 <= self.max_wait_s <= 1:
+            raise ValueError("a batch waits between 0 and 1 s for more members")
+
+
+@dataclass(frozen=True)
+class Committed(Generic[T]):
+    """One member's share of a committed batch: its value, its entry's index and inclusion proof."""
+
+    value: T
+    appended: Appended  # the whole batch's append: size and checkpoint cover every member
+    index: int
+    proof: list[bytes]
+    entry: bytes
+    batch_size: int
+
+
+@dataclass
+class _Member:
+    decide: Decide[Any]
+    future: asyncio.Future[Committed[Any]]
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+@dataclass
+class _TenantQueue:
+    pending: list[_Member] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+
+
+class GroupCommitter:
+    def __init__(self, db: Database, log: ReleaseLog, limits: BatchLimits, step: StepHook) -> None:
+        self.db, self.log, self.limits, self._step = db, log, limits, step
+        self._queues: dict[uuid.UUID, _TenantQueue] = {}
+        # Counters for tests and the benchmark: how many batches committed, and how many members.
+        self.batches = 0
+        self.members = 0
+
+    async def submit(self, tenant: Tenant, decide: Decide[T]) -> Committed[T]:
+        """Decide and log one release as part of the tenant's next batch; answer once it committed."""
+        member = _Member(decide, asyncio.get_running_loop().create_future())
+        # If the caller is gone (its task cancelled) nobody reads the result: mark a failure as seen so
+        # asyncio does not report it as never retrieved (the batch's own error is logged by the others).
+        member.future.add_done_callback(_mark_seen)
+        queue = self._queues.setdefault(tenant.id, _TenantQueue())
+        queue.pending.append(member)
+        if queue.task is None:
+            # The batch runs in its own task: a caller that goes away (client disconnect) must not
+            # cancel a transaction that carries other releases.
+            queue.task = asyncio.create_task(self._drain(tenant, queue))
+        result: Committed[T] = await asyncio.shield(member.future)
+        return result
+
+    def waiting(self, tenant_id: uuid.UUID) -> int:
+        """How many releases of this tenant are queued for its next batch (not the running one)."""
+        queue = self._queues.get(tenant_id)
+        return 0 if queue is None else len(queue.pending)
+
+    async def _drain(self, tenant: Tenant, queue: _TenantQueue) -> None:
+        try:
+            while queue.pending:
+                if self.limits.max_wait_s > 0 and len(queue.pending) < self.limits.max_batch:
+                    await asyncio.sleep(self.limits.max_wait_s)
+                batch = queue.pending[: self.limits.max_batch]
+                del queue.pending[: self.limits.max_batch]
+                await self._run(tenant, batch)
+        finally:
+            queue.task = None
+            if queue.pending:  # only when this task was cancelled (shutdown): nobody will run them
+                for member in queue.pending:
+                    member.fail(asyncio.CancelledError())
+                queue.pending.clear()
+            if self._queues.get(tenant.id) is queue:
+                del self._queues[tenant.id]
+
+    async def _run(self, tenant: Tenant, batch: Sequence[_Member]) -> None:
+        decided: list[tuple[_Member, dict[str, Any], Any]] = []
+        try:
+            async with self.db.transaction(Scope.for_tenant(tenant.id)) as session:
+                for member in batch:
+                    if len(batch) == 1:
+                        # Alone, a member's failure is the batch's: the transaction rolls back whole,
+                        # so a savepoint would only cost two statements.
+                        entry, value = await member.decide(session)
+                        decided.append((member, entry, value))
+                        break
+                    try:
+                        async with session.begin_nested():
+                            entry, value = await member.decide(session)
+                    except _DATABASE_FAILURES:
+                        raise  # the whole batch: the transaction is gone or unusable
+                    except Exception as exc:  # isolated to this member (module docstring)
+                        member.fail(exc)
+                        continue
+                    decided.append((member, entry, value))
+                if not decided:
+                    return
+                appended = await self.log.append(session, tenant, [entry for _, entry, _ in decided])
+                await self._step(ReleaseStep.LOG_APPENDED, session)
+                proofs = [
+                    await self.log.inclusion_proof_of_appended(
+                        session, tenant, appended, appended.first_index + offset
+                    )
+                    for offset in range(len(decided))
+                ]
+                await self._step(ReleaseStep.BEFORE_COMMIT, session)
+            # Committed: every member's entry is durable. Only now may keys leave.
+            await self._step(ReleaseStep.COMMITTED, None)
+        except BaseException as exc:
+            for member in batch:
+                member.fail(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self.batches += 1
+        self.members += len(decided)
+        for offset, (member, _entry, value) in enumerate(decided):
+            index = appended.first_index + offset
+            member.future.set_result(
+                Committed(value, appended, index, proofs[offset], appended.entries[offset], len(decided))
+            )
+
+
+def _mark_seen(future: asyncio.Future[Committed[Any]]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -1,0 +1,236 @@
+"""Group commit (keyserver/releaselog/group_commit.py) on both databases, with a real swtpm quote per
+release over the service's HTTP API.
+
+The fault seam makes batches deterministic: the first release's batch is held at a step until the others
+have queued behind it, so the second batch holds exactly those. Each receipt is checked with the
+loader's own verifier (clients/loader/receipt.py) against the checkpoint it came with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
+from tpm2_pytss import ESAPI
+
+from audit.checkpoint import verify_checkpoint
+from clients.loader.receipt import ExpectedRelease, ReceiptInvalid, verify_receipt
+from keyserver.binding import jwk_thumbprint_b64url
+from keyserver.config import Settings
+from keyserver.db.session import Database
+from keyserver.faults import ReleaseStep
+from keyserver.release import Outcome, ReleaseRequest, ReleaseService
+from keyserver.tenancy import lookup_tenant
+from tests.conftest import Service, bearer
+from tests.test_attest_strict import release_service_on_this_loop
+from tests.test_release_swtpm import Loader, extend, loader_ak, setup_tenant
+from tests.test_tenancy import TenantFixture
+
+pytestmark = pytest.mark.swtpm
+
+N = 6  # releases in flight at once: one in the first batch, N - 1 queued behind it
+
+
+class Boom(RuntimeError):
+    """An unexpected failure (not a refusal, not the database): a bug in one member, or a crash."""
+
+
+def hold_first_batch(svc: ReleaseService, tenant_id: Any, then: Hook | None = None) -> Hook:
+    """A hook that holds the first batch after its commit (COMMITTED: the drain task is still busy, and no
+    transaction is open, so on SQLite too the others get through their attempt budget) until N - 1
+    releases have queued behind it."""
+    held = False
+
+    async def hook(step: ReleaseStep, session: AsyncSession | None) -> None:
+        nonlocal held
+        if step is ReleaseStep.COMMITTED and not held:
+            held = True
+            async with asyncio.timeout(30):
+                # Polled: the committer's queue has no event to wait on, and needs none in production.
+                while svc.group.waiting(tenant_id) < N - 1:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+        if then is not None:
+            await then(step, session)
+
+    return hook
+
+
+Hook = Callable[[ReleaseStep, AsyncSession | None], Awaitable[None]]
+
+
+async def acme_id(svc: ReleaseService) -> uuid.UUID:
+    return (await lookup_tenant(svc.db, "acme")).id
+
+
+async def log_size(service: Service, tenant: TenantFixture) -> int:
+    checkpoint = await service.client.get("/v1/tenants/acme/log/checkpoint", headers=bearer(tenant.auditor))
+    return int(checkpoint.text.split("\n")[1])
+
+
+async def prepared(loaders: list[Loader]) -> list[dict[str, Any]]:
+    """Each loader's release body: its own challenge, a quote bound to it and its own ephemeral key."""
+    bodies = []
+    for loader in loaders:
+        challenge = await loader.challenge()
+        nonce = base64.urlsafe_b64decode(challenge["nonce"] + "==")
+        bodies.append(
+            {"challenge": challenge["id"], "evidence": loader.evidence(nonce), "ephemeral_key": loader.jwk}
+        )
+    return bodies
+
+
+async def release_all(svc: ReleaseService, bodies: list[dict[str, Any]]) -> list[Outcome | BaseException]:
+    """The bodies released concurrently through the service's release path (the in-process HTTP test
+    client runs one request at a time, so it could not form a batch)."""
+    tenant = await lookup_tenant(svc.db, "acme")
+    requests = [
+        ReleaseRequest("weights", None, uuid.UUID(b["challenge"]), b["evidence"], b["ephemeral_key"])
+        for b in bodies
+    ]
+    return list(await asyncio.gather(*(svc.release(tenant, r) for r in requests), return_exceptions=True))
+
+
+def outcomes(results: list[Outcome | BaseException]) -> list[Outcome]:
+    assert all(isinstance(r, Outcome) and r.granted for r in results), results
+    return [r for r in results if isinstance(r, Outcome)]
+
+
+def check_receipt(outcome: Outcome, loader: Loader, vkey: str) -> dict[str, Any]:
+    """The loader's own receipt check (signature, size, inclusion, then the entry's facts)."""
+    assert outcome.jwe is not None
+    receipt = outcome.receipt  # the service's Receipt is what the loader's Receipt protocol reads
+    expected = ExpectedRelease(
+        key_name="weights",
+        key_version=1,
+        requester_thumbprint=jwk_thumbprint_b64url(loader.jwk),
+        jwe_sha256=hashlib.sha256(outcome.jwe.encode()).hexdigest(),
+    )
+    return verify_receipt(receipt, log_verifier_key=vkey, origin=None, expected=expected)
+
+
+async def test_concurrent_releases_share_a_checkpoint(
+    service: Service, settings: Settings, db: Database, swtpm: Any, tpm_esapi: ESAPI
+) -> None:
+    extend(tpm_esapi, b"reviewed loader build 1")
+    with loader_ak(tpm_esapi) as ak:
+        acme = await setup_tenant(service, swtpm, tpm_esapi, ak)
+        vkey = (await service.client.get("/v1/tenants/acme/log/key", headers=bearer(acme.auditor))).json()[
+            "verifier_key"
+        ]
+        svc = release_service_on_this_loop(settings, db)
+        loaders = [Loader(service, tpm_esapi, ak) for _ in range(N)]
+        bodies = await prepared(loaders)
+        before, batches_before = await log_size(service, acme), svc.group.batches
+        svc.faults = hold_first_batch(svc, await acme_id(svc))
+        try:
+            responses = await release_all(svc, bodies)
+        finally:
+            svc.faults = None
+        granted = outcomes(responses)
+        # One entry per request, gap-free; two batches, so two checkpoints (the first and the rest).
+        indices = sorted(o.receipt.log_index for o in granted)
+        assert indices == list(range(before, before + N))
+        assert await log_size(service, acme) == before + N
+        assert svc.group.batches - batches_before == 2
+        checkpoints = {o.receipt.checkpoint for o in granted}
+        assert len(checkpoints) == 2
+        sizes = sorted(verify_checkpoint(c, vkey).size for c in checkpoints)
+        assert sizes == [before + 1, before + N]
+        for outcome, loader, body in zip(granted, loaders, bodies, strict=True):
+            assert check_receipt(outcome, loader, vkey)["challenge"] == body["challenge"]
+        # A receipt is bound to its own entry: another member's entry does not verify with its proof.
+        first, second = granted[1], granted[2]
+        swapped = replace(second, receipt=replace(second.receipt, entry=first.receipt.entry))
+        with pytest.raises(ReceiptInvalid, match="not at index"):
+            check_receipt(swapped, loaders[2], vkey)
+
+
+async def test_a_failing_member_leaves_the_others_logged_and_itself_unwritten(
+    service: Service, settings: Settings, db: Database, swtpm: Any, tpm_esapi: ESAPI
+) -> None:
+    extend(tpm_esapi, b"reviewed loader build 1")
+    with loader_ak(tpm_esapi) as ak:
+        acme = await setup_tenant(service, swtpm, tpm_esapi, ak)
+        vkey = (await service.client.get("/v1/tenants/acme/log/key", headers=bearer(acme.auditor))).json()[
+            "verifier_key"
+        ]
+        svc = release_service_on_this_loop(settings, db)
+        loaders = [Loader(service, tpm_esapi, ak) for _ in range(N)]
+        bodies = await prepared(loaders)
+        before = await log_size(service, acme)
+        wrapped = 0
+
+        async def second_wrap_breaks(step: ReleaseStep, _session: AsyncSession | None) -> None:
+            # The second member to wrap its key fails after its challenge was used, its grant taken and
+            # its key wrapped: all of that must roll back with its savepoint, and nothing else.
+            nonlocal wrapped
+            if step is ReleaseStep.KEY_WRAPPED:
+                wrapped += 1
+                if wrapped == 2:
+                    raise Boom("injected: this member breaks after wrapping its key")
+
+        svc.faults = hold_first_batch(svc, await acme_id(svc), then=second_wrap_breaks)
+        try:
+            responses = await release_all(svc, bodies)
+        finally:
+            svc.faults = None
+        broken = [i for i, r in enumerate(responses) if isinstance(r, Boom)]
+        assert len(broken) == 1, responses  # the failing member gets its exception, and no key
+        failed = broken[0]
+        assert await log_size(service, acme) == before + N - 1
+        logged_challenges = set()
+        for i, response in enumerate(responses):
+            if i != failed:
+                assert isinstance(response, Outcome), response
+                assert response.granted, response
+                logged_challenges.add(check_receipt(response, loaders[i], vkey)["challenge"])
+        assert len(logged_challenges) == N - 1
+        assert bodies[failed]["challenge"] not in logged_challenges
+        # Its challenge was not used: the same request succeeds now, as the next entry.
+        (retried,) = outcomes(await release_all(svc, [bodies[failed]]))
+        assert check_receipt(retried, loaders[failed], vkey)["challenge"] == bodies[failed]["challenge"]
+        assert retried.receipt.log_index == before + N - 1
+
+
+@pytest.mark.parametrize("step", [ReleaseStep.LOG_APPENDED, ReleaseStep.BEFORE_COMMIT])
+async def test_a_crash_between_append_and_commit_leaves_nothing(
+    service: Service, settings: Settings, db: Database, swtpm: Any, tpm_esapi: ESAPI, step: ReleaseStep
+) -> None:
+    extend(tpm_esapi, b"reviewed loader build 1")
+    with loader_ak(tpm_esapi) as ak:
+        acme = await setup_tenant(service, swtpm, tpm_esapi, ak)
+        svc = release_service_on_this_loop(settings, db)
+        loaders = [Loader(service, tpm_esapi, ak) for _ in range(N)]
+        bodies = await prepared(loaders)
+        before = await log_size(service, acme)
+        crashed, first_committed = False, False
+
+        async def crash_once(reached: ReleaseStep, _session: AsyncSession | None) -> None:
+            nonlocal crashed, first_committed
+            first_committed = first_committed or reached is ReleaseStep.COMMITTED
+            # The second batch (N - 1 members) dies after its entries and checkpoint were written.
+            if reached is step and first_committed and not crashed:
+                crashed = True
+                raise Boom(f"injected crash at {step}")
+
+        svc.faults = hold_first_batch(svc, await acme_id(svc), then=crash_once)
+        try:
+            responses = await release_all(svc, bodies)
+        finally:
+            svc.faults = None
+        assert crashed
+        died = [isinstance(r, Boom) for r in responses]
+        assert sorted(died) == [False] + [True] * (N - 1), responses  # every member of the dead batch
+        # Only the first batch's entry is in the log; the dead batch left no entry, node or head.
+        assert await log_size(service, acme) == before + 1
+        # And its challenges are unused: every one of them releases now, each as one new entry.
+        retried = outcomes(await release_all(svc, [b for b, d in zip(bodies, died, strict=True) if d]))
+        assert len(retried) == N - 1
+        assert await log_size(service, acme) == before + N
