@@ -36,6 +36,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--db", choices=["postgres", "sqlite", "both"], default="both", help="for e2e")
     parser.add_argument("--workers", type=int, default=2, help="keyserver serve --workers (default 2)")
     parser.add_argument("--concurrency", help="loaders, comma-separated (default 1,16,64)")
+    parser.add_argument(
+        "--http-edges",
+        help="e2e only: compare HTTP edges in one run, e.g. asyncio/h11,uvloop/httptools (LOOP/HTTP each;"
+        " default: the serve default, uvloop/httptools, alone)",
+    )
     parser.add_argument("--seconds", type=float, help="measured seconds per run (default 8)")
     parser.add_argument("--runs", type=int, help="runs per concurrency (default 3)")
     parser.add_argument("--log-sizes", help="small,large log sizes (default 1000,1000000)")
@@ -84,6 +89,21 @@ async def run_stack(kind: str, args: argparse.Namespace, figures: dict[str, Any]
         return
     warmup = 0.3 if quick_mode() else 1.5
     grown: dict[int, e2e.BenchTenant] = {}  # log size -> a tenant whose log was grown to it
+    edges = [e for e in (args.http_edges or "").split(",") if e]
+    if want_e2e and edges:
+        # The HTTP edges side by side, same harness, same store kind, back to back.
+        for edge in edges:
+            async with e2e.stack(kind, args.workers, edge) as s:
+                tenant = await e2e.setup_tenant(s, "acme", SoftQuoter.create("ecc"))
+                edge_rows: dict[str, Any] = {}
+                for c in args.concurrency:
+                    edge_rows[f"c{c}"] = await e2e.throughput(
+                        s, tenant, c, runs=args.runs, seconds=args.seconds, warmup=warmup
+                    )
+                print(f"HTTP edge {edge}:\n" + e2e_table(kind, edge_rows), flush=True)
+                edge_figures = {"workers": args.workers, **edge_rows}
+                figures.setdefault("http_edge", {}).setdefault(kind, {})[edge] = edge_figures
+        return
     async with e2e.stack(kind, args.workers) as s:
         quoter = SoftQuoter.create("ecc")
         if want_e2e:
@@ -148,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         "concurrency": args.concurrency,
         "workers": args.workers,
     }
-    for section in ("e2e", "log_size", "audit_verify"):
+    for section in ("e2e", "http_edge", "log_size", "audit_verify"):
         if section in figures:
             record(section, {**figures[section], "notes": notes})
 

@@ -111,8 +111,10 @@ def _database(kind: str, tmp: Path) -> Iterator[str | None]:
 
 
 @asynccontextmanager
-async def stack(kind: str, workers: int) -> AsyncIterator[Stack]:
-    """A fresh store and a ``keyserver serve`` process on it; everything removed afterwards."""
+async def stack(kind: str, workers: int, edge: str = "uvloop/httptools") -> AsyncIterator[Stack]:
+    """A fresh store and a ``keyserver serve`` process on it (``edge``: its event loop and HTTP parser,
+    ``LOOP/HTTP``); everything removed afterwards."""
+    loop, http = edge.split("/")
     with (
         tempfile.TemporaryDirectory(prefix="keyserver-e2e-") as tmp_name,
         _database(kind, Path(tmp_name)) as url,
@@ -137,10 +139,11 @@ async def stack(kind: str, workers: int) -> AsyncIterator[Stack]:
         if url:
             env["KEYSERVER_DATABASE_URL"] = url
         port = free_port()
+        serve_args = [KEYSERVER, "serve", "--host", HOST]
         log_path = tmp / "server.log"
         with log_path.open("wb") as log_file:
             server = subprocess.Popen(
-                [KEYSERVER, "serve", "--host", HOST, "--port", str(port), "--workers", str(workers)],
+                [*serve_args, "--port", str(port), "--workers", str(workers), "--loop", loop, "--http", http],
                 env=env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,

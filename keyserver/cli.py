@@ -60,6 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default 8080)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.add_argument(
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="event loop (default uvloop: measured faster, docs/performance.md)",
+    )
+    serve.add_argument(
+        "--http",
+        choices=("httptools", "h11"),
+        default="httptools",
+        help="HTTP/1.1 parser (default httptools: measured faster, docs/performance.md)",
+    )
 
     db = commands.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
     upgrade = db.add_parser("upgrade", help="migrate the schema up (default: to the newest revision)")
@@ -164,6 +176,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         workers=args.workers,
+        loop=args.loop,
+        http=args.http,
         log_config=None,
         access_log=False,
         server_header=False,
