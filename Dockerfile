@@ -13,6 +13,7 @@ COPY policy policy
 COPY audit audit
 COPY migrations migrations
 COPY clients clients
+COPY threshold threshold
 RUN /opt/keyserver/bin/pip install --no-cache-dir --no-deps .
 
 FROM python:3.11-slim-bookworm
