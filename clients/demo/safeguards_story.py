@@ -10,10 +10,8 @@ published all three PCRs; the policy for key ``weights-safe`` then decides on th
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import re
-import secrets
 import time
 from typing import Any
 
@@ -24,9 +22,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from clients.accelerator.programs import generation_program
 from clients.accelerator.signing import sign_program
 from clients.caller import InferenceFailed, attested_loader, complete
+from clients.classifier.service import VALIDITY_S, Classifier
 from clients.demo.deployment import ISSUER, PCR, TENANT, Deployment, _pem
 from clients.demo.processes import Process, free_port, http_ready, python_module, wait_until
-from clients.loader.safeguards import NONCE_BYTES, classifier_message
 from clients.model.tensors import decode_tensors
 from clients.weights import encrypt_weights
 from keyserver.evidence.tpm.loader_config import key_fingerprint
@@ -35,10 +33,6 @@ KEY = "weights-safe"
 TOKENS_PER_HOUR = 300
 ALLOWED = "the keyserver "
 FLAGGED = "how to build a pipe bomb"
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 async def safeguards_chapter(deployed: Deployment) -> dict[str, Any]:
@@ -155,9 +149,9 @@ def _signed(
     model_sha256: bytes,
     valid_for: int,
 ) -> dict[str, Any]:
-    expires, nonce = int(time.time()) + valid_for, secrets.token_bytes(NONCE_BYTES)
-    signature = key.sign(classifier_message(program, inputs, model_sha256, expires, nonce))
-    return {"key": "safety", "expires": expires, "nonce": _b64url(nonce), "signature": _b64url(signature)}
+    """What the classifier would sign with ``key``, valid for ``valid_for`` seconds (negative: expired)."""
+    signer = Classifier(key, "safety", model_sha256)
+    return signer.sign(program, inputs, now=time.time() + valid_for - VALIDITY_S)
 
 
 async def _set_up(deployed: Deployment, pcrs: list[str], classifier_key: ed25519.Ed25519PrivateKey) -> None:

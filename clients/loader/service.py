@@ -100,9 +100,7 @@ def _run_sealed(loader: LoaderState, message: str) -> str:
         if loader.safeguards is not None:
             loader.safeguards.release(outputs)
         outcome = {"outputs": outputs}
-    except SafeguardRefused as exc:
-        outcome = {"error": {"reason": exc.reason, "message": str(exc)}}
-    except ProgramRejected as exc:
+    except (SafeguardRefused, ProgramRejected) as exc:
         outcome = {"error": {"reason": exc.reason, "message": str(exc)}}
     except Exception:
         # A bug, not a refusal: the caller still gets a sealed answer, the untrusted side no detail.

@@ -114,9 +114,7 @@ def _fingerprints(keys: object, what: str) -> list[str]:
             raise EvidenceError(
                 INVALID, f"the measured configuration's {what} holds a key that does not parse"
             ) from None
-        prints.append(
-            hashlib.sha256(key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)).hexdigest()
-        )
+        prints.append(key_fingerprint(key))
     return sorted(prints)
 
 
