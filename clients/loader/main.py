@@ -162,11 +162,10 @@ def refusal(exc: Exception) -> BootRefused:
     """Why the boot stops, for the one JSON line the loader prints."""
     if isinstance(exc, BootRefused):
         return exc
-    if isinstance(exc, KeyserverError | ReleaseRefused | ReceiptInvalid | CollectorError):
-        return BootRefused(exc.reason, exc.message)
-    if isinstance(exc, QuorumRefused):
-        return BootRefused(exc.reason, exc.message)
-    if isinstance(exc, ThresholdError):
+    refused = (
+        KeyserverError | ReleaseRefused | ReceiptInvalid | CollectorError | QuorumRefused | ThresholdError
+    )
+    if isinstance(exc, refused):
         return BootRefused(exc.reason, exc.message)
     if isinstance(exc, ConfigError):
         return BootRefused("config-invalid", str(exc))
