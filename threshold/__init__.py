@@ -21,6 +21,7 @@ from threshold.shares import (
     ThresholdError,
     WrongIdentity,
     combine,
+    share_index,
     split,
     wipe,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "ThresholdError",
     "WrongIdentity",
     "combine",
+    "share_index",
     "split",
     "wipe",
 ]

@@ -232,6 +232,13 @@ class Share:
         wipe(self.value)
 
 
+def share_index(data: bytes | bytearray) -> int:
+    """The index x of the share in ``data`` (checked for form; the copy of its value is wiped)."""
+    share = Share.from_bytes(data)
+    share.wipe()
+    return share.index
+
+
 def wipe(buffer: bytearray) -> None:
     """Overwrite ``buffer`` with zeros (best effort: Python may have copied it before)."""
     buffer[:] = bytes(len(buffer))

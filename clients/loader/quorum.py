@@ -29,7 +29,7 @@ from clients.loader.collectors.errors import CollectorError
 from clients.loader.keyserver_api import KeyserverError, LoaderKeyserver
 from clients.loader.receipt import ReceiptInvalid
 from clients.loader.release import EphemeralKey, LogTrust, ReleaseRefused, attestation_result, release_key
-from threshold import KeyCommitment, NotEnoughShares, ThresholdError, combine, wipe
+from threshold import KeyCommitment, NotEnoughShares, ThresholdError, combine, share_index, wipe
 
 __all__ = [
     "DEFAULT_DEADLINE_S",
@@ -148,11 +148,14 @@ def release_quorum(
                 except Exception as exc:
                     report[trust.name] = _refusal(exc)
                     continue
-                if combined is not None:
-                    wipe(share)  # enough already: a late share is not kept a moment longer
-                    report[trust.name] = {"released": True, "used": False}
-                    continue
                 problem = _unusable(quorum, share, shares)
+                if problem is None and combined is not None:
+                    # Enough already: a late share is only checked against the key (so a keyserver that
+                    # altered its share is named even when it answered last), then wiped.
+                    problem = _disagreement(quorum, shares, share)
+                    wipe(share)
+                    report[trust.name] = {"released": True, "used": False, **(problem or {})}
+                    continue
                 if problem is not None:
                     wipe(share)
                     report[trust.name] = {"released": True, "used": False, **problem}
@@ -162,9 +165,10 @@ def release_quorum(
             if combined is None and len(shares) >= quorum.k:
                 combined = _combine(quorum, shares, report)
                 if combined is not None:
-                    for share in shares.values():
-                        wipe(share)
-                    shares.clear()
+                    # Only the k shares the key came from are kept (as secret as the key the caller
+                    # already holds), to check late shares against; all are wiped when the boot ends.
+                    for name in [n for n in shares if not report[n].get("used")]:
+                        wipe(shares.pop(name))
         for future in pending:
             report[futures[future].name] = {
                 "released": False,
@@ -200,12 +204,24 @@ def _unusable(quorum: QuorumTrust, share: bytearray, kept: Mapping[str, bytearra
         pass  # form, identity and length are right: all that one share can show
     except ThresholdError as exc:
         return {"reason": exc.reason, "detail": exc.message}
+    index = share_index(share)
     for name, other in kept.items():
-        if other[3] == share[3]:  # byte 3 is the share's index (threshold/shares.py)
+        if share_index(other) == index:
             return {
                 "reason": "threshold-duplicate-share",
-                "detail": f"share index {share[3]} was already released by {name}",
+                "detail": f"share index {index} was already released by {name}",
             }
+    return None
+
+
+def _disagreement(
+    quorum: QuorumTrust, chosen: Mapping[str, bytearray], share: bytearray
+) -> dict[str, str] | None:
+    """Why ``share`` disagrees with the key the ``chosen`` k shares made, or None if it agrees."""
+    try:
+        wipe(combine([*chosen.values(), share], quorum.commitment, quorum.commitment.identity))
+    except ThresholdError as exc:
+        return {"reason": exc.reason, "detail": exc.message}
     return None
 
 
@@ -223,12 +239,10 @@ def _combine(
             key = combine([shares[name] for name in names], quorum.commitment, identity)
         except ThresholdError:
             continue
+        chosen = {name: shares[name] for name in names}
         for other in set(shares) - set(names):
-            try:
-                wipe(combine([*(shares[n] for n in names), shares[other]], quorum.commitment, identity))
-                report[other]["used"] = False
-            except ThresholdError as exc:
-                report[other] = {"released": True, "used": False, "reason": exc.reason, "detail": exc.message}
+            problem = _disagreement(quorum, chosen, shares[other])
+            report[other] = {"released": True, "used": False, **(problem or {})}
         for name in names:
             report[name]["used"] = True
         return key

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -86,9 +87,11 @@ def clients_for(urls: dict[str, str], timeout: float = 0.5) -> dict[str, LoaderK
 class Handing:
     """Each keyserver hands back the share the test gives it (a copy the test can inspect afterwards)."""
 
-    def __init__(self, shares: dict[str, bytes]) -> None:
+    def __init__(self, shares: dict[str, bytes], last: str | None = None) -> None:
         self.shares = shares
         self.handed: dict[str, bytearray] = {}
+        self.last = last  # this keyserver answers only after every other one has
+        self.others_answered = threading.Barrier(len(shares) - 1) if last else None
 
     def __call__(
         self, trust: KeyserverTrust, client: LoaderKeyserver, collector: Collector, key: EphemeralKey
@@ -97,6 +100,11 @@ class Handing:
 
         if trust.name not in self.shares:
             return _share_of(trust, client, collector, key)  # the real path: HTTP to the keyserver
+        if self.others_answered is not None:
+            if trust.name == self.last:
+                time.sleep(0.3)  # the others are past their barrier and answered well before this
+            else:
+                self.others_answered.wait(timeout=5)
         self.handed[trust.name] = bytearray(self.shares[trust.name])
         return self.handed[trust.name]
 
@@ -116,21 +124,34 @@ def test_k_honest_shares_make_the_committed_key_and_every_share_is_wiped(
         assert share == bytearray(len(share)), "a share outlived the combination"
 
 
+@pytest.mark.parametrize("altered_answers", ["in any order", "last"])
 def test_an_altered_share_is_caught_and_the_two_honest_ones_still_boot(
-    quorum: QuorumTrust, split_key: tuple[list[bytes], KeyCommitment]
+    quorum: QuorumTrust, split_key: tuple[list[bytes], KeyCommitment], altered_answers: str
 ) -> None:
     shares = list(split_key[0])
     shares[0] = shares[0][:-1] + bytes([shares[0][-1] ^ 1])
-    outcome = release_quorum(
-        quorum,
-        clients_for(UNUSED),
-        NoEvidence(),
-        EphemeralKey(),
-        share_of=Handing(dict(zip(NAMES, shares, strict=True))),
-    )
+    # Last: the key is already made from ks-b and ks-c when ks-a's share arrives; it is still checked.
+    last = "ks-a" if altered_answers == "last" else None
+    handing = Handing(dict(zip(NAMES, shares, strict=True)), last=last)
+    outcome = release_quorum(quorum, clients_for(UNUSED), NoEvidence(), EphemeralKey(), share_of=handing)
     assert bytes(outcome.key) == KEY
     assert outcome.report["ks-a"]["used"] is False
     assert outcome.report["ks-a"]["reason"] == "threshold-commitment-mismatch"
+    for share in handing.handed.values():
+        assert share == bytearray(len(share)), "a share outlived the boot"
+
+
+def test_an_honest_late_share_is_reported_unused_and_without_blame(
+    quorum: QuorumTrust, split_key: tuple[list[bytes], KeyCommitment]
+) -> None:
+    handing = Handing(dict(zip(NAMES, split_key[0], strict=True)), last="ks-c")
+    outcome = release_quorum(quorum, clients_for(UNUSED), NoEvidence(), EphemeralKey(), share_of=handing)
+    assert bytes(outcome.key) == KEY
+    assert outcome.report["ks-c"] == {"released": True, "used": False}
+    assert outcome.report["ks-a"]["used"] is True
+    assert outcome.report["ks-b"]["used"] is True
+    for share in handing.handed.values():
+        assert share == bytearray(len(share)), "a share outlived the boot"
 
 
 def test_shares_of_another_key_or_version_are_refused_by_name(
@@ -160,7 +181,9 @@ def test_one_keyserver_replaying_anothers_share_does_not_count_twice(
             share_of=Handing(copy),
             deadline_s=5,
         )
-    assert refused.value.report["ks-b"]["reason"] == "threshold-duplicate-share"
+    # ks-a and ks-b answer concurrently: whichever arrives second is the copy that does not count.
+    reasons = sorted(str(refused.value.report[name].get("reason")) for name in ("ks-a", "ks-b"))
+    assert reasons == ["None", "threshold-duplicate-share"]
     assert refused.value.report["ks-c"]["reason"] == "keyserver-unreachable"
     assert "timed out" in refused.value.report["ks-c"]["detail"]
 
