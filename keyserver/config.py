@@ -92,9 +92,10 @@ class Settings:
     # Test each pooled PostgreSQL connection before use. On by default: after a database restart or
     # failover every pooled connection is dead, and without the ping each one fails a request (503)
     # before the pool notices; the service must recover on its own (tests/test_faults_postgres.py).
-    # Off saves three round trips per checkout (BEGIN, ";", ROLLBACK), a quarter of a release's
-    # database work (docs/performance.md), for deployments that retry 503s themselves.
-    db_pre_ping: bool = True
+    # Off by default: a transaction begins on a live connection without it, by retrying its first
+    # statement once on a fresh connection (Database.transaction). On costs three round trips per
+    # checkout (BEGIN, ";", ROLLBACK) for nothing more; kept for a proxy that hides disconnects.
+    db_pre_ping: bool = False
     # pkcs11 backend: the module (.so), the token (by label), the user PIN (inline or, better, in a
     # file readable by the service only) and the label of the KEK on the token.
     pkcs11_module: Path | None = None

@@ -85,7 +85,8 @@ def killed(cluster: PostgresCluster, database: str) -> Fault:
             pid = (await session.execute(text("SELECT pg_backend_pid()"))).scalar_one()
         await asyncio.to_thread(_terminate, cluster, database, pid)
 
-    # Outside a transaction, pooled connections are pinged before use and replaced.
+    # Outside a transaction, the next transaction's first statement meets the dead connection and
+    # begins again on a fresh one (keyserver/db/session.py): no request fails.
     return Fault("connection-killed", inject, bites(IN_TRANSACTION, Expect.UNAVAILABLE))
 
 

@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 from tpm2_pytss import ESAPI
 
@@ -42,24 +43,28 @@ class Boom(RuntimeError):
     """An unexpected failure (not a refusal, not the database): a bug in one member, or a crash."""
 
 
-def hold_first_batch(svc: ReleaseService, tenant_id: Any, then: Hook | None = None) -> Hook:
+class HoldFirstBatch:
     """A hook that holds the first batch after its commit (COMMITTED: the drain task is still busy, and no
-    transaction is open, so on SQLite too the others get through their attempt budget) until N - 1
-    releases have queued behind it."""
-    held = False
+    transaction is open) until N - 1 releases have queued behind it. :func:`release_all` sends the
+    first release alone and the others once its batch has begun (``started``): sent together, they
+    would all queue before the drain task runs and make one batch."""
 
-    async def hook(step: ReleaseStep, session: AsyncSession | None) -> None:
-        nonlocal held
-        if step is ReleaseStep.COMMITTED and not held:
-            held = True
+    def __init__(self, svc: ReleaseService, tenant_id: Any, then: Hook | None = None) -> None:
+        self.svc, self.tenant_id, self.then = svc, tenant_id, then
+        self.held = False
+        self.started = asyncio.Event()
+
+    async def __call__(self, step: ReleaseStep, session: AsyncSession | None) -> None:
+        if session is not None:
+            self.started.set()
+        if step is ReleaseStep.COMMITTED and not self.held:
+            self.held = True
             async with asyncio.timeout(30):
                 # Polled: the committer's queue has no event to wait on, and needs none in production.
-                while svc.group.waiting(tenant_id) < N - 1:  # noqa: ASYNC110
+                while self.svc.group.waiting(self.tenant_id) < N - 1:  # noqa: ASYNC110
                     await asyncio.sleep(0.01)
-        if then is not None:
-            await then(step, session)
-
-    return hook
+        if self.then is not None:
+            await self.then(step, session)
 
 
 Hook = Callable[[ReleaseStep, AsyncSession | None], Awaitable[None]]
@@ -94,7 +99,15 @@ async def release_all(svc: ReleaseService, bodies: list[dict[str, Any]]) -> list
         ReleaseRequest("weights", None, uuid.UUID(b["challenge"]), b["evidence"], b["ephemeral_key"])
         for b in bodies
     ]
-    return list(await asyncio.gather(*(svc.release(tenant, r) for r in requests), return_exceptions=True))
+    if not isinstance(svc.faults, HoldFirstBatch):
+        return list(await asyncio.gather(*(svc.release(tenant, r) for r in requests), return_exceptions=True))
+    first = asyncio.ensure_future(svc.release(tenant, requests[0]))
+    async with asyncio.timeout(30):
+        await svc.faults.started.wait()
+    rest = asyncio.gather(*(svc.release(tenant, r) for r in requests[1:]), return_exceptions=True)
+    alone, together = await asyncio.gather(first, rest, return_exceptions=True)
+    assert isinstance(together, list)
+    return [alone, *together]
 
 
 def outcomes(results: list[Outcome | BaseException]) -> list[Outcome]:
@@ -128,7 +141,7 @@ async def test_concurrent_releases_share_a_checkpoint(
         loaders = [Loader(service, tpm_esapi, ak) for _ in range(N)]
         bodies = await prepared(loaders)
         before, batches_before = await log_size(service, acme), svc.group.batches
-        svc.faults = hold_first_batch(svc, await acme_id(svc))
+        svc.faults = HoldFirstBatch(svc, await acme_id(svc))
         try:
             responses = await release_all(svc, bodies)
         finally:
@@ -176,7 +189,7 @@ async def test_a_failing_member_leaves_the_others_logged_and_itself_unwritten(
                 if wrapped == 2:
                     raise Boom("injected: this member breaks after wrapping its key")
 
-        svc.faults = hold_first_batch(svc, await acme_id(svc), then=second_wrap_breaks)
+        svc.faults = HoldFirstBatch(svc, await acme_id(svc), then=second_wrap_breaks)
         try:
             responses = await release_all(svc, bodies)
         finally:
@@ -220,7 +233,7 @@ async def test_a_crash_between_append_and_commit_leaves_nothing(
                 crashed = True
                 raise Boom(f"injected crash at {step}")
 
-        svc.faults = hold_first_batch(svc, await acme_id(svc), then=crash_once)
+        svc.faults = HoldFirstBatch(svc, await acme_id(svc), then=crash_once)
         try:
             responses = await release_all(svc, bodies)
         finally:
@@ -234,3 +247,35 @@ async def test_a_crash_between_append_and_commit_leaves_nothing(
         retried = outcomes(await release_all(svc, [b for b, d in zip(bodies, died, strict=True) if d]))
         assert len(retried) == N - 1
         assert await log_size(service, acme) == before + N
+
+
+async def test_a_release_is_one_transaction_and_a_batch_one_commit(
+    service: Service, settings: Settings, db: Database, swtpm: Any, tpm_esapi: ESAPI
+) -> None:
+    """The lean path (issue 15): the attempt budget is counted inside the release's transaction, so a
+    release commits once, and a batch of N releases commits once (the default tenant budget is on)."""
+    assert settings.release_limit_tenant is not None
+    extend(tpm_esapi, b"reviewed loader build 1")
+    with loader_ak(tpm_esapi) as ak:
+        await setup_tenant(service, swtpm, tpm_esapi, ak)
+        svc = release_service_on_this_loop(settings, db)
+        loaders = [Loader(service, tpm_esapi, ak) for _ in range(N + 1)]
+        bodies = await prepared(loaders)
+        await acme_id(svc)  # the tenant's id is cached from here on: release_all's lookup commits nothing
+        commits: list[int] = []
+
+        def count(_conn: Any) -> None:
+            commits.append(1)
+
+        event.listen(db.engine.sync_engine, "commit", count)
+        try:
+            outcomes(await release_all(svc, bodies[:1]))
+            assert len(commits) == 1
+            svc.faults = HoldFirstBatch(svc, await acme_id(svc))
+            try:
+                outcomes(await release_all(svc, bodies[1:]))
+            finally:
+                svc.faults = None
+        finally:
+            event.remove(db.engine.sync_engine, "commit", count)
+    assert len(commits) == 3, "one commit for the lone release, one per batch of the next N"

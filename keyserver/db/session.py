@@ -11,6 +11,7 @@ only guard (the tests cover both).
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,6 +28,7 @@ from keyserver.config import Settings
 from keyserver.errors import ConfigurationError, Unavailable
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+log = logging.getLogger("keyserver.db")
 
 
 @dataclass(frozen=True)
@@ -151,12 +153,35 @@ class Database:
         surface as :class:`Unavailable` (HTTP 503) after the rollback, never as half-done work.
         """
         try:
-            async with self.session(scope) as session, session.begin():
-                yield session
+            async with self.session(scope) as session:
+                await self._begin_on_live_connection(session)
+                try:
+                    yield session
+                except BaseException:
+                    await _rollback_quietly(session)
+                    raise
+                await session.commit()
         except (TimeoutError, OperationalError, DBAPIError, OSError) as exc:
             if isinstance(exc, DBAPIError) and not _is_transient_error(exc):
                 raise
             raise Unavailable(_unavailable_message(exc)) from exc
+
+    async def _begin_on_live_connection(self, session: AsyncSession) -> None:
+        """Begin ``session``'s transaction on a connection that answers, at no cost per request.
+
+        Its first statement runs now (PostgreSQL: the scope's ``set_config``; SQLite: ``BEGIN
+        IMMEDIATE``). A pooled connection that died since its last use (the server restarted, or killed
+        it) fails right here, before the caller did anything: SQLAlchemy then discards it and every
+        connection pooled before it, and the transaction begins again once on a fresh one. This replaces
+        pool pre-ping (three round trips on every checkout, docs/performance.md); a server that is down
+        fails the second try too, as 503."""
+        try:
+            await session.connection()
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            await _rollback_quietly(session)
+            await session.connection()
 
     async def ping(self) -> None:
         """Raise :class:`Unavailable` unless the database answers within the configured timeout."""
@@ -185,6 +210,15 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+async def _rollback_quietly(session: AsyncSession) -> None:
+    """Roll back after a failure; if the rollback fails too (the connection is gone), the first failure
+    is the one to report, and closing the session discards the connection."""
+    try:
+        await session.rollback()
+    except Exception:
+        log.debug("rollback after a failure failed as well", exc_info=True)
 
 
 # SQLSTATEs (PostgreSQL) that say the database, not the request, failed: connection exceptions (08),

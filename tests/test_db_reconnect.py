@@ -1,0 +1,139 @@
+"""A transaction begins on a live connection without pool pre-ping (keyserver/db/session.py).
+
+A throwaway PostgreSQL cluster of this module's own is restarted and crashed under a pool of several
+connections: every following transaction succeeds (no request pays for the dead connections), while
+a transaction costs no statement beyond its scope's ``set_config`` and its own; a server that stays
+down is a 503 (``Unavailable``), never a hang or a half-done transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import event, text
+
+from keyserver.config import Settings
+from keyserver.db.session import Database, Scope
+from keyserver.errors import Unavailable
+from tests.fixtures.postgres import PostgresCluster, throwaway_cluster
+
+pytestmark = [pytest.mark.postgres, pytest.mark.asyncio(loop_scope="module")]
+
+POOLED = 4
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[PostgresCluster]:
+    with throwaway_cluster(crash_safe=True) as running:
+        yield running
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def db(cluster: PostgresCluster, tmp_path: Path) -> AsyncIterator[Database]:
+    database = cluster.create_database()
+    settings = Settings(data_dir=tmp_path, database_url=cluster.url(database), db_timeout_s=2.0)
+    assert settings.db_pre_ping is False  # the default under test
+    handle = Database(settings)
+    try:
+        yield handle
+    finally:
+        await handle.dispose()
+
+
+class Statements:
+    """Every statement the engine sends, in order."""
+
+    def __init__(self, db: Database) -> None:
+        self.sent: list[str] = []
+        event.listen(db.engine.sync_engine, "before_cursor_execute", self._record)
+
+    def _record(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        self.sent.append(" ".join(statement.split()))
+
+
+async def backend_pid(db: Database) -> int:
+    async with db.transaction(Scope.for_operator()) as session:
+        return int((await session.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+
+
+async def fill_pool(db: Database) -> set[int]:
+    """POOLED connections in the pool at once (each transaction holds one while the others start)."""
+    gate = asyncio.Barrier(POOLED)
+
+    async def hold() -> int:
+        async with db.transaction(Scope.for_operator()) as session:
+            pid = int((await session.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+            await gate.wait()
+            return pid
+
+    return set(await asyncio.gather(*(hold() for _ in range(POOLED))))
+
+
+async def test_a_transaction_sends_only_its_scope_and_its_statements(db: Database) -> None:
+    await backend_pid(db)  # a pooled connection to reuse
+    statements = Statements(db)
+    async with db.transaction(Scope.for_operator()) as session:
+        await session.execute(text("SELECT 1"))
+    assert len(statements.sent) == 2, statements.sent
+    assert statements.sent[0].startswith("SELECT set_config('keyserver.tenant_id'")
+    assert statements.sent[1] == "SELECT 1"
+
+
+@pytest.mark.parametrize("how", ["restarted", "crashed"])
+async def test_every_transaction_after_a_restart_succeeds(
+    db: Database, cluster: PostgresCluster, how: str
+) -> None:
+    before = await fill_pool(db)
+    assert len(before) == POOLED
+    await asyncio.to_thread(cluster.stop, "fast" if how == "restarted" else "immediate")
+    await asyncio.to_thread(cluster.start)
+    after = [await backend_pid(db) for _ in range(2 * POOLED)]
+    assert not before & set(after), "a connection from before the restart was used"
+
+
+async def test_a_connection_killed_between_transactions_costs_no_request(
+    db: Database, cluster: PostgresCluster
+) -> None:
+    pid = await backend_pid(db)
+    cluster.admin(f"SELECT pg_terminate_backend({pid}, 5000)")  # waits until it has exited
+    assert await backend_pid(db) != pid
+
+
+async def test_a_server_that_stays_down_is_unavailable_and_recovers(
+    db: Database, cluster: PostgresCluster
+) -> None:
+    await fill_pool(db)
+    await asyncio.to_thread(cluster.stop, "fast")
+    try:
+        with pytest.raises(Unavailable):
+            async with db.transaction(Scope.for_operator()) as session:
+                await session.execute(text("SELECT 1"))
+    finally:
+        await asyncio.to_thread(cluster.start)
+    assert await backend_pid(db) > 0
+
+
+async def test_a_failure_inside_the_transaction_is_not_retried(
+    db: Database, cluster: PostgresCluster
+) -> None:
+    """Only the first statement is tried again: once the caller's work began, a lost connection is a
+    503 and the caller's work is rolled back, never run twice."""
+    statements = Statements(db)
+    pids: list[int] = []
+
+    async def work() -> None:
+        async with db.transaction(Scope.for_operator()) as session:
+            pids.append(int((await session.execute(text("SELECT pg_backend_pid()"))).scalar_one()))
+            cluster.admin(f"SELECT pg_terminate_backend({pids[0]}, 5000)")
+            await session.execute(text("SELECT 1"))
+
+    with pytest.raises(Unavailable):
+        await work()
+    (pid,) = pids
+    assert statements.sent.count("SELECT pg_backend_pid()") == 1
+    assert await backend_pid(db) != pid
