@@ -3,7 +3,9 @@
 Sections (``--only`` picks some): ``verifiers`` (bench/verifiers.py), ``e2e`` (attested releases per second
 over HTTP at several concurrencies, PostgreSQL and SQLite), ``log-size`` (release latency with the
 tenant's log at 10^3 vs 10^6 entries) and ``audit`` (``keyserver audit verify`` at 10^5 and 10^6 entries);
-the last two share the PostgreSQL stack. ``--quick`` (or ``BENCH_QUICK=1``) runs every code path with
+the last two share the PostgreSQL stack. ``scale-out`` (bench/scale_out.py: two replicas on one
+PostgreSQL, many tenants beside a hot one) runs only when asked for (``--only scale-out``).
+``--quick`` (or ``BENCH_QUICK=1``) runs every code path with
 tiny sizes and durations: a smoke run, not a measurement. The release-log micro-benchmark stays
 ``python -m bench.log_bench``.
 
@@ -18,11 +20,12 @@ import asyncio
 import os
 from typing import Any
 
-from bench import e2e, verifiers
+from bench import e2e, scale_out, verifiers
 from bench.common import quick_mode, record
 from bench.softtpm import SoftQuoter
 
 SECTIONS = ("verifiers", "e2e", "log-size", "audit")
+ON_REQUEST = ("scale-out",)  # not in the default run: PostgreSQL only, and minutes of set-up
 
 
 def _ints(text: str) -> list[int]:
@@ -32,7 +35,9 @@ def _ints(text: str) -> list[int]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run (same as BENCH_QUICK=1)")
-    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated: {','.join(SECTIONS)}")
+    parser.add_argument(
+        "--only", default=",".join(SECTIONS), help=f"comma-separated: {','.join(SECTIONS + ON_REQUEST)}"
+    )
     parser.add_argument("--db", choices=["postgres", "sqlite", "both"], default="both", help="for e2e")
     parser.add_argument("--workers", type=int, default=2, help="keyserver serve --workers (default 2)")
     parser.add_argument("--concurrency", help="loaders, comma-separated (default 1,16,64)")
@@ -45,12 +50,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, help="runs per concurrency (default 3)")
     parser.add_argument("--log-sizes", help="small,large log sizes (default 1000,1000000)")
     parser.add_argument("--audit-sizes", help="log sizes for audit verify (default 100000,1000000)")
+    parser.add_argument("--tenants", type=int, help="scale-out: tenants beside the hot one (default 100)")
     args = parser.parse_args(argv)
     if args.quick:
         os.environ["BENCH_QUICK"] = "1"
     quick = quick_mode()
     args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = set(args.sections) - set(SECTIONS)
+    unknown = set(args.sections) - set(SECTIONS + ON_REQUEST)
     if unknown:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
     args.concurrency = _ints(args.concurrency or ("1,4" if quick else "1,16,64"))
@@ -58,6 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.runs = args.runs or (1 if quick else 3)
     args.log_sizes = _ints(args.log_sizes or ("100,1000" if quick else "1000,1000000"))
     args.audit_sizes = _ints(args.audit_sizes or ("1000" if quick else "100000,1000000"))
+    args.tenants = args.tenants or (3 if quick else 100)
     return args
 
 
@@ -163,12 +170,24 @@ def main(argv: list[str] | None = None) -> None:
     kinds = ["postgres", "sqlite"] if args.db == "both" else [args.db]
     for i, kind in enumerate(kinds):
         asyncio.run(run_stack(kind, args, figures, first=i == 0))
+    if "scale-out" in args.sections:
+        warmup = 0.3 if quick_mode() else 1.5
+        figures["scale_out"] = asyncio.run(
+            scale_out.run(
+                args.workers,
+                args.concurrency,
+                tenants=args.tenants,
+                runs=args.runs,
+                seconds=args.seconds,
+                warmup=warmup,
+            )
+        )
     notes = {
         "loadgen": "loaders and server share the machine; quotes are TPM wire format signed by a software AK",
         "concurrency": args.concurrency,
         "workers": args.workers,
     }
-    for section in ("e2e", "http_edge", "log_size", "audit_verify"):
+    for section in ("e2e", "http_edge", "log_size", "audit_verify", "scale_out"):
         if section in figures:
             record(section, {**figures[section], "notes": notes})
 

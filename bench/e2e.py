@@ -65,9 +65,14 @@ class Stack:
     server_log: Path
     postgres_pid: int | None
     workers: int
+    # Every ``keyserver serve`` process on this store (``replicas`` > 1: as separate hosts would run
+    # them, sharing the database and the key-encryption key); ``port``/``server`` are the first.
+    ports: tuple[int, ...] = ()
+    servers: tuple[subprocess.Popen[bytes], ...] = ()
 
     def cpu(self) -> dict[str, float]:
-        figures = {"server": cpu_seconds(self.server.pid), "loadgen": _own_cpu()}
+        servers = self.servers or (self.server,)
+        figures = {"server": sum(cpu_seconds(p.pid) for p in servers), "loadgen": _own_cpu()}
         if self.postgres_pid is not None:
             figures["postgres"] = cpu_seconds(self.postgres_pid)
         return figures
@@ -111,9 +116,11 @@ def _database(kind: str, tmp: Path) -> Iterator[str | None]:
 
 
 @asynccontextmanager
-async def stack(kind: str, workers: int, edge: str = "uvloop/httptools") -> AsyncIterator[Stack]:
-    """A fresh store and a ``keyserver serve`` process on it (``edge``: its event loop and HTTP parser,
-    ``LOOP/HTTP``); everything removed afterwards."""
+async def stack(
+    kind: str, workers: int, edge: str = "uvloop/httptools", replicas: int = 1
+) -> AsyncIterator[Stack]:
+    """A fresh store and ``replicas`` ``keyserver serve`` processes on it (``edge``: their event loop and
+    HTTP parser, ``LOOP/HTTP``); everything removed afterwards."""
     loop, http = edge.split("/")
     with (
         tempfile.TemporaryDirectory(prefix="keyserver-e2e-") as tmp_name,
@@ -138,26 +145,46 @@ async def stack(kind: str, workers: int, edge: str = "uvloop/httptools") -> Asyn
         )
         if url:
             env["KEYSERVER_DATABASE_URL"] = url
-        port = free_port()
-        serve_args = [KEYSERVER, "serve", "--host", HOST]
-        log_path = tmp / "server.log"
-        with log_path.open("wb") as log_file:
-            server = subprocess.Popen(
-                [*serve_args, "--port", str(port), "--workers", str(workers), "--loop", loop, "--http", http],
-                env=env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
+        serve_args = [KEYSERVER, "serve", "--host", HOST, "--workers", str(workers)]
+        serve_args += ["--loop", loop, "--http", http]
+        ports: list[int] = []
+        servers: list[subprocess.Popen[bytes]] = []
         try:
-            await _wait_ready(port, server, log_path)
+            for replica in range(replicas):
+                port = free_port()
+                log_path = tmp / f"server-{replica}.log"
+                with log_path.open("wb") as log_file:
+                    servers.append(
+                        subprocess.Popen(
+                            [*serve_args, "--port", str(port)],
+                            env=env,
+                            stdout=log_file,
+                            stderr=subprocess.STDOUT,
+                        )
+                    )
+                ports.append(port)
+                await _wait_ready(port, servers[-1], log_path)
             pg = await _postmaster_pid(url) if url else None
-            yield Stack(kind, port, settings, announced[0], server, log_path, pg, workers)
+            yield Stack(
+                kind,
+                ports[0],
+                settings,
+                announced[0],
+                servers[0],
+                tmp / "server-0.log",
+                pg,
+                workers,
+                tuple(ports),
+                tuple(servers),
+            )
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            for server in servers:
+                server.terminate()
+            for server in servers:
+                try:
+                    server.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    server.kill()
 
 
 async def _wait_ready(port: int, server: subprocess.Popen[bytes], log: Path) -> None:

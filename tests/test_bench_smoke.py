@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -68,3 +70,34 @@ def test_bench_quick_mode_writes_well_formed_results(tmp_path: Path) -> None:
     audit = data["audit_verify"]["sqlite"]["1000"]
     assert audit["entries"] >= 1000
     _timed(audit, "seconds_p50", "entries_per_s", "ratio")
+
+
+@pytest.mark.postgres
+def test_bench_scale_out_quick_mode_writes_well_formed_results(tmp_path: Path) -> None:
+    """Two replicas on one PostgreSQL and a crowd of tenants beside a hot one (bench/scale_out.py)."""
+    results = tmp_path / "results.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYSERVER_")}
+    env.update(BENCH_RESULTS=str(results), BENCH_QUICK="1")
+    argv = [sys.executable, "-m", "bench", "--only", "scale-out", "--concurrency", "2", "--seconds", "0.5"]
+    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 x keyserver serve on one PostgreSQL" in proc.stdout
+
+    data = json.loads(results.read_text())
+    assert set(data) == {"scale_out"}
+    replicas = data["scale_out"]["replicas"]["c2"]
+    assert replicas["replicas"] == 2
+    assert replicas["spread_over"] == 3
+    for tenants in ("one_tenant", "spread_tenants"):
+        for mode in ("one_replica", "2_replicas"):
+            figures = replicas[tenants][mode]
+            _timed(figures, "releases_per_s", "p50_ms", "p99_ms")
+            assert figures["failures"] == {}
+            assert set(figures["cpu_ms_per_release"]) >= {"server", "postgres", "loadgen"}
+        _timed(replicas[tenants], "ratio")
+    crowd = data["scale_out"]["tenants"]["c2"]
+    assert crowd["tenants"] == 3
+    for part in ("hot_alone", "hot_beside_crowd", "crowd"):
+        _timed(crowd[part], "releases_per_s", "p50_ms", "p99_ms")
+        assert crowd[part]["failures"] == {}
+    _timed(crowd, "hot_ratio")
