@@ -106,7 +106,7 @@ def create_app(settings: Settings | None = None, *, announce: Announce = print_o
                 state.release_log,
                 backend,
                 AttestationIssuer(backend, settings.log_origin),
-                ReleaseLimiter(settings),
+                ReleaseLimiter(db, settings),
                 BatchLimits(settings.release_batch_max, settings.release_batch_wait_ms / 1000),
             )
             witness_http = httpx.AsyncClient()

@@ -4,13 +4,13 @@ Two budgets, each ``max_releases`` per fixed window of ``window_seconds`` (windo
 the window length in Unix time), set by the tenant admin or, where it set none, by the operator's
 defaults (``KEYSERVER_RELEASE_LIMIT_TENANT``, ``KEYSERVER_RELEASE_LIMIT_KEY``):
 
-* **tenant** (scope ``tenant``): every release and attestation request that reaches the tenant, counted
-  first thing in the transaction that decides it (a release's batch, keyserver/releaselog/group_commit.py,
-  or the attestation's), so it costs no commit of its own; a request whose transaction fails (a 503:
-  nothing was done for it) counts nothing. A refusal is a 429 with ``Retry-After``; it is *not* written to the
-  release log and does not consume the challenge. Loaders hold no credential, so anyone can send release
-  requests: logging refusals would let a flood grow the tenant's append-only log without bound. This
-  budget is what bounds it: at most ``max_releases`` log entries per window from release requests.
+* **tenant** (scope ``tenant``): every release and attestation request that reaches the tenant, before
+  anything else is done for it (in a short transaction of its own, committed without waiting for its WAL
+  flush: see ``ReleaseLimiter.admit_attempt``). A refusal is a 429 with ``Retry-After``; it is *not*
+  written to the release log and does not consume the challenge. Loaders hold no credential, so anyone
+  can send release requests: logging refusals would let a flood grow the tenant's append-only log
+  without bound. This budget is what bounds it: at most ``max_releases`` log entries per window from
+  release requests.
 * **key** (scope ``key/<name>``): the releases of one key that the policy granted. Checked after the
   appraisal and before the key is unwrapped, counted in the transaction that logs the grant, so it is
   spent if and only if the key left (with its entry committed). A refusal is a 429 with ``Retry-After``
@@ -39,6 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyserver.config import Budget, Settings
 from keyserver.db.models import Key, ReleaseCounter, ReleaseLimit, Tenant
+from keyserver.db.session import Database, Scope
 from keyserver.db.types import utcnow
 from keyserver.errors import EvidenceError, KeyserverError, NotFound
 from keyserver.releaselog import records
@@ -223,21 +224,27 @@ async def take(
 class ReleaseLimiter:
     """What the release path asks: may this attempt proceed (tenant), may this key leave (key)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self.db, self.settings = db, settings
         # (tenant, window start) already reported in the service log by this process: a flood is
         # reported once per window, not once per refused request.
         self._reported: set[tuple[uuid.UUID, int]] = set()
 
-    async def admit_attempt(self, session: AsyncSession, tenant: Tenant, now: datetime) -> None:
-        """Count one attempt against the tenant's budget, first thing in the transaction that decides it
-        (the release's batch, or the attestation's): an attempt counts whatever it is decided, and
-        costs no commit of its own. ``RateLimited`` (and nothing written) when the budget is spent: the
-        caller lets it leave the transaction or savepoint, so the challenge is not used either."""
-        limit = await effective_limit(session, self.settings, tenant.id, TENANT)
-        if limit.budget is None:
-            return
-        retry_after = await take(session, tenant.id, TENANT, limit.budget, now)
+    async def admit_attempt(self, tenant: Tenant, now: datetime) -> None:
+        """Count one attempt against the tenant's budget (an attempt counts whatever becomes of it);
+        ``RateLimited`` when the budget is spent.
+
+        In a short transaction of its own that does not wait for its WAL flush (``durable=False``).
+        Its own: the counter row is locked from the upsert to the commit, and counting inside the
+        release's batch held that lock for the whole batch, so the batches of two workers (or replicas)
+        of one tenant ran one after the other instead of verifying side by side (measured,
+        docs/performance.md). Not durable: a counter lost in a server crash lets a flood make a few more
+        attempts, and costs nothing else; the release, its challenge and its entry commit durably."""
+        async with self.db.transaction(Scope.for_tenant(tenant.id), durable=False) as session:
+            limit = await effective_limit(session, self.settings, tenant.id, TENANT)
+            if limit.budget is None:
+                return
+            retry_after = await take(session, tenant.id, TENANT, limit.budget, now)
         if retry_after is None:
             return
         REFUSALS.labels(limit="tenant").inc()

@@ -133,9 +133,9 @@ class ReleaseService:
         The challenge is used by any request that reaches verification, refused or not, so that each
         probe (e.g. "is this AK enrolled?") costs a challenge, and challenges are budgeted."""
         now = now or utcnow()
+        await self.limiter.admit_attempt(tenant, now)
         refusal: KeyserverError | None = None
         async with self.db.transaction(Scope.for_tenant(tenant.id)) as session:
-            await self.limiter.admit_attempt(session, tenant, now)  # a refusal leaves: nothing written
             nonce = await consume_challenge(session, tenant.id, challenge_id, now)
             try:
                 _public, jwk = parse_ephemeral_jwk(ephemeral_jwk)
@@ -185,6 +185,8 @@ class ReleaseService:
     async def release(self, tenant: Tenant, request: ReleaseRequest, now: datetime | None = None) -> Outcome:
         now = now or utcnow()
         await self._step(ReleaseStep.START, None)
+        # Before anything else, and not logged: see keyserver/ratelimits.py.
+        await self.limiter.admit_attempt(tenant, now)
         # A name outside the key-name grammar names no key; refusing it here keeps the caller's text out
         # of the log (a 400 like any malformed request: nothing to audit, the challenge is not used).
         check_name(request.key_name, "key name")
@@ -208,9 +210,6 @@ class ReleaseService:
     ) -> tuple[dict[str, Any], Outcome]:
         """Decide one release inside its batch's transaction (keyserver/releaselog/group_commit.py):
         the log entry to append and the outcome to answer with once that entry has committed."""
-        # Before anything else, and not logged (keyserver/ratelimits.py): a refusal raises out of the
-        # member's savepoint, so it writes nothing and its challenge stays unused.
-        await self.limiter.admit_attempt(session, tenant, now)
         entry: dict[str, Any] = {
             "key": {"name": request.key_name, "version": request.key_version},
             # What the request asked for (None = the newest live version): the request body is not

@@ -64,7 +64,7 @@ def release_service_on_this_loop(settings: Settings, db: Database) -> ReleaseSer
         ReleaseLog(LogSigner(backend, settings.log_origin)),
         backend,
         AttestationIssuer(backend, settings.log_origin),
-        ReleaseLimiter(settings),
+        ReleaseLimiter(db, settings),
     )
 
 

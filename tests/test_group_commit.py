@@ -249,11 +249,12 @@ async def test_a_crash_between_append_and_commit_leaves_nothing(
         assert await log_size(service, acme) == before + N
 
 
-async def test_a_release_is_one_transaction_and_a_batch_one_commit(
+async def test_a_batch_is_one_durable_commit_and_attempts_wait_for_no_flush(
     service: Service, settings: Settings, db: Database, swtpm: Any, tpm_esapi: ESAPI
 ) -> None:
-    """The lean path (issue 15): the attempt budget is counted inside the release's transaction, so a
-    release commits once, and a batch of N releases commits once (the default tenant budget is on)."""
+    """A lone release commits twice: its attempt (a short transaction of its own, not waiting for its
+    WAL flush on PostgreSQL) and its batch; N releases in two batches commit N + 2 times, and only the
+    two batches wait for their flush. The default tenant budget is on."""
     assert settings.release_limit_tenant is not None
     extend(tpm_esapi, b"reviewed loader build 1")
     with loader_ak(tpm_esapi) as ak:
@@ -263,14 +264,20 @@ async def test_a_release_is_one_transaction_and_a_batch_one_commit(
         bodies = await prepared(loaders)
         await acme_id(svc)  # the tenant's id is cached from here on: release_all's lookup commits nothing
         commits: list[int] = []
+        synchronous: list[str] = []  # PostgreSQL: each transaction's synchronous_commit, as it began
 
         def count(_conn: Any) -> None:
             commits.append(1)
 
+        def scope(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_rest: Any) -> None:
+            if "set_config('synchronous_commit'" in statement:
+                synchronous.append(str(parameters[-1]))
+
         event.listen(db.engine.sync_engine, "commit", count)
+        event.listen(db.engine.sync_engine, "before_cursor_execute", scope)
         try:
             outcomes(await release_all(svc, bodies[:1]))
-            assert len(commits) == 1
+            assert len(commits) == 2
             svc.faults = HoldFirstBatch(svc, await acme_id(svc))
             try:
                 outcomes(await release_all(svc, bodies[1:]))
@@ -278,4 +285,7 @@ async def test_a_release_is_one_transaction_and_a_batch_one_commit(
                 svc.faults = None
         finally:
             event.remove(db.engine.sync_engine, "commit", count)
-    assert len(commits) == 3, "one commit for the lone release, one per batch of the next N"
+            event.remove(db.engine.sync_engine, "before_cursor_execute", scope)
+    assert len(commits) == 2 + N + 2, "the lone release: attempt + batch; the next N: N attempts, 2 batches"
+    if db.dialect == "postgresql":
+        assert sorted(synchronous) == ["off"] * (N + 1) + ["on"] * 3

@@ -62,19 +62,25 @@ class ScopedSession(Session):
 
 @event.listens_for(ScopedSession, "after_begin")
 def _apply_scope(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
-    if connection.dialect.name != "postgresql":
+    if connection.dialect.name != "postgresql" or transaction.nested:
+        # A SAVEPOINT inherits what its enclosing transaction set (is_local settings last until that
+        # transaction ends): setting it again would cost every batch member a round trip for nothing.
         return
     scope: Scope = session.info.get("scope", NO_SCOPE)
     connection.execute(
         text(
             "SELECT set_config('keyserver.tenant_id', :tenant, true),"
             " set_config('keyserver.operator', :operator, true),"
-            " set_config('keyserver.lookup', :lookup, true)"
+            " set_config('keyserver.lookup', :lookup, true),"
+            " set_config('synchronous_commit', :synchronous, true)"
         ),
         {
             "tenant": str(scope.tenant_id) if scope.tenant_id else "",
             "operator": "on" if scope.operator else "off",
             "lookup": "on" if scope.lookup else "off",
+            # Only a transaction that asked (Database.transaction(durable=False)) commits without
+            # waiting for its WAL flush; every other one commits as the server is configured.
+            "synchronous": "off" if session.info.get("durable") is False else "on",
         },
     )
 
@@ -140,20 +146,24 @@ class Database:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
-    def session(self, scope: Scope) -> AsyncSession:
+    def session(self, scope: Scope, *, durable: bool = True) -> AsyncSession:
         """A session whose every transaction runs under ``scope``; prefer :meth:`transaction`."""
-        return self._sessions(info={"scope": scope})
+        return self._sessions(info={"scope": scope, "durable": durable})
 
     @asynccontextmanager
-    async def transaction(self, scope: Scope) -> AsyncIterator[AsyncSession]:
+    async def transaction(self, scope: Scope, *, durable: bool = True) -> AsyncIterator[AsyncSession]:
         """One transaction under ``scope``: committed when the block ends, rolled back on error.
+
+        ``durable=False`` (PostgreSQL): the commit does not wait for its WAL flush, so a crash of the
+        server may lose it, never half of it. Only for writes whose loss is harmless (a rate-limit
+        counter); never for anything a release or the log depends on.
 
         Failures of the database rather than of the request — a lost connection, a timeout, a server
         shutting down or out of resources, a standby that became read-only, a serialisation failure —
         surface as :class:`Unavailable` (HTTP 503) after the rollback, never as half-done work.
         """
         try:
-            async with self.session(scope) as session:
+            async with self.session(scope, durable=durable) as session:
                 await self._begin_on_live_connection(session)
                 try:
                     yield session
