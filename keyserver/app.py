@@ -107,7 +107,12 @@ def create_app(settings: Settings | None = None, *, announce: Announce = print_o
                 backend,
                 AttestationIssuer(backend, settings.log_origin),
                 ReleaseLimiter(db, settings),
-                BatchLimits(settings.release_batch_max, settings.release_batch_wait_ms / 1000),
+                BatchLimits(
+                    settings.release_batch_max,
+                    settings.release_batch_wait_ms / 1000,
+                    # SQLite has one writer: a second batch in flight would only wait for its lock.
+                    1 if db.dialect == "sqlite" else settings.release_batches_in_flight,
+                ),
             )
             witness_http = httpx.AsyncClient()
             state.cosigning = CosigningStage(

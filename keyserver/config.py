@@ -141,6 +141,9 @@ class Settings:
     # the previous one was being written, so a lone release never waits).
     release_batch_max: int = 64
     release_batch_wait_ms: float = 0.0
+    # How many of one tenant's batches one worker runs at once (BatchLimits.in_flight). PostgreSQL only:
+    # SQLite has one writer, so there a second batch would only wait for the first one's lock.
+    release_batches_in_flight: int = 4
 
     @property
     def effective_database_url(self) -> str:
@@ -193,6 +196,7 @@ class Settings:
         witness_prefixes = get("WITNESS_URL_PREFIXES")
         batch_max = get("RELEASE_BATCH_MAX")
         batch_wait = get("RELEASE_BATCH_WAIT_MS")
+        in_flight = get("RELEASE_BATCHES_IN_FLIGHT")
         backend = get("KEY_BACKEND") or settings.key_backend
         if backend not in KEY_BACKENDS:
             raise ConfigurationError(
@@ -202,6 +206,8 @@ class Settings:
             raise ConfigurationError("KEYSERVER_RELEASE_BATCH_MAX is at least 1 (one release per batch)")
         if batch_wait is not None and not 0 <= _float("KEYSERVER_RELEASE_BATCH_WAIT_MS", batch_wait) <= 1000:
             raise ConfigurationError("KEYSERVER_RELEASE_BATCH_WAIT_MS is 0 to 1000 milliseconds")
+        if in_flight is not None and not 1 <= _int("KEYSERVER_RELEASE_BATCHES_IN_FLIGHT", in_flight) <= 64:
+            raise ConfigurationError("KEYSERVER_RELEASE_BATCHES_IN_FLIGHT is 1 to 64 batches")
         return replace(
             settings,
             data_dir=Path(data_dir) if data_dir else settings.data_dir,
@@ -277,6 +283,11 @@ class Settings:
                 _float("KEYSERVER_RELEASE_BATCH_WAIT_MS", batch_wait)
                 if batch_wait
                 else settings.release_batch_wait_ms
+            ),
+            release_batches_in_flight=(
+                _int("KEYSERVER_RELEASE_BATCHES_IN_FLIGHT", in_flight)
+                if in_flight
+                else settings.release_batches_in_flight
             ),
             public_logs=_tenant_names("KEYSERVER_PUBLIC_LOGS", get("PUBLIC_LOGS"), settings.public_logs),
             witness_timeout_s=(

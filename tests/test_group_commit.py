@@ -28,6 +28,7 @@ from keyserver.config import Settings
 from keyserver.db.session import Database
 from keyserver.faults import ReleaseStep
 from keyserver.release import Outcome, ReleaseRequest, ReleaseService
+from keyserver.releaselog.group_commit import BatchLimits
 from keyserver.tenancy import lookup_tenant
 from tests.conftest import Service, bearer
 from tests.test_attest_strict import release_service_on_this_loop
@@ -289,3 +290,63 @@ async def test_a_batch_is_one_durable_commit_and_attempts_wait_for_no_flush(
     assert len(commits) == 2 + N + 2, "the lone release: attempt + batch; the next N: N attempts, 2 batches"
     if db.dialect == "postgresql":
         assert sorted(synchronous) == ["off"] * (N + 1) + ["on"] * 3
+
+
+async def test_a_tenants_next_batch_decides_while_the_previous_one_is_in_flight(
+    service: Service, settings: Settings, db: Database, swtpm: Any, tpm_esapi: ESAPI
+) -> None:
+    """BatchLimits.in_flight = 2: a second batch of the same tenant starts and decides while the first
+    is held inside its transaction (PostgreSQL; SQLite's one writer makes the second wait, so there
+    only the outcome is checked). Both commit one after the other on the log head, gap-free, and
+    each receipt verifies against its own checkpoint."""
+    extend(tpm_esapi, b"reviewed loader build 1")
+    with loader_ak(tpm_esapi) as ak:
+        acme = await setup_tenant(service, swtpm, tpm_esapi, ak)
+        vkey = (await service.client.get("/v1/tenants/acme/log/key", headers=bearer(acme.auditor))).json()[
+            "verifier_key"
+        ]
+        svc = release_service_on_this_loop(settings, db)
+        svc.group.limits = BatchLimits(in_flight=2)
+        loaders = [Loader(service, tpm_esapi, ak) for _ in range(2)]
+        bodies = await prepared(loaders)
+        tenant = await lookup_tenant(svc.db, "acme")
+        requests = [
+            ReleaseRequest("weights", None, uuid.UUID(b["challenge"]), b["evidence"], b["ephemeral_key"])
+            for b in bodies
+        ]
+        before = await log_size(service, acme)
+        deciding: list[AsyncSession] = []
+        second_started = asyncio.Event()
+
+        async def hold_the_first_until_the_second_decides(
+            step: ReleaseStep, session: AsyncSession | None
+        ) -> None:
+            if step is not ReleaseStep.CHALLENGE_CONSUMED or session is None:
+                return
+            deciding.append(session)
+            if len(deciding) == 1:
+                async with asyncio.timeout(30):
+                    await second_started.wait()
+            else:
+                second_started.set()
+
+        concurrent = db.dialect == "postgresql"
+        if concurrent:
+            svc.faults = hold_the_first_until_the_second_decides
+        try:
+            first = asyncio.ensure_future(svc.release(tenant, requests[0]))
+            if concurrent:
+                async with asyncio.timeout(30):
+                    while not deciding:  # noqa: ASYNC110 - the first batch is inside its transaction
+                        await asyncio.sleep(0.01)
+            second = await svc.release(tenant, requests[1])
+            granted = outcomes([await first, second])
+        finally:
+            svc.faults = None
+    if concurrent:
+        assert len(deciding) == 2
+        assert deciding[0] is not deciding[1], "the second batch had a transaction of its own"
+    assert sorted(o.receipt.log_index for o in granted) == [before, before + 1]
+    assert svc.group.batches == 2
+    for outcome, loader in zip(granted, loaders, strict=True):
+        check_receipt(outcome, loader, vkey)
