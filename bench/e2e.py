@@ -147,6 +147,7 @@ async def stack(
         )
         if url:
             env["KEYSERVER_DATABASE_URL"] = url
+        env.update(server_settings())
         serve_args = [KEYSERVER, "serve", "--host", HOST, "--workers", str(workers)]
         serve_args += ["--loop", loop, "--http", http]
         ports: list[int] = []
@@ -187,6 +188,17 @@ async def stack(
                     server.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     server.kill()
+
+
+def server_settings() -> dict[str, str]:
+    """``BENCH_SERVER_ENV="KEYSERVER_A=1,KEYSERVER_B=2"``: settings for the servers under test (the
+    benchmark's own environment is not passed on, so that a developer's settings do not leak in)."""
+    pairs = [p for p in os.environ.get("BENCH_SERVER_ENV", "").split(",") if p.strip()]
+    settings = dict(p.strip().split("=", 1) for p in pairs)
+    unknown = [name for name in settings if not name.startswith("KEYSERVER_")]
+    if unknown:
+        raise SystemExit(f"BENCH_SERVER_ENV sets only KEYSERVER_* settings, not {', '.join(unknown)}")
+    return settings
 
 
 async def _wait_ready(port: int, server: subprocess.Popen[bytes], log: Path) -> None:
