@@ -27,16 +27,21 @@ def _timed(section: dict[str, Any], *keys: str) -> None:
         assert _figure(section[key]), (key, section)
 
 
-def test_bench_quick_mode_writes_well_formed_results(tmp_path: Path) -> None:
+def run_quick(tmp_path: Path, *args: str) -> tuple[str, dict[str, Any]]:
+    """``python -m bench`` in quick mode with ``args``: what it printed, and the figures it wrote."""
     results = tmp_path / "results.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYSERVER_")}
     env.update(BENCH_RESULTS=str(results), BENCH_QUICK="1")
-    argv = [sys.executable, "-m", "bench", "--db", "sqlite", "--concurrency", "2", "--seconds", "0.5"]
+    argv = [sys.executable, "-m", "bench", *args, "--concurrency", "2", "--seconds", "0.5"]
     proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "releases over HTTP" in proc.stdout
+    data: dict[str, Any] = json.loads(results.read_text())
+    return proc.stdout, data
 
-    data = json.loads(results.read_text())
+
+def test_bench_quick_mode_writes_well_formed_results(tmp_path: Path) -> None:
+    stdout, data = run_quick(tmp_path, "--db", "sqlite")
+    assert "releases over HTTP" in stdout
     assert set(data) == {"verifiers", "e2e", "log_size", "audit_verify"}
     for section in data.values():
         assert section["machine"]["quick"] is True
@@ -75,15 +80,8 @@ def test_bench_quick_mode_writes_well_formed_results(tmp_path: Path) -> None:
 @pytest.mark.postgres
 def test_bench_scale_out_quick_mode_writes_well_formed_results(tmp_path: Path) -> None:
     """Two replicas on one PostgreSQL and a crowd of tenants beside a hot one (bench/scale_out.py)."""
-    results = tmp_path / "results.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYSERVER_")}
-    env.update(BENCH_RESULTS=str(results), BENCH_QUICK="1")
-    argv = [sys.executable, "-m", "bench", "--only", "scale-out", "--concurrency", "2", "--seconds", "0.5"]
-    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "2 x keyserver serve on one PostgreSQL" in proc.stdout
-
-    data = json.loads(results.read_text())
+    stdout, data = run_quick(tmp_path, "--only", "scale-out")
+    assert "2 x keyserver serve on one PostgreSQL" in stdout
     assert set(data) == {"scale_out"}
     replicas = data["scale_out"]["replicas"]["c2"]
     assert replicas["replicas"] == 2

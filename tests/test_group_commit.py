@@ -71,6 +71,15 @@ class HoldFirstBatch:
 Hook = Callable[[ReleaseStep, AsyncSession | None], Awaitable[None]]
 
 
+async def tenant_and_log_key(
+    service: Service, swtpm: Any, tpm_esapi: ESAPI, ak: Any
+) -> tuple[TenantFixture, str]:
+    """The tenant set up for releases, and its log's verifier key (what a loader pins)."""
+    acme = await setup_tenant(service, swtpm, tpm_esapi, ak)
+    key = await service.client.get("/v1/tenants/acme/log/key", headers=bearer(acme.auditor))
+    return acme, str(key.json()["verifier_key"])
+
+
 async def acme_id(svc: ReleaseService) -> uuid.UUID:
     return (await lookup_tenant(svc.db, "acme")).id
 
@@ -134,10 +143,7 @@ async def test_concurrent_releases_share_a_checkpoint(
 ) -> None:
     extend(tpm_esapi, b"reviewed loader build 1")
     with loader_ak(tpm_esapi) as ak:
-        acme = await setup_tenant(service, swtpm, tpm_esapi, ak)
-        vkey = (await service.client.get("/v1/tenants/acme/log/key", headers=bearer(acme.auditor))).json()[
-            "verifier_key"
-        ]
+        acme, vkey = await tenant_and_log_key(service, swtpm, tpm_esapi, ak)
         svc = release_service_on_this_loop(settings, db)
         loaders = [Loader(service, tpm_esapi, ak) for _ in range(N)]
         bodies = await prepared(loaders)
@@ -171,10 +177,7 @@ async def test_a_failing_member_leaves_the_others_logged_and_itself_unwritten(
 ) -> None:
     extend(tpm_esapi, b"reviewed loader build 1")
     with loader_ak(tpm_esapi) as ak:
-        acme = await setup_tenant(service, swtpm, tpm_esapi, ak)
-        vkey = (await service.client.get("/v1/tenants/acme/log/key", headers=bearer(acme.auditor))).json()[
-            "verifier_key"
-        ]
+        acme, vkey = await tenant_and_log_key(service, swtpm, tpm_esapi, ak)
         svc = release_service_on_this_loop(settings, db)
         loaders = [Loader(service, tpm_esapi, ak) for _ in range(N)]
         bodies = await prepared(loaders)
@@ -301,10 +304,7 @@ async def test_a_tenants_next_batch_decides_while_the_previous_one_is_in_flight(
     each receipt verifies against its own checkpoint."""
     extend(tpm_esapi, b"reviewed loader build 1")
     with loader_ak(tpm_esapi) as ak:
-        acme = await setup_tenant(service, swtpm, tpm_esapi, ak)
-        vkey = (await service.client.get("/v1/tenants/acme/log/key", headers=bearer(acme.auditor))).json()[
-            "verifier_key"
-        ]
+        acme, vkey = await tenant_and_log_key(service, swtpm, tpm_esapi, ak)
         svc = release_service_on_this_loop(settings, db)
         svc.group.limits = BatchLimits(in_flight=2)
         loaders = [Loader(service, tpm_esapi, ak) for _ in range(2)]
