@@ -137,3 +137,13 @@ async def test_a_failure_inside_the_transaction_is_not_retried(
     (pid,) = pids
     assert statements.sent.count("SELECT pg_backend_pid()") == 1
     assert await backend_pid(db) != pid
+
+
+async def test_readiness_after_a_restart_is_not_fooled_by_dead_pooled_connections(
+    db: Database, cluster: PostgresCluster
+) -> None:
+    await fill_pool(db)
+    await asyncio.to_thread(cluster.stop, "fast")
+    await asyncio.to_thread(cluster.start)
+    for _ in range(POOLED):
+        await db.ping()  # raises Unavailable if a dead pooled connection answered for the database

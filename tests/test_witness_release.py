@@ -315,7 +315,21 @@ async def split_view(
         return fork.consistency_proof(old, new)
 
     endpoints = [WitnessEndpoint(parse_cosigner_vkey(w.vkey), w.url) for w in witnesses]
+    honest_tree = merkle.MemoryNodeStore()
+    honest_tree.extend(leaves)
+
+    async def honest_proofs(old: int, new: int) -> list[bytes]:
+        return honest_tree.consistency_proof(old, new)
+
     async with httpx.AsyncClient() as http:
+        # First every witness sees the honest head: the release's round ends once the quorum has
+        # cosigned, so a third witness may not have got it yet, and a witness that never saw a head
+        # cannot tell a fork of it from an honest extension of what it did see.
+        honest_note = "".join(receipt["checkpoint"].splitlines(keepends=True)[:5])  # the log's signature
+        seen = await WitnessClient(http, timeout=5).cosign_all(
+            endpoints, honest_note, Checkpoint(head.origin, size, head.root_hash), honest_proofs
+        )
+        assert seen.cosigned_by == len(witnesses), seen.failures
         # Every honest witness, asked directly as the spec's client would: refused, nothing cosigned.
         for w in witnesses:
             for old in (0, size):

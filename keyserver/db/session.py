@@ -170,7 +170,13 @@ class Database:
                 except BaseException:
                     await _rollback_quietly(session)
                     raise
-                await session.commit()
+                transaction = session.get_transaction()
+                if transaction is not None and transaction.is_active:
+                    await session.commit()
+                else:
+                    # A failed flush the caller handled deactivated it: nothing to commit (as SQLAlchemy's
+                    # own ``session.begin()`` block does).
+                    await _rollback_quietly(session)
         except (TimeoutError, OperationalError, DBAPIError, OSError) as exc:
             if isinstance(exc, DBAPIError) and not _is_transient_error(exc):
                 raise
@@ -194,10 +200,21 @@ class Database:
             await session.connection()
 
     async def ping(self) -> None:
-        """Raise :class:`Unavailable` unless the database answers within the configured timeout."""
+        """Raise :class:`Unavailable` unless the database answers within the configured timeout.
+
+        Like a transaction's first statement, tried once more on a fresh connection when it met a pooled
+        one that died since its last use (the server restarted): readiness must not report the
+        database down because of a connection the pool has just discarded."""
         try:
-            async with asyncio.timeout(self.settings.db_timeout_s), self.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
+            async with asyncio.timeout(self.settings.db_timeout_s):
+                for attempt in (1, 2):
+                    try:
+                        async with self.engine.connect() as conn:
+                            await conn.execute(text("SELECT 1"))
+                        return
+                    except DBAPIError as exc:
+                        if attempt == 2 or not exc.connection_invalidated:
+                            raise
         except Exception as exc:
             raise Unavailable("the database is unreachable; retry shortly") from exc
 
