@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyserver import evaluation
@@ -84,6 +84,38 @@ def validate_reference_values(tee: str, document: dict[str, Any]) -> None:
         raise InvalidRequest(f"the reference values are not valid: {exc}") from None
 
 
+# The release path's statements, built once (see keyserver/challenges.py, _CONSUME).
+_NEWEST_SETS = (
+    select(ReferenceRow.name, ReferenceRow.tee, func.max(ReferenceRow.version).label("version"))
+    .where(
+        ReferenceRow.tenant_id == bindparam("tenant_id"),
+        ReferenceRow.name.in_(bindparam("names", expanding=True)),
+    )
+    .group_by(ReferenceRow.name, ReferenceRow.tee)
+    .subquery()
+)
+# FOR SHARE: a revocation of a set in use waits for the releases appraised with it.
+_REFERENCE_SETS = (
+    select(ReferenceRow)
+    .join(
+        _NEWEST_SETS,
+        (ReferenceRow.name == _NEWEST_SETS.c.name)
+        & (ReferenceRow.tee == _NEWEST_SETS.c.tee)
+        & (ReferenceRow.version == _NEWEST_SETS.c.version),
+    )
+    .where(ReferenceRow.tenant_id == bindparam("tenant_id"))
+    .with_for_update(read=True, of=ReferenceRow)
+)
+# FOR SHARE, like the key in keys.releasable: an activation waits for releases in flight under the
+# version they read, and a release waits for an activation in flight and then reads its result.
+_POLICY_HEAD = (
+    select(PolicyHead)
+    .where(PolicyHead.tenant_id == bindparam("tenant_id"), PolicyHead.name == bindparam("name"))
+    .with_for_update(read=True)
+    .execution_options(populate_existing=True)
+)
+
+
 async def reference_sets(
     session: AsyncSession, tenant_id: uuid.UUID, names: tuple[str, ...]
 ) -> list[ReferenceValueSet]:
@@ -95,25 +127,7 @@ async def reference_sets(
     """
     if not names:
         return []
-    newest = (
-        select(ReferenceRow.name, ReferenceRow.tee, func.max(ReferenceRow.version).label("version"))
-        .where(ReferenceRow.tenant_id == tenant_id, ReferenceRow.name.in_(names))
-        .group_by(ReferenceRow.name, ReferenceRow.tee)
-        .subquery()
-    )
-    # FOR SHARE: a revocation of a set in use waits for the releases appraised with it.
-    query = (
-        select(ReferenceRow)
-        .join(
-            newest,
-            (ReferenceRow.name == newest.c.name)
-            & (ReferenceRow.tee == newest.c.tee)
-            & (ReferenceRow.version == newest.c.version),
-        )
-        .where(ReferenceRow.tenant_id == tenant_id)
-        .with_for_update(read=True, of=ReferenceRow)
-    )
-    rows = (await session.execute(query)).scalars()
+    rows = (await session.execute(_REFERENCE_SETS, {"tenant_id": tenant_id, "names": list(names)})).scalars()
     return [
         ReferenceValueSet(
             row.name,
@@ -127,15 +141,7 @@ async def reference_sets(
 
 
 async def active_policy_row(session: AsyncSession, tenant_id: uuid.UUID, name: str) -> PolicyRow | None:
-    # FOR SHARE, like the key in keys.releasable: an activation waits for releases in flight under the
-    # version they read, and a release waits for an activation in flight and then reads its result.
-    query = (
-        select(PolicyHead)
-        .where(PolicyHead.tenant_id == tenant_id, PolicyHead.name == name)
-        .with_for_update(read=True)
-        .execution_options(populate_existing=True)
-    )
-    head = (await session.execute(query)).scalar_one_or_none()
+    head = (await session.execute(_POLICY_HEAD, {"tenant_id": tenant_id, "name": name})).scalar_one_or_none()
     if head is None or head.tenant_id != tenant_id:
         return None
     return await session.get(PolicyRow, (tenant_id, name, head.active_version))

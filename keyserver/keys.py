@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -202,6 +202,22 @@ async def list_keys(session: AsyncSession, tenant_id: uuid.UUID) -> list[tuple[K
     return out
 
 
+# The release path's statements, built once (see keyserver/challenges.py, _CONSUME).
+_RELEASABLE_KEY = (
+    select(Key)
+    .where(Key.tenant_id == bindparam("tenant_id"), Key.name == bindparam("name"))
+    .with_for_update(read=True)
+    .execution_options(populate_existing=True)
+)
+_LIVE_VERSIONS = select(KeyVersion).where(
+    KeyVersion.tenant_id == bindparam("tenant_id"),
+    KeyVersion.key_name == bindparam("name"),
+    KeyVersion.wrapped.is_not(None),
+)
+_NEWEST_LIVE_VERSION = _LIVE_VERSIONS.order_by(KeyVersion.version.desc()).limit(1)
+_LIVE_VERSION = _LIVE_VERSIONS.where(KeyVersion.version == bindparam("version"))
+
+
 async def releasable(
     session: AsyncSession, tenant: Tenant, name: str, version: int | None = None
 ) -> ReleasableKey:
@@ -211,25 +227,18 @@ async def releasable(
     # the key's state (disable, destroy, rotate: FOR UPDATE) waits until this release has committed,
     # and a release waits for a change in flight and then reads its result. So the release follows
     # whichever committed first, and its log entry lands on the same side of the change's entry.
-    query = (
-        select(Key)
-        .where(Key.tenant_id == tenant.id, Key.name == name)
-        .with_for_update(read=True)
-        .execution_options(populate_existing=True)
-    )
-    key = (await session.execute(query)).scalar_one_or_none()
+    key = (
+        await session.execute(_RELEASABLE_KEY, {"tenant_id": tenant.id, "name": name})
+    ).scalar_one_or_none()
     if key is None or key.tenant_id != tenant.id:
         raise EvidenceError("key-unknown", f"this tenant has no key named {name!r}")
     if key.state != "enabled":
         raise EvidenceError(f"key-{key.state}", f"the key {name!r} is {key.state}")
-    versions = select(KeyVersion).where(
-        KeyVersion.tenant_id == tenant.id, KeyVersion.key_name == name, KeyVersion.wrapped.is_not(None)
-    )
     if version is None:
-        versions = versions.order_by(KeyVersion.version.desc()).limit(1)
+        query, values = _NEWEST_LIVE_VERSION, {"tenant_id": tenant.id, "name": name}
     else:
-        versions = versions.where(KeyVersion.version == version)
-    row = (await session.execute(versions)).scalar_one_or_none()
+        query, values = _LIVE_VERSION, {"tenant_id": tenant.id, "name": name, "version": version}
+    row = (await session.execute(query, values)).scalar_one_or_none()
     if row is None:
         raise EvidenceError(
             "key-version-unavailable", f"key {name!r} has no live version {version or ''}".rstrip()

@@ -31,9 +31,10 @@ import math
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from prometheus_client import Counter
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -179,6 +180,32 @@ async def remove_limit(
 # --- counting ----------------------------------------------------------------------------------------
 
 
+def _count_one(insert: Any) -> Any:
+    """The counting upsert for one dialect, built once (every release and challenge runs it; see
+    keyserver/challenges.py, _CONSUME): values and the limit are bound parameters, named apart from the
+    columns (SQLAlchemy reserves those for an INSERT's own)."""
+    table = ReleaseCounter.__table__
+    return (
+        insert(ReleaseCounter)
+        .values(
+            tenant_id=bindparam("b_tenant_id"),
+            scope=bindparam("b_scope"),
+            window_seconds=bindparam("b_window_seconds"),
+            window_start=bindparam("b_window_start"),
+            count=1,
+        )
+        .on_conflict_do_update(
+            index_elements=[table.c.tenant_id, table.c.scope, table.c.window_seconds, table.c.window_start],
+            set_={"count": table.c.count + 1},
+            where=table.c.count < bindparam("max_releases"),
+        )
+        .returning(table.c.count)
+    )
+
+
+_COUNT_ONE = {"postgresql": _count_one(postgresql.insert), "sqlite": _count_one(sqlite.insert)}
+
+
 async def take(
     session: AsyncSession, tenant_id: uuid.UUID, scope: str, budget: Budget, now: datetime
 ) -> int | None:
@@ -187,26 +214,15 @@ async def take(
     caller's transaction ends, and a refusal writes nothing."""
     seconds = now.timestamp()
     window_start = int(seconds) // budget.window_seconds * budget.window_seconds
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    table = ReleaseCounter.__table__
-    statement = (
-        insert(ReleaseCounter)
-        .values(
-            tenant_id=tenant_id,
-            scope=scope,
-            window_seconds=budget.window_seconds,
-            window_start=window_start,
-            count=1,
-        )
-        .on_conflict_do_update(
-            index_elements=[table.c.tenant_id, table.c.scope, table.c.window_seconds, table.c.window_start],
-            set_={"count": table.c.count + 1},
-            where=table.c.count < budget.max_releases,
-        )
-        .returning(table.c.count)
-    )
-    count = (await session.execute(statement)).scalar_one_or_none()
+    values = {
+        "b_tenant_id": tenant_id,
+        "b_scope": scope,
+        "b_window_seconds": budget.window_seconds,
+        "b_window_start": window_start,
+        "max_releases": budget.max_releases,
+    }
+    statement = _COUNT_ONE[session.get_bind().dialect.name]
+    count = (await session.execute(statement, values)).scalar_one_or_none()
     if count is None:
         return max(1, math.ceil(window_start + budget.window_seconds - seconds))
     if count == 1:

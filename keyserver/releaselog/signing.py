@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from audit.checkpoint import Checkpoint, sign_checkpoint, vkey_for
@@ -20,6 +20,9 @@ from keyserver.db.models import LogKey
 from keyserver.db.types import utcnow
 from keyserver.db.upsert import insert_ignore
 from keyserver.tenant_keys import UnwrappedKeys, new_wrapped_ed25519
+
+# Built once (see keyserver/challenges.py, _CONSUME): every release reads its log's key row.
+_LOG_KEY = select(LogKey).where(LogKey.tenant_id == bindparam("tenant_id"))
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,7 @@ class LogSigner:
         return self.sign_with(await self._private_key(session, log), log, size, root_hash)
 
     async def _key_row(self, session: AsyncSession, tenant_id: uuid.UUID, tenant_name: str) -> LogKey:
-        query = select(LogKey).where(LogKey.tenant_id == tenant_id)
-        row = (await session.execute(query)).scalar_one_or_none()
+        row = (await session.execute(_LOG_KEY, {"tenant_id": tenant_id})).scalar_one_or_none()
         if row is not None:
             return row
         public, wrapped = await new_wrapped_ed25519(self.backend, _wrapping_context(tenant_id))
@@ -84,10 +86,10 @@ class LogSigner:
             },
         )
         # Another request may have won the race to create it: whichever row is stored is the key.
-        return (await session.execute(query)).scalar_one()
+        return (await session.execute(_LOG_KEY, {"tenant_id": tenant_id})).scalar_one()
 
     async def _private_key(self, session: AsyncSession, log: TenantLog) -> Ed25519PrivateKey:
-        row = (await session.execute(select(LogKey).where(LogKey.tenant_id == log.tenant_id))).scalar_one()
+        row = (await session.execute(_LOG_KEY, {"tenant_id": log.tenant_id})).scalar_one()
         return await self._unwrap(log.tenant_id, row)
 
     async def _unwrap(self, tenant_id: uuid.UUID, row: LogKey) -> Ed25519PrivateKey:

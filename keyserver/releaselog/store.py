@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, insert, or_, select
+from sqlalchemy import and_, bindparam, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from audit import merkle
@@ -27,6 +27,15 @@ from keyserver.errors import InvalidRequest, NotFound
 from keyserver.releaselog.signing import LogSigner, TenantLog
 
 MAX_ENTRIES_PER_READ = 1000
+
+
+# Built once (see keyserver/challenges.py, _CONSUME): every release reads the head.
+_HEAD = (
+    select(LogHead)
+    .where(LogHead.tenant_id == bindparam("tenant_id"))
+    .execution_options(populate_existing=True)
+)
+_LOCKED_HEAD = _HEAD.with_for_update()
 
 
 @dataclass(frozen=True)
@@ -169,12 +178,8 @@ class ReleaseLog:
             raise NotFound(f"the log has {current} entries; there is no tree of size {size} yet")
 
     async def _head(self, session: AsyncSession, tenant_id: uuid.UUID, *, lock: bool) -> LogHead | None:
-        query = (
-            select(LogHead).where(LogHead.tenant_id == tenant_id).execution_options(populate_existing=True)
-        )
-        if lock:
-            query = query.with_for_update()
-        return (await session.execute(query)).scalar_one_or_none()
+        query = _LOCKED_HEAD if lock else _HEAD
+        return (await session.execute(query, {"tenant_id": tenant_id})).scalar_one_or_none()
 
     async def _locked_head(self, session: AsyncSession, tenant: Tenant, log: TenantLog) -> LogHead:
         head = await self._head(session, tenant.id, lock=True)
