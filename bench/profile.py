@@ -100,7 +100,9 @@ async def run(args: argparse.Namespace) -> None:
         if spy.returncode != 0:
             raise SystemExit(f"py-spy failed: {err.decode()[-2000:]}")
     rate = len(samples.total) / window
-    report = summarise(collapsed)
+    # Paths of this checkout are written relative to it: a summary is committed, and must not name a
+    # place outside the repository (tests/test_self_contained.py).
+    report = summarise(collapsed).replace(f"{Path(__file__).resolve().parent.parent}/", "")
     header = (
         f"{args.db}, {args.workers} workers, {args.concurrency} loaders: {rate:.1f} releases/s while sampled"
     )
