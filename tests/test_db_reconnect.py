@@ -74,6 +74,16 @@ async def fill_pool(db: Database) -> set[int]:
     return set(await asyncio.gather(*(hold() for _ in range(POOLED))))
 
 
+async def restart_under_a_full_pool(db: Database, cluster: PostgresCluster, mode: str) -> set[int]:
+    """The server stopped (``pg_ctl stop -m mode``) and started again while the pool holds POOLED
+    connections; their backends' pids."""
+    before = await fill_pool(db)
+    assert len(before) == POOLED
+    await asyncio.to_thread(cluster.stop, mode)
+    await asyncio.to_thread(cluster.start)
+    return before
+
+
 async def test_a_transaction_sends_only_its_scope_and_its_statements(db: Database) -> None:
     await backend_pid(db)  # a pooled connection to reuse
     statements = Statements(db)
@@ -88,10 +98,7 @@ async def test_a_transaction_sends_only_its_scope_and_its_statements(db: Databas
 async def test_every_transaction_after_a_restart_succeeds(
     db: Database, cluster: PostgresCluster, how: str
 ) -> None:
-    before = await fill_pool(db)
-    assert len(before) == POOLED
-    await asyncio.to_thread(cluster.stop, "fast" if how == "restarted" else "immediate")
-    await asyncio.to_thread(cluster.start)
+    before = await restart_under_a_full_pool(db, cluster, "fast" if how == "restarted" else "immediate")
     after = [await backend_pid(db) for _ in range(2 * POOLED)]
     assert not before & set(after), "a connection from before the restart was used"
 
@@ -142,8 +149,25 @@ async def test_a_failure_inside_the_transaction_is_not_retried(
 async def test_readiness_after_a_restart_is_not_fooled_by_dead_pooled_connections(
     db: Database, cluster: PostgresCluster
 ) -> None:
-    await fill_pool(db)
-    await asyncio.to_thread(cluster.stop, "fast")
-    await asyncio.to_thread(cluster.start)
+    await restart_under_a_full_pool(db, cluster, "fast")
     for _ in range(POOLED):
         await db.ping()  # raises Unavailable if a dead pooled connection answered for the database
+
+
+async def test_only_a_non_durable_transaction_changes_synchronous_commit(
+    db: Database, cluster: PostgresCluster
+) -> None:
+    """A deployment's own setting (here remote_apply, as synchronous replication would use) is kept by
+    every transaction; only ``durable=False`` (the attempt counter) commits without waiting."""
+
+    async def setting(durable: bool) -> str:
+        async with db.transaction(Scope.for_operator(), durable=durable) as session:
+            return str((await session.execute(text("SHOW synchronous_commit"))).scalar_one())
+
+    async with db.transaction(Scope.for_operator()) as session:
+        name = str((await session.execute(text("SELECT current_database()"))).scalar_one())
+    cluster.admin(f'ALTER DATABASE "{name}" SET synchronous_commit = remote_apply')
+    await db.engine.dispose()  # a database's settings apply to connections made after them
+    assert await setting(durable=True) == "remote_apply"
+    assert await setting(durable=False) == "off"
+    assert await setting(durable=True) == "remote_apply"  # set_config(…, true) ended with its transaction

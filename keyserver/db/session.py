@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -72,7 +72,9 @@ def _apply_scope(session: Session, transaction: SessionTransaction, connection: 
             "SELECT set_config('keyserver.tenant_id', :tenant, true),"
             " set_config('keyserver.operator', :operator, true),"
             " set_config('keyserver.lookup', :lookup, true),"
-            " set_config('synchronous_commit', :synchronous, true)"
+            # NULL: the session's own setting (the server's, e.g. remote_apply), left as it is.
+            " set_config('synchronous_commit',"
+            " COALESCE(CAST(:synchronous AS text), current_setting('synchronous_commit')), true)"
         ),
         {
             "tenant": str(scope.tenant_id) if scope.tenant_id else "",
@@ -80,7 +82,7 @@ def _apply_scope(session: Session, transaction: SessionTransaction, connection: 
             "lookup": "on" if scope.lookup else "off",
             # Only a transaction that asked (Database.transaction(durable=False)) commits without
             # waiting for its WAL flush; every other one commits as the server is configured.
-            "synchronous": "off" if session.info.get("durable") is False else "on",
+            "synchronous": "off" if session.info.get("durable") is False else None,
         },
     )
 
@@ -191,13 +193,7 @@ class Database:
         connection pooled before it, and the transaction begins again once on a fresh one. This replaces
         pool pre-ping (three round trips on every checkout, docs/performance.md); a server that is down
         fails the second try too, as 503."""
-        try:
-            await session.connection()
-        except DBAPIError as exc:
-            if not exc.connection_invalidated:
-                raise
-            await _rollback_quietly(session)
-            await session.connection()
+        await _once_more_on_a_fresh_connection(session.connection, lambda: _rollback_quietly(session))
 
     async def ping(self) -> None:
         """Raise :class:`Unavailable` unless the database answers within the configured timeout.
@@ -205,16 +201,14 @@ class Database:
         Like a transaction's first statement, tried once more on a fresh connection when it met a pooled
         one that died since its last use (the server restarted): readiness must not report the
         database down because of a connection the pool has just discarded."""
+
+        async def select_one() -> None:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+
         try:
             async with asyncio.timeout(self.settings.db_timeout_s):
-                for attempt in (1, 2):
-                    try:
-                        async with self.engine.connect() as conn:
-                            await conn.execute(text("SELECT 1"))
-                        return
-                    except DBAPIError as exc:
-                        if attempt == 2 or not exc.connection_invalidated:
-                            raise
+                await _once_more_on_a_fresh_connection(select_one)
         except Exception as exc:
             raise Unavailable("the database is unreachable; retry shortly") from exc
 
@@ -237,6 +231,22 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+async def _once_more_on_a_fresh_connection(
+    first_statement: Callable[[], Awaitable[object]], reset: Callable[[], Awaitable[None]] | None = None
+) -> None:
+    """Run ``first_statement``; if it met a pooled connection that died since its last use (SQLAlchemy
+    then discards it and every connection pooled before it), ``reset`` and run it once more. Only for a
+    first statement: nothing of the caller's has run yet, so nothing runs twice."""
+    try:
+        await first_statement()
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        if reset is not None:
+            await reset()
+        await first_statement()
 
 
 async def _rollback_quietly(session: AsyncSession) -> None:
