@@ -58,21 +58,26 @@ FILL_BATCH = 1000
 @dataclass
 class Stack:
     kind: str
-    port: int
     settings: Settings
     operator_token: str
-    server: subprocess.Popen[bytes]
-    server_log: Path
     postgres_pid: int | None
     workers: int
-    # Every ``keyserver serve`` process on this store (``replicas`` > 1: as separate hosts would run
-    # them, sharing the database and the key-encryption key); ``port``/``server`` are the first.
-    ports: tuple[int, ...] = ()
-    servers: tuple[subprocess.Popen[bytes], ...] = ()
+    # Every ``keyserver serve`` process on this store (more than one: as separate hosts would run them,
+    # sharing the database and the key-encryption key), with its port and its log.
+    ports: tuple[int, ...]
+    servers: tuple[subprocess.Popen[bytes], ...]
+    server_logs: tuple[Path, ...]
+
+    @property
+    def port(self) -> int:
+        return self.ports[0]
+
+    @property
+    def server(self) -> subprocess.Popen[bytes]:
+        return self.servers[0]
 
     def cpu(self) -> dict[str, float]:
-        servers = self.servers or (self.server,)
-        figures = {"server": sum(cpu_seconds(p.pid) for p in servers), "loadgen": _own_cpu()}
+        figures = {"server": sum(cpu_seconds(p.pid) for p in self.servers), "loadgen": _own_cpu()}
         if self.postgres_pid is not None:
             figures["postgres"] = cpu_seconds(self.postgres_pid)
         return figures
@@ -152,10 +157,10 @@ async def stack(
         serve_args += ["--loop", loop, "--http", http]
         ports: list[int] = []
         servers: list[subprocess.Popen[bytes]] = []
+        logs = [tmp / f"server-{replica}.log" for replica in range(replicas)]
         try:
-            for replica in range(replicas):
+            for log_path in logs:
                 port = free_port()
-                log_path = tmp / f"server-{replica}.log"
                 with log_path.open("wb") as log_file:
                     servers.append(
                         subprocess.Popen(
@@ -168,18 +173,7 @@ async def stack(
                 ports.append(port)
                 await _wait_ready(port, servers[-1], log_path)
             pg = await _postmaster_pid(url) if url else None
-            yield Stack(
-                kind,
-                ports[0],
-                settings,
-                announced[0],
-                servers[0],
-                tmp / "server-0.log",
-                pg,
-                workers,
-                tuple(ports),
-                tuple(servers),
-            )
+            yield Stack(kind, settings, announced[0], pg, workers, tuple(ports), tuple(servers), tuple(logs))
         finally:
             for server in servers:
                 server.terminate()
@@ -289,8 +283,11 @@ async def setup_tenant(s: Stack, name: str, quoter: SoftQuoter) -> BenchTenant:
     return BenchTenant(name, admin, auditor, quoter)
 
 
-def _loaders(s: Stack, tenant: BenchTenant, count: int) -> list[TpmLoader]:
-    return [TpmLoader(HOST, s.port, tenant.name, tenant.key, tenant.quoter) for _ in range(count)]
+def make_loaders(s: Stack, tenants: list[BenchTenant], count: int, replicas: int = 1) -> list[TpmLoader]:
+    """``count`` loaders, round-robin over ``tenants`` and over the first ``replicas`` servers."""
+    ports = s.ports[:replicas]
+    picked = [tenants[i % len(tenants)] for i in range(count)]
+    return [TpmLoader(HOST, ports[i % len(ports)], t.name, t.key, t.quoter) for i, t in enumerate(picked)]
 
 
 async def _close(loaders: list[TpmLoader]) -> None:
@@ -302,7 +299,7 @@ async def throughput(
     s: Stack, tenant: BenchTenant, concurrency: int, *, runs: int, seconds: float, warmup: float
 ) -> dict[str, Any]:
     """Releases at ``concurrency`` loaders, interleaved run by run with the challenge-only reference."""
-    loaders = _loaders(s, tenant, concurrency)
+    loaders = make_loaders(s, [tenant], concurrency)
     conns = [Connection(HOST, s.port) for _ in range(concurrency)]
     rates, ref_rates, ratios = [], [], []
     all_samples, ref_samples = Samples(), []
@@ -377,7 +374,7 @@ async def fill_log(s: Stack, tenant_name: str, target: int) -> dict[str, Any]:
 
 
 async def sequential_latencies(s: Stack, tenant: BenchTenant, count: int) -> list[float]:
-    loader = _loaders(s, tenant, 1)[0]
+    loader = make_loaders(s, [tenant], 1)[0]
     samples = Samples()
     try:
         for _ in range(count):

@@ -85,7 +85,7 @@ async def run(args: argparse.Namespace) -> None:
     collapsed = out.with_suffix(".txt")
     async with e2e.stack(args.db, args.workers) as s:
         tenant = await e2e.setup_tenant(s, "acme", SoftQuoter.create("ecc"))
-        loaders = e2e._loaders(s, tenant, args.concurrency)
+        loaders = e2e.make_loaders(s, [tenant], args.concurrency)
         await run_loaders(loaders, 2.0, 0.0)  # warm up before sampling
         spy = subprocess.Popen(
             [PY_SPY, "record", "--pid", str(s.server.pid), "--subprocesses", "--rate", "200",

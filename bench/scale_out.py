@@ -35,16 +35,6 @@ class Group:
     loaders: list[TpmLoader]
 
 
-def loaders_for(s: e2e.Stack, tenants: list[e2e.BenchTenant], count: int, replicas: int) -> list[TpmLoader]:
-    """``count`` loaders, round-robin over ``tenants`` and over the first ``replicas`` servers."""
-    ports = s.ports[:replicas]
-    return [
-        TpmLoader(e2e.HOST, ports[i % len(ports)], tenants[i % len(tenants)].name, "weights", quoter)
-        for i in range(count)
-        for quoter in [tenants[0].quoter]
-    ]
-
-
 async def measure(
     s: e2e.Stack, groups: list[Group], seconds: float, warmup: float
 ) -> tuple[dict[str, tuple[Samples, float]], dict[str, float]]:
@@ -53,8 +43,7 @@ async def measure(
     results = await asyncio.gather(*(run_loaders(g.loaders, seconds, warmup) for g in groups))
     after = s.cpu()
     for group in groups:
-        for loader in group.loaders:
-            await loader.conn.close()
+        await e2e._close(group.loaders)
     return (
         {g.name: r for g, r in zip(groups, results, strict=True)},
         {k: after[k] - before[k] for k in after},
@@ -114,7 +103,7 @@ async def replicas(
     for _ in range(runs):
         for (tenants, n), tally in modes.items():
             which = [hot] if tenants == "one_tenant" else spread
-            group = Group("all", loaders_for(s, which, concurrency, n))
+            group = Group("all", e2e.make_loaders(s, which, concurrency, n))
             results, cpu = await measure(s, [group], seconds, warmup)
             tally.add(*results["all"], cpu)
     out: dict[str, Any] = {"concurrency": concurrency, "replicas": len(s.ports), "spread_over": len(spread)}
@@ -143,12 +132,12 @@ async def crowd(
     """The hot tenant alone, then beside ``crowd_loaders`` loaders spread over ``others`` (one replica)."""
     alone, beside, crowd_tally = Tally.empty(), Tally.empty(), Tally.empty()
     for _ in range(runs):
-        solo = [Group("hot", loaders_for(s, [hot], hot_loaders, 1))]
+        solo = [Group("hot", e2e.make_loaders(s, [hot], hot_loaders, 1))]
         results, cpu = await measure(s, solo, seconds, warmup)
         alone.add(*results["hot"], cpu)
         groups = [
-            Group("hot", loaders_for(s, [hot], hot_loaders, 1)),
-            Group("crowd", loaders_for(s, others, crowd_loaders, 1)),
+            Group("hot", e2e.make_loaders(s, [hot], hot_loaders, 1)),
+            Group("crowd", e2e.make_loaders(s, others, crowd_loaders, 1)),
         ]
         results, _cpu = await measure(s, groups, seconds, warmup)
         beside.add(*results["hot"])
