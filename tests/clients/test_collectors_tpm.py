@@ -31,17 +31,16 @@ from clients.loader.collectors.errors import (
     TpmAkInvalid,
     TpmEkMissing,
     TpmError,
+    TpmQuoteInconsistent,
 )
 from clients.loader.collectors.tpm import (
     DEFAULT_AK_HANDLE,
     PcrSelection,
     TpmCollector,
-    _quote_matches,
-    activate_credential,
-    enrolment_material,
+    check_quote,
     extend_pcr,
-    provision_ak,
 )
+from clients.loader.collectors.tpm_ak import activate_credential, enrolment_material, provision_ak
 from keyserver.binding import binding, report_data_for
 from keyserver.evidence.tpm import eventlog as el
 from keyserver.evidence.tpm import structures as st
@@ -176,14 +175,31 @@ def test_collect_quotes_the_binding_and_leaves_nothing_loaded(
 
 
 def test_the_quote_consistency_check_sees_a_changed_pcr(swtpm: SwtpmInstance, clean_handles: ESAPI) -> None:
+    """The loader checks its TPM's quote with tpm2-pytss's unmarshalling (not the keyserver's parser, which
+    is not in its image): a changed PCR is a retry; another nonce, another selection, a quote cut short or
+    with bytes after it are refused."""
     provision_ak(swtpm.tcti)
-    evidence = TpmCollector(swtpm.tcti).collect(binding(os.urandom(32), fresh_jwk()[1]))
-    attest = st.parse_attest(base64.b64decode(evidence["quote"]))
-    signature = st.parse_signature(base64.b64decode(evidence["signature"]))
+    bound = binding(os.urandom(32), fresh_jwk()[1])
+    evidence = TpmCollector(swtpm.tcti).collect(bound)
+    attest, signature = base64.b64decode(evidence["quote"]), base64.b64decode(evidence["signature"])
+    qualifying, selection = bound[:32], PcrSelection.parse(SELECTION)
     pcrs = {"sha256": {PCR: bytes.fromhex(evidence["pcrs"]["sha256"][str(PCR)])}}
-    assert _quote_matches(attest, signature, pcrs)
+    assert check_quote(attest, signature, qualifying, selection, pcrs)
     extended = {"sha256": {PCR: hashlib.sha256(pcrs["sha256"][PCR] + bytes(32)).digest()}}
-    assert not _quote_matches(attest, signature, extended)
+    assert not check_quote(attest, signature, qualifying, selection, extended)
+    # What the keyserver's own parser reads from the same bytes agrees.
+    parsed = st.parse_attest(attest)
+    assert parsed.extra_data == qualifying and isinstance(parsed.attested, st.QuoteInfo)
+    with pytest.raises(TpmQuoteInconsistent, match="qualifying data"):
+        check_quote(attest, signature, bytes(32), selection, pcrs)
+    with pytest.raises(TpmQuoteInconsistent, match="not the selection"):
+        check_quote(attest, signature, qualifying, PcrSelection.parse("sha256:9,10"), pcrs)
+    with pytest.raises(TpmQuoteInconsistent, match="after its TPMS_ATTEST"):
+        check_quote(attest + b"\x00", signature, qualifying, selection, pcrs)
+    with pytest.raises(TpmQuoteInconsistent, match="does not parse"):
+        check_quote(attest[:-5], signature, qualifying, selection, pcrs)
+    with pytest.raises(TpmQuoteInconsistent, match="TPMT_SIGNATURE"):
+        check_quote(attest, signature[:3], qualifying, selection, pcrs)
 
 
 def test_collect_refuses_what_it_cannot_use(

@@ -15,9 +15,10 @@ collector (``vcek`` bytes, ``td_quote_for`` callable) rather than fetched here.
 
 from __future__ import annotations
 
+import argparse
 import base64
-import hmac
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tpm2_pytss import ESAPI
@@ -27,22 +28,19 @@ from clients.loader.collectors.base import require_binding
 from clients.loader.collectors.errors import (
     AzureHclReportInvalid,
     CollectorConfigInvalid,
-    TpmQuoteInconsistent,
 )
-from clients.loader.collectors.tpm import PcrSelection, _quote_matches, _read_pcrs
+from clients.loader.collectors.tpm import PcrSelection, consistent_quote
 from clients.loader.collectors.tpm_esapi import open_esapi, persistent_exists, tpm_call
 from keyserver.binding import report_data_for
 from keyserver.errors import EvidenceError
 from keyserver.evidence.azure.hcl import REPORT_TYPE_SNP, parse_hcl_report
 from keyserver.evidence.claims import TEE_AZURE_SNP_VTPM, TEE_AZURE_TDX_VTPM
-from keyserver.evidence.tpm import structures as st
 
 HCL_REPORT_NV_INDEX = 0x01400001
 AZURE_AK_HANDLE = 0x81000003
 ALL_PCRS = PcrSelection.parse("sha256:" + ",".join(str(i) for i in range(24)))
 NV_CHUNK = 1024  # at most TPM2_MAX_NV_BUFFER_SIZE on every TPM
 MAX_NV_BYTES = 16 * 1024
-QUOTE_ATTEMPTS = 3
 
 
 def read_nv(ectx: ESAPI, index: int) -> bytes:
@@ -91,7 +89,8 @@ class AzureVtpmCollector:
                 raise AzureHclReportInvalid(f"no vTPM AK at 0x{self.ak_handle:08x}: is this an Azure CVM?")
             with tpm_call(f"loading the AK at 0x{self.ak_handle:08x}"):
                 ak = ectx.tr_from_tpmpublic(self.ak_handle)
-            attest, signature, pcrs = self._quote(ectx, ak, qualifying)
+            attest, signature, quoted = consistent_quote(ectx, ak, ALL_PCRS, qualifying)
+            pcrs = quoted["sha256"]
         # The NV index as read, zero padding included: the verifier requires that padding to be zero.
         evidence: dict[str, Any] = {
             "tee": self.tee,
@@ -117,17 +116,9 @@ class AzureVtpmCollector:
             raise AzureHclReportInvalid(f"the HCL report is not for {self.tee}")
         return hcl
 
-    def _quote(self, ectx: ESAPI, ak: Any, qualifying: bytes) -> tuple[bytes, bytes, dict[int, bytes]]:
-        for _ in range(QUOTE_ATTEMPTS):
-            with tpm_call(f"TPM2_Quote({ALL_PCRS})"):
-                attest_blob, signature_blob = ectx.quote(ak, str(ALL_PCRS), qualifying)
-            attest_raw, signature_raw = bytes(attest_blob), bytes(signature_blob.marshal())
-            pcrs = _read_pcrs(ectx, ALL_PCRS)
-            attest, signature = st.parse_attest(attest_raw), st.parse_signature(signature_raw)
-            if not hmac.compare_digest(attest.extra_data, qualifying):
-                raise TpmQuoteInconsistent("the vTPM's quote does not carry the qualifying data asked for")
-            if _quote_matches(attest, signature, pcrs):
-                return attest_raw, signature_raw, pcrs["sha256"]
-        raise TpmQuoteInconsistent(
-            f"the PCRs changed between the quote and the read {QUOTE_ATTEMPTS} times running"
-        )
+
+def loader_collector(tee: str, args: argparse.Namespace, pcr_selection: str) -> AzureVtpmCollector:
+    """The loader's collector for ``"tee": "azure-snp-vtpm"`` (clients/loader/parts.py); it quotes all 24
+    PCRs, whatever the configuration's selection."""
+    vcek = Path(args.vcek).read_bytes() if args.vcek else None
+    return AzureVtpmCollector(tee, args.tcti, vcek=vcek)

@@ -5,13 +5,18 @@ bytes of the binding as ``qualifyingData`` (docs/binding.md), in the form the ke
     {"tee": "tpm", "ak_name": hex, "quote": b64 TPMS_ATTEST, "signature": b64 TPMT_SIGNATURE,
      "pcrs": {"sha256": {"10": hex}}, "event_log": b64}      # event_log only when configured
 
-Also the measured-boot step (:func:`extend_pcr`) and, re-exported from :mod:`.tpm_ak`, the AK's
-provisioning and enrolment. Each call opens and closes its own ESAPI (:mod:`.tpm_esapi`).
+Also the measured-boot step (:func:`extend_pcr`). Each call opens and closes its own ESAPI
+(:mod:`.tpm_esapi`). The AK's provisioning and enrolment (:mod:`.tpm_ak`) run before the loader, not in
+it: they are not part of its image. The loader checks its own TPM's answers with tpm2-pytss's marshalling
+(the library that talks to the TPM anyway), not with the keyserver's strict parser of untrusted evidence
+(``keyserver.evidence.tpm.structures``), which is server code.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
+import hashlib
 import hmac
 import re
 from dataclasses import dataclass
@@ -19,8 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from tpm2_pytss import ESAPI
-from tpm2_pytss.constants import ESYS_TR
-from tpm2_pytss.types import TPML_DIGEST_VALUES, TPML_PCR_SELECTION, TPMT_HA, TPMU_HA
+from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_ST, TPMA_OBJECT
+from tpm2_pytss.types import (
+    TPML_DIGEST_VALUES,
+    TPML_PCR_SELECTION,
+    TPMS_ATTEST,
+    TPMT_HA,
+    TPMT_SIGNATURE,
+    TPMU_HA,
+)
 
 from clients.loader.collectors.base import require_binding
 from clients.loader.collectors.errors import (
@@ -30,18 +42,7 @@ from clients.loader.collectors.errors import (
     TpmError,
     TpmQuoteInconsistent,
 )
-from clients.loader.collectors.tpm_ak import (
-    AK_ATTRIBUTES,
-    DEFAULT_AK_HANDLE,
-    EnrolmentMaterial,
-    ProvisionedAk,
-    activate_credential,
-    enrolment_material,
-    provision_ak,
-)
 from clients.loader.collectors.tpm_esapi import (
-    EK_RSA2048_CERT_NV_INDEX,
-    EK_RSA2048_HANDLE,
     open_esapi,
     persistent_exists,
     read_public,
@@ -49,27 +50,33 @@ from clients.loader.collectors.tpm_esapi import (
     tpm_call,
 )
 from keyserver.binding import report_data_for
-from keyserver.errors import EvidenceError
 from keyserver.evidence.claims import TEE_TPM
-from keyserver.evidence.tpm import structures as st
 
 __all__ = [
+    "AK_ATTRIBUTES",
     "DEFAULT_AK_HANDLE",
-    "EK_RSA2048_CERT_NV_INDEX",
-    "EK_RSA2048_HANDLE",
-    "EnrolmentMaterial",
     "PcrSelection",
-    "ProvisionedAk",
     "TpmCollector",
-    "activate_credential",
-    "enrolment_material",
     "extend_pcr",
-    "provision_ak",
+    "loader_collector",
 ]
 
+DEFAULT_AK_HANDLE = 0x81010020
+# A restricted signing key made in this TPM (docs/tpm.md §1): what the keyserver enrols as an AK.
+AK_ATTRIBUTES = int(
+    TPMA_OBJECT.RESTRICTED
+    | TPMA_OBJECT.SIGN_ENCRYPT
+    | TPMA_OBJECT.FIXEDTPM
+    | TPMA_OBJECT.FIXEDPARENT
+    | TPMA_OBJECT.SENSITIVEDATAORIGIN
+    | TPMA_OBJECT.USERWITHAUTH
+)
 PCR_COUNT = 24
-# The banks the keyserver can replay and claim (keyserver.evidence.tpm.structures.HASH_BY_NAME).
-_BANKS = ("sha1", "sha256", "sha384", "sha512")
+# The banks the keyserver can replay and claim (keyserver.evidence.tpm.structures.HASH_BY_NAME), by the
+# TPM's algorithm identifier.
+_BANK_ALGS = {int(TPM2_ALG.SHA1): "sha1", int(TPM2_ALG.SHA256): "sha256", int(TPM2_ALG.SHA384): "sha384",
+              int(TPM2_ALG.SHA512): "sha512"}  # fmt: skip
+_BANKS = tuple(_BANK_ALGS.values())
 _SELECTION_RE = re.compile(r"[a-z0-9]+:\d{1,2}(,\d{1,2})*")
 # A TCG event log is a few hundred KiB at most; the keyserver takes evidence fields up to 4 MiB.
 MAX_EVENT_LOG_BYTES = 3 * 1024 * 1024
@@ -125,15 +132,61 @@ def _read_pcrs(ectx: ESAPI, selection: PcrSelection) -> dict[str, dict[int, byte
     return values
 
 
-def _quote_matches(attest: st.Attest, signature: st.Signature, pcrs: dict[str, dict[int, bytes]]) -> bool:
-    """Whether the quoted pcrDigest is the digest of ``pcrs`` (hashed with the signature's hash, in the
-    quote's own selection order, as the keyserver recomputes it)."""
-    assert isinstance(attest.attested, st.QuoteInfo)
-    h = st.hash_alg(signature.hash_alg, "TPMT_SIGNATURE").new()
-    for selected in attest.attested.pcr_select:
-        for index in selected.pcrs:
-            h.update(pcrs[selected.bank.name][index])
-    return hmac.compare_digest(h.digest(), attest.attested.pcr_digest)
+def _unmarshal_whole(kind: type[TPMS_ATTEST] | type[TPMT_SIGNATURE], data: bytes) -> Any:
+    try:
+        value, used = kind.unmarshal(data)
+    except Exception as exc:  # tpm2-pytss raises its TSS2_Exception (or a ctypes error) on short input
+        raise TpmQuoteInconsistent(f"the TPM returned a {kind.__name__} that does not parse: {exc}") from exc
+    if used != len(data):
+        raise TpmQuoteInconsistent(f"the TPM returned {len(data) - used} bytes after its {kind.__name__}")
+    return value
+
+
+def _quoted_pcrs(attest: TPMS_ATTEST) -> list[tuple[str, tuple[int, ...]]]:
+    """The (bank, PCR indices) a quote's TPMS_QUOTE_INFO selects, in its order; a bank the keyserver cannot
+    claim is refused."""
+    selections = attest.attested.quote.pcrSelect
+    quoted = []
+    for position in range(selections.count):  # index by count: iterating a TPML runs past it (tpm2-pytss)
+        selection = selections.pcrSelections[position]
+        bank = _BANK_ALGS.get(int(selection.hash))
+        if bank is None:
+            raise TpmQuoteInconsistent(
+                f"the TPM quoted a bank the keyserver does not claim (0x{selection.hash:04x})"
+            )
+        bitmap = bytes(selection.pcrSelect)[: selection.sizeofSelect]
+        quoted.append((bank, tuple(i for i in range(8 * len(bitmap)) if bitmap[i // 8] >> (i % 8) & 1)))
+    return quoted
+
+
+def check_quote(
+    attest_raw: bytes,
+    signature_raw: bytes,
+    qualifying: bytes,
+    selection: PcrSelection,
+    pcrs: dict[str, dict[int, bytes]],
+) -> bool:
+    """Whether the TPM's quote is of ``pcrs`` as read: its pcrDigest is their digest (hashed with the
+    signature's hash, in the quote's own selection order, as the keyserver recomputes it). A quote that is
+    not a quote, carries other qualifying data or selects other PCRs than asked is refused outright: the
+    keyserver would reject it, and a retry would not help."""
+    attest: TPMS_ATTEST = _unmarshal_whole(TPMS_ATTEST, attest_raw)
+    signature: TPMT_SIGNATURE = _unmarshal_whole(TPMT_SIGNATURE, signature_raw)
+    if attest.type != TPM2_ST.ATTEST_QUOTE or not hmac.compare_digest(bytes(attest.extraData), qualifying):
+        raise TpmQuoteInconsistent("the TPM's quote does not carry the qualifying data asked for")
+    quoted = _quoted_pcrs(attest)
+    if {(bank, indices) for bank, indices in quoted if indices} != set(selection.banks):
+        raise TpmQuoteInconsistent(f"the TPM quoted {sorted(quoted)}, not the selection {selection}")
+    hash_name = _BANK_ALGS.get(int(signature.signature.any.hashAlg))
+    if hash_name is None:
+        raise TpmQuoteInconsistent(
+            f"the quote is signed with an unknown hash (0x{signature.signature.any.hashAlg:04x})"
+        )
+    h = hashlib.new(hash_name)
+    for bank, indices in quoted:
+        for index in indices:
+            h.update(pcrs[bank][index])
+    return hmac.compare_digest(h.digest(), bytes(attest.attested.quote.pcrDigest))
 
 
 class TpmCollector:
@@ -163,7 +216,7 @@ class TpmCollector:
         qualifying = report_data_for(TEE_TPM, require_binding(binding))
         with open_esapi(self.tcti) as ectx:
             ak, ak_name = self._load_ak(ectx)
-            attest_raw, signature_raw, pcrs = self._consistent_quote(ectx, ak, qualifying)
+            attest_raw, signature_raw, pcrs = consistent_quote(ectx, ak, self.selection, qualifying)
         evidence: dict[str, Any] = {
             "tee": TEE_TPM,
             "ak_name": ak_name.hex(),
@@ -181,41 +234,13 @@ class TpmCollector:
         with tpm_call(f"loading the AK at 0x{self.ak_handle:08x}"):
             ak = ectx.tr_from_tpmpublic(self.ak_handle)
         public, name, _ = read_public(ectx, ak, "AK")
-        if public.object_attributes & AK_ATTRIBUTES != AK_ATTRIBUTES or public.name() != name:
+        attributes = int(public.publicArea.objectAttributes)
+        if attributes & AK_ATTRIBUTES != AK_ATTRIBUTES or bytes(public.get_name()) != name:
             raise TpmAkInvalid(
                 f"the key at 0x{self.ak_handle:08x} is not a restricted signing key "
-                f"({public.attribute_names()}); the keyserver would not trust its quotes"
+                f"({TPMA_OBJECT(attributes)}); the keyserver would not trust its quotes"
             )
         return ak, name
-
-    def _consistent_quote(
-        self, ectx: ESAPI, ak: ESYS_TR, qualifying: bytes
-    ) -> tuple[bytes, bytes, dict[str, dict[int, bytes]]]:
-        for _ in range(QUOTE_ATTEMPTS):
-            with tpm_call(f"TPM2_Quote({self.selection})"):
-                attest_blob, signature_blob = ectx.quote(ak, str(self.selection), qualifying)
-            attest_raw, signature_raw = bytes(attest_blob), bytes(signature_blob.marshal())
-            pcrs = _read_pcrs(ectx, self.selection)
-            try:
-                attest, signature = st.parse_attest(attest_raw), st.parse_signature(signature_raw)
-            except EvidenceError as exc:
-                raise TpmQuoteInconsistent(
-                    f"the TPM returned a quote that does not parse: {exc.message}"
-                ) from exc
-            if attest.type != st.ST_ATTEST_QUOTE or not hmac.compare_digest(attest.extra_data, qualifying):
-                raise TpmQuoteInconsistent("the TPM's quote does not carry the qualifying data asked for")
-            assert isinstance(attest.attested, st.QuoteInfo)
-            quoted = {(s.bank.name, s.pcrs) for s in attest.attested.pcr_select if s.pcrs}
-            if quoted != set(self.selection.banks):
-                raise TpmQuoteInconsistent(
-                    f"the TPM quoted {sorted(quoted)}, not the selection {self.selection}"
-                )
-            if _quote_matches(attest, signature, pcrs):
-                return attest_raw, signature_raw, pcrs
-        raise TpmQuoteInconsistent(
-            f"the PCRs {self.selection} changed between the quote and the read next to it "
-            f"{QUOTE_ATTEMPTS} times running; something keeps extending them"
-        )
 
     def _read_event_log(self) -> bytes:
         assert self.event_log is not None
@@ -229,15 +254,37 @@ class TpmCollector:
         return data
 
 
+def consistent_quote(
+    ectx: ESAPI, ak: ESYS_TR, selection: PcrSelection, qualifying: bytes
+) -> tuple[bytes, bytes, dict[str, dict[int, bytes]]]:
+    """A quote of ``selection`` with ``qualifying`` and the PCR values it covers, read right after it."""
+    for _ in range(QUOTE_ATTEMPTS):
+        with tpm_call(f"TPM2_Quote({selection})"):
+            attest_blob, signature_blob = ectx.quote(ak, str(selection), qualifying)
+        attest_raw, signature_raw = bytes(attest_blob), bytes(signature_blob.marshal())
+        pcrs = _read_pcrs(ectx, selection)
+        if check_quote(attest_raw, signature_raw, qualifying, selection, pcrs):
+            return attest_raw, signature_raw, pcrs
+    raise TpmQuoteInconsistent(
+        f"the PCRs {selection} changed between the quote and the read next to it "
+        f"{QUOTE_ATTEMPTS} times running; something keeps extending them"
+    )
+
+
 def extend_pcr(tcti: str, pcr: int, sha256_digest: bytes) -> None:
     """Extend the SHA-256 bank of PCR ``pcr`` with ``sha256_digest`` (the measured-boot step: measure the
     loader image before it runs). Other banks are left as they are; the keyserver claims SHA-256."""
     if not 0 <= pcr < PCR_COUNT:
         raise ValueError(f"PCR index {pcr} is not in 0..{PCR_COUNT - 1}")
-    if len(sha256_digest) != st.HASH_BY_NAME["sha256"].size:
+    if len(sha256_digest) != hashlib.sha256().digest_size:
         raise ValueError(f"a SHA-256 digest is 32 bytes, not {len(sha256_digest)}")
     digests = TPML_DIGEST_VALUES(
-        [TPMT_HA(hashAlg=st.ALG_SHA256, digest=TPMU_HA(sha256=bytes(sha256_digest)))]
+        [TPMT_HA(hashAlg=TPM2_ALG.SHA256, digest=TPMU_HA(sha256=bytes(sha256_digest)))]
     )
     with open_esapi(tcti) as ectx, tpm_call(f"TPM2_PCR_Extend(PCR {pcr}, sha256)"):
         ectx.pcr_extend(ESYS_TR.parse(f"PCR{pcr}"), digests)
+
+
+def loader_collector(tee: str, args: argparse.Namespace, pcr_selection: str) -> TpmCollector:
+    """The loader's collector for its measured configuration's ``"tee": "tpm"`` (clients/loader/parts.py)."""
+    return TpmCollector(args.tcti, int(args.ak_handle, 0), pcr_selection=pcr_selection)

@@ -1,6 +1,11 @@
 """The loader's TPM attestation key (AK): made once under the EK and kept at a persistent handle, and the
 material the keyserver needs to enrol it by credential activation (docs/tpm.md §1).
 
+Provisioning runs before the loader (at image build or first boot, by the operator's tooling), not in it:
+the loader imports none of this, so it is not part of the loader's measured image. It checks the TPM's
+answers with the keyserver's own parser (``keyserver.evidence.tpm.structures``): what it hands the
+keyserver for enrolment is then exactly what the keyserver will accept.
+
 The AK is a restricted ECC P-256 ECDSA-SHA256 signing key, a child of the RSA-2048 EK: exactly what the
 keyserver's enrolment accepts (``fixedTPM``, ``fixedParent``, ``sensitiveDataOrigin``, ``restricted``,
 ``sign``, not ``decrypt``), and only a TPM that holds that EK can activate a credential made for it.
@@ -9,38 +14,48 @@ keyserver's enrolment accepts (``fixedTPM``, ``fixedParent``, ``sensitiveDataOri
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from tpm2_pytss import ESAPI
-from tpm2_pytss.constants import ESYS_TR, TPMA_OBJECT
-from tpm2_pytss.types import TPM2B_ENCRYPTED_SECRET, TPM2B_ID_OBJECT, TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE
+from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_SE, TPMA_OBJECT
+from tpm2_pytss.types import (
+    TPM2B_ENCRYPTED_SECRET,
+    TPM2B_ID_OBJECT,
+    TPM2B_PUBLIC,
+    TPM2B_SENSITIVE_CREATE,
+    TPMT_SYM_DEF,
+)
+from tpm2_pytss.utils import NoSuchIndex, NVReadEK, create_ek_template
 
-from clients.loader.collectors.errors import TpmAkHandleOccupied, TpmAkInvalid
+from clients.loader.collectors.errors import TpmAkHandleOccupied, TpmAkInvalid, TpmEkMissing
+from clients.loader.collectors.tpm import AK_ATTRIBUTES, DEFAULT_AK_HANDLE
 from clients.loader.collectors.tpm_esapi import (
-    EK_RSA2048_CERT_NV_INDEX,
-    EK_RSA2048_HANDLE,
-    ek_authorisation,
-    endorsement_key,
-    endorsement_qualified_name,
     flushed,
     open_esapi,
     persistent_exists,
-    read_nv_certificate,
     read_public,
     require_persistent_handle,
     tpm_call,
 )
 from keyserver.evidence.tpm import structures as st
 
-DEFAULT_AK_HANDLE = 0x81010020
-AK_ATTRIBUTES = int(
-    TPMA_OBJECT.RESTRICTED
-    | TPMA_OBJECT.SIGN_ENCRYPT
-    | TPMA_OBJECT.FIXEDTPM
-    | TPMA_OBJECT.FIXEDPARENT
-    | TPMA_OBJECT.SENSITIVEDATAORIGIN
-    | TPMA_OBJECT.USERWITHAUTH
-)
+__all__ = [
+    "AK_ATTRIBUTES",
+    "DEFAULT_AK_HANDLE",
+    "EK_RSA2048_CERT_NV_INDEX",
+    "EK_RSA2048_HANDLE",
+    "EnrolmentMaterial",
+    "ProvisionedAk",
+    "activate_credential",
+    "enrolment_material",
+    "provision_ak",
+]
+
+# TCG EK Credential Profile: the RSA-2048 EK (template L-1) and the NV index of its certificate.
+EK_RSA2048_HANDLE = 0x81010001
+EK_RSA2048_CERT_NV_INDEX = 0x01C00002
 _AK_TEMPLATE = "ecc256:ecdsa-sha256:null"
 _CURVE_P256 = 0x0003
 
@@ -73,6 +88,75 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+def read_parsed_public(ectx: ESAPI, handle: ESYS_TR, what: str) -> tuple[st.TpmtPublic, bytes, bytes]:
+    """:func:`.tpm_esapi.read_public`, its public area parsed as the keyserver parses it."""
+    public, name, qualified = read_public(ectx, handle, what)
+    return st.parse_tpm2b_public(bytes(public.marshal())), name, qualified
+
+
+def endorsement_qualified_name(ek: st.TpmtPublic) -> bytes:
+    """The EK's qualified Name: it is a primary key of the endorsement hierarchy."""
+    return st.qualified_name(st.hierarchy_name(st.RH_ENDORSEMENT), ek.name(), ek.name_alg)
+
+
+@contextmanager
+def endorsement_key(ectx: ESAPI, ek_handle: int | None) -> Iterator[tuple[ESYS_TR, st.TpmtPublic]]:
+    """The EK as an ESYS_TR and its public area.
+
+    ``ek_handle`` names a persistent EK; ``None`` re-creates the RSA-2048 EK from the TCG template L-1
+    (TPMs often ship without a persisted EK; the same seed and template give the same key, which is
+    what its certificate certifies) and flushes it afterwards.
+    """
+    if ek_handle is None:
+        with tpm_call("reading the EK template from NV"):
+            _, template = create_ek_template("EK-RSA2048", NVReadEK(ectx))
+        with tpm_call("TPM2_CreatePrimary(EK, endorsement hierarchy)"):
+            handle, public, *_ = ectx.create_primary(TPM2B_SENSITIVE_CREATE(), template, ESYS_TR.ENDORSEMENT)
+        with flushed(ectx, handle, "transient EK"):
+            yield handle, st.parse_tpm2b_public(bytes(public.marshal()))
+        return
+    require_persistent_handle(ek_handle, "EK")
+    if not persistent_exists(ectx, ek_handle):
+        raise TpmEkMissing(
+            f"no endorsement key at persistent handle 0x{ek_handle:08x}. Persist it (tpm2_createek -c "
+            f"0x{ek_handle:08x}) or pass ek_handle=None to derive the RSA-2048 EK from the TCG template"
+        )
+    with tpm_call(f"loading the EK at 0x{ek_handle:08x}"):
+        handle = ectx.tr_from_tpmpublic(ek_handle)
+    ek, _, _ = read_parsed_public(ectx, handle, "EK")
+    yield handle, ek
+
+
+@contextmanager
+def ek_authorisation(ectx: ESAPI, ek: st.TpmtPublic) -> Iterator[ESYS_TR]:
+    """A session that authorises one use of the EK as a parent or decryption key (USER role).
+
+    Low-range EK templates (L-1 RSA-2048, L-2 ECC P-256) clear ``userWithAuth``: their policy is
+    PolicySecret(TPM_RH_ENDORSEMENT), so each use needs a fresh policy session. High-range templates set
+    ``userWithAuth`` and take the empty password.
+    """
+    if ek.object_attributes & int(TPMA_OBJECT.USERWITHAUTH):
+        yield ESYS_TR.PASSWORD
+        return
+    with tpm_call("TPM2_StartAuthSession(policy)"):
+        session = ectx.start_auth_session(
+            ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.POLICY, TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL), TPM2_ALG.SHA256
+        )
+    with flushed(ectx, session, "EK policy session"):
+        with tpm_call("TPM2_PolicySecret(TPM_RH_ENDORSEMENT)"):
+            ectx.policy_secret(ESYS_TR.ENDORSEMENT, session, b"", b"", b"", 0)
+        yield session
+
+
+def read_nv_certificate(ectx: ESAPI, index: int) -> bytes | None:
+    """The DER certificate stored at NV ``index``, or ``None`` when the index is not defined."""
+    try:
+        with tpm_call(f"reading NV index 0x{index:08x}"):
+            return bytes(NVReadEK(ectx)(index))
+    except NoSuchIndex:
+        return None
+
+
 def ak_problems(ak: st.TpmtPublic, qualified_name: bytes, ek: st.TpmtPublic) -> list[str]:
     """Why ``ak`` is not an AK this module would have made under ``ek`` (empty: it is one)."""
     problems: list[str] = []
@@ -99,7 +183,7 @@ def ak_problems(ak: st.TpmtPublic, qualified_name: bytes, ek: st.TpmtPublic) -> 
 def _existing_ak(ectx: ESAPI, handle: int, ek: st.TpmtPublic) -> tuple[st.TpmtPublic, bytes, list[str]]:
     with tpm_call(f"loading the object at 0x{handle:08x}"):
         tr = ectx.tr_from_tpmpublic(handle)
-    public, name, qualified = read_public(ectx, tr, f"0x{handle:08x}")
+    public, name, qualified = read_parsed_public(ectx, tr, f"0x{handle:08x}")
     if public.name() != name:
         raise TpmAkInvalid(f"the TPM reports a Name for 0x{handle:08x} that does not match its public area")
     return public, name, ak_problems(public, qualified, ek)
