@@ -31,12 +31,15 @@ profile: system-deps $(VENV)/.installed-dev
 demo: system-deps $(VENV)/.installed-dev
 	$(BIN)/keyserver demo
 
-## loader-wheel: the trusted loader's own distribution (keyserver-loader) in dist/: exactly its measured
-## image, depending on cbor2, cryptography, joserfc, numpy and tpm2-pytss only (docs/clients.md)
+## loader-wheel: the trusted loader's own distribution (keyserver-loader) in dist/ for the measured
+## configuration LOADER_CONFIG=FILE: exactly that loader's image, depending only on the packages of its
+## parts (cryptography, joserfc, numpy; tpm2-pytss for a TPM, cbor2 for Nitro) (docs/clients.md)
 loader-wheel: $(VENV)/.installed-dev
-	$(BIN)/python -m clients.loader.build_wheel dist
+	@test -n "$(LOADER_CONFIG)" || { echo "make loader-wheel LOADER_CONFIG=FILE: the loader's measured configuration"; exit 2; }
+	$(BIN)/python -m clients.loader.build_wheel --config $(LOADER_CONFIG) dist
 
-## loader-report: the loader's measured image, module by module, in lines and code lines (docs/clients.md)
+## loader-report: each loader's measured image (per TEE and optional part), in lines and code lines
+## (docs/clients.md); python -m clients.loader.image_report --config FILE lists one, module by module
 loader-report: $(VENV)/.installed-dev
 	$(BIN)/python -m clients.loader.image_report
 

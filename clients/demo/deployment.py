@@ -50,7 +50,7 @@ from clients.demo.processes import (
 from clients.loader.collectors.tpm import extend_pcr
 from clients.loader.collectors.tpm_ak import activate_credential, enrolment_material, provision_ak
 from clients.loader.config import config_document, write_config
-from clients.loader.measure import config_digest, image_digest, loader_files, pcr_after_extends
+from clients.loader.measure import config_digest, image_digest_for, pcr_after_extends
 from clients.model.corpus import load_corpus
 from clients.model.tensors_encode import encode_tensors
 from clients.model.train import train
@@ -236,7 +236,7 @@ class Deployment:
     def measure(config: Mapping[str, Any]) -> bytes:
         """The PCR a freshly booted VM reports once the boot chain measured the loader image and the
         loader its configuration: what the CI signer publishes (clients/loader/measure.py)."""
-        return pcr_after_extends([image_digest(loader_files()), config_digest(canonical_bytes(dict(config)))])
+        return pcr_after_extends([image_digest_for(config), config_digest(canonical_bytes(dict(config)))])
 
     # --- booting a loader ------------------------------------------------------------------------
 
@@ -257,7 +257,7 @@ class Deployment:
         self.tpm.reboot()
         config_path = self.workdir / f"{name}.json"
         write_config(config_path, config)
-        digest = image_digest(loader_files())
+        digest = image_digest_for(config)  # the image of the loader this configuration selects
         extend_pcr(self.tpm.tcti, PCR, digest)  # the boot chain; the loader measures its configuration
         port = free_port()
         # k of n (keyservers given): --keyserver NAME=URL for each; else the one keyserver's URL.

@@ -16,7 +16,7 @@ from clients.demo.gpus import SimulatedNvml, SyntheticGpu
 from clients.loader.collectors.nvidia_gpu import GpuCollector
 from clients.loader.collectors.tpm import TpmCollector, extend_pcr
 from clients.loader.keyserver_api import KeyserverRefused, LoaderKeyserver
-from clients.loader.measure import config_digest, image_digest, loader_files
+from clients.loader.measure import config_digest, image_digest_for
 from clients.loader.release import EphemeralKey, LogTrust, release_key
 from clients.sdk import make_bundle
 
@@ -55,8 +55,9 @@ async def gpu_chapter(deployed: Deployment) -> dict[str, bool]:
 
     # The VM boots the reviewed loader (the boot chain measures its image, the loader its configuration).
     deployed.tpm.reboot()
-    extend_pcr(deployed.tpm.tcti, PCR, image_digest(loader_files()))
-    extend_pcr(deployed.tpm.tcti, PCR, config_digest(canonical_bytes(dict(deployed.loader_config()))))
+    config = deployed.loader_config()
+    extend_pcr(deployed.tpm.tcti, PCR, image_digest_for(config))
+    extend_pcr(deployed.tpm.tcti, PCR, config_digest(canonical_bytes(dict(config))))
     vm = TpmCollector(deployed.tpm.tcti, AK_HANDLE, f"sha256:{PCR}")
     log = LogTrust(deployed.log_verifier_key, deployed.log_origin)
     outcomes: dict[str, bool] = {}

@@ -26,7 +26,7 @@ from clients.demo.deployment import AK_HANDLE, KEY_NAME, PCR, TENANT, Deployment
 from clients.demo.processes import DemoError, Process, free_port, http_ready, python_module, wait_until
 from clients.loader.collectors.tpm import TpmCollector, extend_pcr
 from clients.loader.keyserver_api import LoaderKeyserver, Receipt
-from clients.loader.measure import config_digest, image_digest, loader_files
+from clients.loader.measure import config_digest, image_digest_for
 from clients.loader.receipt import ExpectedRelease, ReceiptInvalid, verify_receipt
 from clients.loader.release import EphemeralKey, LogTrust, release_key
 from keyserver.witness.client import WitnessClient, WitnessEndpoint
@@ -108,8 +108,9 @@ async def witness_chapter(deployed: Deployment) -> dict[str, Any]:
     log = LogTrust(deployed.log_verifier_key, deployed.log_origin, cosignatures=policy)
 
     deployed.tpm.reboot()
-    extend_pcr(deployed.tpm.tcti, PCR, image_digest(loader_files()))
-    extend_pcr(deployed.tpm.tcti, PCR, config_digest(canonical_bytes(dict(deployed.loader_config()))))
+    config = deployed.loader_config()
+    extend_pcr(deployed.tpm.tcti, PCR, image_digest_for(config))
+    extend_pcr(deployed.tpm.tcti, PCR, config_digest(canonical_bytes(dict(config))))
     client = LoaderKeyserver(deployed.keyserver_url, tenant=TENANT, timeout=30)
     vm = TpmCollector(deployed.tpm.tcti, AK_HANDLE, f"sha256:{PCR}")
     released = release_key(client, vm, EphemeralKey(), tenant=TENANT, key_name=KEY_NAME, log=log)

@@ -12,33 +12,32 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from audit.entry import canonical_bytes
-from clients.loader.quorum import KeyserverTrust, QuorumTrust
-from clients.loader.release import LogTrust
-from clients.loader.safeguards import SafeguardConfig, SafeguardConfigError, parse_safeguards
-from clients.loader.witnesses import WitnessTrustError, parse_witness_trust
+from clients.loader.parts import SAFEGUARDS, THRESHOLD, WITNESSES, PartsError, load_part, parts_of
+from clients.loader.release import KeyserverTrust, LogTrust
 from keyserver.strict_json import loads_object
-from threshold import KeyCommitment, ThresholdError
+
+if TYPE_CHECKING:  # types only: these are parts, loaded when the configuration asks (parts.py)
+    from clients.loader.quorum import QuorumTrust
+    from clients.loader.safeguards import SafeguardConfig
 
 CONFIG_DOMAIN = b"keyserver-loader-config-v1\x00"
 
-CONFIG_VERSION = 1
+# 2: the TEE (and the GPUs) are measured configuration, no longer run-time arguments: they decide which
+# collector, and so which code, the loader runs.
+CONFIG_VERSION = 2
 MAX_CONFIG_BYTES = 64 * 1024
-_COMMON = frozenset({"v", "program_signers", "pcr_selection"})
+_COMMON = frozenset({"v", "tee", "program_signers", "pcr_selection"})
+_OPTIONAL = frozenset({"gpus", "safeguards"})
 _SINGLE = frozenset({"tenant", "key", "log"})  # one keyserver (and optionally "witnesses")
-_THRESHOLD = frozenset({"k", "commitment", "keyservers"})  # "threshold": k of n keyservers
-_KEYSERVER = frozenset({"name", "tenant", "key", "log"})  # one of them (and optionally "witnesses")
-MAX_KEYSERVERS = 16
-_LABEL = re.compile(r"[A-Za-z0-9._-]{1,64}")
 ProgramSignerKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
 
 
@@ -51,11 +50,19 @@ class LoaderConfig:
     """``source`` is the one keyserver the key comes from, or the k of n keyservers its shares come from."""
 
     source: KeyserverTrust | QuorumTrust
+    tee: str  # whose collector runs (clients/loader/parts.py)
     program_signers: Mapping[str, ProgramSignerKey]
     pcr_selection: str
     canonical: bytes  # what is measured
+    parts: tuple[str, ...]  # the modules of the parts it selects: with the core, the loader's image
+    gpus: bool = False  # add every NVIDIA CC GPU's report to the TEE's evidence
     # What every request must pass (clients/loader/safeguards.py); None: no classifier, no budget.
     safeguards: SafeguardConfig | None = None
+
+    @property
+    def quorum(self) -> QuorumTrust | None:
+        """The k of n keyservers, or None for one keyserver."""
+        return None if isinstance(self.source, KeyserverTrust) else self.source
 
     @property
     def single(self) -> KeyserverTrust:
@@ -78,14 +85,21 @@ class LoaderConfig:
     @classmethod
     def from_document(cls, document: Mapping[str, Any]) -> LoaderConfig:
         mode = _THRESHOLD_MEMBER if "threshold" in document else _SINGLE
-        allowed = _COMMON | mode | {"safeguards"} | (set() if "threshold" in document else {"witnesses"})
+        allowed = _COMMON | _OPTIONAL | mode | (set() if "threshold" in document else {"witnesses"})
         unknown, missing = set(document) - allowed, (_COMMON | mode) - set(document)
+        if document.get("v") != CONFIG_VERSION:
+            raise ConfigError(
+                f"loader configuration version {document.get('v')!r} is not {CONFIG_VERSION}"
+                + (' (version 2 names its "tee": add it, and set "v": 2)' if document.get("v") == 1 else "")
+            )
         if unknown or missing:
             raise ConfigError(
                 f"loader configuration members differ: unknown {sorted(unknown)}, missing {sorted(missing)}"
             )
-        if document["v"] != CONFIG_VERSION:
-            raise ConfigError(f"loader configuration version {document['v']!r} is not {CONFIG_VERSION}")
+        try:
+            parts = parts_of(document)
+        except PartsError as exc:
+            raise ConfigError(f"loader configuration: {exc}") from None
         if not isinstance(document["pcr_selection"], str) or not document["pcr_selection"]:
             raise ConfigError("loader configuration 'pcr_selection' must be a non-empty string")
         signers = document["program_signers"]
@@ -105,19 +119,29 @@ class LoaderConfig:
                 raise ConfigError(f"program signer {name!r}: Ed25519 or ECDSA keys only")
             keys[name] = key
         source = (
-            _threshold(document["threshold"])
+            load_part(THRESHOLD).parse_threshold(document["threshold"], parse_keyserver)
             if "threshold" in document
-            else _keyserver(dict(document), "keyserver", "loader configuration")
+            else parse_keyserver(dict(document), "keyserver", "loader configuration")
         )
-        try:
-            safeguards = parse_safeguards(document["safeguards"]) if "safeguards" in document else None
-        except SafeguardConfigError as exc:
-            raise ConfigError(f"loader configuration: {exc}") from None
+        safeguards = (
+            _parse_member(
+                SAFEGUARDS,
+                "parse_safeguards",
+                "SafeguardConfigError",
+                document["safeguards"],
+                "loader configuration",
+            )
+            if "safeguards" in document
+            else None
+        )
         return cls(
             source=source,
+            tee=document["tee"],
             program_signers=keys,
             pcr_selection=document["pcr_selection"],
             canonical=canonical_bytes(dict(document)),
+            parts=parts,
+            gpus=document.get("gpus") is True,
             safeguards=safeguards,
         )
 
@@ -136,7 +160,16 @@ class LoaderConfig:
 _THRESHOLD_MEMBER = frozenset({"threshold"})
 
 
-def _keyserver(member: Mapping[str, Any], name: str, where: str) -> KeyserverTrust:
+def _parse_member(part_module: str, parser: str, error: str, member: object, where: str) -> Any:
+    """A member only a part understands, parsed by its ``parser``; its ``error`` says what is wrong."""
+    part = load_part(part_module)
+    try:
+        return getattr(part, parser)(member)
+    except getattr(part, error) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def parse_keyserver(member: Mapping[str, Any], name: str, where: str) -> KeyserverTrust:
     """One keyserver's trust: its tenant, key, pinned log and (optionally) witnesses."""
     for field in ("tenant", "key"):
         if not isinstance(member[field], str) or not member[field]:
@@ -147,55 +180,19 @@ def _keyserver(member: Mapping[str, Any], name: str, where: str) -> KeyserverTru
     if not all(isinstance(log[m], str) and log[m] for m in ("verifier_key", "origin")):
         raise ConfigError(f'{where}: "log" members are non-empty strings')
     # Optional: without it, receipts need no cosignatures (clients/loader/witnesses.py).
-    try:
-        cosignatures = None if "witnesses" not in member else parse_witness_trust(member["witnesses"])
-    except WitnessTrustError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+    cosignatures = (
+        _parse_member(WITNESSES, "parse_witness_trust", "WitnessTrustError", member["witnesses"], where)
+        if "witnesses" in member
+        else None
+    )
     trust = LogTrust(verifier_key=log["verifier_key"], origin=log["origin"], cosignatures=cosignatures)
     return KeyserverTrust(name=name, tenant=member["tenant"], key=member["key"], log=trust)
 
 
-def _threshold(member: object) -> QuorumTrust:
-    """``"threshold": {"k", "commitment", "keyservers": [{"name", "tenant", "key", "log", …}]}``."""
-    if not isinstance(member, dict) or set(member) != _THRESHOLD:
-        raise ConfigError(f'"threshold" is {{{", ".join(sorted(_THRESHOLD))}}}')
-    try:
-        commitment = KeyCommitment.from_json(member["commitment"])
-    except ThresholdError as exc:
-        raise ConfigError(f"threshold: the owner's commitment is unusable: {exc.message}") from None
-    identity = commitment.identity
-    listed = member["keyservers"]
-    if not isinstance(listed, list) or not 2 <= len(listed) <= MAX_KEYSERVERS:
-        raise ConfigError(f'"threshold.keyservers" lists 2 to {MAX_KEYSERVERS} keyservers')
-    keyservers = []
-    for position, item in enumerate(listed):
-        where = f"threshold keyserver #{position}"
-        allowed = _KEYSERVER | {"witnesses"}
-        if not isinstance(item, dict) or not _KEYSERVER <= set(item) <= allowed:
-            raise ConfigError(f'{where}: is {{"name", "tenant", "key", "log"[, "witnesses"]}}')
-        name = item["name"]
-        if not isinstance(name, str) or not _LABEL.fullmatch(name):
-            raise ConfigError(f"{where}: name is 1-64 of A-Z a-z 0-9 . _ -")
-        keyservers.append(_keyserver(item, name, f"threshold keyserver {name}"))
-    k = member["k"]
-    if type(k) is not int or k != identity.k or len(keyservers) != identity.n:
-        raise ConfigError(
-            f"threshold: k={k!r} of {len(keyservers)} keyservers, but the commitment is for"
-            f" {identity.k} of {identity.n}"
-        )
-    # n distinct operators: one keyserver listed twice (by name, origin or log key) would count twice.
-    for label, values in (
-        ("names", [t.name for t in keyservers]),
-        ("log origins", [t.log.origin for t in keyservers]),
-        ("log keys", [t.log.verifier_key for t in keyservers]),
-    ):
-        if len(set(values)) != len(values):
-            raise ConfigError(f"threshold: the keyservers' {label} must differ (each is another operator)")
-    return QuorumTrust(k=k, keyservers=tuple(keyservers), commitment=commitment)
-
-
 def config_document(
     *,
+    tee: str = "tpm",
+    gpus: bool = False,
     tenant: str,
     key: str,
     log_verifier_key: str,
@@ -206,12 +203,15 @@ def config_document(
     safeguards: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A configuration document (what a build pipeline writes into the loader image)."""
-    extra = {} if witnesses is None else {"witnesses": dict(witnesses)}
+    extra: dict[str, Any] = {} if witnesses is None else {"witnesses": dict(witnesses)}
     if safeguards is not None:
         extra["safeguards"] = dict(safeguards)
+    if gpus:
+        extra["gpus"] = True
     return {
         **extra,
         "v": CONFIG_VERSION,
+        "tee": tee,
         "tenant": tenant,
         "key": key,
         "log": {"verifier_key": log_verifier_key, "origin": log_origin},
@@ -226,11 +226,13 @@ def threshold_config_document(
     keyservers: Sequence[Mapping[str, Any]],
     program_signers: Mapping[str, str],
     pcr_selection: str = "sha256:10",
+    tee: str = "tpm",
 ) -> dict[str, Any]:
     """A k-of-n configuration: ``keyservers`` are ``{"name", "tenant", "key", "log"[, "witnesses"]}``;
     k is the commitment's."""
     return {
         "v": CONFIG_VERSION,
+        "tee": tee,
         "threshold": {
             "k": commitment["k"],
             "commitment": dict(commitment),

@@ -13,26 +13,42 @@ import base64
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from clients.accelerator.accelerator import Accelerator
 from clients.loader.collectors.base import Collector
 from clients.loader.collectors.errors import CollectorError
 from clients.loader.config import ConfigError, LoaderConfig, config_digest
 from clients.loader.keyserver_api import KeyserverError, LoaderKeyserver
-from clients.loader.quorum import (
-    KeyserverTrust,
-    QuorumRefused,
-    QuorumTrust,
-    attestation_results,
-    release_quorum,
-)
+from clients.loader.parts import GPUS, SAFEGUARDS, TEE_PARTS, THRESHOLD, load_part
 from clients.loader.receipt import ReceiptInvalid
-from clients.loader.release import EphemeralKey, ReleaseRefused, attestation_result, release_key
-from clients.loader.safeguards import Safeguards
+from clients.loader.release import (
+    EphemeralKey,
+    KeyserverTrust,
+    ReleaseRefused,
+    attestation_result,
+    release_key,
+)
 from clients.loader.service import LoaderState, TokenCache, create_loader_server
 from clients.weights_decrypt import decrypt_file
-from threshold import ThresholdError, wipe
+
+if TYPE_CHECKING:  # a type only: the safeguards are a part (clients/loader/parts.py)
+    from clients.loader.safeguards import Safeguards
+
+# The refusals of the core; each part adds its own (its REFUSALS), once loaded.
+_REFUSALS: tuple[type[Exception], ...] = (
+    KeyserverError,
+    ReleaseRefused,
+    ReceiptInvalid,
+    CollectorError,
+)
+
+
+class _Refusal(Protocol):
+    """What every refusal of the core and the parts carries."""
+
+    reason: str
+    message: str
 
 
 def _say(**document: Any) -> None:
@@ -40,37 +56,18 @@ def _say(**document: Any) -> None:
 
 
 def collector_for(args: argparse.Namespace, config: LoaderConfig) -> Collector:
-    vm = _vm_collector(args, config)
-    if getattr(args, "gpus", False):  # composite evidence: the VM's plus every CC GPU's (docs/nvidia-gpu.md)
-        from clients.loader.collectors.nvidia_gpu import GpuCollector, PynvmlNvml
-
-        return GpuCollector(vm, PynvmlNvml())
+    """The collector of the configuration's TEE; with ``"gpus"``, every CC GPU's report added
+    (docs/nvidia-gpu.md). Each is a part, loaded only when the measured configuration names it."""
+    vm: Collector = load_part(TEE_PARTS[config.tee]).loader_collector(config.tee, args, config.pcr_selection)
+    if config.gpus:
+        return load_part(GPUS).loader_collector(vm)  # type: ignore[no-any-return]
     return vm
 
 
-def _vm_collector(args: argparse.Namespace, config: LoaderConfig) -> Collector:
-    if args.tee == "tpm":
-        from clients.loader.collectors.tpm import TpmCollector
-
-        return TpmCollector(args.tcti, int(args.ak_handle, 0), pcr_selection=config.pcr_selection)
-    if args.tee == "azure-snp-vtpm":
-        from clients.loader.collectors.azure import AzureVtpmCollector
-
-        vcek = Path(args.vcek).read_bytes() if args.vcek else None
-        return AzureVtpmCollector(args.tee, args.tcti, vcek=vcek)
-    if args.tee == "aws-nitro":
-        from clients.loader.collectors.nitro import NitroCollector
-
-        return NitroCollector()
-    from clients.loader.collectors.tsm import TsmCollector
-
-    return TsmCollector(args.tee, root=Path(args.tsm_root))
-
-
 class BootRefused(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, report: dict[str, Any] | None = None) -> None:
         super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
+        self.reason, self.detail, self.report = reason, detail, report
 
 
 def check_interpreter() -> None:
@@ -88,23 +85,9 @@ def measure_config(args: argparse.Namespace, config: LoaderConfig) -> None:
     """Extend the digest of the configuration just parsed into the first SHA-256 PCR quoted, where the
     boot chain put the image's (clients/loader/measure.py). SEV-SNP and TDX have no such register here:
     their configuration must be part of the launch measurement (docs/clients.md, "Limits")."""
-    if args.tee != "tpm":
+    if config.tee != "tpm":
         return
-    from clients.loader.collectors.tpm import extend_pcr
-
-    extend_pcr(args.tcti, _config_pcr(config), config_digest(config.canonical))
-
-
-def release_and_load(
-    args: argparse.Namespace,
-    client: LoaderKeyserver,
-    collector: Collector,
-    key: EphemeralKey,
-    config: LoaderConfig,
-) -> Accelerator:
-    released = release_key(client, collector, key, tenant=config.tenant, key_name=config.key, log=config.log)
-    archive = decrypt_file(Path(args.weights), released.material, expected_key_id=released.kid)
-    return load_accelerator(archive, config)
+    load_part(TEE_PARTS["tpm"]).extend_pcr(args.tcti, _config_pcr(config), config_digest(config.canonical))
 
 
 def load_accelerator(archive: bytearray, config: LoaderConfig) -> Accelerator:
@@ -119,7 +102,8 @@ def safeguards_for(config: LoaderConfig, accelerator: Accelerator) -> Safeguards
     if config.safeguards is None:
         return None
     assert accelerator.model_sha256 is not None  # from_archive always sets it
-    return Safeguards(config.safeguards, accelerator.model_sha256)
+    safeguards: Safeguards = load_part(SAFEGUARDS).Safeguards(config.safeguards, accelerator.model_sha256)
+    return safeguards
 
 
 class ConfigEvidence:
@@ -138,7 +122,7 @@ class ConfigEvidence:
 def with_config_evidence(args: argparse.Namespace, config: LoaderConfig, collector: Collector) -> Collector:
     """TPM with ``--boot-events``: send the configuration with the evidence (the file lists, in order, the
     SHA-256 digests the boot chain extended into the configuration's PCR before the loader started)."""
-    if args.tee != "tpm" or not args.boot_events:
+    if config.tee != "tpm" or not args.boot_events:
         return collector
     try:
         prior = json.loads(Path(args.boot_events).read_text())
@@ -150,28 +134,32 @@ def with_config_evidence(args: argparse.Namespace, config: LoaderConfig, collect
 
 
 def _config_pcr(config: LoaderConfig) -> int:
-    from clients.loader.collectors.tpm import PcrSelection
-
-    sha256 = [indices for bank, indices in PcrSelection.parse(config.pcr_selection).banks if bank == "sha256"]
+    selection = load_part(TEE_PARTS["tpm"]).PcrSelection.parse(config.pcr_selection)
+    sha256 = [indices for bank, indices in selection.banks if bank == "sha256"]
     if not sha256:
         raise BootRefused("config-invalid", "the PCR selection must quote the sha256 bank")
-    return sha256[0][0]
+    return int(sha256[0][0])
 
 
 def refusal(exc: Exception) -> BootRefused:
     """Why the boot stops, for the one JSON line the loader prints."""
     if isinstance(exc, BootRefused):
         return exc
-    refused = (
-        KeyserverError | ReleaseRefused | ReceiptInvalid | CollectorError | QuorumRefused | ThresholdError
-    )
-    if isinstance(exc, refused):
-        return BootRefused(exc.reason, exc.message)
+    if isinstance(exc, _REFUSALS + _parts_refusals()):
+        refused = cast(_Refusal, exc)
+        report = getattr(exc, "report", None)  # k of n: which keyservers released, which refused, why
+        return BootRefused(refused.reason, refused.message, report)
     if isinstance(exc, ConfigError):
         return BootRefused("config-invalid", str(exc))
     # Anything else (an unreadable weights file, a tampered one, an unusable signer key, a bug): the
     # loader still stops, and says what happened rather than printing a traceback.
     return BootRefused(type(exc).__name__, str(exc))
+
+
+def _parts_refusals() -> tuple[type[Exception], ...]:
+    """The refusals of the parts this boot has loaded (a part not loaded raised nothing)."""
+    loaded = (sys.modules.get(THRESHOLD),)
+    return tuple(cls for part in loaded if part is not None for cls in part.REFUSALS)
 
 
 def keyserver_clients(args: argparse.Namespace, config: LoaderConfig) -> dict[str, LoaderKeyserver]:
@@ -195,32 +183,6 @@ def keyserver_clients(args: argparse.Namespace, config: LoaderConfig) -> dict[st
     }
 
 
-def _boot_quorum(
-    args: argparse.Namespace,
-    config: LoaderConfig,
-    quorum: QuorumTrust,
-    clients: dict[str, LoaderKeyserver],
-    collector: Collector,
-    key: EphemeralKey,
-) -> tuple[LoaderState, dict[str, Any]]:
-    """The key from k of the n keyservers, the weights decrypted with it; and the boot report."""
-    outcome = release_quorum(quorum, clients, collector, key, deadline_s=args.timeout * 3)
-    try:
-        archive = decrypt_file(Path(args.weights), bytes(outcome.key), expected_key_id=quorum.key_id)
-    finally:
-        wipe(outcome.key)
-    accelerator = load_accelerator(archive, config)
-    tokens = TokenCache(fetch=lambda: attestation_results(quorum.keyservers, clients, collector, key))
-    state = LoaderState(
-        tenant=None,
-        key=key,
-        accelerator=accelerator,
-        tokens=tokens,
-        safeguards=safeguards_for(config, accelerator),
-    )
-    return state, outcome.report
-
-
 def boot(args: argparse.Namespace) -> int:
     try:
         check_interpreter()
@@ -229,27 +191,12 @@ def boot(args: argparse.Namespace) -> int:
         key = EphemeralKey()
         collector = with_config_evidence(args, config, collector_for(args, config))
         clients = keyserver_clients(args, config)
-        report: dict[str, Any] = {}
-        if isinstance(config.source, QuorumTrust):
-            state, report = _boot_quorum(args, config, config.source, clients, collector, key)
-        else:
-            client = clients[config.source.name]
-            accelerator = release_and_load(args, client, collector, key, config)
-            tokens = TokenCache(fetch=lambda: attestation_result(client, collector, key))
-            state = LoaderState(
-                tenant=config.tenant,
-                key=key,
-                accelerator=accelerator,
-                tokens=tokens,
-                safeguards=safeguards_for(config, accelerator),
-            )
+        state, report = _release_and_load(args, config, clients, collector, key)
         server = create_loader_server(state, args.host, args.port)
     except Exception as exc:
         refused = refusal(exc)
-        if isinstance(exc, QuorumRefused):
-            _say(ready=False, reason=refused.reason, detail=refused.detail, boot_report=exc.report)
-        else:
-            _say(ready=False, reason=refused.reason, detail=refused.detail)
+        extra = {} if refused.report is None else {"boot_report": refused.report}
+        _say(ready=False, reason=refused.reason, detail=refused.detail, **extra)
         return 1
     # k of n: which keyservers released their share and which refused, with their reasons.
     extra = {"boot_report": report} if report else {}
@@ -257,6 +204,40 @@ def boot(args: argparse.Namespace) -> int:
     with server:
         server.serve_forever()
     return 0
+
+
+def _release_and_load(
+    args: argparse.Namespace,
+    config: LoaderConfig,
+    clients: dict[str, LoaderKeyserver],
+    collector: Collector,
+    key: EphemeralKey,
+) -> tuple[LoaderState, dict[str, Any]]:
+    """The key (from the one keyserver, or from k of n), the weights decrypted with it and loaded; the
+    state the loader serves, and the boot report (k of n only)."""
+    report: dict[str, Any] = {}
+    if config.quorum is not None:
+        archive, report, fetch = load_part(THRESHOLD).release_for_boot(
+            config.quorum, clients, collector, key, Path(args.weights), deadline_s=args.timeout * 3
+        )
+    else:
+        client = clients[config.single.name]
+        released = release_key(
+            client, collector, key, tenant=config.tenant, key_name=config.key, log=config.log
+        )
+        archive = decrypt_file(Path(args.weights), released.material, expected_key_id=released.kid)
+        fetch = lambda: attestation_result(client, collector, key)  # noqa: E731
+    accelerator = load_accelerator(archive, config)
+    tokens = TokenCache(fetch=fetch)
+    tenant = None if config.quorum is not None else config.tenant
+    state = LoaderState(
+        tenant=tenant,
+        key=key,
+        accelerator=accelerator,
+        tokens=tokens,
+        safeguards=safeguards_for(config, accelerator),
+    )
+    return state, report
 
 
 def parser() -> argparse.ArgumentParser:
@@ -269,11 +250,9 @@ def parser() -> argparse.ArgumentParser:
         help="the keyserver's base URL; k of n: NAME=URL, once per configured keyserver",
     )
     p.add_argument("--weights", required=True, help="the encrypted weights file")
-    p.add_argument("--tee", choices=("tpm", "sev-snp", "tdx", "azure-snp-vtpm", "aws-nitro"), default="tpm")
     p.add_argument("--tcti", default="device:/dev/tpmrm0", help="TPM: the tpm2-tss TCTI")
     p.add_argument("--ak-handle", default="0x81010020", help="TPM: the enrolled AK's persistent handle")
     p.add_argument("--tsm-root", default="/sys/kernel/config/tsm/report", help="SEV-SNP/TDX: configfs-tsm")
-    p.add_argument("--gpus", action="store_true", help="add every NVIDIA CC GPU's report (NVML)")
     p.add_argument("--vcek", help="azure-snp-vtpm: the VCEK (PEM bundle from Azure THIM, or DER)")
     p.add_argument(
         "--boot-events",

@@ -17,43 +17,51 @@ time); the HTTP round trips run in parallel, each bounded by the loader's reques
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from clients.loader.collectors.base import Collector
 from clients.loader.collectors.errors import CollectorError
+from clients.loader.config import ConfigError
 from clients.loader.keyserver_api import KeyserverError, LoaderKeyserver
 from clients.loader.receipt import ReceiptInvalid
-from clients.loader.release import EphemeralKey, LogTrust, ReleaseRefused, attestation_result, release_key
+from clients.loader.release import (
+    EphemeralKey,
+    KeyserverTrust,
+    ReleaseRefused,
+    attestation_result,
+    release_key,
+)
+from clients.weights_decrypt import decrypt_file
 from threshold import KeyCommitment, NotEnoughShares, ThresholdError, combine, share_index, wipe
 
 __all__ = [
     "DEFAULT_DEADLINE_S",
+    "REFUSALS",
     "KeyserverTrust",
     "QuorumOutcome",
     "QuorumRefused",
     "QuorumTrust",
     "SerialCollector",
     "attestation_results",
+    "parse_threshold",
+    "release_for_boot",
     "release_quorum",
 ]
 
 # Past this, a keyserver that has not answered counts as refusing (each request has its own timeout too).
 DEFAULT_DEADLINE_S = 60.0
-
-
-@dataclass(frozen=True)
-class KeyserverTrust:
-    """One keyserver the loader accepts a key (or a share) from: part of its measured configuration."""
-
-    name: str  # the configuration's label, matched to a run-time URL (``--keyserver NAME=URL``)
-    tenant: str
-    key: str
-    log: LogTrust
+_THRESHOLD = frozenset({"k", "commitment", "keyservers"})  # "threshold": k of n keyservers
+_KEYSERVER = frozenset({"name", "tenant", "key", "log"})  # one of them (and optionally "witnesses")
+MAX_KEYSERVERS = 16
+_LABEL = re.compile(r"[A-Za-z0-9._-]{1,64}")
+KeyserverParser = Callable[[Mapping[str, Any], str, str], KeyserverTrust]
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,68 @@ class QuorumRefused(Exception):
     def __init__(self, message: str, report: Mapping[str, Mapping[str, Any]]) -> None:
         super().__init__(message)
         self.message, self.report = message, dict(report)
+
+
+# The loader's refusals this part adds: clients/loader/main.py reports them as the boot's reason.
+REFUSALS: tuple[type[Exception], ...] = (QuorumRefused, ThresholdError)
+
+
+def parse_threshold(member: object, parse_keyserver: KeyserverParser) -> QuorumTrust:
+    """``"threshold": {"k", "commitment", "keyservers": [{"name", "tenant", "key", "log", …}]}``."""
+    if not isinstance(member, dict) or set(member) != _THRESHOLD:
+        raise ConfigError(f'"threshold" is {{{", ".join(sorted(_THRESHOLD))}}}')
+    try:
+        commitment = KeyCommitment.from_json(member["commitment"])
+    except ThresholdError as exc:
+        raise ConfigError(f"threshold: the owner's commitment is unusable: {exc.message}") from None
+    identity = commitment.identity
+    listed = member["keyservers"]
+    if not isinstance(listed, list) or not 2 <= len(listed) <= MAX_KEYSERVERS:
+        raise ConfigError(f'"threshold.keyservers" lists 2 to {MAX_KEYSERVERS} keyservers')
+    keyservers = []
+    for position, item in enumerate(listed):
+        where = f"threshold keyserver #{position}"
+        allowed = _KEYSERVER | {"witnesses"}
+        if not isinstance(item, dict) or not _KEYSERVER <= set(item) <= allowed:
+            raise ConfigError(f'{where}: is {{"name", "tenant", "key", "log"[, "witnesses"]}}')
+        name = item["name"]
+        if not isinstance(name, str) or not _LABEL.fullmatch(name):
+            raise ConfigError(f"{where}: name is 1-64 of A-Z a-z 0-9 . _ -")
+        keyservers.append(parse_keyserver(item, name, f"threshold keyserver {name}"))
+    k = member["k"]
+    if type(k) is not int or k != identity.k or len(keyservers) != identity.n:
+        raise ConfigError(
+            f"threshold: k={k!r} of {len(keyservers)} keyservers, but the commitment is for"
+            f" {identity.k} of {identity.n}"
+        )
+    # n distinct operators: one keyserver listed twice (by name, origin or log key) would count twice.
+    for label, values in (
+        ("names", [t.name for t in keyservers]),
+        ("log origins", [t.log.origin for t in keyservers]),
+        ("log keys", [t.log.verifier_key for t in keyservers]),
+    ):
+        if len(set(values)) != len(values):
+            raise ConfigError(f"threshold: the keyservers' {label} must differ (each is another operator)")
+    return QuorumTrust(k=k, keyservers=tuple(keyservers), commitment=commitment)
+
+
+def release_for_boot(
+    quorum: QuorumTrust,
+    clients: Mapping[str, LoaderKeyserver],
+    collector: Collector,
+    key: EphemeralKey,
+    weights: Path,
+    *,
+    deadline_s: float,
+) -> tuple[bytearray, dict[str, Any], Callable[[], list[str]]]:
+    """The boot's k of n: the weights decrypted with the key from k of the n keyservers (the key wiped as
+    soon as it is used), the boot report, and how to fetch fresh attestation results from all of them."""
+    outcome = release_quorum(quorum, clients, collector, key, deadline_s=deadline_s)
+    try:
+        archive = decrypt_file(weights, bytes(outcome.key), expected_key_id=quorum.key_id)
+    finally:
+        wipe(outcome.key)
+    return archive, outcome.report, lambda: attestation_results(quorum.keyservers, clients, collector, key)
 
 
 class SerialCollector:

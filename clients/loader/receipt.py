@@ -21,12 +21,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from audit import merkle_verify as merkle  # the verify-only half: no tree building in the image
 from audit.checkpoint import CheckpointError, verify_checkpoint
-from audit.cosignature import CosignaturePolicy, QuorumError, require_quorum
 from audit.entry import EntryError, decode_entry
+from clients.loader.parts import WITNESSES, load_part
+
+if TYPE_CHECKING:  # a type only: the cosignature check is a part, loaded when configured (parts.py)
+    from audit.cosignature import CosignaturePolicy
 
 # The kind keyserver.releaselog.records.KEY_RELEASE names; not imported from there, because that module
 # brings the database layer into the loader.
@@ -94,7 +97,7 @@ def verify_receipt(
     except CheckpointError as exc:
         raise ReceiptInvalid("receipt-checkpoint-invalid", f"the checkpoint does not verify: {exc}") from None
     if cosignatures is not None:
-        _check_cosignatures(receipt.checkpoint, cosignatures, now or datetime.now(UTC))
+        load_part(WITNESSES).require_cosignatures(receipt.checkpoint, cosignatures, now or datetime.now(UTC))
     if checkpoint.size != receipt.tree_size:
         raise ReceiptInvalid(
             "receipt-tree-size-mismatch",
@@ -135,14 +138,3 @@ def _check_entry(entry: Mapping[str, Any], expected: ExpectedRelease) -> None:
                 "receipt-entry-mismatch",
                 f"the logged entry's {name} is {logged!r}, but this release is {wanted!r}",
             )
-
-
-def _check_cosignatures(note: str, policy: CosignaturePolicy, now: datetime) -> None:
-    try:
-        require_quorum(note, policy, now)
-    except QuorumError as exc:
-        raise ReceiptInvalid("receipt-cosignatures-insufficient", str(exc)) from None
-    except CheckpointError as exc:
-        # A line naming a trusted witness that does not verify on this checkpoint: forged, or moved from
-        # another checkpoint (a cosignature on a different tree than the one the proof is against).
-        raise ReceiptInvalid("receipt-cosignature-invalid", str(exc)) from None

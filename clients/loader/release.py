@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from joserfc.jwk import ECKey
 
-from audit.cosignature import CosignaturePolicy
 from clients.loader.collectors.base import Collector
 from clients.loader.keyserver_api import LoaderKeyserver
 from clients.loader.receipt import ExpectedRelease, verify_receipt
 from keyserver.binding import binding, jwk_thumbprint, jwk_thumbprint_b64url
 from keyserver.errors import InvalidRequest
 from keyserver.jwe_unwrap import unwrap_released
+
+if TYPE_CHECKING:  # a type only: the witness check is a part (clients/loader/parts.py)
+    from audit.cosignature import CosignaturePolicy
 
 
 class ReleaseRefused(Exception):
@@ -40,6 +42,16 @@ class LogTrust:
     origin: str | None = None  # the checkpoint origin, "<keyserver origin>/<tenant>"
     # The witnesses whose quorum of cosignatures a receipt must carry (None: not required).
     cosignatures: CosignaturePolicy | None = None
+
+
+@dataclass(frozen=True)
+class KeyserverTrust:
+    """One keyserver the loader accepts a key (or a share) from: part of its measured configuration."""
+
+    name: str  # the configuration's label, matched to a run-time URL (``--keyserver NAME=URL``)
+    tenant: str
+    key: str
+    log: LogTrust
 
 
 class EphemeralKey:

@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from audit.entry import canonical_bytes
+from clients.loader.service import RequestRefused
 
 CLASSIFIER_DOMAIN = b"keyserver-classifier-signature-v1\x00"
 NONCE_BYTES = 16
@@ -58,12 +59,8 @@ class SafeguardConfigError(ValueError):
     """The configuration's safeguards member is unusable."""
 
 
-class SafeguardRefused(Exception):
-    """The loader refuses the request; ``reason`` is stable, the message says why."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+class SafeguardRefused(RequestRefused):
+    """The safeguards refuse the request; ``reason`` is stable, the message says why."""
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clients.accelerator.accelerator import Accelerator
 from clients.accelerator.errors import ProgramRejected
@@ -30,10 +30,22 @@ from clients.channel_loader import ChannelError, message_from_text, message_to_t
 from clients.loader.collectors.errors import CollectorError
 from clients.loader.keyserver_api import KeyserverError
 from clients.loader.release import EphemeralKey
-from clients.loader.safeguards import SafeguardRefused, Safeguards
 from keyserver.strict_json import loads_strict
 
+if TYPE_CHECKING:  # a type only: the safeguards are a part, loaded when configured (parts.py)
+    from clients.loader.safeguards import Safeguards
+
 log = logging.getLogger(__name__)
+
+
+class RequestRefused(Exception):
+    """The loader refuses a request (the safeguards' refusals are these too); ``reason`` is stable."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 # Attestation results live five minutes; fetch a new one well before the old one lapses.
 TOKEN_REFRESH_SECONDS = 120.0
 MAX_MESSAGE_CHARS = 1 << 20
@@ -95,12 +107,12 @@ def _run_sealed(loader: LoaderState, message: str) -> str:
                 raise ProgramRejected("program-malformed", "a signed program is a JSON object")
             loader.safeguards.admit(program, inputs, request.get("classifier"))
         elif "classifier" in request:
-            raise SafeguardRefused("request-malformed", "this loader requires no classifier signature")
+            raise RequestRefused("request-malformed", "this loader requires no classifier signature")
         outputs = loader.accelerator.run(program, inputs)
         if loader.safeguards is not None:
             loader.safeguards.release(outputs)
         outcome = {"outputs": outputs}
-    except (SafeguardRefused, ProgramRejected) as exc:
+    except (RequestRefused, ProgramRejected) as exc:
         outcome = {"error": {"reason": exc.reason, "message": str(exc)}}
     except Exception:
         # A bug, not a refusal: the caller still gets a sealed answer, the untrusted side no detail.

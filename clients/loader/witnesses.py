@@ -9,11 +9,12 @@ cannot choose (or forge) the witnesses that hold it to one history.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from audit.checkpoint import CheckpointError
-from audit.cosignature import CosignaturePolicy, parse_cosigner_vkey
+from audit.cosignature import CosignaturePolicy, QuorumError, parse_cosigner_vkey, require_quorum
+from clients.loader.receipt import ReceiptInvalid
 
 MAX_WITNESSES = 16
 MAX_AGE_SECONDS = 366 * 86400
@@ -54,3 +55,16 @@ def witness_trust_document(vkeys: list[str], quorum: int, max_age_seconds: int) 
 
 def _integer(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def require_cosignatures(note: str, policy: CosignaturePolicy, now: datetime) -> None:
+    """The receipt check's last step when witnesses are configured (clients/loader/receipt.py): the note
+    carries ``policy``'s quorum of valid, fresh cosignatures, or :class:`ReceiptInvalid`."""
+    try:
+        require_quorum(note, policy, now)
+    except QuorumError as exc:
+        raise ReceiptInvalid("receipt-cosignatures-insufficient", str(exc)) from None
+    except CheckpointError as exc:
+        # A line naming a trusted witness that does not verify on this checkpoint: forged, or moved from
+        # another checkpoint (a cosignature on a different tree than the one the proof is against).
+        raise ReceiptInvalid("receipt-cosignature-invalid", str(exc)) from None

@@ -189,7 +189,8 @@ def test_the_quote_consistency_check_sees_a_changed_pcr(swtpm: SwtpmInstance, cl
     assert not check_quote(attest, signature, qualifying, selection, extended)
     # What the keyserver's own parser reads from the same bytes agrees.
     parsed = st.parse_attest(attest)
-    assert parsed.extra_data == qualifying and isinstance(parsed.attested, st.QuoteInfo)
+    assert parsed.extra_data == qualifying
+    assert isinstance(parsed.attested, st.QuoteInfo)
     with pytest.raises(TpmQuoteInconsistent, match="qualifying data"):
         check_quote(attest, signature, bytes(32), selection, pcrs)
     with pytest.raises(TpmQuoteInconsistent, match="not the selection"):

@@ -12,13 +12,17 @@ from pathlib import Path
 
 from clients.loader.build_wheel import build_wheel
 from clients.loader.measure import loader_files, repository_root
+from clients.loader.parts import parts_of
+from tests.clients.test_loader_image import CONFIGURATIONS
 
 PROBE = """
-import importlib, json, sys
+import json, sys
 sys.path.insert(0, sys.argv[1])
-for name in ("main", "collectors.tpm", "collectors.tsm", "collectors.azure", "collectors.nitro",
-             "collectors.nvidia_gpu"):
-    importlib.import_module("clients.loader." + name)
+from clients.loader import main
+from clients.loader.config import LoaderConfig
+config = LoaderConfig.from_document(json.loads(sys.argv[2]))
+args = main.parser().parse_args(["--config", "c", "--keyserver", "http://127.0.0.1:9", "--weights", "w"])
+main.collector_for(args, config)  # the TPM collector: built without touching a TPM
 PROJECT = ("clients", "audit", "keyserver", "policy", "threshold")
 print(json.dumps(sorted(
     m.__file__ for n, m in sys.modules.items()
@@ -27,25 +31,42 @@ print(json.dumps(sorted(
 """
 
 
-def test_the_loader_wheel_is_the_measured_image(tmp_path: Path) -> None:
-    root = repository_root()
-    wheel = build_wheel(tmp_path / "one")
-    assert wheel.read_bytes() == build_wheel(tmp_path / "two").read_bytes()  # reproducible
+def _packaged(wheel: Path) -> tuple[list[str], set[str]]:
+    """The wheel's files (but its metadata) and the packages it requires."""
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
-    packaged = sorted(n for n in names if ".dist-info/" not in n)
-    assert packaged == [p.relative_to(root).as_posix() for p in loader_files(root)]
     requires = {
         re.split(r"[<>=]", line.split(": ", 1)[1])[0]
         for line in metadata.splitlines()
         if line.startswith("Requires-Dist")
     }
-    assert requires == {"cbor2", "cryptography", "joserfc", "numpy", "tpm2-pytss"}
+    return sorted(n for n in names if ".dist-info/" not in n), requires
+
+
+def test_the_loader_wheel_is_the_measured_image_of_its_configuration(tmp_path: Path) -> None:
+    root = repository_root()
+    tpm = CONFIGURATIONS["tpm"]
+    wheel = build_wheel(tmp_path / "one", tpm)
+    assert wheel.read_bytes() == build_wheel(tmp_path / "two", tpm).read_bytes()  # reproducible
+    packaged, requires = _packaged(wheel)
+    assert packaged == [p.relative_to(root).as_posix() for p in loader_files(parts_of(tpm), root)]
+    assert requires == {"cryptography", "joserfc", "numpy", "tpm2-pytss"}
+    # Another TEE, another image and other packages: a TDX loader needs no TSS, a Nitro one cbor2.
+    packaged_tdx, requires_tdx = _packaged(build_wheel(tmp_path / "tdx", CONFIGURATIONS["tdx"]))
+    assert "clients/loader/collectors/tsm.py" in packaged_tdx
+    assert "clients/loader/collectors/tpm.py" not in packaged_tdx
+    assert requires_tdx == {"cryptography", "joserfc", "numpy"}
+    assert _packaged(build_wheel(tmp_path / "nitro", CONFIGURATIONS["aws-nitro"]))[1] == {
+        "cbor2",
+        "cryptography",
+        "joserfc",
+        "numpy",
+    }
 
 
 def test_pip_installs_the_loader_wheel_and_the_loader_runs_from_it_alone(tmp_path: Path) -> None:
-    wheel = build_wheel(tmp_path / "dist")
+    wheel = build_wheel(tmp_path / "dist", CONFIGURATIONS["tpm"])
     target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
@@ -53,7 +74,8 @@ def test_pip_installs_the_loader_wheel_and_the_loader_runs_from_it_alone(tmp_pat
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     done = subprocess.run(
-        [sys.executable, "-I", "-X", f"pycache_prefix={tmp_path / 'pycache'}", "-c", PROBE, str(target)],
+        [sys.executable, "-I", "-X", f"pycache_prefix={tmp_path / 'pycache'}", "-c", PROBE, str(target),
+         json.dumps(CONFIGURATIONS["tpm"])],
         capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
     files = [Path(f) for f in json.loads(done.stdout)]

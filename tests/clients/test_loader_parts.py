@@ -36,6 +36,7 @@ from clients.loader.measure import (
     pcr_after_extends,
     repository_root,
 )
+from clients.loader.parts import parts_of
 from clients.loader.release import EphemeralKey
 from clients.loader.service import LoaderState, TokenCache, answer, create_loader_server
 from clients.model.train import train
@@ -75,8 +76,13 @@ def test_a_configuration_loads_and_its_canonical_bytes_are_what_is_measured(tmp_
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"v": 2}, "version"),
+        ({"v": 3}, "version"),
+        ({"v": 1}, 'names its "tee"'),  # the format before the TEE was measured
         ({"extra": 1}, "unknown"),
+        ({"tee": "sgx"}, '"tee" is one of'),
+        ({"tee": None}, '"tee" is one of'),
+        ({"gpus": "yes"}, '"gpus" is true or false'),
+        ({"gpus": 1}, '"gpus" is true or false'),
         ({"tenant": ""}, "tenant"),
         ({"log": {"verifier_key": VKEY}}, "log"),
         ({"program_signers": {}}, "at least one program signer"),
@@ -106,27 +112,28 @@ def test_the_image_digest_changes_with_any_file(tmp_path: Path) -> None:
         shutil.copytree(
             repository_root() / package, root / package, ignore=shutil.ignore_patterns("__pycache__")
         )
-    files = loader_files(root)
+    parts = parts_of(document())
+    files = loader_files(parts, root)
     assert any(p.name == "receipt.py" for p in files)
     assert any(p.name == "binding.py" for p in files)  # the keyserver modules the loader imports
     reference = image_digest(files, root)
-    assert image_digest(loader_files(root), root) == reference  # deterministic
+    assert image_digest(loader_files(parts, root), root) == reference  # deterministic
     target = root / "clients" / "loader" / "receipt.py"
     target.write_text(target.read_text() + "\n# a patched loader\n")
     assert image_digest(files, root) != reference
     target.unlink()
-    assert image_digest(loader_files(root), root) != reference  # a file removed
+    assert image_digest(loader_files(parts, root), root) != reference  # a file removed
     target.write_text((repository_root() / "clients" / "loader" / "receipt.py").read_text())
-    assert image_digest(loader_files(root), root) == reference  # restored
+    assert image_digest(loader_files(parts, root), root) == reference  # restored
     # Not only sources: bytecode or an extension module beside them would be imported instead.
     for stray in ("clients/loader/receipt.pyc", "clients/loader/receipt.cpython-311-x86_64-linux-gnu.so"):
         (root / stray).write_bytes(b"\x00")
-        assert image_digest(loader_files(root), root) != reference, stray
+        assert image_digest(loader_files(parts, root), root) != reference, stray
         (root / stray).unlink()
     (root / "clients" / "loader" / "__pycache__").mkdir(exist_ok=True)
     (root / "clients" / "loader" / "__pycache__" / "receipt.cpython-311.pyc").write_bytes(b"\x00")
     # Kept out of the listing: the loader never reads __pycache__ (it runs with -X pycache_prefix).
-    assert image_digest(loader_files(root), root) == reference
+    assert image_digest(loader_files(parts, root), root) == reference
 
 
 def test_the_configuration_digest_is_domain_separated() -> None:

@@ -109,7 +109,8 @@ def test_configuration_and_binding_are_checked(tmp_path: Any) -> None:
     assert NSM_IOCTL_REQUEST == 0xC0200A00  # _IOWR(0x0A, 0, struct nsm_message) on 64-bit Linux
 
 
-def test_the_loader_command_line_offers_the_cloud_collectors(tmp_path: Any) -> None:
+def test_the_loader_configuration_offers_the_cloud_collectors(tmp_path: Any) -> None:
+    """The TEE is the measured configuration's ``"tee"``; the run-time arguments only say where things are."""
     import argparse
 
     from clients.loader.collectors.azure import AzureVtpmCollector
@@ -117,9 +118,10 @@ def test_the_loader_command_line_offers_the_cloud_collectors(tmp_path: Any) -> N
 
     vcek = tmp_path / "vcek.pem"
     vcek.write_bytes(b"vcek bytes")
-    args = argparse.Namespace(tee="azure-snp-vtpm", tcti="swtpm:port=1", vcek=str(vcek))
-    azure = collector_for(args, cast(Any, None))
+    args = argparse.Namespace(tcti="swtpm:port=1", vcek=str(vcek))
+    config = argparse.Namespace(tee="azure-snp-vtpm", gpus=False, pcr_selection="sha256:10")
+    azure = collector_for(args, cast(Any, config))
     assert isinstance(azure, AzureVtpmCollector)
-    assert azure.vcek == b"vcek bytes"
-    nitro = collector_for(argparse.Namespace(tee="aws-nitro"), cast(Any, None))
-    assert isinstance(nitro, NitroCollector)
+    assert (azure.tee, azure.vcek) == ("azure-snp-vtpm", b"vcek bytes")
+    config = argparse.Namespace(tee="aws-nitro", gpus=False, pcr_selection="sha256:10")
+    assert isinstance(collector_for(args, cast(Any, config)), NitroCollector)

@@ -32,6 +32,7 @@ from tpm2_pytss.types import (
 )
 from tpm2_pytss.utils import NVReadEK
 
+from clients.loader.collectors.tpm import AK_ATTRIBUTES
 from keyserver.errors import EvidenceError
 from keyserver.evidence.tpm import eventlog as el
 from keyserver.evidence.tpm import structures as st
@@ -45,14 +46,6 @@ EK_RSA = 0x81010001  # RSA-2048, TCG template L-1 (adminWithPolicy: needs Policy
 EK_ECC = 0x81010016  # ECC P-384, template H-3 (userWithAuth: an empty password works)
 EK_CERT_NV = {EK_RSA: 0x01C00002, EK_ECC: 0x01C00016}
 
-AK_ATTRIBUTES = (
-    TPMA_OBJECT.RESTRICTED
-    | TPMA_OBJECT.SIGN_ENCRYPT
-    | TPMA_OBJECT.FIXEDTPM
-    | TPMA_OBJECT.FIXEDPARENT
-    | TPMA_OBJECT.SENSITIVEDATAORIGIN
-    | TPMA_OBJECT.USERWITHAUTH
-)
 AK_TEMPLATES = {"ecc": "ecc256:ecdsa-sha256:null", "rsa": "rsa2048:rsassa-sha256:null"}
 
 
@@ -98,7 +91,7 @@ def read_ek(ectx: ESAPI, ek_handle: int) -> tuple[ESYS_TR, st.TpmtPublic]:
 @contextmanager
 def tpm_ak(ectx: ESAPI, kind: str, ek_handle: int = EK_RSA) -> Iterator[TpmAk]:
     ek, ek_public = read_ek(ectx, ek_handle)
-    template = TPM2B_PUBLIC.parse(AK_TEMPLATES[kind], objectAttributes=AK_ATTRIBUTES)
+    template = TPM2B_PUBLIC.parse(AK_TEMPLATES[kind], objectAttributes=TPMA_OBJECT(AK_ATTRIBUTES))
     with ek_auth(ectx, ek_handle) as auth:
         private, public, *_ = ectx.create(ek, TPM2B_SENSITIVE_CREATE(), template, session1=auth)
     with ek_auth(ectx, ek_handle) as auth:

@@ -135,3 +135,9 @@ class GpuCollector:
         binding = require_binding(binding)
         gpus = self.gpu_reports(report_data_for(TEE_NVIDIA_GPU, binding))
         return {**self.vm.collect(binding), "gpus": gpus}
+
+
+def loader_collector(vm: Collector) -> GpuCollector:
+    """The loader's composite collector for ``"gpus": true`` (clients/loader/parts.py): ``vm``'s evidence
+    with every CC GPU's report, through the real NVML."""
+    return GpuCollector(vm, PynvmlNvml())

@@ -15,6 +15,7 @@ Evidence, as the keyserver's release accepts it (keyserver/evidence/dispatch.py)
 
 from __future__ import annotations
 
+import argparse
 import base64
 import hmac
 import struct
@@ -246,3 +247,9 @@ def tdx_evidence(report: TsmReport, binding: bytes) -> dict[str, Any]:
         raw[report_data_at : report_data_at + _REPORT_DATA_BYTES], binding, "TDX quote's REPORTDATA"
     )
     return {"tee": TEE_TDX, "quote": base64.b64encode(raw).decode()}
+
+
+def loader_collector(tee: str, args: argparse.Namespace, pcr_selection: str) -> TsmCollector:
+    """The loader's collector for ``"tee": "sev-snp"`` or ``"tdx"`` (clients/loader/parts.py); PCR
+    selections are the TPM's, not used here."""
+    return TsmCollector(tee, root=Path(args.tsm_root))
