@@ -321,6 +321,18 @@ def test_a_configuration_that_replays_gives_its_fields_as_claims(
     assert "loader.egress.bytes_per_hour" not in claims  # not capped: a policy requiring a cap fails
     assert claims["loader.config_sha256"] == hashlib.sha256(CONFIG_DOMAIN + config).hexdigest()
     assert len(claims["loader.program_signers"]) == 1
+    assert "loader.tee" not in claims  # this document names no TEE (a version 1 configuration)
+    assert claims["loader.gpus"] is False
+
+
+def test_the_configurations_tee_and_gpus_are_claims() -> None:
+    """Version 2 names the TEE (and the GPUs): a policy can require the loader built for its TEE."""
+    signer = ed25519.Ed25519PrivateKey.generate()
+    config = canonical_bytes(
+        {"v": 2, "tee": "tdx", "gpus": True, "program_signers": {"ci": pem(signer.public_key())}}
+    )
+    claims = verify_loader_config(*_member(config, []))
+    assert (claims["loader.tee"], claims["loader.gpus"]) == ("tdx", True)
 
 
 def test_a_configuration_that_does_not_replay_is_refused(classifier_key: ed25519.Ed25519PrivateKey) -> None:

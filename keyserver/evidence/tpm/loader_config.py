@@ -16,8 +16,9 @@ Claims: ``loader.config_sha256`` (the extended digest), ``loader.program_signers
 ``loader.classifier_keys`` (SHA-256 of each key's DER SubjectPublicKeyInfo, lowercase hex, sorted —
 ``keyserver tpm`` users compute it with ``openssl pkey -pubin -outform DER | sha256sum``),
 ``loader.egress.bytes_per_hour``, ``loader.egress.tokens_per_hour``, ``loader.egress.lifetime_bytes``
-(absent when the loader sets no such budget: a policy requiring a cap then fails, as it should) and
-``loader.model_bound_programs``.
+(absent when the loader sets no such budget: a policy requiring a cap then fails, as it should),
+``loader.model_bound_programs``, and ``loader.tee`` and ``loader.gpus`` (the TEE whose collector the
+loader runs and whether it adds its GPUs' reports: they decide which code is in its image).
 """
 
 from __future__ import annotations
@@ -100,6 +101,9 @@ def _claims(config: bytes, digest: bytes) -> dict[str, Any]:
         if type(limit) is int and limit >= 0:
             claims[f"loader.egress.{name}"] = limit
     claims["loader.model_bound_programs"] = safeguards.get("model_bound_programs") is True
+    if isinstance(document.get("tee"), str):  # configuration v2 (clients/loader/parts.py)
+        claims["loader.tee"] = document["tee"]
+    claims["loader.gpus"] = document.get("gpus") is True
     return claims
 
 
