@@ -26,7 +26,8 @@ import httpx
 from clients.channel import ChannelError, message_from_text, message_to_text, seal_request
 from clients.sdk import KeyserverClient, KeyserverClientError
 from keyserver.attestation_token import verify_attestation_result
-from keyserver.binding import jwk_thumbprint, jwk_thumbprint_b64url, parse_ephemeral_jwk
+from keyserver.binding import jwk_thumbprint, jwk_thumbprint_b64url
+from keyserver.ephemeral_key import parse_ephemeral_jwk
 from keyserver.errors import EvidenceError, InvalidRequest
 from keyserver.evidence.claims import Claims
 

@@ -75,7 +75,8 @@ from clients.channel_loader import (
     message_to_text,
     open_request,
 )
-from keyserver.binding import jwk_thumbprint, parse_ephemeral_jwk
+from keyserver.binding import jwk_thumbprint
+from keyserver.ephemeral_key import parse_ephemeral_jwk
 from keyserver.errors import EvidenceError
 
 __all__ = [

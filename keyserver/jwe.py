@@ -28,7 +28,7 @@ from typing import Any
 from joserfc import jwe
 from joserfc.jwk import import_key
 
-from keyserver.binding import parse_ephemeral_jwk
+from keyserver.ephemeral_key import parse_ephemeral_jwk
 
 # The loader's side, in its own module so that the loader's measured image holds no wrapping code;
 # re-exported here, where the server and the tests have always found it.
@@ -125,7 +125,7 @@ def wrap_for_recipient(
 
     ECDH-ES+A256KW for EC (P-256/384/521) and OKP (X25519) keys, RSA-OAEP-256 for RSA keys; A256GCM.
     ``kid`` names the released key (keyserver uses ``<name>/<version>``). The recipient key is validated
-    with ``binding.parse_ephemeral_jwk`` (``EvidenceError`` if it is not acceptable).
+    with ``ephemeral_key.parse_ephemeral_jwk`` (``EvidenceError`` if it is not acceptable).
     """
     _check_kid(kid)
     _check_metadata(metadata)

@@ -63,7 +63,7 @@ class ReleasedKeyMetadata:
 
 class _ReleaseRegistry(jwe.JWERegistry):
     # joserfc's default cap on the encrypted key (1024 base64url characters) stops at 6144-bit RSA;
-    # binding.parse_ephemeral_jwk accepts up to 8192 bits.
+    # ephemeral_key.parse_ephemeral_jwk accepts up to 8192 bits.
     max_encrypted_key_length = 1400
 
 

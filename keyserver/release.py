@@ -24,11 +24,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from keyserver.appraisal import Appraisal, appraise
 from keyserver.attestation import ATTESTATION_RESULT, AttestationIssuer
 from keyserver.backends.base import BackendError, KeyBackend
-from keyserver.binding import jwk_thumbprint, jwk_thumbprint_b64url, parse_ephemeral_jwk
+from keyserver.binding import jwk_thumbprint, jwk_thumbprint_b64url
 from keyserver.challenges import consume_challenge
 from keyserver.db.models import Tenant
 from keyserver.db.session import Database, Scope
 from keyserver.db.types import utcnow
+from keyserver.ephemeral_key import parse_ephemeral_jwk
 from keyserver.errors import EvidenceError, KeyserverError
 from keyserver.evidence.dispatch import (
     KNOWN_TEES,

@@ -24,13 +24,8 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 from joserfc.jwk import thumbprint as joserfc_thumbprint
 from jwcrypto import jwk as jwcrypto_jwk  # type: ignore[import-untyped,unused-ignore]
 
-from keyserver.binding import (
-    binding,
-    check_binding,
-    jwk_thumbprint,
-    parse_ephemeral_jwk,
-    report_data_for,
-)
+from keyserver.binding import binding, jwk_thumbprint, report_data_for
+from keyserver.ephemeral_key import check_binding, parse_ephemeral_jwk
 from keyserver.errors import EvidenceError
 
 pytestmark = pytest.mark.fuzz

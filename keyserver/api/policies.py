@@ -21,10 +21,11 @@ from keyserver.api.auth import SECURITY, tenant_session
 from keyserver.api.problems import TOKEN_READ, TOKEN_WRITE
 from keyserver.api.schemas import Version, VersionPath
 from keyserver.appraisal import decide, prepare
-from keyserver.binding import MIN_NONCE_BYTES, parse_ephemeral_jwk
+from keyserver.binding import MIN_NONCE_BYTES
 from keyserver.db.models import Policy
 from keyserver.db.session import Database
 from keyserver.db.types import utcnow
+from keyserver.ephemeral_key import parse_ephemeral_jwk
 from keyserver.errors import EvidenceError, InvalidRequest, NotFound
 from keyserver.evidence.claims import Claims
 from keyserver.evidence.dispatch import check_evidence_binding, verify_evidence

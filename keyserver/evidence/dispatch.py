@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keyserver.binding import check_binding, report_data_for
+from keyserver.binding import report_data_for
+from keyserver.ephemeral_key import check_binding
 from keyserver.errors import EvidenceError
 from keyserver.evidence.claims import (
     TEE_AWS_NITRO,

@@ -8,7 +8,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from joserfc.jwk import ECKey
 
-from keyserver.binding import binding, check_binding, report_data_for
+from keyserver.binding import binding, report_data_for
+from keyserver.ephemeral_key import check_binding
 from keyserver.errors import EvidenceError
 
 
