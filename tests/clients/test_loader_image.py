@@ -237,3 +237,21 @@ def test_a_part_change_changes_only_the_images_that_hold_it(tmp_path: Path) -> N
         if image_digest(loader_files(parts_of(doc), root), root) != digests[name]
     }
     assert changed == {"tdx+threshold+witnesses+safeguards"}
+
+
+def test_only_the_tables_parts_can_be_loaded() -> None:
+    """A module name from anywhere else (a bug, or a configuration value used as one) would import code no
+    image measures: refused before anything is imported."""
+    from clients.loader.parts import PartsError, load_part
+
+    for name in ("keyserver.app", "clients.loader.collectors.tpm_ak", "os", "clients.loader.parts", ""):
+        with pytest.raises(PartsError, match="not one of the loader's parts"):
+            load_part(name)
+    assert load_part(WITNESSES).__name__ == WITNESSES
+
+
+def test_witnesses_of_any_k_of_n_keyserver_select_the_witness_part() -> None:
+    document = configuration("tpm", threshold=True)
+    assert WITNESSES not in parts_of(document)
+    document["threshold"]["keyservers"][1]["witnesses"] = {"vkeys": [], "quorum": 1, "max_age_seconds": 1}
+    assert WITNESSES in parts_of(document)
