@@ -123,7 +123,7 @@ def create_app(settings: Settings | None = None, *, announce: Announce = print_o
                 wait_s=settings.cosign_wait_s,
                 outbound=settings.witness_outbound,
             )
-            state.release_service.witnessing = state.cosigning.apply
+            state.release_service.witnessing = state.cosigning
             state.readiness = readiness
             await readiness.start()
             yield

@@ -13,10 +13,10 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -95,6 +95,18 @@ def digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+class WitnessStage(Protocol):
+    """What the release needs of the cosigning stage (keyserver/witness/cosigning.py)."""
+
+    async def config(self, tenant: Tenant) -> Any:
+        """The tenant's witness configuration, or None when it has no witnesses."""
+        ...
+
+    async def apply(self, tenant: Tenant, outcome: Outcome, config: Any) -> Outcome:
+        """``outcome`` once its entry committed: cosigned, or as the configuration's failure mode says."""
+        ...
+
+
 class ReleaseService:
     def __init__(
         self,
@@ -111,7 +123,7 @@ class ReleaseService:
         self.faults: FaultHook | None = None
         # The witnesses' cosigning stage (keyserver/witness/cosigning.py): after the commit, it puts a
         # cosigned checkpoint in the receipt, or applies the tenant's failure mode. None: no witnesses.
-        self.witnessing: Callable[[Tenant, Outcome], Awaitable[Outcome]] | None = None
+        self.witnessing: WitnessStage | None = None
         # Releases for one tenant share a transaction and a checkpoint (group commit).
         self.group = GroupCommitter(db, log, batching or BatchLimits(), self._step)
 
@@ -191,6 +203,10 @@ class ReleaseService:
         # A name outside the key-name grammar names no key; refusing it here keeps the caller's text out
         # of the log (a 400 like any malformed request: nothing to audit, the challenge is not used).
         check_name(request.key_name, "key name")
+        # The tenant's witnesses, read before the release commits: once its entry is committed, nothing
+        # but the witnesses' own round may stand between the entry and the key. (Read after the commit, a
+        # database that failed meanwhile turned a logged grant into a 503: tests/test_faults_postgres.py.)
+        witnesses = None if self.witnessing is None else await self.witnessing.config(tenant)
         committed = await self.group.submit(
             tenant, lambda session: self._decide(session, tenant, request, now)
         )
@@ -204,7 +220,9 @@ class ReleaseService:
         )
         outcome = replace(decision, receipt=receipt)
         # After the commit: the witnesses' quorum on a checkpoint covering the entry (when configured).
-        return outcome if self.witnessing is None else await self.witnessing(tenant, outcome)
+        if self.witnessing is None or witnesses is None:
+            return outcome
+        return await self.witnessing.apply(tenant, outcome, witnesses)
 
     async def _decide(
         self, session: AsyncSession, tenant: Tenant, request: ReleaseRequest, now: datetime

@@ -150,6 +150,9 @@ class Rig:
         async def hook(reached: ReleaseStep, session: AsyncSession | None) -> None:
             if reached is step and not fired:
                 fired.append(reached)
+                # Nothing cached may hide a read of the broken part after this step: the witness
+                # configuration (cached for seconds) would otherwise be read again only now and then.
+                self.service.app.state.cosigning.forget(self.tenant_id)
                 await fault.inject(session)
 
         label = f"{fault.name} at {step}"

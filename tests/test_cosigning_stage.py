@@ -151,7 +151,9 @@ async def test_concurrent_releases_share_rounds_and_get_cosigned_receipts(
         stage = CountingStage(
             migrated_db, release_log, http, witness_timeout_s=1, wait_s=30, outbound=LOOPBACK
         )
-        first = await stage.apply(tenant, await release(migrated_db, release_log, tenant, 0))
+        first = await stage.apply(
+            tenant, await release(migrated_db, release_log, tenant, 0), await stage.config(tenant)
+        )
         assert stage.rounds == 1
         # The silent witness did not hold the round up: the three others made the quorum.
         assert len(require_quorum(first.receipt.checkpoint, policy, datetime.now(UTC))) == 3
@@ -183,7 +185,7 @@ async def test_concurrent_releases_share_rounds_and_get_cosigned_receipts(
 async def _release_and_apply(
     stage: CosigningStage, db: Database, log: ReleaseLog, tenant: Tenant, n: int
 ) -> Outcome:
-    return await stage.apply(tenant, await release(db, log, tenant, n))
+    return await stage.apply(tenant, await release(db, log, tenant, n), await stage.config(tenant))
 
 
 async def test_no_quorum_refuses_a_grant_or_releases_weak(
@@ -205,7 +207,7 @@ async def test_no_quorum_refuses_a_grant_or_releases_weak(
         await configure(migrated_db, release_log, tenant, parse_config({"witnesses": listed, "quorum": 2}))
         stage.forget(tenant.id)
         granted = await release(migrated_db, release_log, tenant, 1)
-        refused = await stage.apply(tenant, granted)
+        refused = await stage.apply(tenant, granted, await stage.config(tenant))
         assert (refused.granted, refused.unavailable, refused.jwe) == (False, True, None)
         assert refused.reason == QUORUM_UNAVAILABLE
         assert "quiet.example/witness" in refused.detail
@@ -214,7 +216,7 @@ async def test_no_quorum_refuses_a_grant_or_releases_weak(
         await configure(migrated_db, release_log, tenant, weak)
         stage.forget(tenant.id)
         granted = await release(migrated_db, release_log, tenant, 2)
-        assert await stage.apply(tenant, granted) == granted
+        assert await stage.apply(tenant, granted, await stage.config(tenant)) == granted
 
 
 async def test_a_cancelled_proof_read_still_ends_its_transaction(
@@ -260,7 +262,9 @@ async def test_without_the_operators_leave_loopback_witnesses_are_never_asked(
         stage = CosigningStage(
             migrated_db, release_log, http, witness_timeout_s=0.5, wait_s=1.0, outbound=WitnessOutbound()
         )
-        refused = await stage.apply(tenant, await release(migrated_db, release_log, tenant, 1))
+        refused = await stage.apply(
+            tenant, await release(migrated_db, release_log, tenant, 1), await stage.config(tenant)
+        )
     assert (refused.granted, refused.unavailable, refused.reason) == (False, True, QUORUM_UNAVAILABLE)
     for w in witnesses:
         assert w.name in refused.detail

@@ -115,12 +115,13 @@ class CosigningStage:
 
     # --- what a release calls ------------------------------------------------------------------------
 
-    async def apply(self, tenant: Tenant, outcome: Outcome) -> Outcome:
+    async def apply(self, tenant: Tenant, outcome: Outcome, config: WitnessConfig | None) -> Outcome:
         """``outcome`` with a cosigned receipt, or as the tenant's failure mode says when none comes in time.
 
-        Called after the release's transaction committed; tenants without witnesses pass through as is.
+        Called after the release's transaction committed, with the configuration :meth:`config` gave
+        before it (so that a tenant without witnesses needs nothing of the database after its commit);
+        without witnesses the outcome passes through as is.
         """
-        config = await self.config(tenant)
         if config is None:
             return outcome
         receipt = outcome.receipt
