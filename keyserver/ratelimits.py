@@ -39,6 +39,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyserver.config import Budget, Settings
+from keyserver.db import hot
 from keyserver.db.models import Key, ReleaseCounter, ReleaseLimit, Tenant
 from keyserver.db.session import Database, Scope
 from keyserver.db.types import utcnow
@@ -113,10 +114,24 @@ def _default(settings: Settings, scope: str) -> Budget | None:
 async def effective_limit(
     session: AsyncSession, settings: Settings, tenant_id: uuid.UUID, scope: str
 ) -> Limit:
+    fast = await hot.fetch(session, _PG_LIMIT, tenant_id, scope)
+    if fast is not None:  # PostgreSQL (keyserver/db/hot.py): every release and challenge reads this
+        if not fast:
+            return Limit(scope, _default(settings, scope), "default")
+        stored = fast[0]
+        budget = (
+            None
+            if stored["max_releases"] is None
+            else Budget(stored["max_releases"], stored["window_seconds"])
+        )
+        return Limit(scope, budget, "tenant")
     row = await session.get(ReleaseLimit, (tenant_id, scope))
     if row is None:
         return Limit(scope, _default(settings, scope), "default")
     return Limit.set_by_tenant(row)
+
+
+_PG_LIMIT = "SELECT max_releases, window_seconds FROM release_limits WHERE tenant_id = $1 AND scope = $2"
 
 
 async def list_limits(session: AsyncSession, tenant_id: uuid.UUID) -> list[ReleaseLimit]:
