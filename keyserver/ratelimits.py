@@ -219,6 +219,14 @@ def _count_one(insert: Any) -> Any:
 
 
 _COUNT_ONE = {"postgresql": _count_one(postgresql.insert), "sqlite": _count_one(sqlite.insert)}
+# The same upsert as asyncpg runs it on PostgreSQL (keyserver/db/hot.py).
+_PG_COUNT_ONE = (
+    "INSERT INTO release_counters (tenant_id, scope, window_seconds, window_start, count)"
+    " VALUES ($1, $2, $3, $4, 1)"
+    " ON CONFLICT (tenant_id, scope, window_seconds, window_start)"
+    " DO UPDATE SET count = release_counters.count + 1 WHERE release_counters.count < $5"
+    " RETURNING count"
+)
 
 
 async def take(
@@ -236,8 +244,14 @@ async def take(
         "b_window_start": window_start,
         "max_releases": budget.max_releases,
     }
-    statement = _COUNT_ONE[session.get_bind().dialect.name]
-    count = (await session.execute(statement, values)).scalar_one_or_none()
+    fast = await hot.fetch(
+        session, _PG_COUNT_ONE, tenant_id, scope, budget.window_seconds, window_start, budget.max_releases
+    )
+    if fast is not None:  # PostgreSQL (keyserver/db/hot.py)
+        count = fast[0]["count"] if fast else None
+    else:
+        statement = _COUNT_ONE[session.get_bind().dialect.name]
+        count = (await session.execute(statement, values)).scalar_one_or_none()
     if count is None:
         return max(1, math.ceil(window_start + budget.window_seconds - seconds))
     if count == 1:

@@ -36,8 +36,19 @@ async def fetch(session: AsyncSession, sql: str, *args: object) -> list[Record] 
     if adapted is None or adapted._transaction is None:
         # Not begun by SQLAlchemy (no scope statement has run): never run outside the transaction.
         return None
+    sync = connection.sync_connection
+    assert sync is not None  # a connection the session has begun on
+    # The engine's cursor events fire as for any statement, so what watches statements (the tests that
+    # count a release's statements, the fault rig's injected statement errors) sees these too.
+    events = sync._has_events or sync.engine._has_events
     try:
+        if events:
+            for before in sync.dispatch.before_cursor_execute:
+                sql, args = before(sync, None, sql, args, None, False)
         rows: list[Record] = await adapted._connection.fetch(sql, *args)
+        if events:
+            for after in sync.dispatch.after_cursor_execute:
+                after(sync, None, sql, args, None, False)
     except Exception as error:  # what asyncpg raises, as SQLAlchemy would raise it (see module doc)
         raise await _as_sqlalchemy_error(connection, adapted, sql, args, error) from error
     return rows
