@@ -34,7 +34,8 @@ async def fetch(session: AsyncSession, sql: str, *args: object) -> list[Record] 
     fairy = await connection.get_raw_connection()
     adapted: Any = fairy.dbapi_connection  # SQLAlchemy's AsyncAdapt_asyncpg_connection
     if adapted is None or adapted._transaction is None:
-        # Not begun by SQLAlchemy (no scope statement has run): never run outside the transaction.
+        # A guard only: session.connection() begins the transaction (and its scope's set_config) itself.
+        # Never run a statement outside SQLAlchemy's transaction.
         return None
     sync = connection.sync_connection
     assert sync is not None  # a connection the session has begun on
