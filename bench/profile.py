@@ -1,7 +1,7 @@
 """Profile the release path of a running ``keyserver serve`` under load, with py-spy (test extra).
 
     python -m bench.profile [--db postgres|sqlite] [--concurrency 16] [--seconds 20] [--workers 2]
-                            [--out bench/profiles/NAME]
+                            [--out bench/profiles/NAME] [--native]
 
 Starts the same stack as the end-to-end benchmark, drives TPM releases at the given concurrency, and
 samples every server process (``py-spy record --subprocesses``, 200 Hz, idle frames excluded). Writes the
@@ -90,7 +90,7 @@ async def run(args: argparse.Namespace) -> None:
         spy = subprocess.Popen(
             [PY_SPY, "record", "--pid", str(s.server.pid), "--subprocesses", "--rate", "200",
              "--duration", str(int(args.seconds)), "--format", "raw", "--output", str(collapsed),
-             "--nonblocking"],
+             *(["--native"] if args.native else ["--nonblocking"])],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )  # fmt: skip
@@ -118,6 +118,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default="bench/profiles/release")
+    # C and Cython frames too (asyncpg's protocol, uvloop): without them their time is charged to the
+    # innermost Python frame (asyncpg's PreparedStatement.__do_execute, asyncio's Runner.run).
+    parser.add_argument("--native", action="store_true")
     asyncio.run(run(parser.parse_args()))
 
 

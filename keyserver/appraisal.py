@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyserver import evaluation
 from keyserver.cache import BoundedCache
+from keyserver.db import hot
 from keyserver.db.models import Policy as PolicyRow
 from keyserver.db.models import PolicyHead
 from keyserver.db.models import ReferenceValueSet as ReferenceRow
@@ -127,6 +128,18 @@ async def reference_sets(
     """
     if not names:
         return []
+    fast = await hot.fetch(session, _PG_REFERENCE_SETS, tenant_id, list(names))
+    if fast is not None:  # PostgreSQL (keyserver/db/hot.py)
+        return [
+            ReferenceValueSet(
+                row["name"],
+                row["tee"],
+                row["version"],
+                stored_reference_values(row["tee"], row["document"]),
+                revoked=row["revoked"],
+            )
+            for row in fast
+        ]
     rows = (await session.execute(_REFERENCE_SETS, {"tenant_id": tenant_id, "names": list(names)})).scalars()
     return [
         ReferenceValueSet(
@@ -140,7 +153,42 @@ async def reference_sets(
     ]
 
 
+# The same reads on PostgreSQL's asyncpg connection (keyserver/db/hot.py), only the columns used. The
+# policy is read after the head's lock is held (two statements), as above.
+_PG_REFERENCE_SETS = (
+    "SELECT r.name, r.tee, r.version, r.document, r.revoked_at IS NOT NULL AS revoked"
+    " FROM reference_values r JOIN ("
+    "SELECT name, tee, max(version) AS version FROM reference_values"
+    " WHERE tenant_id = $1 AND name = ANY($2::varchar[]) GROUP BY name, tee"
+    ") n ON r.name = n.name AND r.tee = n.tee AND r.version = n.version"
+    " WHERE r.tenant_id = $1 FOR SHARE OF r"
+)
+_PG_POLICY_HEAD = "SELECT active_version FROM policy_heads WHERE tenant_id = $1 AND name = $2 FOR SHARE"
+_PG_POLICY = (
+    "SELECT document, sha256, created_at, created_by FROM policies"
+    " WHERE tenant_id = $1 AND name = $2 AND version = $3"
+)
+
+
 async def active_policy_row(session: AsyncSession, tenant_id: uuid.UUID, name: str) -> PolicyRow | None:
+    heads = await hot.fetch(session, _PG_POLICY_HEAD, tenant_id, name)
+    if heads is not None:  # PostgreSQL: a detached row (the release path only reads it)
+        if not heads:
+            return None
+        version = heads[0]["active_version"]
+        policies = await hot.fetch(session, _PG_POLICY, tenant_id, name, version) or []
+        if not policies:
+            return None
+        p = policies[0]
+        return PolicyRow(
+            tenant_id=tenant_id,
+            name=name,
+            version=version,
+            document=p["document"],
+            sha256=p["sha256"],
+            created_at=p["created_at"],
+            created_by=p["created_by"],
+        )
     head = (await session.execute(_POLICY_HEAD, {"tenant_id": tenant_id, "name": name})).scalar_one_or_none()
     if head is None or head.tenant_id != tenant_id:
         return None

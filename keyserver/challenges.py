@@ -15,6 +15,7 @@ from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyserver.cache import BoundedCache
+from keyserver.db import hot
 from keyserver.db.models import Challenge
 from keyserver.db.types import utcnow
 from keyserver.errors import EvidenceError
@@ -47,8 +48,19 @@ async def issue_challenge(
         created_at=now,
         expires_at=now + CHALLENGE_LIFETIME,
     )
-    session.add(challenge)
-    await session.flush()
+    # PostgreSQL: one INSERT on the asyncpg connection (keyserver/db/hot.py), the row left detached.
+    inserted = await hot.fetch(
+        session,
+        _PG_ISSUE,
+        tenant_id,
+        challenge.id,
+        challenge.nonce,
+        challenge.created_at,
+        challenge.expires_at,
+    )
+    if inserted is None:
+        session.add(challenge)
+        await session.flush()
     return challenge
 
 
@@ -66,6 +78,13 @@ _CONSUME = (
     .values(used_at=bindparam("now"))
     .returning(Challenge.nonce)
 )
+_PG_CONSUME = (
+    "UPDATE challenges SET used_at = $3 WHERE tenant_id = $1 AND id = $2 AND used_at IS NULL"
+    " AND expires_at > $3 RETURNING nonce"
+)
+_PG_ISSUE = (
+    "INSERT INTO challenges (tenant_id, id, nonce, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)"
+)
 
 
 async def consume_challenge(
@@ -73,10 +92,14 @@ async def consume_challenge(
 ) -> bytes:
     """The challenge's nonce, marking it used; ``EvidenceError`` if unknown, used or expired."""
     now = now or utcnow()
-    consumed = await session.execute(
-        _CONSUME, {"b_tenant_id": tenant_id, "challenge_id": challenge_id, "now": now}
-    )
-    nonce = consumed.scalar_one_or_none()
+    fast = await hot.fetch(session, _PG_CONSUME, tenant_id, challenge_id, now)
+    if fast is not None:  # PostgreSQL (keyserver/db/hot.py)
+        nonce = fast[0]["nonce"] if fast else None
+    else:
+        consumed = await session.execute(
+            _CONSUME, {"b_tenant_id": tenant_id, "challenge_id": challenge_id, "now": now}
+        )
+        nonce = consumed.scalar_one_or_none()
     if nonce is not None:
         return bytes(nonce)
     row = (

@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyserver.backends.base import KeyBackend
+from keyserver.db import hot
 from keyserver.db.models import Key, KeyVersion, Tenant
 from keyserver.db.types import utcnow
 from keyserver.errors import Conflict, EvidenceError, InvalidRequest, NotFound
@@ -216,6 +217,16 @@ _LIVE_VERSIONS = select(KeyVersion).where(
 )
 _NEWEST_LIVE_VERSION = _LIVE_VERSIONS.order_by(KeyVersion.version.desc()).limit(1)
 _LIVE_VERSION = _LIVE_VERSIONS.where(KeyVersion.version == bindparam("version"))
+# The same two reads on PostgreSQL's asyncpg connection (keyserver/db/hot.py). Two statements, not a join:
+# the version is read only once the key's lock is held, so it sees a rotation that committed meanwhile.
+_PG_RELEASABLE_KEY = (
+    "SELECT policy_name, state, backend, created_at FROM keys WHERE tenant_id = $1 AND name = $2 FOR SHARE"
+)
+_PG_LIVE_VERSION = (
+    "SELECT version, wrapped, created_at, destroyed_at FROM key_versions"
+    " WHERE tenant_id = $1 AND key_name = $2 AND wrapped IS NOT NULL AND ($3::bigint IS NULL OR version = $3)"
+    " ORDER BY version DESC LIMIT 1"
+)
 
 
 async def releasable(
@@ -227,6 +238,9 @@ async def releasable(
     # the key's state (disable, destroy, rotate: FOR UPDATE) waits until this release has committed,
     # and a release waits for a change in flight and then reads its result. So the release follows
     # whichever committed first, and its log entry lands on the same side of the change's entry.
+    fast = await _releasable_pg(session, tenant, name, version)
+    if fast is not None:
+        return fast
     key = (
         await session.execute(_RELEASABLE_KEY, {"tenant_id": tenant.id, "name": name})
     ).scalar_one_or_none()
@@ -243,6 +257,44 @@ async def releasable(
         raise EvidenceError(
             "key-version-unavailable", f"key {name!r} has no live version {version or ''}".rstrip()
         )
+    return ReleasableKey(key, row)
+
+
+async def _releasable_pg(
+    session: AsyncSession, tenant: Tenant, name: str, version: int | None
+) -> ReleasableKey | None:
+    """:func:`releasable` on PostgreSQL's asyncpg connection; None elsewhere. The rows come back as
+    detached (transient) objects: the release path only reads them."""
+    keys = await hot.fetch(session, _PG_RELEASABLE_KEY, tenant.id, name)
+    if keys is None:
+        return None
+    if not keys:
+        raise EvidenceError("key-unknown", f"this tenant has no key named {name!r}")
+    k = keys[0]
+    if k["state"] != "enabled":
+        raise EvidenceError(f"key-{k['state']}", f"the key {name!r} is {k['state']}")
+    versions = await hot.fetch(session, _PG_LIVE_VERSION, tenant.id, name, version) or []
+    if not versions:
+        raise EvidenceError(
+            "key-version-unavailable", f"key {name!r} has no live version {version or ''}".rstrip()
+        )
+    v = versions[0]
+    key = Key(
+        tenant_id=tenant.id,
+        name=name,
+        policy_name=k["policy_name"],
+        state=k["state"],
+        backend=k["backend"],
+        created_at=k["created_at"],
+    )
+    row = KeyVersion(
+        tenant_id=tenant.id,
+        key_name=name,
+        version=v["version"],
+        wrapped=v["wrapped"],
+        created_at=v["created_at"],
+        destroyed_at=v["destroyed_at"],
+    )
     return ReleasableKey(key, row)
 
 

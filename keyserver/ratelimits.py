@@ -39,6 +39,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyserver.config import Budget, Settings
+from keyserver.db import hot
 from keyserver.db.models import Key, ReleaseCounter, ReleaseLimit, Tenant
 from keyserver.db.session import Database, Scope
 from keyserver.db.types import utcnow
@@ -113,10 +114,24 @@ def _default(settings: Settings, scope: str) -> Budget | None:
 async def effective_limit(
     session: AsyncSession, settings: Settings, tenant_id: uuid.UUID, scope: str
 ) -> Limit:
+    fast = await hot.fetch(session, _PG_LIMIT, tenant_id, scope)
+    if fast is not None:  # PostgreSQL (keyserver/db/hot.py): every release and challenge reads this
+        if not fast:
+            return Limit(scope, _default(settings, scope), "default")
+        stored = fast[0]
+        budget = (
+            None
+            if stored["max_releases"] is None
+            else Budget(stored["max_releases"], stored["window_seconds"])
+        )
+        return Limit(scope, budget, "tenant")
     row = await session.get(ReleaseLimit, (tenant_id, scope))
     if row is None:
         return Limit(scope, _default(settings, scope), "default")
     return Limit.set_by_tenant(row)
+
+
+_PG_LIMIT = "SELECT max_releases, window_seconds FROM release_limits WHERE tenant_id = $1 AND scope = $2"
 
 
 async def list_limits(session: AsyncSession, tenant_id: uuid.UUID) -> list[ReleaseLimit]:
@@ -204,6 +219,14 @@ def _count_one(insert: Any) -> Any:
 
 
 _COUNT_ONE = {"postgresql": _count_one(postgresql.insert), "sqlite": _count_one(sqlite.insert)}
+# The same upsert as asyncpg runs it on PostgreSQL (keyserver/db/hot.py).
+_PG_COUNT_ONE = (
+    "INSERT INTO release_counters (tenant_id, scope, window_seconds, window_start, count)"
+    " VALUES ($1, $2, $3, $4, 1)"
+    " ON CONFLICT (tenant_id, scope, window_seconds, window_start)"
+    " DO UPDATE SET count = release_counters.count + 1 WHERE release_counters.count < $5"
+    " RETURNING count"
+)
 
 
 async def take(
@@ -221,8 +244,14 @@ async def take(
         "b_window_start": window_start,
         "max_releases": budget.max_releases,
     }
-    statement = _COUNT_ONE[session.get_bind().dialect.name]
-    count = (await session.execute(statement, values)).scalar_one_or_none()
+    fast = await hot.fetch(
+        session, _PG_COUNT_ONE, tenant_id, scope, budget.window_seconds, window_start, budget.max_releases
+    )
+    if fast is not None:  # PostgreSQL (keyserver/db/hot.py)
+        count = fast[0]["count"] if fast else None
+    else:
+        statement = _COUNT_ONE[session.get_bind().dialect.name]
+        count = (await session.execute(statement, values)).scalar_one_or_none()
     if count is None:
         return max(1, math.ceil(window_start + budget.window_seconds - seconds))
     if count == 1:

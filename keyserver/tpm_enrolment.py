@@ -32,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyserver.cache import BoundedCache
+from keyserver.db import hot
 from keyserver.db.models import Tenant, TpmAk, TpmEnrolment, TpmPinnedEk, TpmTrustAnchor
 from keyserver.db.types import utcnow
 from keyserver.errors import Conflict, EvidenceError, InvalidRequest, NotFound
@@ -427,12 +428,21 @@ async def revoke_ak(
 
 async def trusted_ak(session: AsyncSession, tenant_id: uuid.UUID, ak_name: str) -> AkPublic:
     """The enrolled, unrevoked AK of this Name, ready for quote verification; refused otherwise."""
-    ak = await session.get(TpmAk, (tenant_id, ak_name))
-    if ak is None or ak.tenant_id != tenant_id or ak.revoked_at is not None:
+    rows = await hot.fetch(session, _PG_TRUSTED_AK, tenant_id, ak_name)
+    if rows is not None:  # PostgreSQL (keyserver/db/hot.py)
+        ak_public: bytes | None = rows[0]["ak_public"] if rows else None
+    else:
+        ak = await session.get(TpmAk, (tenant_id, ak_name))
+        ok = ak is not None and ak.tenant_id == tenant_id and ak.revoked_at is None
+        ak_public = ak.ak_public if ak is not None and ok else None
+    if ak_public is None:
         raise EvidenceError(
             "ak-not-enrolled", "the quote's AK is not enrolled with this tenant (or was revoked)"
         )
-    return _parsed_ak(ak.ak_public)
+    return _parsed_ak(ak_public)
+
+
+_PG_TRUSTED_AK = "SELECT ak_public FROM tpm_aks WHERE tenant_id = $1 AND ak_name = $2 AND revoked_at IS NULL"
 
 
 # Enrolled AKs parsed from their exact TPM2B_PUBLIC bytes (the key is those bytes: a hit is the same AK).

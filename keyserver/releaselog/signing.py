@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from audit.checkpoint import Checkpoint, sign_checkpoint, vkey_for
 from keyserver.backends.base import KeyBackend
+from keyserver.db import hot
 from keyserver.db.models import LogKey
 from keyserver.db.types import utcnow
 from keyserver.db.upsert import insert_ignore
@@ -23,6 +24,9 @@ from keyserver.tenant_keys import UnwrappedKeys, new_wrapped_ed25519
 
 # Built once (see keyserver/challenges.py, _CONSUME): every release reads its log's key row.
 _LOG_KEY = select(LogKey).where(LogKey.tenant_id == bindparam("tenant_id"))
+_PG_LOG_KEY = (
+    "SELECT origin, public_key, wrapped_private_key, backend, created_at FROM log_keys WHERE tenant_id = $1"
+)
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,18 @@ class LogSigner:
         return self.sign_with(await self._private_key(session, log), log, size, root_hash)
 
     async def _key_row(self, session: AsyncSession, tenant_id: uuid.UUID, tenant_name: str) -> LogKey:
+        # Every batch reads it: on PostgreSQL's asyncpg connection (keyserver/db/hot.py), detached.
+        fast = await hot.fetch(session, _PG_LOG_KEY, tenant_id)
+        if fast:
+            found = fast[0]
+            return LogKey(
+                tenant_id=tenant_id,
+                origin=found["origin"],
+                public_key=found["public_key"],
+                wrapped_private_key=found["wrapped_private_key"],
+                backend=found["backend"],
+                created_at=found["created_at"],
+            )
         row = (await session.execute(_LOG_KEY, {"tenant_id": tenant_id})).scalar_one_or_none()
         if row is not None:
             return row

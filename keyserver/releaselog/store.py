@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from audit import merkle
 from audit.entry import EntryError, canonical_bytes
+from keyserver.db import hot
 from keyserver.db.models import LogEntry, LogHead, LogNode, Tenant
 from keyserver.db.types import utcnow
 from keyserver.db.upsert import insert_ignore
@@ -36,6 +37,10 @@ _HEAD = (
     .execution_options(populate_existing=True)
 )
 _LOCKED_HEAD = _HEAD.with_for_update()
+_PG_NODES = (
+    "SELECT n.level, n.idx, n.hash FROM log_nodes n JOIN unnest($2::smallint[], $3::bigint[])"
+    " AS w(level, idx) ON n.level = w.level AND n.idx = w.idx WHERE n.tenant_id = $1"
+)
 
 
 @dataclass(frozen=True)
@@ -203,6 +208,17 @@ class ReleaseLog:
     ) -> dict[merkle.Address, bytes]:
         if not addresses:
             return {}
+        # PostgreSQL (keyserver/db/hot.py): one statement for any number of addresses, each an index
+        # lookup (the OR below is a new statement, compiled and cached, for every count of addresses).
+        fast = await hot.fetch(
+            session,
+            _PG_NODES,
+            tenant_id,
+            [level for level, _ in addresses],
+            [idx for _, idx in addresses],
+        )
+        if fast is not None:
+            return {(row["level"], row["idx"]): row["hash"] for row in fast}
         # One full primary-key equality per address, OR-ed, so that each term is an index lookup on both
         # databases. (SQLite scanned the tenant's nodes for a row-value IN list, and also when the tenant
         # condition stood outside the OR: the cost grew with the log.)

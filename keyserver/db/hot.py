@@ -1,0 +1,76 @@
+"""The release path's hottest statements on PostgreSQL, run on the transaction's own asyncpg connection.
+
+Every release runs about twenty statements. Through the ORM each costs ~0.3 ms of the server's CPU (a
+SELECT of one row: the ORM's execution context, result and identity map, the greenlet bridge, the
+asyncpg adapter's cursor), against ~0.08 ms on asyncpg directly with its own prepared statement (measured,
+docs/performance.md, "Server CPU per release, measured and cut"). :func:`fetch` runs a statement
+of the release path that way *inside the session's transaction*: the same connection, after the scope's
+``set_config`` (so row-level security applies exactly as for every other statement), committed or rolled
+back with everything else. Failures are raised as SQLAlchemy raises them (``DBAPIError`` and its
+subclasses, the connection invalidated when it is gone), so ``Database.transaction`` turns them into 503s
+as before.
+
+SQLite (and a session outside a transaction) get ``None``: the caller runs its ORM statement instead, so
+both stores keep one meaning per statement, each tested (the suite runs on both).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+# asyncpg's Record: indexable by position and by column name.
+Record = Any
+
+
+async def fetch(session: AsyncSession, sql: str, *args: object) -> list[Record] | None:
+    """The rows of ``sql`` (PostgreSQL, ``$n`` parameters) in ``session``'s transaction; ``None`` when
+    the session is not on PostgreSQL or has no transaction open (the caller then uses the ORM)."""
+    if session.bind is None or session.bind.dialect.name != "postgresql":
+        return None
+    connection = await session.connection()
+    fairy = await connection.get_raw_connection()
+    adapted: Any = fairy.dbapi_connection  # SQLAlchemy's AsyncAdapt_asyncpg_connection
+    if adapted is None or adapted._transaction is None:
+        # A guard only: session.connection() begins the transaction (and its scope's set_config) itself.
+        # Never run a statement outside SQLAlchemy's transaction.
+        return None
+    sync = connection.sync_connection
+    assert sync is not None  # a connection the session has begun on
+    # The engine's cursor events fire as for any statement, so what watches statements (the tests that
+    # count a release's statements, the fault rig's injected statement errors) sees these too.
+    events = sync._has_events or sync.engine._has_events
+    try:
+        if events:
+            for before in sync.dispatch.before_cursor_execute:
+                sql, args = before(sync, None, sql, args, None, False)
+        rows: list[Record] = await adapted._connection.fetch(sql, *args)
+        if events:
+            for after in sync.dispatch.after_cursor_execute:
+                after(sync, None, sql, args, None, False)
+    except Exception as error:  # what asyncpg raises, as SQLAlchemy would raise it (see module doc)
+        raise await _as_sqlalchemy_error(connection, adapted, sql, args, error) from error
+    return rows
+
+
+async def _as_sqlalchemy_error(
+    connection: Any, adapted: Any, sql: str, args: tuple[object, ...], error: Exception
+) -> BaseException:
+    dialect = connection.dialect
+    dbapi = dialect.loaded_dbapi
+    try:
+        adapted._handle_exception(error)  # the adapter's translation into its DB-API error classes
+    except dbapi.Error as translated:
+        gone = dialect.is_disconnect(translated, adapted, None)
+        if gone:
+            # As SQLAlchemy's engine does: the pool discards this connection instead of reusing it.
+            await connection.invalidate(translated)
+        wrapped: BaseException = DBAPIError.instance(
+            sql, args, translated, dbapi.Error, connection_invalidated=gone, dialect=dialect
+        )
+        return wrapped
+    except BaseException as other:  # not a database error (e.g. cancellation): as it was raised
+        return other
+    return error

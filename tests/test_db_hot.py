@@ -1,0 +1,121 @@
+"""keyserver/db/hot.py: a release-path statement run on asyncpg directly keeps every promise a statement
+through SQLAlchemy keeps — inside the caller's transaction, under its tenant scope (row-level security),
+seen by the engine's cursor events, failing as SQLAlchemy fails (503 through ``Database.transaction``) —
+and SQLite takes the ORM path."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError
+
+from keyserver.challenges import consume_challenge, issue_challenge
+from keyserver.db import hot
+from keyserver.db.session import Database, Scope
+from keyserver.errors import EvidenceError, Unavailable
+from keyserver.tenancy import create_tenant
+
+pytestmark = pytest.mark.asyncio
+
+CHALLENGES_OF = "SELECT id FROM challenges WHERE tenant_id = $1"
+
+
+async def _tenants(db: Database) -> tuple[uuid.UUID, uuid.UUID]:
+    async with db.transaction(Scope.for_operator()) as session:
+        return (await create_tenant(session, "acme")).id, (await create_tenant(session, "other")).id
+
+
+async def test_sqlite_takes_the_orm_path(migrated_db: Database) -> None:
+    if migrated_db.dialect != "sqlite":
+        pytest.skip("SQLite only")
+    async with migrated_db.transaction(Scope.for_operator()) as session:
+        assert await hot.fetch(session, "SELECT 1") is None
+
+
+async def test_runs_in_the_transaction_under_its_tenant_scope(migrated_db: Database) -> None:
+    if migrated_db.dialect != "postgresql":
+        pytest.skip("PostgreSQL only")
+    acme, other = await _tenants(migrated_db)
+    async with migrated_db.transaction(Scope.for_tenant(acme)) as session:
+        challenge = await issue_challenge(session, acme)  # a hot INSERT
+        # The same transaction: its own uncommitted row is visible to the next hot statement.
+        rows = await hot.fetch(session, CHALLENGES_OF, acme)
+        assert rows is not None
+        assert [row["id"] for row in rows] == [challenge.id]
+    async with migrated_db.transaction(Scope.for_tenant(other)) as session:
+        # Row-level security, not the WHERE clause, hides acme's challenge from another tenant's scope.
+        assert await hot.fetch(session, "SELECT id FROM challenges") == []
+        with pytest.raises(EvidenceError, match="no such challenge"):
+            await consume_challenge(session, other, challenge.id)
+    async with migrated_db.transaction(Scope.for_tenant(acme)) as session:
+        assert len(await consume_challenge(session, acme, challenge.id)) == 32
+    # Rolled back with its transaction like any statement.
+    with pytest.raises(RuntimeError):
+        await _issue_then_fail(migrated_db, acme)
+    async with migrated_db.transaction(Scope.for_tenant(acme)) as session:
+        assert len(await hot.fetch(session, CHALLENGES_OF, acme) or []) == 1
+
+
+async def test_a_bare_session_begins_with_its_scope_first(migrated_db: Database) -> None:
+    if migrated_db.dialect != "postgresql":
+        pytest.skip("PostgreSQL only")
+    acme, _ = await _tenants(migrated_db)
+    # No Database.transaction: the session begins one itself, and its scope's set_config runs first.
+    async with migrated_db.session(Scope.for_tenant(acme)) as session:
+        rows = await hot.fetch(session, "SELECT current_setting('keyserver.tenant_id') AS tenant")
+    assert rows is not None
+    assert rows[0]["tenant"] == str(acme)
+
+
+async def test_cursor_events_see_it(migrated_db: Database) -> None:
+    if migrated_db.dialect != "postgresql":
+        pytest.skip("PostgreSQL only")
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(migrated_db.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        async with migrated_db.transaction(Scope.for_operator()) as session:
+            await hot.fetch(session, "SELECT 2")
+    finally:
+        event.remove(migrated_db.engine.sync_engine, "before_cursor_execute", record)
+    assert seen[0].startswith("SELECT set_config(")  # the scope first, as for every transaction
+    assert seen[1:] == ["SELECT 2"]
+
+
+async def test_fails_as_sqlalchemy_fails(migrated_db: Database) -> None:
+    if migrated_db.dialect != "postgresql":
+        pytest.skip("PostgreSQL only")
+    # A statement error: SQLAlchemy's DBAPIError carrying the SQLSTATE (not a 503: the request's fault).
+    with pytest.raises(DBAPIError) as raised:
+        await _fetch_in_transaction(migrated_db, "SELECT no_such_column FROM tenants")
+    assert getattr(raised.value.orig, "sqlstate", None) == "42703"
+    # The connection killed under the transaction: a 503, and the pool does not hand it out again.
+    with pytest.raises(Unavailable):
+        await _fetch_after_the_connection_is_killed(migrated_db)
+    async with migrated_db.transaction(Scope.for_operator()) as session:
+        assert [tuple(row) for row in await hot.fetch(session, "SELECT 3 AS n") or []] == [(3,)]
+
+
+async def _issue_then_fail(db: Database, tenant_id: uuid.UUID) -> None:
+    async with db.transaction(Scope.for_tenant(tenant_id)) as session:
+        await issue_challenge(session, tenant_id)
+        raise RuntimeError("roll back")
+
+
+async def _fetch_in_transaction(db: Database, sql: str) -> None:
+    async with db.transaction(Scope.for_operator()) as session:
+        await hot.fetch(session, sql)
+
+
+async def _fetch_after_the_connection_is_killed(db: Database) -> None:
+    async with db.transaction(Scope.for_operator()) as session:
+        pid = (await session.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        async with db.transaction(Scope.for_operator()) as killer:
+            await killer.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        await hot.fetch(session, "SELECT 1")
