@@ -33,21 +33,12 @@ async def issue_challenge(
     session: AsyncSession, tenant_id: uuid.UUID, now: datetime | None = None
 ) -> Challenge:
     now = now or utcnow()
-    last = _last_purge.get(tenant_id)
-    if last is None or abs(now - last) >= PURGE_INTERVAL:
-        _last_purge.put(tenant_id, now)
+    purge = purge_before(tenant_id, now)
+    if purge is not None:
         await session.execute(
-            delete(Challenge).where(
-                Challenge.tenant_id == tenant_id, Challenge.expires_at < now - PURGE_AFTER
-            )
+            delete(Challenge).where(Challenge.tenant_id == tenant_id, Challenge.expires_at < purge)
         )
-    challenge = Challenge(
-        tenant_id=tenant_id,
-        id=uuid.uuid4(),
-        nonce=secrets.token_bytes(NONCE_BYTES),
-        created_at=now,
-        expires_at=now + CHALLENGE_LIFETIME,
-    )
+    challenge = new_challenge(tenant_id, now)
     # PostgreSQL: one INSERT on the asyncpg connection (keyserver/db/hot.py), the row left detached.
     inserted = await hot.fetch(
         session,
@@ -62,6 +53,27 @@ async def issue_challenge(
         session.add(challenge)
         await session.flush()
     return challenge
+
+
+def new_challenge(tenant_id: uuid.UUID, now: datetime) -> Challenge:
+    """A fresh challenge (not yet stored): a random nonce, living CHALLENGE_LIFETIME from ``now``."""
+    return Challenge(
+        tenant_id=tenant_id,
+        id=uuid.uuid4(),
+        nonce=secrets.token_bytes(NONCE_BYTES),
+        created_at=now,
+        expires_at=now + CHALLENGE_LIFETIME,
+    )
+
+
+def purge_before(tenant_id: uuid.UUID, now: datetime) -> datetime | None:
+    """The expiry before which the tenant's challenges are to be deleted with this issue, or None when
+    this process purged them less than PURGE_INTERVAL ago."""
+    last = _last_purge.get(tenant_id)
+    if last is not None and abs(now - last) < PURGE_INTERVAL:
+        return None
+    _last_purge.put(tenant_id, now)
+    return now - PURGE_AFTER
 
 
 # Built once: constructing a statement and its cache key costs ~0.15 ms of CPU each time (measured,

@@ -38,9 +38,10 @@ from sqlalchemy import bindparam, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from keyserver.challenges import issue_challenge, new_challenge, purge_before
 from keyserver.config import Budget, Settings
 from keyserver.db import hot
-from keyserver.db.models import Key, ReleaseCounter, ReleaseLimit, Tenant
+from keyserver.db.models import Challenge, Key, ReleaseCounter, ReleaseLimit, Tenant
 from keyserver.db.session import Database, Scope
 from keyserver.db.types import utcnow
 from keyserver.errors import EvidenceError, KeyserverError, NotFound
@@ -266,6 +267,14 @@ async def take(
     return None
 
 
+# migrations/versions/0012: effective_limit and take of TENANT in one statement, its own transaction.
+_PG_ADMIT_ATTEMPT = (
+    "SELECT max_releases, window_seconds, retry_after FROM keyserver_admit_attempt($1, $2, $3, $4)"
+)
+# migrations/versions/0012: admit_challenge and issue_challenge in one statement, its own transaction.
+_PG_ISSUE_CHALLENGE = "SELECT keyserver_issue_challenge($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+
+
 class ReleaseLimiter:
     """What the release path asks: may this attempt proceed (tenant), may this key leave (key)."""
 
@@ -285,15 +294,30 @@ class ReleaseLimiter:
         of one tenant ran one after the other instead of verifying side by side (measured,
         docs/performance.md). Not durable: a counter lost in a server crash lets a flood make a few more
         attempts, and costs nothing else; the release, its challenge and its entry commit durably."""
-        async with self.db.transaction(Scope.for_tenant(tenant.id), durable=False) as session:
-            limit = await effective_limit(session, self.settings, tenant.id, TENANT)
-            if limit.budget is None:
+        default = _default(self.settings, TENANT)
+        counted = await self.db.call(
+            _PG_ADMIT_ATTEMPT,
+            tenant.id,
+            None if default is None else default.max_releases,
+            None if default is None else default.window_seconds,
+            now.timestamp(),
+        )
+        if counted is not None:  # PostgreSQL: the steps below in one round trip (migrations 0012)
+            (row,) = counted
+            if row["max_releases"] is None:
                 return
-            retry_after = await take(session, tenant.id, TENANT, limit.budget, now)
+            budget, retry_after = Budget(row["max_releases"], row["window_seconds"]), row["retry_after"]
+        else:
+            async with self.db.transaction(Scope.for_tenant(tenant.id), durable=False) as session:
+                limit = await effective_limit(session, self.settings, tenant.id, TENANT)
+                if limit.budget is None:
+                    return
+                budget = limit.budget
+                retry_after = await take(session, tenant.id, TENANT, budget, now)
         if retry_after is None:
             return
         REFUSALS.labels(limit="tenant").inc()
-        window = int(now.timestamp()) // limit.budget.window_seconds
+        window = int(now.timestamp()) // budget.window_seconds
         if (tenant.id, window) not in self._reported:
             self._reported = {(t, w) for t, w in self._reported if w >= window} | {(tenant.id, window)}
             log.warning(
@@ -301,10 +325,38 @@ class ReleaseLimiter:
                 extra={"fields": {"tenant": tenant.name, "retry_after": retry_after}},
             )
         raise RateLimited(
-            f"tenant {tenant.name!r} is over its release limit ({limit.budget.max_releases} requests per"
-            f" {limit.budget.window_seconds} s); retry after {retry_after} s. The challenge was not used.",
+            f"tenant {tenant.name!r} is over its release limit ({budget.max_releases} requests per"
+            f" {budget.window_seconds} s); retry after {retry_after} s. The challenge was not used.",
             retry_after,
         )
+
+    async def issue_challenge(self, tenant: Tenant, now: datetime) -> Challenge:
+        """A new challenge for ``tenant``, counted against its challenge budget, in one transaction;
+        ``RateLimited`` (and nothing written) when the budget of this window is spent."""
+        budget = self.settings.challenge_limit
+        if self.db.dialect != "postgresql":  # SQLite: the steps of the function below, in Python
+            async with self.db.transaction(Scope.for_tenant(tenant.id)) as session:
+                await self.admit_challenge(session, tenant, now)
+                return await issue_challenge(session, tenant.id, now)
+        challenge = new_challenge(tenant.id, now)
+        issued = await self.db.call(
+            _PG_ISSUE_CHALLENGE,
+            tenant.id,
+            challenge.id,
+            challenge.nonce,
+            challenge.created_at,
+            challenge.expires_at,
+            None if budget is None else budget.max_releases,
+            None if budget is None else budget.window_seconds,
+            now.timestamp(),
+            purge_before(tenant.id, now),
+        )
+        assert issued is not None
+        retry_after = issued[0][0]
+        if retry_after is None:
+            return challenge
+        assert budget is not None  # the function refuses only against a budget it was given
+        raise self._challenges_spent(tenant, budget, retry_after)
 
     async def admit_challenge(self, session: AsyncSession, tenant: Tenant, now: datetime) -> None:
         """Count one challenge in the transaction that issues it; ``RateLimited`` (and nothing written)
@@ -315,8 +367,12 @@ class ReleaseLimiter:
         retry_after = await take(session, tenant.id, CHALLENGES, budget, now)
         if retry_after is None:
             return
+        raise self._challenges_spent(tenant, budget, retry_after)
+
+    @staticmethod
+    def _challenges_spent(tenant: Tenant, budget: Budget, retry_after: int) -> RateLimited:
         REFUSALS.labels(limit="challenges").inc()
-        raise RateLimited(
+        return RateLimited(
             f"tenant {tenant.name!r} was issued its {budget.max_releases} challenges for this"
             f" {budget.window_seconds} s window; retry after {retry_after} s",
             retry_after,

@@ -171,3 +171,35 @@ async def test_only_a_non_durable_transaction_changes_synchronous_commit(
     assert await setting(durable=True) == "remote_apply"
     assert await setting(durable=False) == "off"
     assert await setting(durable=True) == "remote_apply"  # set_config(…, true) ended with its transaction
+
+
+async def test_a_one_statement_transaction_after_a_restart_succeeds(
+    db: Database, cluster: PostgresCluster
+) -> None:
+    """``Database.call`` (the challenge's and the attempt's one round trip, keyserver/db/hot.py) meets the
+    dead pooled connections as a transaction's first statement does: tried once more on a fresh one."""
+    before = await restart_under_a_full_pool(db, cluster, "immediate")
+    statements = Statements(db)
+    after = []
+    for _ in range(2 * POOLED):
+        rows = await db.call("SELECT pg_backend_pid() AS pid")
+        assert rows is not None
+        after.append(rows[0]["pid"])
+    assert not before & set(after), "a connection from before the restart was used"
+    # Only the first call met a dead connection (SQLAlchemy discards every one pooled before it).
+    assert len(statements.sent) == 2 * POOLED + 1, statements.sent
+
+
+async def test_a_one_statement_transaction_on_a_server_that_stays_down_is_unavailable(
+    db: Database, cluster: PostgresCluster
+) -> None:
+    await fill_pool(db)
+    await asyncio.to_thread(cluster.stop, "fast")
+    try:
+        with pytest.raises(Unavailable):
+            await db.call("SELECT 1")
+    finally:
+        await asyncio.to_thread(cluster.start)
+    rows = await db.call("SELECT 1 AS one")
+    assert rows is not None
+    assert [dict(row) for row in rows] == [{"one": 1}]

@@ -259,7 +259,9 @@ async def test_a_batch_is_one_durable_commit_and_attempts_wait_for_no_flush(
     """A lone release commits twice: its attempt (a short transaction of its own, not waiting for its
     WAL flush on PostgreSQL) and its batch; N releases in two batches commit N + 2 times, and only the
     attempts are told not to wait for their flush (the batches commit as the server is configured). The
-    default tenant budget is on."""
+    default tenant budget is on. On PostgreSQL an attempt is one statement, its own transaction
+    (``keyserver_admit_attempt``, migrations/versions/0012, which turns synchronous_commit off itself:
+    tests/test_one_round_trip.py); on SQLite a SQLAlchemy transaction like the batches."""
     assert settings.release_limit_tenant is not None
     extend(tpm_esapi, b"reviewed loader build 1")
     with loader_ak(tpm_esapi) as ak:
@@ -269,7 +271,8 @@ async def test_a_batch_is_one_durable_commit_and_attempts_wait_for_no_flush(
         bodies = await prepared(loaders)
         await acme_id(svc)  # the tenant's id is cached from here on: release_all's lookup commits nothing
         commits: list[int] = []
-        synchronous: list[str] = []  # PostgreSQL: each transaction's synchronous_commit, as it began
+        attempts: list[int] = []  # PostgreSQL: the attempts' own one-statement transactions
+        synchronous: list[str] = []  # PostgreSQL: each SQLAlchemy transaction's synchronous_commit
 
         def count(_conn: Any) -> None:
             commits.append(1)
@@ -277,12 +280,14 @@ async def test_a_batch_is_one_durable_commit_and_attempts_wait_for_no_flush(
         def scope(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_rest: Any) -> None:
             if "set_config('synchronous_commit'" in statement:
                 synchronous.append(str(parameters[-1]))
+            if "keyserver_admit_attempt(" in statement:
+                attempts.append(1)
 
         event.listen(db.engine.sync_engine, "commit", count)
         event.listen(db.engine.sync_engine, "before_cursor_execute", scope)
         try:
             outcomes(await release_all(svc, bodies[:1]))
-            assert len(commits) == 2
+            assert len(commits) + len(attempts) == 2
             svc.faults = HoldFirstBatch(svc, await acme_id(svc))
             try:
                 outcomes(await release_all(svc, bodies[1:]))
@@ -291,10 +296,14 @@ async def test_a_batch_is_one_durable_commit_and_attempts_wait_for_no_flush(
         finally:
             event.remove(db.engine.sync_engine, "commit", count)
             event.remove(db.engine.sync_engine, "before_cursor_execute", scope)
-    assert len(commits) == 2 + N + 2, "the lone release: attempt + batch; the next N: N attempts, 2 batches"
     if db.dialect == "postgresql":
-        # The attempts "off"; the batches None: the server's own setting (e.g. remote_apply), untouched.
-        assert sorted(synchronous) == ["None"] * 3 + ["off"] * (N + 1)
+        assert len(attempts) == N + 1, "every release's attempt: one statement"
+        assert len(commits) == 3, "the lone release's batch, then the next N's 2 batches"
+        # The batches None: the server's own setting (e.g. remote_apply), untouched.
+        assert synchronous == ["None"] * 3
+    else:
+        # The lone release: attempt + batch; the next N: N attempts + 2 batches.
+        assert len(commits) == 2 + N + 2
 
 
 async def test_a_tenants_next_batch_decides_while_the_previous_one_is_in_flight(

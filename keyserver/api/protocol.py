@@ -22,7 +22,6 @@ from keyserver.api.problems import (
     problem_responses,
 )
 from keyserver.api.schemas import Version
-from keyserver.challenges import issue_challenge
 from keyserver.db.session import Database, Scope
 from keyserver.db.types import utcnow
 from keyserver.logs import request_id_var
@@ -96,9 +95,7 @@ class ProtocolController(Controller):
         tenant: FromPath[str],
     ) -> ChallengeOut:
         target = await lookup_tenant(db, tenant)
-        async with db.transaction(Scope.for_tenant(target.id)) as session:
-            await release_service.limiter.admit_challenge(session, target, utcnow())
-            issued = await issue_challenge(session, target.id)
+        issued = await release_service.limiter.issue_challenge(target, utcnow())
         nonce = base64.urlsafe_b64encode(issued.nonce).rstrip(b"=").decode()
         return ChallengeOut(id=str(issued.id), nonce=nonce, expires_at=issued.expires_at)
 

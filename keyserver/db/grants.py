@@ -62,6 +62,9 @@ async def grant_service_role(engine: AsyncEngine, role: str) -> list[str]:
         for table in sorted(tables):
             await conn.execute(text(f'GRANT {privileges_for(table)} ON TABLE "{schema}"."{table}" TO {role}'))
         await conn.execute(text(f'GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA "{schema}" TO {role}'))
+        # The release path's functions (migrations/versions/0012): SECURITY INVOKER, so they run with the
+        # role's own privileges and under row-level security; granted in case PUBLIC's EXECUTE was revoked.
+        await conn.execute(text(f'GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA "{schema}" TO {role}'))
     return list(tables)
 
 

@@ -12,6 +12,9 @@ as before.
 
 SQLite (and a session outside a transaction) get ``None``: the caller runs its ORM statement instead, so
 both stores keep one meaning per statement, each tested (the suite runs on both).
+
+:func:`call` runs one statement as a transaction of its own (PostgreSQL's implicit one: a single round
+trip, no BEGIN or COMMIT), for the functions of migrations/versions/0012 that set their scope themselves.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 # asyncpg's Record: indexable by position and by column name.
 Record = Any
@@ -37,6 +40,43 @@ async def fetch(session: AsyncSession, sql: str, *args: object) -> list[Record] 
         # A guard only: session.connection() begins the transaction (and its scope's set_config) itself.
         # Never run a statement outside SQLAlchemy's transaction.
         return None
+    return await _run(connection, adapted, sql, args)
+
+
+async def call(engine: AsyncEngine, sql: str, *args: object) -> list[Record] | None:
+    """The rows of one statement run as a transaction of its own, on a pooled connection; ``None`` on
+    SQLite. Only for statements that are a whole transaction by themselves and set their own scope (the
+    functions of migrations/versions/0012): row-level security sees no scope otherwise, and so no rows.
+
+    A pooled connection that died since its last use (a restarted server) fails when the statement is
+    sent; the statement is then tried once more on a fresh connection, as ``Database.transaction`` does
+    for its first statement. Unlike there, the lost statement may have been the whole transaction and
+    committed before the connection went: only statements whose repetition is harmless belong here (the
+    two callers: an attempt counted twice makes the budget one stricter; a challenge issued twice leaves
+    one that nobody was given, which expires). Failures are raised as SQLAlchemy raises them (see
+    :func:`fetch`); ``Database.call`` turns them into 503s."""
+    if engine.dialect.name != "postgresql":
+        return None
+    try:
+        return await _call_once(engine, sql, args)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        return await _call_once(engine, sql, args)
+
+
+async def _call_once(engine: AsyncEngine, sql: str, args: tuple[object, ...]) -> list[Record]:
+    async with engine.connect() as connection:
+        fairy = await connection.get_raw_connection()
+        adapted: Any = fairy.dbapi_connection
+        if adapted is None or adapted._transaction is not None:
+            raise RuntimeError("a pooled connection came back with a transaction open")
+        # No transaction is begun: asyncpg runs the statement in PostgreSQL's implicit transaction,
+        # committed (or rolled back) with the statement, in one round trip.
+        return await _run(connection, adapted, sql, args)
+
+
+async def _run(connection: AsyncConnection, adapted: Any, sql: str, args: tuple[object, ...]) -> list[Record]:
     sync = connection.sync_connection
     assert sync is not None  # a connection the session has begun on
     # The engine's cursor events fire as for any statement, so what watches statements (the tests that
@@ -65,7 +105,13 @@ async def _as_sqlalchemy_error(
     except dbapi.Error as translated:
         gone = dialect.is_disconnect(translated, adapted, None)
         if gone:
-            # As SQLAlchemy's engine does: the pool discards this connection instead of reusing it.
+            # As SQLAlchemy's engine does: the pool discards this connection instead of reusing it, and
+            # every connection it made before this one on their next checkout (a restarted server
+            # killed them all).
+            sync = connection.sync_connection
+            fairy = None if sync is None else sync._dbapi_connection
+            if sync is not None and fairy is not None:
+                sync.engine.pool._invalidate(fairy, translated, _checkin=False)
             await connection.invalidate(translated)
         wrapped: BaseException = DBAPIError.instance(
             sql, args, translated, dbapi.Error, connection_invalidated=gone, dialect=dialect

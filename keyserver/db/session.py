@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
 
 from keyserver.config import Settings
+from keyserver.db import hot
 from keyserver.errors import ConfigurationError, Unavailable
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -180,9 +181,18 @@ class Database:
                     # own ``session.begin()`` block does).
                     await _rollback_quietly(session)
         except (TimeoutError, OperationalError, DBAPIError, OSError) as exc:
-            if isinstance(exc, DBAPIError) and not _is_transient_error(exc):
-                raise
-            raise Unavailable(_unavailable_message(exc)) from exc
+            _raise_unavailable_if_transient(exc)
+            raise
+
+    async def call(self, sql: str, *args: object) -> list[hot.Record] | None:
+        """PostgreSQL: the rows of ``sql``, one statement that is a transaction by itself and sets its own
+        scope (keyserver/db/hot.py, ``call``); ``None`` on SQLite, whose callers run the same steps in a
+        :meth:`transaction`. The database's failures are :class:`Unavailable`, as in a transaction."""
+        try:
+            return await hot.call(self.engine, sql, *args)
+        except (TimeoutError, OperationalError, DBAPIError, OSError) as exc:
+            _raise_unavailable_if_transient(exc)
+            raise
 
     async def _begin_on_live_connection(self, session: AsyncSession) -> None:
         """Begin ``session``'s transaction on a connection that answers, at no cost per request.
@@ -277,6 +287,14 @@ def _is_transient_error(exc: DBAPIError) -> bool:
         return True
     code = _sqlstate(exc)
     return code is not None and (code[:2] in _TRANSIENT_SQLSTATE_CLASSES or code in _TRANSIENT_SQLSTATES)
+
+
+def _raise_unavailable_if_transient(exc: BaseException) -> None:
+    """:class:`Unavailable` for a failure of the database rather than of the request (see
+    :meth:`Database.transaction`); anything else is the caller's to re-raise."""
+    if isinstance(exc, DBAPIError) and not _is_transient_error(exc):
+        return
+    raise Unavailable(_unavailable_message(exc)) from exc
 
 
 def _unavailable_message(exc: BaseException) -> str:
