@@ -28,9 +28,20 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 Record = Any
 
 
+# session.info key: the (transaction, connection, adapted asyncpg connection) of the session's current
+# transaction, so that a transaction's statements after its first skip the two greenlet round trips of
+# looking its connection up again (measured: ~40 µs each).
+_CONNECTION = "keyserver.hot.connection"
+
+
 async def fetch(session: AsyncSession, sql: str, *args: object) -> list[Record] | None:
     """The rows of ``sql`` (PostgreSQL, ``$n`` parameters) in ``session``'s transaction; ``None`` when
     the session is not on PostgreSQL or has no transaction open (the caller then uses the ORM)."""
+    transaction = session.sync_session.get_transaction()
+    cached = session.info.get(_CONNECTION)
+    if cached is not None and transaction is not None and cached[0] is transaction and transaction.is_active:
+        # The same transaction as the last statement: the same connection (a SAVEPOINT stays on it).
+        return await _run(cached[1], cached[2], sql, args)
     if session.bind is None or session.bind.dialect.name != "postgresql":
         return None
     connection = await session.connection()
@@ -40,6 +51,7 @@ async def fetch(session: AsyncSession, sql: str, *args: object) -> list[Record] 
         # A guard only: session.connection() begins the transaction (and its scope's set_config) itself.
         # Never run a statement outside SQLAlchemy's transaction.
         return None
+    session.info[_CONNECTION] = (session.sync_session.get_transaction(), connection, adapted)
     return await _run(connection, adapted, sql, args)
 
 

@@ -69,14 +69,7 @@ def _apply_scope(session: Session, transaction: SessionTransaction, connection: 
         return
     scope: Scope = session.info.get("scope", NO_SCOPE)
     connection.execute(
-        text(
-            "SELECT set_config('keyserver.tenant_id', :tenant, true),"
-            " set_config('keyserver.operator', :operator, true),"
-            " set_config('keyserver.lookup', :lookup, true),"
-            # NULL: the session's own setting (the server's, e.g. remote_apply), left as it is.
-            " set_config('synchronous_commit',"
-            " COALESCE(CAST(:synchronous AS text), current_setting('synchronous_commit')), true)"
-        ),
+        _SET_SCOPE,
         {
             "tenant": str(scope.tenant_id) if scope.tenant_id else "",
             "operator": "on" if scope.operator else "off",
@@ -86,6 +79,18 @@ def _apply_scope(session: Session, transaction: SessionTransaction, connection: 
             "synchronous": "off" if session.info.get("durable") is False else None,
         },
     )
+
+
+# Built once: every transaction runs it (building a text() clause and its cache key costs more CPU than
+# executing it).
+_SET_SCOPE = text(
+    "SELECT set_config('keyserver.tenant_id', :tenant, true),"
+    " set_config('keyserver.operator', :operator, true),"
+    " set_config('keyserver.lookup', :lookup, true),"
+    # NULL: the session's own setting (the server's, e.g. remote_apply), left as it is.
+    " set_config('synchronous_commit',"
+    " COALESCE(CAST(:synchronous AS text), current_setting('synchronous_commit')), true)"
+)
 
 
 def _make_engine(settings: Settings) -> AsyncEngine:
