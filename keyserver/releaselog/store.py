@@ -103,7 +103,7 @@ class ReleaseLog:
             raise InvalidRequest(f"this cannot be logged: {exc}") from None
         log, signing_key = await self.signer.log_and_key(session, tenant.id, tenant.name)
         locked = await hot.fetch(session, _PG_LOCKED_HEAD, tenant.id)
-        if locked:  # PostgreSQL, an existing head: the append in four statements (keyserver/db/hot.py)
+        if locked:  # PostgreSQL, an existing head: the append in five statements (keyserver/db/hot.py)
             return await self._append_pg(session, tenant, log, signing_key, locked[0]["size"], encoded)
         head = await self._locked_head(session, tenant, log)
         size_before = head.size
