@@ -4,7 +4,8 @@ Sections (``--only`` picks some): ``verifiers`` (bench/verifiers.py), ``e2e`` (a
 over HTTP at several concurrencies, PostgreSQL and SQLite), ``log-size`` (release latency with the
 tenant's log at 10^3 vs 10^6 entries) and ``audit`` (``keyserver audit verify`` at 10^5 and 10^6 entries);
 the last two share the PostgreSQL stack. ``scale-out`` (bench/scale_out.py: two replicas on one
-PostgreSQL, many tenants beside a hot one) runs only when asked for (``--only scale-out``).
+PostgreSQL, many tenants beside a hot one) and ``requests`` (bench/requests.py: server CPU per request
+kind — the HTTP stack alone, a challenge, a whole release) run only when asked for (``--only …``).
 ``--quick`` (or ``BENCH_QUICK=1``) runs every code path with
 tiny sizes and durations: a smoke run, not a measurement. The release-log micro-benchmark stays
 ``python -m bench.log_bench``.
@@ -20,12 +21,13 @@ import asyncio
 import os
 from typing import Any
 
-from bench import e2e, scale_out, verifiers
+from bench import e2e, requests, scale_out, verifiers
 from bench.common import quick_mode, record
 from bench.softtpm import SoftQuoter
 
 SECTIONS = ("verifiers", "e2e", "log-size", "audit")
-ON_REQUEST = ("scale-out",)  # not in the default run: PostgreSQL only, and minutes of set-up
+# Not in the default run: scale-out is PostgreSQL only and minutes of set-up; requests is a breakdown.
+ON_REQUEST = ("scale-out", "requests")
 
 
 def _ints(text: str) -> list[int]:
@@ -39,7 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--only", default=",".join(SECTIONS), help=f"comma-separated: {','.join(SECTIONS + ON_REQUEST)}"
     )
     parser.add_argument("--db", choices=["postgres", "sqlite", "both"], default="both", help="for e2e")
-    parser.add_argument("--workers", type=int, default=2, help="keyserver serve --workers (default 2)")
+    parser.add_argument(
+        "--workers", type=int, help="keyserver serve --workers (default 2; 1 for the requests section)"
+    )
     parser.add_argument("--concurrency", help="loaders, comma-separated (default 1,16,64)")
     parser.add_argument(
         "--http-edges",
@@ -59,6 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.sections) - set(SECTIONS + ON_REQUEST)
     if unknown:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    args.workers_given, args.workers = args.workers, args.workers or 2
+    args.concurrency_given = args.concurrency is not None
     args.concurrency = _ints(args.concurrency or ("1,4" if quick else "1,16,64"))
     args.seconds = args.seconds or (1.0 if quick else 8.0)
     args.runs = args.runs or (1 if quick else 3)
@@ -182,12 +188,25 @@ def main(argv: list[str] | None = None) -> None:
                 warmup=warmup,
             )
         )
+    if "requests" in args.sections:
+        for kind in ["postgres", "sqlite"] if args.db == "both" else [args.db]:
+            result = asyncio.run(
+                requests.run(
+                    kind,
+                    args.workers_given or 1,
+                    args.concurrency[-1] if args.concurrency_given else 4,
+                    runs=args.runs,
+                    seconds=args.seconds,
+                )
+            )
+            print(requests.table(kind, result), flush=True)
+            figures.setdefault("requests", {})[kind] = result
     notes = {
         "loadgen": "loaders and server share the machine; quotes are TPM wire format signed by a software AK",
         "concurrency": args.concurrency,
         "workers": args.workers,
     }
-    for section in ("e2e", "http_edge", "log_size", "audit_verify", "scale_out"):
+    for section in ("e2e", "http_edge", "log_size", "audit_verify", "scale_out", "requests"):
         if section in figures:
             record(section, {**figures[section], "notes": notes})
 

@@ -99,3 +99,16 @@ def test_bench_scale_out_quick_mode_writes_well_formed_results(tmp_path: Path) -
         _timed(crowd[part], "releases_per_s", "p50_ms", "p99_ms")
         assert crowd[part]["failures"] == {}
     _timed(crowd, "hot_ratio")
+
+
+@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_bench_requests_quick_mode_writes_well_formed_results(tmp_path: Path, db: str) -> None:
+    """Server CPU per request kind (bench/requests.py): the HTTP stack alone, a challenge, a release."""
+    stdout, data = run_quick(tmp_path, "--only", "requests", "--db", db)
+    assert "server CPU per request" in stdout
+    assert set(data) == {"requests"}
+    figures = data["requests"][db]
+    assert (figures["workers"], figures["concurrency"]) == (1, 2)
+    for kind in ("healthz", "challenge", "release"):
+        _timed(figures[kind], "server_cpu_ms")
+        assert figures[kind]["server_cpu_ms_runs"] and figures[kind]["per_s_runs"]

@@ -181,6 +181,7 @@ async def test_append_and_proof_cost_does_not_grow_with_the_log(
     migrated_db: Database, release_log: ReleaseLog, tenant: Tenant, statements: list[str]
 ) -> None:
     await append(migrated_db, release_log, tenant, [entry(n) for n in range(1000)])
+    await append(migrated_db, release_log, tenant, [entry(1000)])  # the log key read once, then remembered
     costs = []
     for size in (1001, 1002):  # a small and a large tree are both just the next append
         statements.clear()
@@ -238,3 +239,98 @@ async def test_node_reads_are_index_lookups_on_sqlite(
     assert lookups, details
     # Every lookup pins the whole primary key; a search on the tenant prefix alone reads all its nodes.
     assert all("level=? AND idx=?" in d for d in lookups), details
+
+
+class _Sent:
+    """The statements sent while in use (cursor events see the hot path's raw statements too)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db, self.sent = db, list[str]()
+
+    def _record(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        self.sent.append(statement)
+
+    def __enter__(self) -> list[str]:
+        event.listen(self.db.engine.sync_engine, "before_cursor_execute", self._record)
+        return self.sent
+
+    def __exit__(self, *_exc: object) -> None:
+        event.remove(self.db.engine.sync_engine, "before_cursor_execute", self._record)
+
+
+def _node_reads(sent: list[str]) -> int:
+    return sum("FROM log_nodes" in statement for statement in sent)
+
+
+async def test_remembered_root_nodes_are_used_only_for_the_same_tree(
+    migrated_db: Database, settings: Settings, tenant: Tenant
+) -> None:
+    """Two processes' logs (two ReleaseLog instances) append in turn, and one append of each rolls back:
+    a process skips reading the nodes it remembers only when the head is still the tree it appended;
+    otherwise the other writer's tree is read. Every checkpoint and every proof stays right (a wrong
+    remembered node would give a wrong root)."""
+    backend = SoftwareBackend.from_file(settings.effective_kek_file)
+    logs = [ReleaseLog(LogSigner(backend, "keyserver.test")) for _ in range(2)]
+    reference = merkle.MemoryNodeStore()
+    await append(migrated_db, logs[0], tenant, [entry(0)])  # the head and the log key exist from here
+    reference.append(canonical_bytes(entry(0)))
+
+    async def step(writer: int, n: int, *, roll_back: bool = False) -> int:
+        with _Sent(migrated_db) as sent:
+            try:
+                async with migrated_db.transaction(Scope.for_tenant(tenant.id)) as session:
+                    appended = await logs[writer].append(session, tenant, [entry(n)])
+                    if roll_back:
+                        raise RuntimeError("rolled back")
+            except RuntimeError:
+                return _node_reads(sent)
+        reference.append(canonical_bytes(entry(n)))
+        assert (appended.size, appended.root_hash) == (reference.size, reference.root())
+        return _node_reads(sent)
+
+    assert await step(0, 1) == 0, "its own tree: the root nodes are remembered"
+    assert await step(1, 2) == 1, "a tree it did not append: read"
+    assert await step(1, 3) == 0
+    assert await step(0, 4) == 1, "the other writer appended meanwhile: read, not remembered"
+    assert await step(0, 5, roll_back=True) == 0  # remembers the tree of 6 leaves it did not commit
+    assert await step(1, 6) == 1, "writer 1 appends another 6th leaf instead"
+    assert await step(0, 7) == 1, "the head's root is not the rolled-back tree's: read"
+    for n in range(8, 40):
+        await step(n % 3 % 2, n)
+    async with migrated_db.transaction(Scope.for_tenant(tenant.id)) as session:
+        log = await logs[0].describe(session, tenant)
+        head = await logs[0].head(session, tenant)
+        checkpoint = verify_checkpoint(head.checkpoint, log.verifier_key)
+        assert (checkpoint.size, checkpoint.root_hash) == (reference.size, reference.root())
+        stored = await logs[0].entries(session, tenant, 0, reference.size)
+        for index in range(reference.size):
+            proof = await logs[1].inclusion_proof(session, tenant, index, reference.size)
+            merkle.verify_inclusion(
+                merkle.leaf_hash(stored[index]), index, reference.size, proof, reference.root()
+            )
+
+
+async def test_a_log_key_made_in_a_rolled_back_transaction_is_not_remembered(
+    migrated_db: Database, release_log: ReleaseLog, tenant: Tenant
+) -> None:
+    """The first append makes the tenant's log key; rolled back, that key is gone, and the key the next
+    append makes is the one its checkpoints are signed with (and the log's published key)."""
+
+    async def append_then_fail() -> None:
+        async with migrated_db.transaction(Scope.for_tenant(tenant.id)) as session:
+            await release_log.append(session, tenant, [entry(0)])
+            raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError):
+        await append_then_fail()
+    for n in range(3):  # made, then read as committed and remembered, then served from memory
+        appended = await append(migrated_db, release_log, tenant, [entry(n)])
+        async with migrated_db.transaction(Scope.for_tenant(tenant.id)) as session:
+            log = await release_log.describe(session, tenant)
+            stored = (await session.execute(select(LogKey).where(LogKey.tenant_id == tenant.id))).scalar_one()
+        assert log.public_key.public_bytes_raw() == stored.public_key
+        verify_checkpoint(appended.checkpoint, log.verifier_key)
+    # Another process (nothing remembered) publishes the same key.
+    other = ReleaseLog(LogSigner(release_log.signer.backend, "keyserver.test"))
+    async with migrated_db.transaction(Scope.for_tenant(tenant.id)) as session:
+        assert (await other.describe(session, tenant)).verifier_key == log.verifier_key

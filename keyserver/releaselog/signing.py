@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from audit.checkpoint import Checkpoint, sign_checkpoint, vkey_for
 from keyserver.backends.base import KeyBackend
+from keyserver.cache import BoundedCache
 from keyserver.db import hot
 from keyserver.db.models import LogKey
 from keyserver.db.types import utcnow
@@ -27,6 +28,10 @@ _LOG_KEY = select(LogKey).where(LogKey.tenant_id == bindparam("tenant_id"))
 _PG_LOG_KEY = (
     "SELECT origin, public_key, wrapped_private_key, backend, created_at FROM log_keys WHERE tenant_id = $1"
 )
+
+
+# session.info: this transaction created a tenant's log key (see LogSigner._key_row).
+_CREATED_LOG_KEY = "keyserver.releaselog.created_log_key"
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,9 @@ class LogSigner:
         self.backend = backend
         self.origin_prefix = origin_prefix.rstrip("/")
         self._keys = UnwrappedKeys(backend)
+        # A tenant's log key row, once read as committed: the service never changes or deletes one (a
+        # log's key is its identity; there is no rotation), so every batch need not read it again.
+        self._rows: BoundedCache[uuid.UUID, LogKey] = BoundedCache(65536)
 
     async def log_for(self, session: AsyncSession, tenant_id: uuid.UUID, tenant_name: str) -> TenantLog:
         return _log_of(tenant_id, await self._key_row(session, tenant_id, tenant_name))
@@ -73,11 +81,17 @@ class LogSigner:
         return self.sign_with(await self._private_key(session, log), log, size, root_hash)
 
     async def _key_row(self, session: AsyncSession, tenant_id: uuid.UUID, tenant_name: str) -> LogKey:
-        # Every batch reads it: on PostgreSQL's asyncpg connection (keyserver/db/hot.py), detached.
+        cached = self._rows.get(tenant_id)
+        if cached is not None:
+            return cached
+        # Cached only when read from a transaction that did not create a key: a row this transaction
+        # inserted is not committed yet, and may be rolled back while another request's key wins.
+        cacheable = not session.info.get(_CREATED_LOG_KEY)
+        # On PostgreSQL's asyncpg connection (keyserver/db/hot.py), detached.
         fast = await hot.fetch(session, _PG_LOG_KEY, tenant_id)
         if fast:
             found = fast[0]
-            return LogKey(
+            row = LogKey(
                 tenant_id=tenant_id,
                 origin=found["origin"],
                 public_key=found["public_key"],
@@ -85,9 +99,16 @@ class LogSigner:
                 backend=found["backend"],
                 created_at=found["created_at"],
             )
-        row = (await session.execute(_LOG_KEY, {"tenant_id": tenant_id})).scalar_one_or_none()
-        if row is not None:
+            if cacheable:
+                self._rows.put(tenant_id, row)
             return row
+        stored = (await session.execute(_LOG_KEY, {"tenant_id": tenant_id})).scalar_one_or_none()
+        if stored is not None:
+            if cacheable:
+                session.expunge(stored)  # detached: the cache outlives the session
+                self._rows.put(tenant_id, stored)
+            return stored
+        session.info[_CREATED_LOG_KEY] = True
         public, wrapped = await new_wrapped_ed25519(self.backend, _wrapping_context(tenant_id))
         await insert_ignore(
             session,

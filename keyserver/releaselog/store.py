@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from audit import merkle
 from audit.entry import EntryError, canonical_bytes
+from keyserver.cache import BoundedCache
 from keyserver.db import hot
 from keyserver.db.models import LogEntry, LogHead, LogNode, Tenant
 from keyserver.db.types import utcnow
@@ -46,7 +47,7 @@ _PG_NODES = (
 
 # The append on PostgreSQL (ReleaseLog._append_pg): the head locked, every entry and every node each in
 # one INSERT of unnested arrays, the head updated.
-_PG_LOCKED_HEAD = "SELECT size FROM log_heads WHERE tenant_id = $1 FOR UPDATE"
+_PG_LOCKED_HEAD = "SELECT size, root_hash FROM log_heads WHERE tenant_id = $1 FOR UPDATE"
 _PG_INSERT_ENTRIES = (
     "INSERT INTO log_entries (tenant_id, idx, entry, created_at)"
     " SELECT $1, u.idx, u.entry, $4 FROM unnest($2::bigint[], $3::bytea[]) AS u(idx, entry)"
@@ -87,6 +88,14 @@ class _Prefetched:
 class ReleaseLog:
     def __init__(self, signer: LogSigner) -> None:
         self.signer = signer
+        # The nodes at the root addresses of the tree this process last appended to, per tenant, keyed by
+        # that tree's size and root hash: an append that finds the head at exactly that (size, root) —
+        # no other writer appended since — skips reading them. The root hash commits to every leaf, so
+        # the key is the complete input of the nodes (keyserver/cache.py's rule): a hit is right even if
+        # the append that cached it rolled back, since only the same leaves give the same root.
+        self._frontier: BoundedCache[tuple[uuid.UUID, int, bytes], dict[merkle.Address, bytes]] = (
+            BoundedCache(65536)
+        )
 
     async def describe(self, session: AsyncSession, tenant: Tenant) -> TenantLog:
         return await self.signer.log_for(session, tenant.id, tenant.name)
@@ -104,14 +113,16 @@ class ReleaseLog:
         log, signing_key = await self.signer.log_and_key(session, tenant.id, tenant.name)
         locked = await hot.fetch(session, _PG_LOCKED_HEAD, tenant.id)
         if locked:  # PostgreSQL, an existing head: the append in five statements (keyserver/db/hot.py)
-            return await self._append_pg(session, tenant, log, signing_key, locked[0]["size"], encoded)
+            size, root_hash = locked[0]["size"], locked[0]["root_hash"]
+            return await self._append_pg(session, tenant, log, signing_key, size, root_hash, encoded)
         head = await self._locked_head(session, tenant, log)
         size_before = head.size
-        known = await self._read_nodes(session, tenant.id, merkle.root_addresses(size_before))
+        known = await self._root_nodes(session, tenant.id, size_before, head.root_hash)
         created = merkle.nodes_to_store_on_append_many(size_before, encoded, _Prefetched(known))
         size_after = size_before + len(encoded)
         nodes = {**known, **dict(created)}
         root = merkle.root_at(size_after, _Prefetched(nodes))
+        self._remember_root_nodes(tenant.id, size_after, root, nodes)
         now = utcnow()
         await session.execute(
             insert(LogEntry),
@@ -136,16 +147,18 @@ class ReleaseLog:
         log: TenantLog,
         signing_key: Ed25519PrivateKey,
         size_before: int,
+        root_before: bytes,
         encoded: list[bytes],
     ) -> Appended:
         """``append``'s steps on PostgreSQL's asyncpg connection, the head's row already locked: the nodes
         read, the entries and the nodes each inserted by one statement, the head updated. The same rows
         as the ORM path writes (the suite runs the log's tests on both stores)."""
-        known = await self._read_nodes(session, tenant.id, merkle.root_addresses(size_before))
+        known = await self._root_nodes(session, tenant.id, size_before, root_before)
         created = merkle.nodes_to_store_on_append_many(size_before, encoded, _Prefetched(known))
         size_after = size_before + len(encoded)
         nodes = {**known, **dict(created)}
         root = merkle.root_at(size_after, _Prefetched(nodes))
+        self._remember_root_nodes(tenant.id, size_after, root, nodes)
         now = utcnow()
         await hot.fetch(
             session, _PG_INSERT_ENTRIES, tenant.id, list(range(size_before, size_after)), encoded, now
@@ -230,6 +243,24 @@ class ReleaseLog:
         return nodes[(0, index)]
 
     # --- internals ---------------------------------------------------------------------------------
+
+    async def _root_nodes(
+        self, session: AsyncSession, tenant_id: uuid.UUID, size: int, root_hash: bytes
+    ) -> dict[merkle.Address, bytes]:
+        """The nodes at the root addresses of the tenant's tree of ``size`` leaves whose root is
+        ``root_hash`` (what an append extends): remembered from this process's last append when the
+        head is still that tree, else read."""
+        remembered = self._frontier.get((tenant_id, size, root_hash))
+        if remembered is not None:
+            return dict(remembered)
+        return await self._read_nodes(session, tenant_id, merkle.root_addresses(size))
+
+    def _remember_root_nodes(
+        self, tenant_id: uuid.UUID, size: int, root_hash: bytes, nodes: Mapping[merkle.Address, bytes]
+    ) -> None:
+        wanted = merkle.root_addresses(size)
+        if all(address in nodes for address in wanted):
+            self._frontier.put((tenant_id, size, root_hash), {address: nodes[address] for address in wanted})
 
     async def _check_size(self, session: AsyncSession, tenant: Tenant, size: int) -> None:
         current = (await self.head(session, tenant)).size
