@@ -111,4 +111,5 @@ def test_bench_requests_quick_mode_writes_well_formed_results(tmp_path: Path, db
     assert (figures["workers"], figures["concurrency"]) == (1, 2)
     for kind in ("healthz", "challenge", "release"):
         _timed(figures[kind], "server_cpu_ms")
-        assert figures[kind]["server_cpu_ms_runs"] and figures[kind]["per_s_runs"]
+        assert figures[kind]["server_cpu_ms_runs"]
+        assert figures[kind]["per_s_runs"]
