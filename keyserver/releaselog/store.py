@@ -117,12 +117,9 @@ class ReleaseLog:
             return await self._append_pg(session, tenant, log, signing_key, size, root_hash, encoded)
         head = await self._locked_head(session, tenant, log)
         size_before = head.size
-        known = await self._root_nodes(session, tenant.id, size_before, head.root_hash)
-        created = merkle.nodes_to_store_on_append_many(size_before, encoded, _Prefetched(known))
-        size_after = size_before + len(encoded)
-        nodes = {**known, **dict(created)}
-        root = merkle.root_at(size_after, _Prefetched(nodes))
-        self._remember_root_nodes(tenant.id, size_after, root, nodes)
+        created, size_after, nodes, root = await self._extend(
+            session, tenant.id, size_before, head.root_hash, encoded
+        )
         now = utcnow()
         await session.execute(
             insert(LogEntry),
@@ -153,12 +150,9 @@ class ReleaseLog:
         """``append``'s steps on PostgreSQL's asyncpg connection, the head's row already locked: the nodes
         read, the entries and the nodes each inserted by one statement, the head updated. The same rows
         as the ORM path writes (the suite runs the log's tests on both stores)."""
-        known = await self._root_nodes(session, tenant.id, size_before, root_before)
-        created = merkle.nodes_to_store_on_append_many(size_before, encoded, _Prefetched(known))
-        size_after = size_before + len(encoded)
-        nodes = {**known, **dict(created)}
-        root = merkle.root_at(size_after, _Prefetched(nodes))
-        self._remember_root_nodes(tenant.id, size_after, root, nodes)
+        created, size_after, nodes, root = await self._extend(
+            session, tenant.id, size_before, root_before, encoded
+        )
         now = utcnow()
         await hot.fetch(
             session, _PG_INSERT_ENTRIES, tenant.id, list(range(size_before, size_after)), encoded, now
@@ -243,6 +237,19 @@ class ReleaseLog:
         return nodes[(0, index)]
 
     # --- internals ---------------------------------------------------------------------------------
+
+    async def _extend(
+        self, session: AsyncSession, tenant_id: uuid.UUID, size: int, root_hash: bytes, encoded: list[bytes]
+    ) -> tuple[list[tuple[merkle.Address, bytes]], int, dict[merkle.Address, bytes], bytes]:
+        """The tree of ``size`` leaves (root ``root_hash``) extended by ``encoded``: the nodes to store, the
+        new size, every node read or made (for the proofs) and the new root; remembered for the next."""
+        known = await self._root_nodes(session, tenant_id, size, root_hash)
+        created = list(merkle.nodes_to_store_on_append_many(size, encoded, _Prefetched(known)))
+        size_after = size + len(encoded)
+        nodes = {**known, **dict(created)}
+        root = merkle.root_at(size_after, _Prefetched(nodes))
+        self._remember_root_nodes(tenant_id, size_after, root, nodes)
+        return created, size_after, nodes, root
 
     async def _root_nodes(
         self, session: AsyncSession, tenant_id: uuid.UUID, size: int, root_hash: bytes
