@@ -59,25 +59,10 @@ async def call(engine: AsyncEngine, sql: str, *args: object) -> list[Record] | N
     """The rows of one statement run as a transaction of its own, on a pooled connection; ``None`` on
     SQLite. Only for statements that are a whole transaction by themselves and set their own scope (the
     functions of migrations/versions/0012): row-level security sees no scope otherwise, and so no rows.
-
-    A pooled connection that died since its last use (a restarted server) fails when the statement is
-    sent; the statement is then tried once more on a fresh connection, as ``Database.transaction`` does
-    for its first statement. Unlike there, the lost statement may have been the whole transaction and
-    committed before the connection went: only statements whose repetition is harmless belong here (the
-    two callers: an attempt counted twice makes the budget one stricter; a challenge issued twice leaves
-    one that nobody was given, which expires). Failures are raised as SQLAlchemy raises them (see
-    :func:`fetch`); ``Database.call`` turns them into 503s."""
+    Failures are raised as SQLAlchemy raises them (see :func:`fetch`); ``Database.call`` retries one that
+    met a dead pooled connection and turns the database's failures into 503s."""
     if engine.dialect.name != "postgresql":
         return None
-    try:
-        return await _call_once(engine, sql, args)
-    except DBAPIError as exc:
-        if not exc.connection_invalidated:
-            raise
-        return await _call_once(engine, sql, args)
-
-
-async def _call_once(engine: AsyncEngine, sql: str, args: tuple[object, ...]) -> list[Record]:
     async with engine.connect() as connection:
         fairy = await connection.get_raw_connection()
         adapted: Any = fairy.dbapi_connection

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
@@ -29,6 +29,7 @@ from keyserver.db import hot
 from keyserver.errors import ConfigurationError, Unavailable
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+T = TypeVar("T")
 log = logging.getLogger("keyserver.db")
 
 
@@ -192,9 +193,16 @@ class Database:
     async def call(self, sql: str, *args: object) -> list[hot.Record] | None:
         """PostgreSQL: the rows of ``sql``, one statement that is a transaction by itself and sets its own
         scope (keyserver/db/hot.py, ``call``); ``None`` on SQLite, whose callers run the same steps in a
-        :meth:`transaction`. The database's failures are :class:`Unavailable`, as in a transaction."""
+        :meth:`transaction`. The database's failures are :class:`Unavailable`, as in a transaction.
+
+        A pooled connection that died since its last use (a restarted server) fails when the statement is
+        sent; it is then tried once more on a fresh connection, as a transaction's first statement is.
+        Unlike there, the lost statement may have been the whole transaction and committed before the
+        connection went: only statements whose repetition is harmless belong here (the two callers: an
+        attempt counted twice makes the budget one stricter; a challenge issued twice leaves one that
+        nobody was given, which expires)."""
         try:
-            return await hot.call(self.engine, sql, *args)
+            return await _once_more_on_a_fresh_connection(lambda: hot.call(self.engine, sql, *args))
         except (TimeoutError, OperationalError, DBAPIError, OSError) as exc:
             _raise_unavailable_if_transient(exc)
             raise
@@ -249,19 +257,20 @@ class Database:
 
 
 async def _once_more_on_a_fresh_connection(
-    first_statement: Callable[[], Awaitable[object]], reset: Callable[[], Awaitable[None]] | None = None
-) -> None:
+    first_statement: Callable[[], Awaitable[T]], reset: Callable[[], Awaitable[None]] | None = None
+) -> T:
     """Run ``first_statement``; if it met a pooled connection that died since its last use (SQLAlchemy
     then discards it and every connection pooled before it), ``reset`` and run it once more. Only for a
-    first statement: nothing of the caller's has run yet, so nothing runs twice."""
+    first statement: nothing of the caller's has run yet, so nothing runs twice (or, for
+    :meth:`Database.call`, a statement whose repetition is harmless)."""
     try:
-        await first_statement()
+        return await first_statement()
     except DBAPIError as exc:
         if not exc.connection_invalidated:
             raise
         if reset is not None:
             await reset()
-        await first_statement()
+        return await first_statement()
 
 
 async def _rollback_quietly(session: AsyncSession) -> None:
