@@ -1,0 +1,119 @@
+"""The evaluation pool's pipe (keyserver/evaluation.py): read and written on the event loop, so every way a
+worker can misbehave on it — an answer too large to be a decision, a pipe closed mid-answer, no answer at
+all — is a denial, the worker is killed and the next evaluation gets a working one; and a worker started
+on one event loop serves the next loop too (the socket belongs to none)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+import time
+import uuid
+from datetime import UTC, datetime
+from multiprocessing.connection import Connection
+
+import pytest
+
+from keyserver.evaluation import MAX_ANSWER_BYTES, READY, EvaluationPool, Job, evaluate_job
+from policy.evaluate import EVALUATION_ERROR, Decision
+
+DOCUMENT = b'{"version": 1, "tees": ["tpm"], "rules": [{"name": "x", "expr": "claims[\\"x\\"] == \\"a\\""}]}'
+CLAIMS = {"tee": "tpm", "debug": False, "x": "a"}
+TENANT = uuid.UUID(int=1)
+
+
+def _misbehave(conn: Connection, answer: bytes, then_exit: bool) -> None:
+    """Answer the first job with raw bytes on the pipe (a frame of our choosing), then exit or hang."""
+    conn.send(READY)
+    conn.recv()
+    os.write(conn.fileno(), answer)
+    if then_exit:
+        os._exit(0)
+    time.sleep(60)
+
+
+def oversized_answer(conn: Connection) -> None:
+    _misbehave(conn, struct.pack("!i", MAX_ANSWER_BYTES + 1), then_exit=False)
+
+
+def huge_answer(conn: Connection) -> None:
+    # The 64-bit form of the length: 2^40 bytes announced.
+    _misbehave(conn, struct.pack("!i", -1) + struct.pack("!Q", 1 << 40), then_exit=False)
+
+
+def truncated_answer(conn: Connection) -> None:
+    _misbehave(conn, struct.pack("!i", 1000) + b"\x80" * 10, then_exit=True)
+
+
+def not_a_decision(conn: Connection) -> None:
+    conn.send(READY)
+    conn.recv()
+    conn.send({"granted": True})  # well framed, well pickled, and not a Decision
+    time.sleep(60)
+
+
+def silent(conn: Connection) -> None:
+    conn.send(READY)
+    conn.recv()
+    time.sleep(60)
+
+
+async def _evaluate(pool: EvaluationPool) -> Decision:
+    return await pool.evaluate(TENANT, DOCUMENT, CLAIMS, (), datetime.now(UTC))
+
+
+@pytest.mark.parametrize(
+    ("target", "error"),
+    [
+        (oversized_answer, "OSError"),
+        (huge_answer, "OSError"),
+        (truncated_answer, "EOFError"),
+        (not_a_decision, "OSError"),
+    ],
+)
+async def test_a_broken_answer_is_a_denial_and_the_worker_is_killed(target: object, error: str) -> None:
+    pool = EvaluationPool(1, 10.0, worker_target=target)  # type: ignore[arg-type]
+    try:
+        decision = await _evaluate(pool)
+        assert not decision.granted
+        assert decision.reason == EVALUATION_ERROR
+        assert f"failed ({error})" in decision.results[0].detail
+        assert pool._idle == [], "a worker that broke its pipe is never reused"
+        # The pool still works: the next evaluation starts a new worker (this target breaks it again).
+        again = await _evaluate(pool)
+        assert not again.granted
+        assert f"failed ({error})" in again.results[0].detail
+    finally:
+        pool.close()
+
+
+async def test_no_answer_is_a_denial_at_the_deadline() -> None:
+    pool = EvaluationPool(1, 0.3, worker_target=silent)
+    try:
+        await pool.start()
+        (worker,) = pool._idle
+        decision = await _evaluate(pool)
+        assert not decision.granted
+        assert "did not finish within 0.3 s" in decision.results[0].detail
+        worker.process.join(10)
+        assert worker.process.exitcode is not None, "the silent worker was killed"
+        assert worker.sock.fileno() == -1, "and its pipe closed"
+    finally:
+        pool.close()
+
+
+def test_a_worker_serves_one_event_loop_after_another() -> None:
+    """The service has one loop per process, the tests one per test: an idle worker from an earlier loop
+    must answer on the next."""
+    pool = EvaluationPool(1, 10.0)
+    try:
+        first = asyncio.run(_evaluate(pool))
+        (worker,) = pool._idle
+        second = asyncio.run(_evaluate(pool))
+        assert pool._idle == [worker], "the same process answered on the second loop"
+        assert first.granted
+        assert second.granted
+        assert second == evaluate_job(Job(DOCUMENT, dict(CLAIMS), (), datetime.now(UTC)))
+    finally:
+        pool.close()
