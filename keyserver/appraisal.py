@@ -153,8 +153,7 @@ async def reference_sets(
     ]
 
 
-# The same reads on PostgreSQL's asyncpg connection (keyserver/db/hot.py), only the columns used. The
-# policy is read after the head's lock is held (two statements), as above.
+# The same read on PostgreSQL's asyncpg connection (keyserver/db/hot.py), only the columns used.
 _PG_REFERENCE_SETS = (
     "SELECT r.name, r.tee, r.version, r.document, r.revoked_at IS NOT NULL AS revoked"
     " FROM reference_values r JOIN ("
@@ -163,32 +162,11 @@ _PG_REFERENCE_SETS = (
     ") n ON r.name = n.name AND r.tee = n.tee AND r.version = n.version"
     " WHERE r.tenant_id = $1 FOR SHARE OF r"
 )
-_PG_POLICY_HEAD = "SELECT active_version FROM policy_heads WHERE tenant_id = $1 AND name = $2 FOR SHARE"
-_PG_POLICY = (
-    "SELECT document, sha256, created_at, created_by FROM policies"
-    " WHERE tenant_id = $1 AND name = $2 AND version = $3"
-)
 
 
 async def active_policy_row(session: AsyncSession, tenant_id: uuid.UUID, name: str) -> PolicyRow | None:
-    heads = await hot.fetch(session, _PG_POLICY_HEAD, tenant_id, name)
-    if heads is not None:  # PostgreSQL: a detached row (the release path only reads it)
-        if not heads:
-            return None
-        version = heads[0]["active_version"]
-        policies = await hot.fetch(session, _PG_POLICY, tenant_id, name, version) or []
-        if not policies:
-            return None
-        p = policies[0]
-        return PolicyRow(
-            tenant_id=tenant_id,
-            name=name,
-            version=version,
-            document=p["document"],
-            sha256=p["sha256"],
-            created_at=p["created_at"],
-            created_by=p["created_by"],
-        )
+    """The active version of the policy ``name``, read once its head's lock is held (the release path on
+    PostgreSQL reads it with the key in one call: keyserver/keys.py, ``release_inputs``)."""
     head = (await session.execute(_POLICY_HEAD, {"tenant_id": tenant_id, "name": name})).scalar_one_or_none()
     if head is None or head.tenant_id != tenant_id:
         return None
@@ -199,10 +177,12 @@ async def appraise(
     session: AsyncSession,
     tenant_id: uuid.UUID,
     policy_name: str,
+    row: PolicyRow | None,
     claims: Mapping[str, Any] | Claims,
     now: datetime,
 ) -> Appraisal:
-    row = await active_policy_row(session, tenant_id, policy_name)
+    """``claims`` under ``row``, the active version of the key's policy ``policy_name`` (None: it has
+    none, a denial), with the reference values it names read now."""
     if row is None:
         return Appraisal(
             False, POLICY_MISSING, f"the key's policy {policy_name!r} has no active version", None

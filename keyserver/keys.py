@@ -17,9 +17,11 @@ from sqlalchemy import bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from keyserver.appraisal import active_policy_row
 from keyserver.backends.base import KeyBackend
 from keyserver.db import hot
 from keyserver.db.models import Key, KeyVersion, Tenant
+from keyserver.db.models import Policy as PolicyRow
 from keyserver.db.types import utcnow
 from keyserver.errors import Conflict, EvidenceError, InvalidRequest, NotFound
 from keyserver.reference_values import check_name
@@ -217,16 +219,67 @@ _LIVE_VERSIONS = select(KeyVersion).where(
 )
 _NEWEST_LIVE_VERSION = _LIVE_VERSIONS.order_by(KeyVersion.version.desc()).limit(1)
 _LIVE_VERSION = _LIVE_VERSIONS.where(KeyVersion.version == bindparam("version"))
-# The same two reads on PostgreSQL's asyncpg connection (keyserver/db/hot.py). Two statements, not a join:
-# the version is read only once the key's lock is held, so it sees a rotation that committed meanwhile.
-_PG_RELEASABLE_KEY = (
-    "SELECT policy_name, state, backend, created_at FROM keys WHERE tenant_id = $1 AND name = $2 FOR SHARE"
-)
-_PG_LIVE_VERSION = (
-    "SELECT version, wrapped, created_at, destroyed_at FROM key_versions"
-    " WHERE tenant_id = $1 AND key_name = $2 AND wrapped IS NOT NULL AND ($3::bigint IS NULL OR version = $3)"
-    " ORDER BY version DESC LIMIT 1"
-)
+# What a release reads, in one round trip on PostgreSQL (migrations/versions/0013): the two reads above,
+# then the key's active policy, each statement in turn (a lock is held before the next row is read).
+_PG_RELEASE_INPUTS = "SELECT * FROM keyserver_release_inputs($1, $2, $3)"
+
+
+@dataclass(frozen=True)
+class ReleaseInputs:
+    """What a release reads of its tenant's configuration before it appraises the evidence."""
+
+    key: ReleasableKey
+    policy: PolicyRow | None  # the active version of the key's policy; None when it has none
+
+
+async def release_inputs(
+    session: AsyncSession, tenant: Tenant, name: str, version: int | None = None
+) -> ReleaseInputs:
+    """The key version a release asks for (as :func:`releasable`: denied with ``EvidenceError`` when the
+    key is unknown, disabled or destroyed) and the active version of the key's policy, read after it
+    (keyserver/appraisal.py, ``active_policy_row``) — on PostgreSQL in one call of the same statements."""
+    rows = await hot.fetch(session, _PG_RELEASE_INPUTS, tenant.id, name, version)
+    if rows is None:  # SQLite: the same reads through the ORM, one by one
+        key = await releasable(session, tenant, name, version)
+        return ReleaseInputs(key, await active_policy_row(session, tenant.id, key.key.policy_name))
+    r = rows[0]
+    if not r["key_found"]:
+        raise EvidenceError("key-unknown", f"this tenant has no key named {name!r}")
+    if r["state"] != "enabled":
+        raise EvidenceError(f"key-{r['state']}", f"the key {name!r} is {r['state']}")
+    if r["version"] is None:
+        raise EvidenceError(
+            "key-version-unavailable", f"key {name!r} has no live version {version or ''}".rstrip()
+        )
+    # Detached (transient) rows: the release path only reads them.
+    key_row = Key(
+        tenant_id=tenant.id,
+        name=name,
+        policy_name=r["policy_name"],
+        state=r["state"],
+        backend=r["backend"],
+        created_at=r["key_created_at"],
+    )
+    version_row = KeyVersion(
+        tenant_id=tenant.id,
+        key_name=name,
+        version=r["version"],
+        wrapped=r["wrapped"],
+        created_at=r["version_created_at"],
+        destroyed_at=r["destroyed_at"],
+    )
+    policy = None
+    if r["document"] is not None:
+        policy = PolicyRow(
+            tenant_id=tenant.id,
+            name=r["policy_name"],
+            version=r["policy_version"],
+            document=r["document"],
+            sha256=r["sha256"],
+            created_at=r["policy_created_at"],
+            created_by=r["created_by"],
+        )
+    return ReleaseInputs(ReleasableKey(key_row, version_row), policy)
 
 
 async def releasable(
@@ -238,9 +291,6 @@ async def releasable(
     # the key's state (disable, destroy, rotate: FOR UPDATE) waits until this release has committed,
     # and a release waits for a change in flight and then reads its result. So the release follows
     # whichever committed first, and its log entry lands on the same side of the change's entry.
-    fast = await _releasable_pg(session, tenant, name, version)
-    if fast is not None:
-        return fast
     key = (
         await session.execute(_RELEASABLE_KEY, {"tenant_id": tenant.id, "name": name})
     ).scalar_one_or_none()
@@ -257,44 +307,6 @@ async def releasable(
         raise EvidenceError(
             "key-version-unavailable", f"key {name!r} has no live version {version or ''}".rstrip()
         )
-    return ReleasableKey(key, row)
-
-
-async def _releasable_pg(
-    session: AsyncSession, tenant: Tenant, name: str, version: int | None
-) -> ReleasableKey | None:
-    """:func:`releasable` on PostgreSQL's asyncpg connection; None elsewhere. The rows come back as
-    detached (transient) objects: the release path only reads them."""
-    keys = await hot.fetch(session, _PG_RELEASABLE_KEY, tenant.id, name)
-    if keys is None:
-        return None
-    if not keys:
-        raise EvidenceError("key-unknown", f"this tenant has no key named {name!r}")
-    k = keys[0]
-    if k["state"] != "enabled":
-        raise EvidenceError(f"key-{k['state']}", f"the key {name!r} is {k['state']}")
-    versions = await hot.fetch(session, _PG_LIVE_VERSION, tenant.id, name, version) or []
-    if not versions:
-        raise EvidenceError(
-            "key-version-unavailable", f"key {name!r} has no live version {version or ''}".rstrip()
-        )
-    v = versions[0]
-    key = Key(
-        tenant_id=tenant.id,
-        name=name,
-        policy_name=k["policy_name"],
-        state=k["state"],
-        backend=k["backend"],
-        created_at=k["created_at"],
-    )
-    row = KeyVersion(
-        tenant_id=tenant.id,
-        key_name=name,
-        version=v["version"],
-        wrapped=v["wrapped"],
-        created_at=v["created_at"],
-        destroyed_at=v["destroyed_at"],
-    )
     return ReleasableKey(key, row)
 
 

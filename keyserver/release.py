@@ -44,7 +44,7 @@ from keyserver.jwe import (
     jwe_protected_header_for_rsa_oaep,
     wrap_for_recipient,
 )
-from keyserver.keys import ReleasableKey, releasable, wrapping_context
+from keyserver.keys import ReleasableKey, release_inputs, wrapping_context
 from keyserver.ratelimits import ReleaseBudgetExhausted, ReleaseLimiter
 from keyserver.reference_values import check_name
 from keyserver.releaselog import records
@@ -257,10 +257,13 @@ class ReleaseService:
             _record_evidence(entry, verified)
             check_evidence_binding(verified, nonce, jwk)
             await self._step(ReleaseStep.EVIDENCE_VERIFIED, session)
-            key = await releasable(session, tenant, request.key_name, request.key_version)
+            inputs = await release_inputs(session, tenant, request.key_name, request.key_version)
+            key = inputs.key
             entry["key"] = {"name": key.key.name, "version": key.version.version}
             await self._step(ReleaseStep.KEY_FOUND, session)
-            appraisal = await appraise(session, tenant.id, key.key.policy_name, verified.claims, now)
+            appraisal = await appraise(
+                session, tenant.id, key.key.policy_name, inputs.policy, verified.claims, now
+            )
             entry["policy"] = appraisal.policy_ref
             entry["reference_values"] = appraisal.reference_value_refs
             if not appraisal.granted:

@@ -44,9 +44,10 @@ STEPS = (
     ReleaseStep.APPRAISED,
     ReleaseStep.LOG_APPENDED,
 )
-# Where the release has read the key (the policy's active version) already: the change must come after it.
+# Where the release has read the key and the policy's active version already (both in one read,
+# keyserver/keys.py ``release_inputs``): the change must come after it.
 AFTER_KEY_READ = (ReleaseStep.KEY_FOUND, ReleaseStep.APPRAISED, ReleaseStep.LOG_APPENDED)
-AFTER_POLICY_READ = (ReleaseStep.APPRAISED, ReleaseStep.LOG_APPENDED)
+AFTER_POLICY_READ = AFTER_KEY_READ
 
 Change = Callable[[AsyncSession, Tenant], Awaitable[Any]]
 

@@ -1,0 +1,77 @@
+"""What a release reads of its tenant's configuration, in one round trip on PostgreSQL
+(docs/performance.md): the key, its live version and the key's active policy.
+
+Four statements became one call, inside the release's own transaction (the batch's: its scope is already
+set, so row-level security applies to each statement here as to the service's own; SECURITY INVOKER, the
+default). The statements and their order are the ones keyserver/keys.py and keyserver/appraisal.py ran:
+the key locked FOR SHARE, then its live version read, then the policy head locked FOR SHARE, then the
+policy version it names. Each runs with its own snapshot (a VOLATILE function in READ COMMITTED), so a
+row read after a lock was waited for is as fresh as when the statements were sent one by one: one query
+joining them would read the version with the snapshot taken before the key's lock was granted, and could
+return a version a concurrent destroy had just committed. The policy is not read for a key that will
+not be released (unknown, not enabled, no live version). SQLite runs the same reads one by one.
+
+Revision ID: 0013
+Revises: 0012
+Create Date: 2026-12-05
+"""
+
+from __future__ import annotations
+
+from alembic import op
+
+from migrations import rls
+
+revision: str = "0013"
+down_revision: str | None = "0012"
+branch_labels: str | None = None
+depends_on: str | None = None
+
+RELEASE_INPUTS = """
+CREATE FUNCTION keyserver_release_inputs(
+    p_tenant uuid, p_key text, p_version bigint,
+    OUT key_found boolean, OUT policy_name keys.policy_name%TYPE, OUT state keys.state%TYPE,
+    OUT backend keys.backend%TYPE, OUT key_created_at keys.created_at%TYPE,
+    OUT version key_versions.version%TYPE, OUT wrapped key_versions.wrapped%TYPE,
+    OUT version_created_at key_versions.created_at%TYPE, OUT destroyed_at key_versions.destroyed_at%TYPE,
+    OUT policy_version policy_heads.active_version%TYPE, OUT document policies.document%TYPE,
+    OUT sha256 policies.sha256%TYPE, OUT policy_created_at policies.created_at%TYPE,
+    OUT created_by policies.created_by%TYPE)
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    SELECT k.policy_name, k.state, k.backend, k.created_at
+      INTO policy_name, state, backend, key_created_at
+      FROM keys k WHERE k.tenant_id = p_tenant AND k.name = p_key FOR SHARE;
+    key_found := FOUND;
+    IF NOT key_found OR state <> 'enabled' THEN
+        RETURN;
+    END IF;
+    SELECT v.version, v.wrapped, v.created_at, v.destroyed_at
+      INTO version, wrapped, version_created_at, destroyed_at
+      FROM key_versions v
+     WHERE v.tenant_id = p_tenant AND v.key_name = p_key AND v.wrapped IS NOT NULL
+       AND (p_version IS NULL OR v.version = p_version)
+     ORDER BY v.version DESC LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    SELECT h.active_version INTO policy_version
+      FROM policy_heads h WHERE h.tenant_id = p_tenant AND h.name = policy_name FOR SHARE;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    SELECT p.document, p.sha256, p.created_at, p.created_by
+      INTO document, sha256, policy_created_at, created_by
+      FROM policies p WHERE p.tenant_id = p_tenant AND p.name = policy_name AND p.version = policy_version;
+END $$
+"""
+
+
+def upgrade() -> None:
+    if rls.is_postgresql():
+        op.execute(RELEASE_INPUTS)
+
+
+def downgrade() -> None:
+    if rls.is_postgresql():
+        op.execute("DROP FUNCTION keyserver_release_inputs(uuid, text, bigint)")
