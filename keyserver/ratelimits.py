@@ -267,6 +267,11 @@ async def take(
     return None
 
 
+# migrations/versions/0013: effective_limit and take of a key's scope in one statement, in the release's
+# transaction.
+_PG_TAKE_LIMITED = (
+    "SELECT max_releases, window_seconds, retry_after FROM keyserver_take_limited($1, $2, $3, $4, $5)"
+)
 # migrations/versions/0012: effective_limit and take of TENANT in one statement, its own transaction.
 _PG_ADMIT_ATTEMPT = (
     "SELECT max_releases, window_seconds, retry_after FROM keyserver_admit_attempt($1, $2, $3, $4)"
@@ -382,15 +387,29 @@ class ReleaseLimiter:
         """Count one grant of ``key_name`` in the release's own transaction (spent iff it commits);
         ``ReleaseBudgetExhausted`` when the key's budget is spent."""
         scope = key_scope(key_name)
-        limit = await effective_limit(session, self.settings, tenant.id, scope)
-        if limit.budget is None:
-            return
-        retry_after = await take(session, tenant.id, scope, limit.budget, now)
-        if retry_after is None:
+        default = _default(self.settings, scope)
+        counted = await hot.fetch(
+            session,
+            _PG_TAKE_LIMITED,
+            tenant.id,
+            scope,
+            None if default is None else default.max_releases,
+            None if default is None else default.window_seconds,
+            now.timestamp(),
+        )
+        if counted is not None:  # PostgreSQL: the two steps below in one round trip (migrations 0013)
+            max_releases, window_seconds, retry_after = counted[0]
+            budget = None if max_releases is None else Budget(max_releases, window_seconds)
+        else:
+            budget = (await effective_limit(session, self.settings, tenant.id, scope)).budget
+            if budget is None:
+                return
+            retry_after = await take(session, tenant.id, scope, budget, now)
+        if retry_after is None or budget is None:
             return
         REFUSALS.labels(limit="key").inc()
         raise ReleaseBudgetExhausted(
-            f"key {key_name!r} was released {limit.budget.max_releases} times in this"
-            f" {limit.budget.window_seconds} s window, its budget; retry after {retry_after} s",
+            f"key {key_name!r} was released {budget.max_releases} times in this"
+            f" {budget.window_seconds} s window, its budget; retry after {retry_after} s",
             retry_after,
         )

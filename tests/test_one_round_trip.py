@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -20,9 +21,18 @@ from sqlalchemy import select, text
 
 from keyserver import challenges
 from keyserver.config import Budget, Settings
+from keyserver.db import hot
 from keyserver.db.models import Challenge, ReleaseCounter, ReleaseLimit
 from keyserver.db.session import Database, Scope
-from keyserver.ratelimits import TENANT, RateLimited, ReleaseLimiter, take
+from keyserver.ratelimits import (
+    _PG_TAKE_LIMITED,
+    TENANT,
+    RateLimited,
+    ReleaseLimiter,
+    effective_limit,
+    key_scope,
+    take,
+)
 from keyserver.tenancy import create_tenant
 
 pytestmark = pytest.mark.asyncio
@@ -88,6 +98,64 @@ async def test_the_attempt_function_counts_and_refuses_as_take_does(migrated_db:
         async with migrated_db.transaction(Scope.for_tenant(by_python)) as session:
             expected = await take(session, by_python, TENANT, budget, now)
         assert retry_after == expected, now
+        assert await _counters(migrated_db, by_function) == await _counters(migrated_db, by_python)
+
+
+@pytest.mark.parametrize("seed", range(3))
+async def test_the_grant_function_counts_and_refuses_as_the_python_does(
+    migrated_db: Database, seed: int
+) -> None:
+    """Differential (migrations/versions/0013, ``keyserver_take_limited``, inside a transaction as a
+    release runs it) against ``effective_limit`` then ``take``: a key's stored limit set, changed, set to
+    "no limit" and deleted, the default present or not, over times that cross windows."""
+    _postgres_only(migrated_db)
+    by_function, by_python = await _tenants(migrated_db, "fn", "py")
+    rng = random.Random(seed)
+    scope = key_scope("weights")
+    now = T0 + timedelta(seconds=rng.random())
+    for step in range(60):
+        now += timedelta(seconds=rng.choice([0.0, 0.001, 0.4, 0.999, 1.0, 2.5, 5.0]))
+        default = rng.choice([None, Budget(2, 5), Budget(3, 1)])
+        if rng.random() < 0.15:  # the tenant (both) sets, changes or lifts the key's own limit
+            choices: list[str | Budget] = ["none", "unlimited", Budget(1, 2), Budget(4, 5)]
+            stored = rng.choice(choices)
+            for tenant_id in (by_function, by_python):
+                async with migrated_db.transaction(Scope.for_tenant(tenant_id)) as session:
+                    row = await session.get(ReleaseLimit, (tenant_id, scope))
+                    if row is not None:
+                        await session.delete(row)
+                        await session.flush()
+                    if stored != "none":
+                        session.add(
+                            ReleaseLimit(
+                                tenant_id=tenant_id,
+                                scope=scope,
+                                max_releases=None if isinstance(stored, str) else stored.max_releases,
+                                window_seconds=60 if isinstance(stored, str) else stored.window_seconds,
+                                updated_at=now,
+                                updated_by="test",
+                            )
+                        )
+        async with migrated_db.transaction(Scope.for_tenant(by_function)) as session:
+            rows = await hot.fetch(
+                session,
+                _PG_TAKE_LIMITED,
+                by_function,
+                scope,
+                None if default is None else default.max_releases,
+                None if default is None else default.window_seconds,
+                now.timestamp(),
+            )
+        assert rows is not None
+        (max_releases, window_seconds, retry_after) = rows[0]
+        settings = replace(migrated_db.settings, release_limit_key=default)
+        async with migrated_db.transaction(Scope.for_tenant(by_python)) as session:
+            budget = (await effective_limit(session, settings, by_python, scope)).budget
+            expected = None if budget is None else await take(session, by_python, scope, budget, now)
+        assert (max_releases, window_seconds) == (
+            (None, None) if budget is None else (budget.max_releases, budget.window_seconds)
+        ), step
+        assert retry_after == expected, step
         assert await _counters(migrated_db, by_function) == await _counters(migrated_db, by_python)
 
 

@@ -1,5 +1,6 @@
 """What a release reads of its tenant's configuration, in one round trip on PostgreSQL
-(docs/performance.md): the key, its live version and the key's active policy.
+(docs/performance.md): the key, its live version and the key's active policy; and the key's grant
+counted against its budget in one more.
 
 Four statements became one call, inside the release's own transaction (the batch's: its scope is already
 set, so row-level security applies to each statement here as to the service's own; SECURITY INVOKER, the
@@ -10,6 +11,10 @@ row read after a lock was waited for is as fresh as when the statements were sen
 joining them would read the version with the snapshot taken before the key's lock was granted, and could
 return a version a concurrent destroy had just committed. The policy is not read for a key that will
 not be released (unknown, not enabled, no live version). SQLite runs the same reads one by one.
+
+``keyserver_take_limited`` is keyserver/ratelimits.py's ``take_grant``: the scope's stored limit (or the
+default given), then 0012's ``keyserver_take``, in the caller's transaction (no scope of its own, no
+commit setting: a grant's count commits with its log entry).
 
 Revision ID: 0013
 Revises: 0012
@@ -66,12 +71,35 @@ BEGIN
 END $$
 """
 
+TAKE_LIMITED = """
+CREATE FUNCTION keyserver_take_limited(p_tenant uuid, p_scope text, p_default_max bigint,
+                                       p_default_window bigint, p_now double precision,
+                                       OUT max_releases bigint, OUT window_seconds bigint,
+                                       OUT retry_after bigint)
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    SELECT l.max_releases, l.window_seconds INTO max_releases, window_seconds
+      FROM release_limits l WHERE l.tenant_id = p_tenant AND l.scope = p_scope;
+    IF NOT FOUND THEN
+        max_releases := p_default_max;
+        window_seconds := p_default_window;
+    END IF;
+    IF max_releases IS NULL THEN
+        window_seconds := NULL;
+        RETURN;
+    END IF;
+    retry_after := keyserver_take(p_tenant, p_scope, max_releases, window_seconds, p_now);
+END $$
+"""
+
 
 def upgrade() -> None:
     if rls.is_postgresql():
         op.execute(RELEASE_INPUTS)
+        op.execute(TAKE_LIMITED)
 
 
 def downgrade() -> None:
     if rls.is_postgresql():
+        op.execute("DROP FUNCTION keyserver_take_limited(uuid, text, bigint, bigint, double precision)")
         op.execute("DROP FUNCTION keyserver_release_inputs(uuid, text, bigint)")
