@@ -166,6 +166,14 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             "the database did not answer at start; serving once it does",
             extra={"fields": {"error": type(exc).__name__}},
         )
+    if args.workers > 1 and settings.effective_database_url.startswith("sqlite"):
+        # Allowed (it is correct), but a release holds SQLite's one write lock from its first statement
+        # to its commit: a second process only contends for it (docs/performance.md, "SQLite").
+        logging.getLogger("keyserver.serve").warning(
+            "more than one worker on SQLite adds lock contention, not throughput: SQLite has one writer."
+            " Use --workers 1, or PostgreSQL for more",
+            extra={"fields": {"workers": args.workers}},
+        )
     # Workers are separate processes that build their own app from the environment.
     os.environ["KEYSERVER_DATA_DIR"] = str(settings.data_dir)
     if settings.database_url:
