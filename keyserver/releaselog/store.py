@@ -45,20 +45,19 @@ _PG_NODES = (
 )
 
 
-# The append on PostgreSQL (ReleaseLog._append_pg): the head locked, every entry and every node each in
-# one INSERT of unnested arrays, the head updated.
+# The append on PostgreSQL (ReleaseLog._append_pg): the head locked, then every entry, every node and the
+# head's new state written by one statement (entries and nodes as unnested arrays, in data-modifying CTEs:
+# all or nothing, like any statement, and each row under row-level security as before).
 _PG_LOCKED_HEAD = "SELECT size, root_hash FROM log_heads WHERE tenant_id = $1 FOR UPDATE"
-_PG_INSERT_ENTRIES = (
+_PG_WRITE_APPEND = (
+    "WITH entries AS ("
     "INSERT INTO log_entries (tenant_id, idx, entry, created_at)"
     " SELECT $1, u.idx, u.entry, $4 FROM unnest($2::bigint[], $3::bytea[]) AS u(idx, entry)"
-)
-_PG_INSERT_NODES = (
+    "), nodes AS ("
     "INSERT INTO log_nodes (tenant_id, level, idx, hash)"
-    " SELECT $1, u.level, u.idx, u.hash FROM unnest($2::smallint[], $3::bigint[], $4::bytea[])"
+    " SELECT $1, u.level, u.idx, u.hash FROM unnest($5::smallint[], $6::bigint[], $7::bytea[])"
     " AS u(level, idx, hash)"
-)
-_PG_UPDATE_HEAD = (
-    "UPDATE log_heads SET size = $2, root_hash = $3, checkpoint = $4, updated_at = $5 WHERE tenant_id = $1"
+    ") UPDATE log_heads SET size = $8, root_hash = $9, checkpoint = $10, updated_at = $4 WHERE tenant_id = $1"
 )
 
 
@@ -112,7 +111,9 @@ class ReleaseLog:
             raise InvalidRequest(f"this cannot be logged: {exc}") from None
         log, signing_key = await self.signer.log_and_key(session, tenant.id, tenant.name)
         locked = await hot.fetch(session, _PG_LOCKED_HEAD, tenant.id)
-        if locked:  # PostgreSQL, an existing head: the append in five statements (keyserver/db/hot.py)
+        if (
+            locked
+        ):  # PostgreSQL, an existing head: the append in two or three statements (keyserver/db/hot.py)
             size, root_hash = locked[0]["size"], locked[0]["root_hash"]
             return await self._append_pg(session, tenant, log, signing_key, size, root_hash, encoded)
         head = await self._locked_head(session, tenant, log)
@@ -148,25 +149,27 @@ class ReleaseLog:
         encoded: list[bytes],
     ) -> Appended:
         """``append``'s steps on PostgreSQL's asyncpg connection, the head's row already locked: the nodes
-        read, the entries and the nodes each inserted by one statement, the head updated. The same rows
-        as the ORM path writes (the suite runs the log's tests on both stores)."""
+        read (unless remembered), then the entries, the nodes and the head written by one statement. The
+        same rows as the ORM path writes (the suite runs the log's tests on both stores)."""
         created, size_after, nodes, root = await self._extend(
             session, tenant.id, size_before, root_before, encoded
         )
         now = utcnow()
-        await hot.fetch(
-            session, _PG_INSERT_ENTRIES, tenant.id, list(range(size_before, size_after)), encoded, now
-        )
+        checkpoint = self.signer.sign_with(signing_key, log, size_after, root)
         await hot.fetch(
             session,
-            _PG_INSERT_NODES,
+            _PG_WRITE_APPEND,
             tenant.id,
+            list(range(size_before, size_after)),
+            encoded,
+            now,
             [level for (level, _), _ in created],
             [idx for (_, idx), _ in created],
             [h for _, h in created],
+            size_after,
+            root,
+            checkpoint,
         )
-        checkpoint = self.signer.sign_with(signing_key, log, size_after, root)
-        await hot.fetch(session, _PG_UPDATE_HEAD, tenant.id, size_after, root, checkpoint, now)
         return Appended(size_before, size_after, root, checkpoint, tuple(encoded), nodes)
 
     async def inclusion_proof_of_appended(
