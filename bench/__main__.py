@@ -5,7 +5,8 @@ over HTTP at several concurrencies, PostgreSQL and SQLite), ``log-size`` (releas
 tenant's log at 10^3 vs 10^6 entries) and ``audit`` (``keyserver audit verify`` at 10^5 and 10^6 entries);
 the last two share the PostgreSQL stack. ``scale-out`` (bench/scale_out.py: two replicas on one
 PostgreSQL, many tenants beside a hot one) and ``requests`` (bench/requests.py: server CPU per request
-kind — the HTTP stack alone, a challenge, a whole release) run only when asked for (``--only …``).
+kind — the HTTP stack alone, a challenge, a whole release) and ``evaluation`` (bench/evaluation.py: what
+handing a policy evaluation to its worker process costs) run only when asked for (``--only …``).
 ``--quick`` (or ``BENCH_QUICK=1``) runs every code path with
 tiny sizes and durations: a smoke run, not a measurement. The release-log micro-benchmark stays
 ``python -m bench.log_bench``.
@@ -21,13 +22,13 @@ import asyncio
 import os
 from typing import Any
 
-from bench import e2e, requests, scale_out, verifiers
+from bench import e2e, evaluation, requests, scale_out, verifiers
 from bench.common import quick_mode, record
 from bench.softtpm import SoftQuoter
 
 SECTIONS = ("verifiers", "e2e", "log-size", "audit")
 # Not in the default run: scale-out is PostgreSQL only and minutes of set-up; requests is a breakdown.
-ON_REQUEST = ("scale-out", "requests")
+ON_REQUEST = ("scale-out", "requests", "evaluation")
 
 
 def _ints(text: str) -> list[int]:
@@ -216,12 +217,16 @@ def main(argv: list[str] | None = None) -> None:
             )
             print(requests.table(kind, result), flush=True)
             figures.setdefault("requests", {})[kind] = result
+    if "evaluation" in args.sections:
+        result = asyncio.run(evaluation.run(runs=args.runs, seconds=args.seconds))
+        print(evaluation.table(result), flush=True)
+        figures["evaluation"] = result
     notes = {
         "loadgen": "loaders and server share the machine; quotes are TPM wire format signed by a software AK",
         "concurrency": args.concurrency,
         "workers": args.workers if args.workers_given else "2 on PostgreSQL, 1 on SQLite (see each section)",
     }
-    for section in ("e2e", "http_edge", "log_size", "audit_verify", "scale_out", "requests"):
+    for section in ("e2e", "http_edge", "log_size", "audit_verify", "scale_out", "requests", "evaluation"):
         if section in figures:
             record(section, {**figures[section], "notes": notes})
 

@@ -113,3 +113,15 @@ def test_bench_requests_quick_mode_writes_well_formed_results(tmp_path: Path, db
         _timed(figures[kind], "server_cpu_ms")
         assert figures[kind]["server_cpu_ms_runs"]
         assert figures[kind]["per_s_runs"]
+
+
+def test_bench_evaluation_quick_mode_writes_well_formed_results(tmp_path: Path) -> None:
+    """The policy evaluation hand-off (bench/evaluation.py): the pool against evaluate_job in process."""
+    stdout, data = run_quick(tmp_path, "--only", "evaluation")
+    assert "policy evaluation, one at a time" in stdout
+    assert set(data) == {"evaluation"}
+    figures = data["evaluation"]
+    _timed(figures["pool"], "wall_ms", "parent_cpu_ms")
+    assert figures["pool"]["worker_cpu_ms"] >= 0
+    _timed(figures["in_process"], "wall_ms", "parent_cpu_ms")
+    assert len(figures["pool"]["runs"]) == len(figures["in_process"]["runs"]) == figures["runs"]
