@@ -15,9 +15,10 @@ sets and the time, and sends back the :class:`~policy.evaluate.Decision`.
 Workers are started with ``spawn`` (the service process has threads; forking it is unsafe), which imports
 the parent's main module again in each worker: an entry point must guard its start with
 ``if __name__ == "__main__"`` (keyserver's own, uvicorn's and pytest's do). The parent sends a job and reads
-its decision on the event loop itself (no thread per evaluation). Measured (bench-free, one evaluation at
-a time, 2-rule policy): ~0.16 ms of the parent's CPU and ~0.1 ms of the worker's per evaluation, against
-~0.29 ms of the parent's through a thread before (docs/performance.md).
+its decision on the event loop itself (no thread per evaluation). Measured (``python -m bench --only
+evaluation``, one evaluation at a time): ~0.19 ms of the parent's CPU and ~0.17 ms of the worker's per
+evaluation, against ~0.29 ms of the parent's through a thread before and ~0.06 ms to evaluate in process
+(docs/performance.md, "Fourth pass").
 """
 
 from __future__ import annotations
@@ -120,8 +121,8 @@ class _Worker:
 
     No thread per evaluation: the loop sends the job and waits for the answer on the (non-blocking)
     socket, so a deadline is a plain cancellation, after which the process is killed and the socket
-    closed on the same loop (measured: ~0.3 ms of the parent's CPU per evaluation through a thread,
-    docs/performance.md). The socket is bound to no loop: each call uses the running one."""
+    closed on the same loop (any failure mid-message leaves the framing unknown: the worker is never
+    reused). The socket is bound to no loop: each call uses the running one."""
 
     process: BaseProcess
     sock: socket.socket
