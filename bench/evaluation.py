@@ -12,6 +12,7 @@ CPU of the evaluation worker. Runs alternate pool, in-process, pool, ...
 from __future__ import annotations
 
 import json
+import os
 import resource
 import statistics
 import time
@@ -53,7 +54,7 @@ def _own_cpu() -> float:
 
 def _cpu_of(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, clock ticks of 10 ms
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime, in clock ticks
 
 
 async def _pool_run(pool: EvaluationPool, seconds: float) -> dict[str, float]:
