@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -71,3 +72,23 @@ def test_every_revision_upgrades_from_the_previous_one() -> None:
     assert len(scripts.get_heads()) == 1, "migrations must form one line, not branches"
     bases = [r for r in revisions if r.down_revision is None]
     assert len(bases) == 1
+
+
+async def test_a_downgrade_of_0013_gives_the_attempt_function_its_own_lookup_back(
+    empty_database_url: str,
+) -> None:
+    """0013 redefines 0012's keyserver_admit_attempt as a call of keyserver_take_limited, and its downgrade
+    drops that function: the attempt must still answer afterwards (0012's own definition restored)."""
+    if not empty_database_url.startswith("postgresql"):
+        pytest.skip("the functions are PostgreSQL's")
+    alembic(empty_database_url, "upgrade", "head")
+    alembic(empty_database_url, "downgrade", "0012")
+    attempt = text("SELECT * FROM keyserver_admit_attempt(gen_random_uuid(), NULL, NULL, 0)")
+    engine = create_async_engine(empty_database_url)
+    try:
+        async with engine.begin() as connection:
+            assert tuple((await connection.execute(attempt)).one()) == (None, None, None)
+    finally:
+        await engine.dispose()
+    alembic(empty_database_url, "upgrade", "head")
+    assert await schema_differences(empty_database_url) == []

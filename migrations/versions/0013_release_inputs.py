@@ -14,7 +14,9 @@ not be released (unknown, not enabled, no live version). SQLite runs the same re
 
 ``keyserver_take_limited`` is keyserver/ratelimits.py's ``take_grant``: the scope's stored limit (or the
 default given), then 0012's ``keyserver_take``, in the caller's transaction (no scope of its own, no
-commit setting: a grant's count commits with its log entry).
+commit setting: a grant's count commits with its log entry). 0012's ``keyserver_admit_attempt`` had the
+same limit lookup for the tenant's scope; it is redefined here as its scope and commit setting around a
+call of this one, so the lookup exists once (the downgrade restores 0012's definition).
 
 Revision ID: 0013
 Revises: 0012
@@ -22,6 +24,8 @@ Create Date: 2026-12-05
 """
 
 from __future__ import annotations
+
+import importlib
 
 from alembic import op
 
@@ -92,14 +96,37 @@ BEGIN
 END $$
 """
 
+# 0012's attempt (keyserver/ratelimits.py, ``ReleaseLimiter.admit_attempt``), same signature and effect:
+# the tenant's scope for its own transaction, which skips its WAL flush, then the tenant's limit taken.
+ADMIT_ATTEMPT = """
+CREATE OR REPLACE FUNCTION keyserver_admit_attempt(p_tenant uuid, p_default_max bigint,
+                                                   p_default_window bigint, p_now double precision,
+                                                   OUT max_releases bigint, OUT window_seconds bigint,
+                                                   OUT retry_after bigint)
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    -- The scope of this one tenant for the rest of the transaction, as keyserver/db/session.py sets it.
+    PERFORM set_config('keyserver.tenant_id', p_tenant::text, true),
+            set_config('keyserver.operator', 'off', true),
+            set_config('keyserver.lookup', 'off', true);
+    PERFORM set_config('synchronous_commit', 'off', true);
+    SELECT t.max_releases, t.window_seconds, t.retry_after INTO max_releases, window_seconds, retry_after
+      FROM keyserver_take_limited(p_tenant, 'tenant', p_default_max, p_default_window, p_now) AS t;
+END $$
+"""
+
 
 def upgrade() -> None:
     if rls.is_postgresql():
         op.execute(RELEASE_INPUTS)
         op.execute(TAKE_LIMITED)
+        op.execute(ADMIT_ATTEMPT)
 
 
 def downgrade() -> None:
     if rls.is_postgresql():
+        # The module's name starts with a digit: imported by name, as Alembic loads it.
+        previous = importlib.import_module("migrations.versions.0012_one_round_trip_counters")
+        op.execute(previous.ADMIT_ATTEMPT.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1))
         op.execute("DROP FUNCTION keyserver_take_limited(uuid, text, bigint, bigint, double precision)")
         op.execute("DROP FUNCTION keyserver_release_inputs(uuid, text, bigint)")
