@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
 
 from keyserver.config import Settings
-from keyserver.db import hot
+from keyserver.db import hot, sqlite_driver
 from keyserver.errors import ConfigurationError, Unavailable
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -97,7 +97,12 @@ _SET_SCOPE = text(
 def _make_engine(settings: Settings) -> AsyncEngine:
     url = settings.effective_database_url
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        engine = create_async_engine(
+            url,
+            # One hand-off to aiosqlite's thread per statement (keyserver/db/sqlite_driver.py).
+            module=sqlite_driver.dbapi(),
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+        )
         _configure_sqlite(engine)
         return engine
     if url.startswith("postgresql"):
