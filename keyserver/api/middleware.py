@@ -8,9 +8,10 @@ import time
 import uuid
 from typing import Any
 
-from litestar import Request
+from litestar import Litestar, Request
 from litestar.enums import ScopeType
 from litestar.exceptions import SerializationException
+from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 
 from keyserver.errors import InvalidRequest
@@ -90,10 +91,15 @@ async def screen_request(request: Request[Any, Any, Any]) -> None:
       contain one, PostgreSQL's text type cannot hold one (a query naming one fails in the driver), and
       SQLite would store what PostgreSQL refuses — refused alike on both;
     * JSON nested deeper than :data:`MAX_JSON_DEPTH`: the decoder would exhaust the stack (a
-      ``RecursionError``, not a bad request) and so would any code walking the document.
+      ``RecursionError``, not a bad request) and so would any code walking the document;
+    * a query parameter the route does not declare: ignoring it would turn a caller's typo
+      (``tree_sise=``) or a parameter another version of the API understands into a silent default,
+      as an unknown member of a JSON body is refused rather than ignored.
     """
     if any("\x00" in value for value in request.path_params.values() if isinstance(value, str)):
         raise InvalidRequest("a path parameter contains a NUL character")
+    if request.scope.get("query_string"):
+        _screen_query(request)
     if request.method not in ("POST", "PUT", "PATCH", "DELETE"):
         return
     body = await request.body()
@@ -109,6 +115,46 @@ async def screen_request(request: Request[Any, Any, Any]) -> None:
         return
     if _depth_exceeds(document, MAX_JSON_DEPTH):
         raise InvalidRequest(f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels")
+
+
+# app.state key: each route handler's declared query parameters (by their names in the URL), read once
+# from the models Litestar built for the app's routes.
+_DECLARED_QUERY = "keyserver.declared_query_parameters"
+
+
+def _screen_query(request: Request[Any, Any, Any]) -> None:
+    """Refuse a query parameter the route does not declare, and a single-valued one given twice (which
+    of the two a proxy in front and the keyserver each act on would be anybody's guess)."""
+    names, repeatable = _declared_query_parameters(request.app, request.route_handler)
+    seen: set[str] = set()
+    for name, _value in request.query_params.multi_items():
+        if name not in names:
+            raise InvalidRequest(f"unknown query parameter for this route: {_shown(name)}")
+        if name in seen and name not in repeatable:
+            raise InvalidRequest(f"query parameter {_shown(name)} is given more than once")
+        seen.add(name)
+
+
+def _shown(name: str) -> str:
+    return repr(name if len(name) <= 40 else name[:40] + "…")
+
+
+def _declared_query_parameters(app: Litestar, handler: object) -> tuple[frozenset[str], frozenset[str]]:
+    """The query parameters ``handler`` declares (by their names in the URL), and those of them that take
+    a list; read once per app from the models Litestar built for its routes."""
+    declared: dict[int, tuple[frozenset[str], frozenset[str]]] | None = app.state.get(_DECLARED_QUERY)
+    if declared is None:
+        declared = {}
+        for route in app.routes:
+            if isinstance(route, HTTPRoute):
+                for route_handler, model in route.route_handler_map.values():
+                    query = model.expected_query_params
+                    declared[id(route_handler)] = (
+                        frozenset(parameter.field_alias for parameter in query),
+                        frozenset(parameter.field_alias for parameter in query if parameter.is_sequence),
+                    )
+        app.state[_DECLARED_QUERY] = declared
+    return declared.get(id(handler), (frozenset(), frozenset()))
 
 
 def _depth_exceeds(document: Any, limit: int) -> bool:
