@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sqlite3
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,7 +39,7 @@ from sqlalchemy import bindparam, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keyserver.challenges import issue_challenge, new_challenge, purge_before
+from keyserver.challenges import new_challenge, purge_before
 from keyserver.config import Budget, Settings
 from keyserver.db import hot
 from keyserver.db.models import Challenge, Key, ReleaseCounter, ReleaseLimit, Tenant
@@ -230,14 +231,28 @@ _PG_COUNT_ONE = (
 )
 
 
+def window_start_of(seconds: float, window_seconds: int) -> int:
+    """The start (Unix seconds) of the fixed window holding ``seconds``."""
+    return int(seconds) // window_seconds * window_seconds
+
+
+def seconds_left(seconds: float, window_start: int, window_seconds: int) -> int:
+    """Whole seconds until the window ends (``Retry-After``), at least 1."""
+    return max(1, math.ceil(window_start + window_seconds - seconds))
+
+
 async def take(
     session: AsyncSession, tenant_id: uuid.UUID, scope: str, budget: Budget, now: datetime
 ) -> int | None:
     """Count one against ``budget`` in the current window; ``None`` if it fits, else the seconds until
     the window ends (for ``Retry-After``). One atomic statement: the counter row is locked until the
-    caller's transaction ends, and a refusal writes nothing."""
+    caller's transaction ends, and a refusal writes nothing.
+
+    The reference for the one-call forms each store runs on the release path (PostgreSQL's functions
+    in migrations/versions/0012-0013, SQLite's procedures below): tests/test_one_round_trip.py holds
+    them to it."""
     seconds = now.timestamp()
-    window_start = int(seconds) // budget.window_seconds * budget.window_seconds
+    window_start = window_start_of(seconds, budget.window_seconds)
     values = {
         "b_tenant_id": tenant_id,
         "b_scope": scope,
@@ -254,7 +269,7 @@ async def take(
         statement = _COUNT_ONE[session.get_bind().dialect.name]
         count = (await session.execute(statement, values)).scalar_one_or_none()
     if count is None:
-        return max(1, math.ceil(window_start + budget.window_seconds - seconds))
+        return seconds_left(seconds, window_start, budget.window_seconds)
     if count == 1:
         # A new window: the counters of this scope's earlier windows are of no further use.
         await session.execute(
@@ -267,6 +282,119 @@ async def take(
     return None
 
 
+# --- SQLite: PostgreSQL's functions as procedures run in aiosqlite's thread (keyserver/db/hot.py) ------
+#
+# The same steps as keyserver_take_limited and keyserver_issue_challenge (migrations/versions/0012-0013),
+# in plain sqlite3 statements, in the caller's transaction, one hand-off to the thread for all of them.
+# Values come as SQLite stores them (UUIDs as 32 hex digits); every statement names its tenant.
+
+_SQLITE_LIMIT = "SELECT max_releases, window_seconds FROM release_limits WHERE tenant_id = ? AND scope = ?"
+_SQLITE_COUNT_ONE = (
+    "INSERT INTO release_counters (tenant_id, scope, window_seconds, window_start, count)"
+    " VALUES (?, ?, ?, ?, 1)"
+    " ON CONFLICT (tenant_id, scope, window_seconds, window_start)"
+    " DO UPDATE SET count = count + 1 WHERE count < ?"
+    " RETURNING count"
+)
+_SQLITE_DROP_OLD_WINDOWS = (
+    "DELETE FROM release_counters WHERE tenant_id = ? AND scope = ? AND window_start < ?"
+)
+_SQLITE_PURGE_CHALLENGES = "DELETE FROM challenges WHERE tenant_id = ? AND expires_at < ?"
+_SQLITE_INSERT_CHALLENGE = (
+    "INSERT INTO challenges (tenant_id, id, nonce, created_at, expires_at, used_at)"
+    " VALUES (?, ?, ?, ?, ?, NULL)"
+)
+
+
+def _sqlite_count(
+    conn: sqlite3.Connection, tenant: str, scope: str, max_releases: int, window_seconds: int, seconds: float
+) -> int | None:
+    """``take``'s steps: ``None`` if one more fits the window, else the seconds until it ends."""
+    start = window_start_of(seconds, window_seconds)
+    counted = conn.execute(_SQLITE_COUNT_ONE, (tenant, scope, window_seconds, start, max_releases)).fetchone()
+    if counted is None:
+        return seconds_left(seconds, start, window_seconds)
+    if counted[0] == 1:
+        conn.execute(_SQLITE_DROP_OLD_WINDOWS, (tenant, scope, start))
+    return None
+
+
+def sqlite_take_limited(
+    conn: sqlite3.Connection,
+    tenant: str,
+    scope: str,
+    default_max: int | None,
+    default_window: int | None,
+    seconds: float,
+) -> tuple[int | None, int | None, int | None]:
+    """keyserver_take_limited: the scope's limit (the tenant's stored one, else the default) and one
+    counted against it -> (max_releases, window_seconds, retry_after); (None, None, None) for no limit."""
+    stored = conn.execute(_SQLITE_LIMIT, (tenant, scope)).fetchone()
+    max_releases, window_seconds = (default_max, default_window) if stored is None else stored
+    if max_releases is None or window_seconds is None:
+        return None, None, None
+    return (
+        max_releases,
+        window_seconds,
+        _sqlite_count(conn, tenant, scope, max_releases, window_seconds, seconds),
+    )
+
+
+def sqlite_issue_challenge(
+    conn: sqlite3.Connection,
+    tenant: str,
+    challenge: tuple[str, bytes, str, str],
+    max_releases: int | None,
+    window_seconds: int | None,
+    seconds: float,
+    purge_before: str | None,
+) -> int | None:
+    """keyserver_issue_challenge: count one challenge (when budgeted), purge the tenant's long-expired
+    ones (when due), store the new one -> None, or the seconds until the window ends (nothing written)."""
+    if max_releases is not None and window_seconds is not None:
+        retry_after = _sqlite_count(conn, tenant, CHALLENGES, max_releases, window_seconds, seconds)
+        if retry_after is not None:
+            return retry_after
+    if purge_before is not None:
+        conn.execute(_SQLITE_PURGE_CHALLENGES, (tenant, purge_before))
+    conn.execute(_SQLITE_INSERT_CHALLENGE, (tenant, *challenge))
+    return None
+
+
+# SQLite's stored forms, as SQLAlchemy writes them (its Uuid and DATETIME bind processors).
+_UUID_TO_SQLITE = ReleaseCounter.__table__.c.tenant_id.type.bind_processor(sqlite.dialect())
+_TIME_TO_SQLITE = Challenge.__table__.c.expires_at.type.bind_processor(sqlite.dialect())
+
+
+def _sqlite_uuid(value: uuid.UUID) -> str:
+    assert _UUID_TO_SQLITE is not None
+    stored: str = _UUID_TO_SQLITE(value)
+    return stored
+
+
+def _sqlite_time(value: datetime) -> str:
+    assert _TIME_TO_SQLITE is not None
+    stored: str = _TIME_TO_SQLITE(value)
+    return stored
+
+
+async def _sqlite_take_limited(
+    session: AsyncSession, tenant_id: uuid.UUID, scope: str, default: Budget | None, now: datetime
+) -> tuple[int | None, int | None, int | None]:
+    taken = await hot.on_sqlite(
+        session,
+        sqlite_take_limited,
+        _sqlite_uuid(tenant_id),
+        scope,
+        None if default is None else default.max_releases,
+        None if default is None else default.window_seconds,
+        now.timestamp(),
+    )
+    if taken is None:
+        raise RuntimeError("the limit's one-call form for SQLite was asked of another store")
+    return taken[0]
+
+
 # migrations/versions/0013: effective_limit and take of a key's scope in one statement, in the release's
 # transaction.
 _PG_TAKE_LIMITED = (
@@ -276,7 +404,8 @@ _PG_TAKE_LIMITED = (
 _PG_ADMIT_ATTEMPT = (
     "SELECT max_releases, window_seconds, retry_after FROM keyserver_admit_attempt($1, $2, $3, $4)"
 )
-# migrations/versions/0012: admit_challenge and issue_challenge in one statement, its own transaction.
+# migrations/versions/0012: a challenge counted, the long-expired purged and the new one stored, in one
+# statement, its own transaction.
 _PG_ISSUE_CHALLENGE = "SELECT keyserver_issue_challenge($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 
 
@@ -307,18 +436,21 @@ class ReleaseLimiter:
             None if default is None else default.window_seconds,
             now.timestamp(),
         )
-        if counted is not None:  # PostgreSQL: the steps below in one round trip (migrations 0012)
+        if counted is not None:  # PostgreSQL: the steps in one round trip (migrations 0012)
             (row,) = counted
-            if row["max_releases"] is None:
-                return
-            budget, retry_after = Budget(row["max_releases"], row["window_seconds"]), row["retry_after"]
-        else:
+            max_releases, window_seconds, retry_after = (
+                row["max_releases"],
+                row["window_seconds"],
+                row["retry_after"],
+            )
+        else:  # SQLite: the same steps in one hand-off to its thread, in a transaction of their own
             async with self.db.transaction(Scope.for_tenant(tenant.id), durable=False) as session:
-                limit = await effective_limit(session, self.settings, tenant.id, TENANT)
-                if limit.budget is None:
-                    return
-                budget = limit.budget
-                retry_after = await take(session, tenant.id, TENANT, budget, now)
+                max_releases, window_seconds, retry_after = await _sqlite_take_limited(
+                    session, tenant.id, TENANT, default, now
+                )
+        if max_releases is None or window_seconds is None:
+            return
+        budget = Budget(max_releases, window_seconds)
         if retry_after is None:
             return
         REFUSALS.labels(limit="tenant").inc()
@@ -339,39 +471,46 @@ class ReleaseLimiter:
         """A new challenge for ``tenant``, counted against its challenge budget, in one transaction;
         ``RateLimited`` (and nothing written) when the budget of this window is spent."""
         budget = self.settings.challenge_limit
-        if self.db.dialect != "postgresql":  # SQLite: the steps of the function below, in Python
-            async with self.db.transaction(Scope.for_tenant(tenant.id)) as session:
-                await self.admit_challenge(session, tenant, now)
-                return await issue_challenge(session, tenant.id, now)
         challenge = new_challenge(tenant.id, now)
-        issued = await self.db.call(
-            _PG_ISSUE_CHALLENGE,
-            tenant.id,
-            challenge.id,
-            challenge.nonce,
-            challenge.created_at,
-            challenge.expires_at,
-            None if budget is None else budget.max_releases,
-            None if budget is None else budget.window_seconds,
-            now.timestamp(),
-            purge_before(tenant.id, now),
-        )
-        assert issued is not None
-        retry_after = issued[0][0]
+        purge = purge_before(tenant.id, now)
+        retry_after: int | None
+        if self.db.dialect == "sqlite":  # the function's steps in one hand-off to SQLite's thread
+            async with self.db.transaction(Scope.for_tenant(tenant.id)) as session:
+                issued = await hot.on_sqlite(
+                    session,
+                    sqlite_issue_challenge,
+                    _sqlite_uuid(tenant.id),
+                    (
+                        _sqlite_uuid(challenge.id),
+                        challenge.nonce,
+                        _sqlite_time(challenge.created_at),
+                        _sqlite_time(challenge.expires_at),
+                    ),
+                    None if budget is None else budget.max_releases,
+                    None if budget is None else budget.window_seconds,
+                    now.timestamp(),
+                    None if purge is None else _sqlite_time(purge),
+                )
+            assert issued is not None
+            retry_after = issued[0]
+        else:
+            rows = await self.db.call(
+                _PG_ISSUE_CHALLENGE,
+                tenant.id,
+                challenge.id,
+                challenge.nonce,
+                challenge.created_at,
+                challenge.expires_at,
+                None if budget is None else budget.max_releases,
+                None if budget is None else budget.window_seconds,
+                now.timestamp(),
+                purge,
+            )
+            assert rows is not None
+            retry_after = rows[0][0]
         if retry_after is None:
             return challenge
         assert budget is not None  # the function refuses only against a budget it was given
-        raise self._challenges_spent(tenant, budget, retry_after)
-
-    async def admit_challenge(self, session: AsyncSession, tenant: Tenant, now: datetime) -> None:
-        """Count one challenge in the transaction that issues it; ``RateLimited`` (and nothing written)
-        when the tenant was issued its budget of challenges in this window."""
-        budget = self.settings.challenge_limit
-        if budget is None:
-            return
-        retry_after = await take(session, tenant.id, CHALLENGES, budget, now)
-        if retry_after is None:
-            return
         raise self._challenges_spent(tenant, budget, retry_after)
 
     @staticmethod
@@ -397,14 +536,13 @@ class ReleaseLimiter:
             None if default is None else default.window_seconds,
             now.timestamp(),
         )
-        if counted is not None:  # PostgreSQL: the two steps below in one round trip (migrations 0013)
+        if counted is not None:  # PostgreSQL: both steps in one round trip (migrations 0013)
             max_releases, window_seconds, retry_after = counted[0]
-            budget = None if max_releases is None else Budget(max_releases, window_seconds)
-        else:
-            budget = (await effective_limit(session, self.settings, tenant.id, scope)).budget
-            if budget is None:
-                return
-            retry_after = await take(session, tenant.id, scope, budget, now)
+        else:  # SQLite: the same steps in one hand-off to its thread
+            max_releases, window_seconds, retry_after = await _sqlite_take_limited(
+                session, tenant.id, scope, default, now
+            )
+        budget = None if max_releases is None else Budget(max_releases, window_seconds)
         if retry_after is None or budget is None:
             return
         REFUSALS.labels(limit="key").inc()

@@ -1,7 +1,8 @@
 """keyserver/db/hot.py: a release-path statement run on asyncpg directly keeps every promise a statement
 through SQLAlchemy keeps — inside the caller's transaction, under its tenant scope (row-level security),
 seen by the engine's cursor events, failing as SQLAlchemy fails (503 through ``Database.transaction``) —
-and SQLite takes the ORM path."""
+and SQLite takes the ORM path; on SQLite, a procedure run in aiosqlite's thread (``hot.on_sqlite``) keeps
+the same promises (in the transaction, seen by the events, failing as SQLAlchemy fails)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from keyserver.challenges import consume_challenge, issue_challenge
 from keyserver.db import hot
@@ -119,3 +120,95 @@ async def _fetch_after_the_connection_is_killed(db: Database) -> None:
         async with db.transaction(Scope.for_operator()) as killer:
             await killer.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
         await hot.fetch(session, "SELECT 1")
+
+
+def _sqlite_only(db: Database) -> None:
+    if db.dialect != "sqlite":
+        pytest.skip("SQLite only")
+
+
+def _challenge_ids(conn: Any, tenant: str) -> list[str]:
+    return [row[0] for row in conn.execute("SELECT id FROM challenges WHERE tenant_id = ?", (tenant,))]
+
+
+def _none(_conn: Any) -> None:
+    return None
+
+
+def _fails(conn: Any) -> None:
+    conn.execute("INSERT INTO challenges (tenant_id, id) VALUES (NULL, NULL)")  # NOT NULL: IntegrityError
+
+
+async def test_a_sqlite_procedure_runs_in_the_transaction(migrated_db: Database) -> None:
+    _sqlite_only(migrated_db)
+    acme, _ = await _tenants(migrated_db)
+    async with migrated_db.transaction(Scope.for_tenant(acme)) as session:
+        assert await hot.on_sqlite(session, _none) == (None,)  # an answer of None is still an answer
+        challenge = await issue_challenge(session, acme)  # through the ORM, uncommitted
+        seen = await hot.on_sqlite(session, _challenge_ids, acme.hex)
+        assert seen == ([challenge.id.hex],), "the procedure sees its transaction's own rows"
+    # What a procedure wrote is rolled back with its transaction.
+    with pytest.raises(RuntimeError):
+        await _procedure_then_fail(migrated_db, acme)
+    async with migrated_db.transaction(Scope.for_tenant(acme)) as session:
+        assert await hot.on_sqlite(session, _challenge_ids, acme.hex) == ([challenge.id.hex],)
+
+
+def _insert_challenge(conn: Any, tenant: str) -> None:
+    conn.execute(
+        "INSERT INTO challenges (tenant_id, id, nonce, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+        (tenant, uuid.uuid4().hex, b"\0" * 32, "2026-12-05 12:00:00.000000", "2026-12-05 12:02:00.000000"),
+    )
+
+
+async def _procedure_then_fail(db: Database, tenant_id: uuid.UUID) -> None:
+    async with db.transaction(Scope.for_tenant(tenant_id)) as session:
+        await hot.on_sqlite(session, _insert_challenge, tenant_id.hex)
+        assert len((await hot.on_sqlite(session, _challenge_ids, tenant_id.hex) or ([],))[0]) == 2
+        raise RuntimeError("the caller fails after the procedure wrote")
+
+
+async def test_a_sqlite_procedure_is_one_statement_to_the_events_and_fails_as_one(
+    migrated_db: Database,
+) -> None:
+    _sqlite_only(migrated_db)
+    acme, _ = await _tenants(migrated_db)
+    sent: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, sql: str, *_rest: Any) -> None:
+        sent.append(sql)
+
+    engine = migrated_db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        async with migrated_db.transaction(Scope.for_tenant(acme)) as session:
+            await hot.on_sqlite(session, _challenge_ids, acme.hex)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert sent == ["BEGIN IMMEDIATE", "-- sqlite procedure _challenge_ids"]
+    # sqlite3's error inside the procedure: SQLAlchemy's error class, the transaction rolled back.
+    with pytest.raises(IntegrityError) as failed:
+        async with migrated_db.transaction(Scope.for_tenant(acme)) as session:
+            await hot.on_sqlite(session, _fails)
+    assert "NOT NULL" in str(failed.value.orig)
+
+    # An OperationalError raised where the fault rig raises it (a cursor event): a 503.
+    def fail(conn: Any, *_args: Any) -> None:
+        raise conn.dialect.loaded_dbapi.OperationalError("injected: disk I/O error")
+
+    event.listen(engine, "before_cursor_execute", fail)
+    try:
+        with pytest.raises(Unavailable):
+            async with migrated_db.transaction(Scope.for_tenant(acme)) as session:
+                await hot.on_sqlite(session, _none)
+    finally:
+        event.remove(engine, "before_cursor_execute", fail)
+    async with migrated_db.transaction(Scope.for_tenant(acme)) as session:
+        assert await hot.on_sqlite(session, _challenge_ids, acme.hex) == ([],)
+
+
+async def test_postgresql_has_no_sqlite_procedures(migrated_db: Database) -> None:
+    if migrated_db.dialect != "postgresql":
+        pytest.skip("PostgreSQL only")
+    async with migrated_db.transaction(Scope.for_operator()) as session:
+        assert await hot.on_sqlite(session, _none) is None

@@ -1,12 +1,14 @@
-"""The challenge and the release attempt in one round trip (migrations/versions/0012, keyserver/db/hot.py).
+"""The challenge, the release attempt and a key's grant in one call each (migrations/versions/0012-0013,
+keyserver/db/hot.py).
 
-On PostgreSQL ``ReleaseLimiter.issue_challenge`` and ``admit_attempt`` are one call each of a SQL function
-that is a transaction by itself; on SQLite the same steps run in Python. These tests hold the functions
-to the Python they replace — the same counts and refusals for any sequence of times and budgets (a
-differential run against ``take`` on the same database), the tenant's own limit and no other's, the
-scope gone when the statement ends, the attempt alone not waiting for its WAL flush — and check, on both
-stores, what the limiter promises: a refusal writes nothing, a purge touches one tenant's expired
-challenges only.
+On PostgreSQL ``ReleaseLimiter.issue_challenge``, ``admit_attempt`` and ``take_grant`` are one call each
+of a SQL function; on SQLite the same steps are one procedure each, run in aiosqlite's thread in one
+hand-off (keyserver/ratelimits.py, ``sqlite_take_limited``, ``sqlite_issue_challenge``). These tests hold
+both to the Python reference (``effective_limit`` then ``take``) — the same counts and refusals for any
+sequence of times and budgets (a differential run against it on the same database), the tenant's own
+limit and no other's — and, on PostgreSQL, the scope gone when the statement ends and the attempt alone
+not waiting for its WAL flush; and check, on both stores, what the limiter promises: a refusal writes
+nothing, a purge touches one tenant's expired challenges only.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from keyserver.ratelimits import (
     TENANT,
     RateLimited,
     ReleaseLimiter,
+    _sqlite_take_limited,
     effective_limit,
     key_scope,
     take,
@@ -47,7 +50,7 @@ async def _tenants(db: Database, *names: str) -> list[uuid.UUID]:
 
 def _postgres_only(db: Database) -> None:
     if db.dialect != "postgresql":
-        pytest.skip("the functions are PostgreSQL's; SQLite runs the Python they are checked against")
+        pytest.skip("PostgreSQL only: the scope and commit settings of its functions")
 
 
 async def _counters(db: Database, tenant_id: uuid.UUID) -> list[tuple[str, int, int, int]]:
@@ -68,6 +71,9 @@ async def _counters(db: Database, tenant_id: uuid.UUID) -> list[tuple[str, int, 
 async def _attempt(
     db: Database, tenant_id: uuid.UUID, budget: Budget | None, now: datetime
 ) -> tuple[object, ...]:
+    if db.dialect == "sqlite":  # the procedure, in a transaction of its own as admit_attempt runs it
+        async with db.transaction(Scope.for_tenant(tenant_id)) as session:
+            return await _sqlite_take_limited(session, tenant_id, TENANT, budget, now)
     rows = await db.call(
         "SELECT max_releases, window_seconds, retry_after FROM keyserver_admit_attempt($1, $2, $3, $4)",
         tenant_id,
@@ -82,9 +88,9 @@ async def _attempt(
 
 @pytest.mark.parametrize("seed", range(4))
 async def test_the_attempt_function_counts_and_refuses_as_take_does(migrated_db: Database, seed: int) -> None:
-    """Differential: one tenant counted by the function, another by ``take`` (Python), the same times
-    and budgets — window edges, fractions of a second, refusals, new windows that drop old counters."""
-    _postgres_only(migrated_db)
+    """Differential: one tenant counted by the function (SQLite: the procedure), another by ``take``
+    (Python), the same times and budgets — window edges, fractions of a second, refusals, new windows that
+    drop old counters."""
     by_function, by_python = await _tenants(migrated_db, "fn", "py")
     rng = random.Random(seed)
     budget = Budget(rng.randint(1, 4), rng.choice([1, 2, 5, 60]))
@@ -107,8 +113,8 @@ async def test_the_grant_function_counts_and_refuses_as_the_python_does(
 ) -> None:
     """Differential (migrations/versions/0013, ``keyserver_take_limited``, inside a transaction as a
     release runs it) against ``effective_limit`` then ``take``: a key's stored limit set, changed, set to
-    "no limit" and deleted, the default present or not, over times that cross windows."""
-    _postgres_only(migrated_db)
+    "no limit" and deleted, the default present or not, over times that cross windows. SQLite: its
+    procedure, the same way."""
     by_function, by_python = await _tenants(migrated_db, "fn", "py")
     rng = random.Random(seed)
     scope = key_scope("weights")
@@ -146,7 +152,8 @@ async def test_the_grant_function_counts_and_refuses_as_the_python_does(
                 None if default is None else default.window_seconds,
                 now.timestamp(),
             )
-        assert rows is not None
+            if rows is None:  # SQLite
+                rows = [await _sqlite_take_limited(session, by_function, scope, default, now)]
         (max_releases, window_seconds, retry_after) = rows[0]
         settings = replace(migrated_db.settings, release_limit_key=default)
         async with migrated_db.transaction(Scope.for_tenant(by_python)) as session:
@@ -160,7 +167,6 @@ async def test_the_grant_function_counts_and_refuses_as_the_python_does(
 
 
 async def test_the_attempt_function_reads_its_own_tenants_limit(migrated_db: Database) -> None:
-    _postgres_only(migrated_db)
     strict, unlimited, other = await _tenants(migrated_db, "strict", "unlimited", "other")
     for tenant_id, max_releases in ((strict, 1), (unlimited, None)):
         async with migrated_db.transaction(Scope.for_tenant(tenant_id)) as session:
@@ -302,7 +308,6 @@ async def test_issuing_purges_only_this_tenants_long_expired_challenges(migrated
 
 
 async def test_a_new_window_drops_only_its_own_scopes_old_counters(migrated_db: Database) -> None:
-    _postgres_only(migrated_db)
     acme_id, other_id = await _tenants(migrated_db, "acme", "other")
     acme = await _tenant(migrated_db, acme_id)
     settings = Settings(data_dir=migrated_db.settings.data_dir, challenge_limit=Budget(5, 60))

@@ -10,8 +10,11 @@ back with everything else. Failures are raised as SQLAlchemy raises them (``DBAP
 subclasses, the connection invalidated when it is gone), so ``Database.transaction`` turns them into 503s
 as before.
 
-SQLite (and a session outside a transaction) get ``None``: the caller runs its ORM statement instead, so
-both stores keep one meaning per statement, each tested (the suite runs on both).
+SQLite (and a session outside a transaction) get ``None`` from :func:`fetch`: the caller runs its ORM
+statement instead, or — on the release path's hottest steps — :func:`on_sqlite`: the steps of one of
+PostgreSQL's functions (migrations/versions) as a Python function run in aiosqlite's thread, in the
+session's transaction, in one hand-off (each held to the same Python reference as the PostgreSQL
+function, tests/test_one_round_trip.py).
 
 :func:`call` runs one statement as a transaction of its own (PostgreSQL's implicit one: a single round
 trip, no BEGIN or COMMIT), for the functions of migrations/versions/0012 that set their scope themselves.
@@ -19,13 +22,16 @@ trip, no BEGIN or COMMIT), for the functions of migrations/versions/0012 that se
 
 from __future__ import annotations
 
-from typing import Any
+import sqlite3
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 # asyncpg's Record: indexable by position and by column name.
 Record = Any
+T = TypeVar("T")
 
 
 # session.info key: the (transaction, connection, adapted asyncpg connection) of the session's current
@@ -117,3 +123,57 @@ async def _as_sqlalchemy_error(
     except BaseException as other:  # not a database error (e.g. cancellation): as it was raised
         return other
     return error
+
+
+async def on_sqlite(session: AsyncSession, procedure: Callable[..., T], *args: object) -> tuple[T] | None:
+    """SQLite: ``(procedure(connection, *args),)``, run in aiosqlite's thread on the sqlite3 connection of
+    ``session``'s transaction (begun here if it was not), in ONE hand-off to that thread; ``None`` on
+    PostgreSQL. Wrapped in a tuple so that a procedure may itself answer ``None``.
+
+    ``procedure`` runs plain sqlite3 statements, in the transaction: committed or rolled back with the
+    rest. It must touch only its own tenant's rows (SQLite has no row-level security) and take values
+    already in the form SQLite stores (UUIDs as 32 hex digits, as SQLAlchemy's ``Uuid`` writes them).
+    The engine's cursor events fire for it as for one statement (the fault rig's injected errors, the
+    statement counts), and sqlite3's errors are raised as SQLAlchemy raises them, so
+    ``Database.transaction`` turns the database's failures into 503s as for any statement."""
+    if session.bind is None or session.bind.dialect.name != "sqlite":
+        return None
+    connection = await session.connection()
+    fairy = await connection.get_raw_connection()
+    adapted: Any = fairy.dbapi_connection  # keyserver/db/sqlite_driver.py's OneHandOffConnection
+    sync = connection.sync_connection
+    assert adapted is not None
+    assert sync is not None
+    label = f"-- sqlite procedure {procedure.__name__}"
+    events = sync._has_events or sync.engine._has_events
+    try:
+        if events:
+            for before in sync.dispatch.before_cursor_execute:
+                before(sync, None, label, args, None, False)
+        async with adapted._execute_mutex:
+            driver = adapted._connection
+            result: T = await driver._execute(procedure, driver._conn, *args)
+        if events:
+            for after in sync.dispatch.after_cursor_execute:
+                after(sync, None, label, args, None, False)
+    except ValueError as error:
+        # aiosqlite's own refusal once its connection is closed; any other ValueError is a bug, raised.
+        if str(error).lower() not in ("no active connection", "connection closed"):
+            raise
+        await connection.invalidate(error)
+        raise DBAPIError.instance(
+            label,
+            args,
+            sqlite3.OperationalError(str(error)),
+            sqlite3.Error,
+            connection_invalidated=True,
+            dialect=connection.dialect,
+        ) from error
+    except sqlite3.Error as error:
+        gone = connection.dialect.is_disconnect(error, adapted, None)  # type: ignore[arg-type]
+        if gone:
+            await connection.invalidate(error)
+        raise DBAPIError.instance(
+            label, args, error, sqlite3.Error, connection_invalidated=gone, dialect=connection.dialect
+        ) from error
+    return (result,)
