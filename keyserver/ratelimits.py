@@ -361,30 +361,13 @@ def sqlite_issue_challenge(
     return None
 
 
-# SQLite's stored forms, as SQLAlchemy writes them (its Uuid and DATETIME bind processors).
-_UUID_TO_SQLITE = ReleaseCounter.__table__.c.tenant_id.type.bind_processor(sqlite.dialect())
-_TIME_TO_SQLITE = Challenge.__table__.c.expires_at.type.bind_processor(sqlite.dialect())
-
-
-def _sqlite_uuid(value: uuid.UUID) -> str:
-    assert _UUID_TO_SQLITE is not None
-    stored: str = _UUID_TO_SQLITE(value)
-    return stored
-
-
-def _sqlite_time(value: datetime) -> str:
-    assert _TIME_TO_SQLITE is not None
-    stored: str = _TIME_TO_SQLITE(value)
-    return stored
-
-
 async def _sqlite_take_limited(
     session: AsyncSession, tenant_id: uuid.UUID, scope: str, default: Budget | None, now: datetime
 ) -> tuple[int | None, int | None, int | None]:
     taken = await hot.on_sqlite(
         session,
         sqlite_take_limited,
-        _sqlite_uuid(tenant_id),
+        hot.sqlite_uuid(tenant_id),
         scope,
         None if default is None else default.max_releases,
         None if default is None else default.window_seconds,
@@ -479,17 +462,17 @@ class ReleaseLimiter:
                 issued = await hot.on_sqlite(
                     session,
                     sqlite_issue_challenge,
-                    _sqlite_uuid(tenant.id),
+                    hot.sqlite_uuid(tenant.id),
                     (
-                        _sqlite_uuid(challenge.id),
+                        hot.sqlite_uuid(challenge.id),
                         challenge.nonce,
-                        _sqlite_time(challenge.created_at),
-                        _sqlite_time(challenge.expires_at),
+                        hot.sqlite_time(challenge.created_at),
+                        hot.sqlite_time(challenge.expires_at),
                     ),
                     None if budget is None else budget.max_releases,
                     None if budget is None else budget.window_seconds,
                     now.timestamp(),
-                    None if purge is None else _sqlite_time(purge),
+                    None if purge is None else hot.sqlite_time(purge),
                 )
             assert issued is not None
             retry_after = issued[0]

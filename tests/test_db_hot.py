@@ -7,6 +7,7 @@ the same promises (in the transaction, seen by the events, failing as SQLAlchemy
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -212,3 +213,38 @@ async def test_postgresql_has_no_sqlite_procedures(migrated_db: Database) -> Non
         pytest.skip("PostgreSQL only")
     async with migrated_db.transaction(Scope.for_operator()) as session:
         assert await hot.on_sqlite(session, _none) is None
+
+
+async def test_a_procedure_stores_values_as_the_orm_does(migrated_db: Database) -> None:
+    """A challenge issued by SQLite's procedure (keyserver/ratelimits.py) and one issued through the ORM
+    are stored alike, byte for byte in form: the ORM compares and reads what the procedure wrote."""
+    _sqlite_only(migrated_db)
+    from keyserver.config import Settings
+    from keyserver.db.models import Tenant
+    from keyserver.ratelimits import ReleaseLimiter
+
+    acme, _ = await _tenants(migrated_db)
+    async with migrated_db.transaction(Scope.for_operator()) as session:
+        tenant = await session.get(Tenant, acme)
+        assert tenant is not None
+    # Not UTC on purpose: stored as UTC either way.
+    now = datetime(2026, 12, 5, 14, 0, 0, 123456, tzinfo=timezone(timedelta(hours=2)))
+    limiter = ReleaseLimiter(migrated_db, Settings(data_dir=migrated_db.settings.data_dir))
+    by_procedure = await limiter.issue_challenge(tenant, now)
+    async with migrated_db.transaction(Scope.for_tenant(acme)) as session:
+        by_orm = await issue_challenge(session, acme, now=now)
+    async with migrated_db.engine.connect() as conn:
+        rows: dict[str, tuple[Any, ...]] = {
+            row[0]: tuple(row[1:])
+            for row in await conn.exec_driver_sql(
+                "SELECT id, tenant_id, typeof(nonce), created_at, expires_at, used_at FROM challenges"
+            )
+        }
+    procedure_row, orm_row = rows[by_procedure.id.hex], rows[by_orm.id.hex]
+    assert procedure_row == orm_row
+    created, expires = "2026-12-05 12:00:00.123456", "2026-12-05 12:02:00.123456"
+    assert procedure_row == (acme.hex, "blob", created, expires, None)
+    # And the ORM reads the procedure's challenge back as it reads its own.
+    async with migrated_db.transaction(Scope.for_tenant(acme)) as session:
+        nonce = await consume_challenge(session, acme, by_procedure.id, now + timedelta(seconds=1))
+    assert nonce == by_procedure.nonce

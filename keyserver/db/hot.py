@@ -23,11 +23,17 @@ trip, no BEGIN or COMMIT), for the functions of migrations/versions/0012 that se
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
+from sqlalchemy import DateTime, Uuid
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+
+from keyserver.db.types import UTCDateTime
 
 # asyncpg's Record: indexable by position and by column name.
 Record = Any
@@ -177,3 +183,30 @@ async def on_sqlite(session: AsyncSession, procedure: Callable[..., T], *args: o
             label, args, error, sqlite3.Error, connection_invalidated=gone, dialect=connection.dialect
         ) from error
     return (result,)
+
+
+# Values in the form SQLite stores them, as SQLAlchemy's own column types write and read them (a
+# procedure's statements compare and insert these; the ORM reads back what they wrote, and vice versa).
+# The types as the dialect adapts them (dialect_impl): what the compiler uses for a statement's values.
+_SQLITE = sqlite.dialect()
+_UUID_IN = Uuid().dialect_impl(_SQLITE).bind_processor(_SQLITE)
+_TIME_IN = UTCDateTime().dialect_impl(_SQLITE).bind_processor(_SQLITE)
+_TIME_OUT = UTCDateTime().dialect_impl(_SQLITE).result_processor(_SQLITE, DateTime())
+
+
+def sqlite_uuid(value: uuid.UUID) -> str:
+    assert _UUID_IN is not None
+    stored: str = _UUID_IN(value)
+    return stored
+
+
+def sqlite_time(value: datetime) -> str:
+    assert _TIME_IN is not None
+    stored: str = _TIME_IN(value)
+    return stored
+
+
+def from_sqlite_time(stored: str | None) -> datetime | None:
+    assert _TIME_OUT is not None
+    value: datetime | None = _TIME_OUT(stored)
+    return value
