@@ -9,15 +9,16 @@ release-log entry in the same transaction.
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keyserver.appraisal import active_policy_row
 from keyserver.backends.base import KeyBackend
 from keyserver.db import hot
 from keyserver.db.models import Key, KeyVersion, Tenant
@@ -224,6 +225,66 @@ _LIVE_VERSION = _LIVE_VERSIONS.where(KeyVersion.version == bindparam("version"))
 _PG_RELEASE_INPUTS = "SELECT * FROM keyserver_release_inputs($1, $2, $3)"
 
 
+# The same reads on SQLite, as a procedure run in aiosqlite's thread (keyserver/db/hot.py): the steps and
+# the answer of keyserver_release_inputs, column for column (SQLite's write lock, held by every
+# transaction here, stands for the FOR SHARE locks).
+_SQLITE_KEY = "SELECT policy_name, state, backend, created_at FROM keys WHERE tenant_id = ? AND name = ?"
+_SQLITE_LIVE_VERSION = (
+    "SELECT version, wrapped, created_at, destroyed_at FROM key_versions"
+    " WHERE tenant_id = ? AND key_name = ? AND wrapped IS NOT NULL AND (? IS NULL OR version = ?)"
+    " ORDER BY version DESC LIMIT 1"
+)
+_SQLITE_POLICY_HEAD = "SELECT active_version FROM policy_heads WHERE tenant_id = ? AND name = ?"
+_SQLITE_POLICY = (
+    "SELECT document, sha256, created_at, created_by FROM policies"
+    " WHERE tenant_id = ? AND name = ? AND version = ?"
+)
+_RELEASE_INPUT_COLUMNS = (
+    "key_found",
+    "policy_name",
+    "state",
+    "backend",
+    "key_created_at",
+    "version",
+    "wrapped",
+    "version_created_at",
+    "destroyed_at",
+    "policy_version",
+    "document",
+    "sha256",
+    "policy_created_at",
+    "created_by",
+)
+_TIME_COLUMNS = ("key_created_at", "version_created_at", "destroyed_at", "policy_created_at")
+
+
+def sqlite_release_inputs(
+    conn: sqlite3.Connection, tenant: str, name: str, version: int | None
+) -> dict[str, Any]:
+    """keyserver_release_inputs on SQLite: the key, its live version, its policy's head and active
+    version, each read only when the one before allows (times as SQLite stores them)."""
+    row: dict[str, Any] = dict.fromkeys(_RELEASE_INPUT_COLUMNS)
+    key = conn.execute(_SQLITE_KEY, (tenant, name)).fetchone()
+    row["key_found"] = key is not None
+    if key is None:
+        return row
+    row.update(zip(("policy_name", "state", "backend", "key_created_at"), key, strict=True))
+    if row["state"] != "enabled":
+        return row
+    live = conn.execute(_SQLITE_LIVE_VERSION, (tenant, name, version, version)).fetchone()
+    if live is None:
+        return row
+    row.update(zip(("version", "wrapped", "version_created_at", "destroyed_at"), live, strict=True))
+    head = conn.execute(_SQLITE_POLICY_HEAD, (tenant, row["policy_name"])).fetchone()
+    if head is None:
+        return row
+    row["policy_version"] = head[0]
+    policy = conn.execute(_SQLITE_POLICY, (tenant, row["policy_name"], head[0])).fetchone()
+    if policy is not None:
+        row.update(zip(("document", "sha256", "policy_created_at", "created_by"), policy, strict=True))
+    return row
+
+
 @dataclass(frozen=True)
 class ReleaseInputs:
     """What a release reads of its tenant's configuration before it appraises the evidence."""
@@ -237,12 +298,18 @@ async def release_inputs(
 ) -> ReleaseInputs:
     """The key version a release asks for (as :func:`releasable`: denied with ``EvidenceError`` when the
     key is unknown, disabled or destroyed) and the active version of the key's policy, read after it
-    (keyserver/appraisal.py, ``active_policy_row``) — on PostgreSQL in one call of the same statements."""
+    (keyserver/appraisal.py, ``active_policy_row``) — in one call of the same statements on either store
+    (PostgreSQL: migrations/versions/0013; SQLite: ``sqlite_release_inputs``)."""
     rows = await hot.fetch(session, _PG_RELEASE_INPUTS, tenant.id, name, version)
-    if rows is None:  # SQLite: the same reads through the ORM, one by one
-        key = await releasable(session, tenant, name, version)
-        return ReleaseInputs(key, await active_policy_row(session, tenant.id, key.key.policy_name))
-    r = rows[0]
+    if rows is None:  # SQLite: the same reads as one procedure, one hand-off to its thread
+        read = await hot.on_sqlite(session, sqlite_release_inputs, hot.sqlite_uuid(tenant.id), name, version)
+        if read is None:
+            raise RuntimeError("a release's reads have no one-call form on this store")
+        r = read[0]
+        for column in _TIME_COLUMNS:
+            r[column] = hot.from_sqlite_time(r[column])
+    else:
+        r = rows[0]
     if not r["key_found"]:
         raise EvidenceError("key-unknown", f"this tenant has no key named {name!r}")
     if r["state"] != "enabled":

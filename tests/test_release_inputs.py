@@ -1,7 +1,8 @@
-"""What a release reads before it appraises (keyserver/keys.py, ``release_inputs``): on PostgreSQL one call
-of migrations/versions/0013's function, checked here against the ORM reads SQLite runs (``releasable``
-then ``active_policy_row``) in the same transaction, over every state a key, its versions and its policy
-can be in — the same rows, the same refusal with the same reason — and confined to the scope's tenant."""
+"""What a release reads before it appraises (keyserver/keys.py, ``release_inputs``): one call on either
+store (PostgreSQL: migrations/versions/0013's function; SQLite: the procedure ``sqlite_release_inputs``),
+checked here against the ORM reads (``releasable`` then ``active_policy_row``) in the same transaction,
+over every state a key, its versions and its policy can be in — the same rows, the same refusal with the
+same reason — and confined to its tenant (another tenant's key of the same name is ahead of it)."""
 
 from __future__ import annotations
 
@@ -73,6 +74,13 @@ async def test_the_function_reads_what_the_orm_reads(migrated_db: Database) -> N
             # A key whose policy was never activated, and one naming a policy that does not exist.
             await create_key(session, log, backend, tenant, name="n", policy_name="prod", principal=PRINCIPAL)
             await create_key(session, log, backend, tenant, name="x", policy_name="nope", principal=PRINCIPAL)
+
+    # The other tenant's key of the same name is ahead of acme's (more versions, its policy active), so a
+    # read that forgot its tenant would answer with the other's rows (SQLite has no row-level security).
+    async with db.transaction(Scope.for_tenant(other.id)) as session:
+        await activate(session, log, other, "prod", 1, principal=PRINCIPAL)
+        for _ in range(4):
+            await rotate_key(session, log, backend, other, "w", principal=PRINCIPAL)
 
     seen: list[tuple[str, Any]] = []
 
