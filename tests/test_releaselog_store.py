@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -334,3 +336,54 @@ async def test_a_log_key_made_in_a_rolled_back_transaction_is_not_remembered(
     other = ReleaseLog(LogSigner(release_log.signer.backend, "keyserver.test"))
     async with migrated_db.transaction(Scope.for_tenant(tenant.id)) as session:
         assert (await other.describe(session, tenant)).verifier_key == log.verifier_key
+
+
+async def test_sqlite_appends_store_what_the_orm_stores(
+    migrated_db: Database, release_log: ReleaseLog, tenant: Tenant
+) -> None:
+    """A tenant's first append runs through the ORM (it creates the head); the next ones, on SQLite, as
+    one procedure in aiosqlite's thread (keyserver/releaselog/store.py). Both leave rows of one form,
+    and the procedure refuses to write past a head that moved."""
+    if migrated_db.dialect != "sqlite":
+        pytest.skip("SQLite's procedures; PostgreSQL's statement is covered by the same log tests")
+    await append(migrated_db, release_log, tenant, [entry(0)])  # ORM
+    orm_head = await _raw(migrated_db, "SELECT typeof(size), typeof(root_hash), updated_at FROM log_heads")
+    await append(migrated_db, release_log, tenant, [entry(1), entry(2)])  # the procedure
+    head = await _raw(migrated_db, "SELECT typeof(size), typeof(root_hash), updated_at FROM log_heads")
+    entries = await _raw(migrated_db, "SELECT idx, typeof(entry), created_at FROM log_entries ORDER BY idx")
+    nodes = await _raw(migrated_db, "SELECT typeof(level), typeof(idx), typeof(hash) FROM log_nodes")
+    assert [row[:2] for row in entries] == [(0, "blob"), (1, "blob"), (2, "blob")]
+    times = [orm_head[0][2], head[0][2], *(row[2] for row in entries)]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", t) for t in times), times
+    assert head[0][:2] == orm_head[0][:2] == ("integer", "blob")
+    assert set(nodes) == {("integer", "integer", "blob")}
+    # The ORM reads back what the procedure wrote, and the tree is the reference's.
+    reference = merkle.MemoryNodeStore()
+    for n in range(3):
+        reference.append(canonical_bytes(entry(n)))
+    async with migrated_db.transaction(Scope.for_tenant(tenant.id)) as session:
+        assert (await release_log.head(session, tenant)).root_hash == reference.root()
+        stored = await release_log.entries(session, tenant, 0, 3)
+    assert stored == [canonical_bytes(entry(n)) for n in range(3)]
+    # A head that is not where the append began (3 entries, not 5): refused, nothing written.
+    path = migrated_db.settings.effective_database_url.split("///", 1)[1]
+    with pytest.raises(sqlite3.IntegrityError, match="moved"):
+        _write_past_the_head(path, tenant.id.hex, first=5)
+    assert len(await _raw(migrated_db, "SELECT idx FROM log_entries")) == 3
+
+
+def _write_past_the_head(path: str, tenant: str, first: int) -> None:
+    from keyserver.releaselog import store
+
+    conn = sqlite3.connect(path)
+    try:
+        now = "2026-12-05 12:00:00.000000"
+        store._sqlite_write_append(conn, tenant, first, [b"x"], now, [], (first + 1, b"r", "c"))
+    finally:
+        conn.rollback()
+        conn.close()
+
+
+async def _raw(db: Database, sql: str) -> list[tuple[Any, ...]]:
+    async with db.engine.connect() as conn:
+        return [tuple(row) for row in await conn.exec_driver_sql(sql)]

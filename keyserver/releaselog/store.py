@@ -10,6 +10,7 @@ one query; proofs read O(log n) nodes in one query. Nothing is ever recomputed f
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -61,6 +62,53 @@ _PG_WRITE_APPEND = (
 )
 
 
+# The same on SQLite, as procedures run in aiosqlite's thread (keyserver/db/hot.py); the database's write
+# lock, held by every SQLite transaction here, stands for FOR UPDATE.
+_SQLITE_HEAD = "SELECT size, root_hash FROM log_heads WHERE tenant_id = ?"
+_SQLITE_INSERT_ENTRY = "INSERT INTO log_entries (tenant_id, idx, entry, created_at) VALUES (?, ?, ?, ?)"
+_SQLITE_INSERT_NODE = "INSERT INTO log_nodes (tenant_id, level, idx, hash) VALUES (?, ?, ?, ?)"
+_SQLITE_UPDATE_HEAD = (
+    "UPDATE log_heads SET size = ?, root_hash = ?, checkpoint = ?, updated_at = ?"
+    " WHERE tenant_id = ? AND size = ?"
+)
+
+
+def _sqlite_head(conn: sqlite3.Connection, tenant: str) -> tuple[int, bytes] | None:
+    row = conn.execute(_SQLITE_HEAD, (tenant,)).fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+def _sqlite_write_append(
+    conn: sqlite3.Connection,
+    tenant: str,
+    first: int,
+    encoded: list[bytes],
+    now: str,
+    created: list[tuple[merkle.Address, bytes]],
+    head: tuple[int, bytes, str],
+) -> None:
+    """The entries, the nodes and the new head, in the caller's transaction; the head must still be at
+    ``first`` entries (it is: the transaction holds the write lock since it read it), else nothing."""
+    conn.executemany(_SQLITE_INSERT_ENTRY, [(tenant, first + i, data, now) for i, data in enumerate(encoded)])
+    conn.executemany(_SQLITE_INSERT_NODE, [(tenant, level, idx, h) for (level, idx), h in created])
+    size, root, checkpoint = head
+    moved = conn.execute(_SQLITE_UPDATE_HEAD, (size, root, checkpoint, now, tenant, first)).rowcount != 1
+    if moved:
+        raise sqlite3.IntegrityError("the log head moved during the append")
+
+
+async def _locked_size_and_root(session: AsyncSession, tenant_id: uuid.UUID) -> tuple[int, bytes] | None:
+    """The tenant's head (size, root hash), its row locked for this transaction, in one call; None when
+    the tenant has no head yet."""
+    rows = await hot.fetch(session, _PG_LOCKED_HEAD, tenant_id)
+    if rows is not None:
+        return (rows[0]["size"], rows[0]["root_hash"]) if rows else None
+    on_sqlite = await hot.on_sqlite(session, _sqlite_head, hot.sqlite_uuid(tenant_id))
+    if on_sqlite is None:
+        raise RuntimeError("the log head has no one-call read on this store")
+    return on_sqlite[0]
+
+
 @dataclass(frozen=True)
 class Appended:
     """Where appended entries landed, and the checkpoint that covers them."""
@@ -110,12 +158,11 @@ class ReleaseLog:
         except EntryError as exc:
             raise InvalidRequest(f"this cannot be logged: {exc}") from None
         log, signing_key = await self.signer.log_and_key(session, tenant.id, tenant.name)
-        locked = await hot.fetch(session, _PG_LOCKED_HEAD, tenant.id)
-        if (
-            locked
-        ):  # PostgreSQL, an existing head: the append in two or three statements (keyserver/db/hot.py)
-            size, root_hash = locked[0]["size"], locked[0]["root_hash"]
-            return await self._append_pg(session, tenant, log, signing_key, size, root_hash, encoded)
+        locked = await _locked_size_and_root(session, tenant.id)
+        if locked is not None:  # an existing head: the append in two or three calls (keyserver/db/hot.py)
+            size, root_hash = locked
+            return await self._append_in_one_call(session, tenant, log, signing_key, size, root_hash, encoded)
+        # The tenant's first append (no head yet): through the ORM, which creates the head.
         head = await self._locked_head(session, tenant, log)
         size_before = head.size
         created, size_after, nodes, root = await self._extend(
@@ -138,7 +185,7 @@ class ReleaseLog:
         await session.flush()
         return Appended(size_before, size_after, root, head.checkpoint, tuple(encoded), nodes)
 
-    async def _append_pg(
+    async def _append_in_one_call(
         self,
         session: AsyncSession,
         tenant: Tenant,
@@ -148,15 +195,16 @@ class ReleaseLog:
         root_before: bytes,
         encoded: list[bytes],
     ) -> Appended:
-        """``append``'s steps on PostgreSQL's asyncpg connection, the head's row already locked: the nodes
-        read (unless remembered), then the entries, the nodes and the head written by one statement. The
-        same rows as the ORM path writes (the suite runs the log's tests on both stores)."""
+        """``append``'s steps with the head's row already locked: the nodes read (unless remembered), then
+        the entries, the nodes and the head written in one call (PostgreSQL: one statement on asyncpg;
+        SQLite: one procedure in aiosqlite's thread). The same rows as the ORM path writes (the suite runs
+        the log's tests on both stores; tests/test_releaselog_store.py compares their stored forms)."""
         created, size_after, nodes, root = await self._extend(
             session, tenant.id, size_before, root_before, encoded
         )
         now = utcnow()
         checkpoint = self.signer.sign_with(signing_key, log, size_after, root)
-        await hot.fetch(
+        written = await hot.fetch(
             session,
             _PG_WRITE_APPEND,
             tenant.id,
@@ -170,6 +218,19 @@ class ReleaseLog:
             root,
             checkpoint,
         )
+        if written is None:
+            on_sqlite = await hot.on_sqlite(
+                session,
+                _sqlite_write_append,
+                hot.sqlite_uuid(tenant.id),
+                size_before,
+                encoded,
+                hot.sqlite_time(now),
+                created,
+                (size_after, root, checkpoint),
+            )
+            if on_sqlite is None:
+                raise RuntimeError("the append has no one-call form on this store")
         return Appended(size_before, size_after, root, checkpoint, tuple(encoded), nodes)
 
     async def inclusion_proof_of_appended(
