@@ -11,7 +11,7 @@ import secrets
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyserver.cache import BoundedCache
@@ -76,23 +76,13 @@ def purge_before(tenant_id: uuid.UUID, now: datetime) -> datetime | None:
     return now - PURGE_AFTER
 
 
-# Built once: constructing a statement and its cache key costs ~0.15 ms of CPU each time (measured,
-# docs/performance.md), and this runs on every release. Values come as bound parameters (named apart
-# from the columns: SQLAlchemy reserves column names for an UPDATE's own SET parameters).
-_CONSUME = (
-    update(Challenge)
-    .where(
-        Challenge.tenant_id == bindparam("b_tenant_id"),
-        Challenge.id == bindparam("challenge_id"),
-        Challenge.used_at.is_(None),
-        Challenge.expires_at > bindparam("now"),
-    )
-    .values(used_at=bindparam("now"))
-    .returning(Challenge.nonce)
-)
 _PG_CONSUME = (
     "UPDATE challenges SET used_at = $3 WHERE tenant_id = $1 AND id = $2 AND used_at IS NULL"
     " AND expires_at > $3 RETURNING nonce"
+)
+_SQLITE_CONSUME = (
+    "UPDATE challenges SET used_at = ? WHERE tenant_id = ? AND id = ? AND used_at IS NULL"
+    " AND expires_at > ? RETURNING nonce"
 )
 _PG_ISSUE = (
     "INSERT INTO challenges (tenant_id, id, nonce, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)"
@@ -107,11 +97,14 @@ async def consume_challenge(
     fast = await hot.fetch(session, _PG_CONSUME, tenant_id, challenge_id, now)
     if fast is not None:  # PostgreSQL (keyserver/db/hot.py)
         nonce = fast[0]["nonce"] if fast else None
-    else:
-        consumed = await session.execute(
-            _CONSUME, {"b_tenant_id": tenant_id, "challenge_id": challenge_id, "now": now}
+    else:  # SQLite: the same statement, one hand-off to its thread
+        at = hot.sqlite_time(now)
+        rows = await hot.fetch_sqlite(
+            session, _SQLITE_CONSUME, at, hot.sqlite_uuid(tenant_id), hot.sqlite_uuid(challenge_id), at
         )
-        nonce = consumed.scalar_one_or_none()
+        if rows is None:
+            raise RuntimeError("consuming a challenge has no statement for this store")
+        nonce = rows[0][0] if rows else None
     if nonce is not None:
         return bytes(nonce)
     row = (

@@ -199,7 +199,7 @@ async def remove_limit(
 
 def _count_one(insert: Any) -> Any:
     """The counting upsert for one dialect, built once (every release and challenge runs it; see
-    keyserver/challenges.py, _CONSUME): values and the limit are bound parameters, named apart from the
+    docs/performance.md): values and the limit are bound parameters, named apart from the
     columns (SQLAlchemy reserves those for an INSERT's own)."""
     table = ReleaseCounter.__table__
     return (

@@ -431,10 +431,11 @@ async def trusted_ak(session: AsyncSession, tenant_id: uuid.UUID, ak_name: str) 
     rows = await hot.fetch(session, _PG_TRUSTED_AK, tenant_id, ak_name)
     if rows is not None:  # PostgreSQL (keyserver/db/hot.py)
         ak_public: bytes | None = rows[0]["ak_public"] if rows else None
-    else:
-        ak = await session.get(TpmAk, (tenant_id, ak_name))
-        ok = ak is not None and ak.tenant_id == tenant_id and ak.revoked_at is None
-        ak_public = ak.ak_public if ak is not None and ok else None
+    else:  # SQLite: the same statement, one hand-off to its thread
+        found = await hot.fetch_sqlite(session, _SQLITE_TRUSTED_AK, hot.sqlite_uuid(tenant_id), ak_name)
+        if found is None:
+            raise RuntimeError("reading an AK has no statement for this store")
+        ak_public = found[0][0] if found else None
     if ak_public is None:
         raise EvidenceError(
             "ak-not-enrolled", "the quote's AK is not enrolled with this tenant (or was revoked)"
@@ -443,6 +444,9 @@ async def trusted_ak(session: AsyncSession, tenant_id: uuid.UUID, ak_name: str) 
 
 
 _PG_TRUSTED_AK = "SELECT ak_public FROM tpm_aks WHERE tenant_id = $1 AND ak_name = $2 AND revoked_at IS NULL"
+_SQLITE_TRUSTED_AK = (
+    "SELECT ak_public FROM tpm_aks WHERE tenant_id = ? AND ak_name = ? AND revoked_at IS NULL"
+)
 
 
 # Enrolled AKs parsed from their exact TPM2B_PUBLIC bytes (the key is those bytes: a hit is the same AK).

@@ -215,3 +215,36 @@ async def test_signer_keys_and_names(
             await rv.register_signer(
                 session, release_log, alpha, name="ci", public_key=spki(key), principal=PRINCIPAL
             )
+
+
+async def test_a_release_reads_its_own_tenants_newest_sets(
+    migrated_db: Database, release_log: ReleaseLog, tenants: tuple[Tenant, Tenant]
+) -> None:
+    """``reference_sets`` (the release path's read, one statement on either store): the newest version of
+    each named set of this tenant only, even where another tenant has a set of the same name, tee and
+    version (SQLite has no row-level security: its statement must name the tenant in both halves)."""
+    from keyserver.appraisal import reference_sets, validate_reference_values
+
+    alpha, beta = tenants
+
+    def values(pcr7: str) -> dict[str, Any]:
+        return {"version": 1, "expected": {"tpm.pcrs.sha256.7": [pcr7 * 32]}}
+
+    for tenant, documents in ((alpha, ["aa"]), (beta, ["b1", "b2"])):
+        for document in documents:
+            async with migrated_db.transaction(Scope.for_tenant(tenant.id)) as session:
+                await rv.add_reference_values(
+                    session,
+                    release_log,
+                    tenant,
+                    name="base",
+                    tee="tpm",
+                    document=values(document),
+                    source="test",
+                    validate=validate_reference_values,
+                )
+    for tenant, version, pcr7 in ((alpha, 1, "aa"), (beta, 2, "b2")):
+        async with migrated_db.transaction(Scope.for_tenant(tenant.id)) as session:
+            (found,) = await reference_sets(session, tenant.id, ("base", "absent"))
+        assert (found.name, found.tee, found.version, found.revoked) == ("base", "tpm", version, False)
+        assert pcr7 * 32 in repr(found.values)

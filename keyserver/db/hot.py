@@ -131,7 +131,21 @@ async def _as_sqlalchemy_error(
     return error
 
 
-async def on_sqlite(session: AsyncSession, procedure: Callable[..., T], *args: object) -> tuple[T] | None:
+def _rows_of(conn: sqlite3.Connection, sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
+    return conn.execute(sql, args).fetchall()
+
+
+async def fetch_sqlite(session: AsyncSession, sql: str, *args: object) -> list[tuple[Any, ...]] | None:
+    """SQLite: the rows of one statement (``?`` parameters, values as SQLite stores them: see
+    :func:`sqlite_uuid`) in ``session``'s transaction, one hand-off (:func:`on_sqlite`); ``None`` on
+    PostgreSQL, whose callers use :func:`fetch`."""
+    done = await on_sqlite(session, _rows_of, sql, args, label=sql)
+    return None if done is None else done[0]
+
+
+async def on_sqlite(
+    session: AsyncSession, procedure: Callable[..., T], *args: object, label: str | None = None
+) -> tuple[T] | None:
     """SQLite: ``(procedure(connection, *args),)``, run in aiosqlite's thread on the sqlite3 connection of
     ``session``'s transaction (begun here if it was not), in ONE hand-off to that thread; ``None`` on
     PostgreSQL. Wrapped in a tuple so that a procedure may itself answer ``None``.
@@ -150,7 +164,8 @@ async def on_sqlite(session: AsyncSession, procedure: Callable[..., T], *args: o
     sync = connection.sync_connection
     assert adapted is not None
     assert sync is not None
-    label = f"-- sqlite procedure {procedure.__name__}"
+    # What the engine's cursor events are shown: the statement, or the procedure's name.
+    label = label or f"-- sqlite procedure {procedure.__name__}"
     events = sync._has_events or sync.engine._has_events
     try:
         if events:
