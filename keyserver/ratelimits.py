@@ -43,7 +43,7 @@ from keyserver.challenges import new_challenge, purge_before
 from keyserver.config import Budget, Settings
 from keyserver.db import hot
 from keyserver.db.models import Challenge, Key, ReleaseCounter, ReleaseLimit, Tenant
-from keyserver.db.session import Database, Scope
+from keyserver.db.session import Database
 from keyserver.db.types import utcnow
 from keyserver.errors import EvidenceError, KeyserverError, NotFound
 from keyserver.releaselog import records
@@ -426,11 +426,18 @@ class ReleaseLimiter:
                 row["window_seconds"],
                 row["retry_after"],
             )
-        else:  # SQLite: the same steps in one hand-off to its thread, in a transaction of their own
-            async with self.db.transaction(Scope.for_tenant(tenant.id), durable=False) as session:
-                max_releases, window_seconds, retry_after = await _sqlite_take_limited(
-                    session, tenant.id, TENANT, default, now
-                )
+        else:  # SQLite: the same steps as a transaction of their own, one hand-off to its thread
+            taken = await self.db.call_sqlite(
+                sqlite_take_limited,
+                hot.sqlite_uuid(tenant.id),
+                TENANT,
+                None if default is None else default.max_releases,
+                None if default is None else default.window_seconds,
+                now.timestamp(),
+            )
+            if taken is None:
+                raise RuntimeError("the attempt has no one-call form on this store")
+            max_releases, window_seconds, retry_after = taken[0]
         if max_releases is None or window_seconds is None:
             return
         budget = Budget(max_releases, window_seconds)
@@ -457,23 +464,21 @@ class ReleaseLimiter:
         challenge = new_challenge(tenant.id, now)
         purge = purge_before(tenant.id, now)
         retry_after: int | None
-        if self.db.dialect == "sqlite":  # the function's steps in one hand-off to SQLite's thread
-            async with self.db.transaction(Scope.for_tenant(tenant.id)) as session:
-                issued = await hot.on_sqlite(
-                    session,
-                    sqlite_issue_challenge,
-                    hot.sqlite_uuid(tenant.id),
-                    (
-                        hot.sqlite_uuid(challenge.id),
-                        challenge.nonce,
-                        hot.sqlite_time(challenge.created_at),
-                        hot.sqlite_time(challenge.expires_at),
-                    ),
-                    None if budget is None else budget.max_releases,
-                    None if budget is None else budget.window_seconds,
-                    now.timestamp(),
-                    None if purge is None else hot.sqlite_time(purge),
-                )
+        if self.db.dialect == "sqlite":  # the function's steps as one transaction, one hand-off
+            issued = await self.db.call_sqlite(
+                sqlite_issue_challenge,
+                hot.sqlite_uuid(tenant.id),
+                (
+                    hot.sqlite_uuid(challenge.id),
+                    challenge.nonce,
+                    hot.sqlite_time(challenge.created_at),
+                    hot.sqlite_time(challenge.expires_at),
+                ),
+                None if budget is None else budget.max_releases,
+                None if budget is None else budget.window_seconds,
+                now.timestamp(),
+                None if purge is None else hot.sqlite_time(purge),
+            )
             assert issued is not None
             retry_after = issued[0]
         else:

@@ -6,6 +6,7 @@ the same promises (in the transaction, seen by the events, failing as SQLAlchemy
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -248,3 +249,79 @@ async def test_a_procedure_stores_values_as_the_orm_does(migrated_db: Database) 
     async with migrated_db.transaction(Scope.for_tenant(acme)) as session:
         nonce = await consume_challenge(session, acme, by_procedure.id, now + timedelta(seconds=1))
     assert nonce == by_procedure.nonce
+
+
+def _count_tenant_challenges(conn: Any, tenant: str) -> int:
+    conn.execute(
+        "INSERT INTO challenges (tenant_id, id, nonce, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+        (tenant, uuid.uuid4().hex, b"\0" * 32, "2026-12-05 12:00:00.000000", "2026-12-05 12:02:00.000000"),
+    )
+    return int(conn.execute("SELECT count(*) FROM challenges WHERE tenant_id = ?", (tenant,)).fetchone()[0])
+
+
+def _insert_then_fail(conn: Any, tenant: str) -> None:
+    _count_tenant_challenges(conn, tenant)
+    _fails(conn)
+
+
+async def test_a_sqlite_call_is_a_transaction_of_its_own_in_one_hand_off(migrated_db: Database) -> None:
+    _sqlite_only(migrated_db)
+    from tests.test_db_sqlite_driver import HandOffs
+
+    acme, _ = await _tenants(migrated_db)
+    await migrated_db.call_sqlite(_count_tenant_challenges, acme.hex)  # the pool holds a connection now
+    with HandOffs() as one_call:
+        assert await migrated_db.call_sqlite(_count_tenant_challenges, acme.hex) == (2,)
+    assert one_call.count == 1, "BEGIN, the procedure and COMMIT in one hand-off; no reset after"
+    # A procedure that fails: rolled back whole, its error raised as SQLAlchemy's.
+    with pytest.raises(IntegrityError):
+        await migrated_db.call_sqlite(_insert_then_fail, acme.hex)
+    async with migrated_db.transaction(Scope.for_tenant(acme)) as session:
+        assert await hot.on_sqlite(session, _challenge_ids, acme.hex) is not None
+        assert len((await hot.on_sqlite(session, _challenge_ids, acme.hex) or ([],))[0]) == 2
+    # It takes this process's turn: while a transaction is open, it has not begun.
+    opened, may_end = asyncio.Event(), asyncio.Event()
+
+    async def holder() -> None:
+        async with migrated_db.transaction(Scope.for_tenant(acme)):
+            opened.set()
+            await may_end.wait()
+
+    sent: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, sql: str, *_rest: Any) -> None:
+        sent.append(sql)
+
+    engine = migrated_db.engine.sync_engine
+    holding = asyncio.create_task(holder())
+    await opened.wait()
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        waiting = asyncio.create_task(migrated_db.call_sqlite(_count_tenant_challenges, acme.hex))
+        for _ in range(10):
+            await asyncio.sleep(0.01)
+        assert sent == [], "the call began while another transaction of this process was open"
+        may_end.set()
+        await holding
+        assert await waiting == (3,)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert sent == ["-- sqlite procedure _count_tenant_challenges"]
+
+    # An OperationalError where the fault rig raises one (a cursor event): a 503, nothing written.
+    def fail(conn: Any, *_args: Any) -> None:
+        raise conn.dialect.loaded_dbapi.OperationalError("injected: disk I/O error")
+
+    event.listen(engine, "before_cursor_execute", fail)
+    try:
+        with pytest.raises(Unavailable):
+            await migrated_db.call_sqlite(_count_tenant_challenges, acme.hex)
+    finally:
+        event.remove(engine, "before_cursor_execute", fail)
+    assert await migrated_db.call_sqlite(_count_tenant_challenges, acme.hex) == (4,)
+
+
+async def test_postgresql_has_no_sqlite_calls(migrated_db: Database) -> None:
+    if migrated_db.dialect != "postgresql":
+        pytest.skip("PostgreSQL only")
+    assert await migrated_db.call_sqlite(_none) is None

@@ -211,3 +211,25 @@ async def test_a_closed_connection_is_a_disconnect_not_a_hang(tmp_path: Path) ->
             assert (await conn.execute(text("SELECT 2"))).scalar_one() == 2
     finally:
         await engine.dispose()
+
+
+async def test_the_pool_takes_a_committed_connection_back_without_a_hand_off(tmp_path: Path) -> None:
+    db = Database(Settings(data_dir=tmp_path))
+    try:
+        async with db.engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE u (a INTEGER)"))
+        with HandOffs() as committed:
+            async with db.engine.begin() as conn:  # BEGIN IMMEDIATE, INSERT, COMMIT; returned to the pool
+                await conn.execute(text("INSERT INTO u (a) VALUES (1)"))
+        assert committed.count == 3, "the pool's rollback of a committed connection is skipped"
+        # A connection returned with its transaction open is still rolled back.
+        conn = await db.engine.connect()
+        await conn.begin()
+        await conn.execute(text("INSERT INTO u (a) VALUES (2)"))
+        with HandOffs() as abandoned:
+            await conn.close()
+        assert abandoned.count == 1
+        async with db.engine.connect() as conn:
+            assert (await conn.execute(text("SELECT a FROM u"))).scalars().all() == [1]
+    finally:
+        await db.dispose()

@@ -34,6 +34,7 @@ from keyserver.ratelimits import (
     _sqlite_take_limited,
     effective_limit,
     key_scope,
+    sqlite_take_limited,
     take,
 )
 from keyserver.tenancy import create_tenant
@@ -71,9 +72,17 @@ async def _counters(db: Database, tenant_id: uuid.UUID) -> list[tuple[str, int, 
 async def _attempt(
     db: Database, tenant_id: uuid.UUID, budget: Budget | None, now: datetime
 ) -> tuple[object, ...]:
-    if db.dialect == "sqlite":  # the procedure, in a transaction of its own as admit_attempt runs it
-        async with db.transaction(Scope.for_tenant(tenant_id)) as session:
-            return await _sqlite_take_limited(session, tenant_id, TENANT, budget, now)
+    if db.dialect == "sqlite":  # the procedure, as a transaction of its own as admit_attempt runs it
+        taken = await db.call_sqlite(
+            sqlite_take_limited,
+            hot.sqlite_uuid(tenant_id),
+            TENANT,
+            None if budget is None else budget.max_releases,
+            None if budget is None else budget.window_seconds,
+            now.timestamp(),
+        )
+        assert taken is not None
+        return taken[0]
     rows = await db.call(
         "SELECT max_releases, window_seconds, retry_after FROM keyserver_admit_attempt($1, $2, $3, $4)",
         tenant_id,

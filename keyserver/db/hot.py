@@ -158,14 +158,47 @@ async def on_sqlite(
     ``Database.transaction`` turns the database's failures into 503s as for any statement."""
     if session.bind is None or session.bind.dialect.name != "sqlite":
         return None
-    connection = await session.connection()
+    return await _run_sqlite(await session.connection(), procedure, args, label)
+
+
+async def call_sqlite(engine: AsyncEngine, procedure: Callable[..., T], *args: object) -> tuple[T] | None:
+    """SQLite: ``(procedure(connection, *args),)`` as a transaction of its own — ``BEGIN IMMEDIATE``, the
+    procedure, ``COMMIT`` (``ROLLBACK`` if it raised) — on a pooled connection, in ONE hand-off to
+    aiosqlite's thread (the counterpart of :func:`call`); ``None`` on PostgreSQL. The caller takes this
+    process's SQLite turn first (``Database.call_sqlite``). Events and errors as :func:`on_sqlite`."""
+    if engine.dialect.name != "sqlite":
+        return None
+    async with engine.connect() as connection:
+        return await _run_sqlite(connection, _in_own_transaction, (procedure, args), None, procedure)
+
+
+def _in_own_transaction(conn: sqlite3.Connection, procedure: Callable[..., T], args: tuple[object, ...]) -> T:
+    if conn.in_transaction:
+        raise sqlite3.ProgrammingError("a pooled connection came back with a transaction open")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = procedure(conn, *args)
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.commit()
+    return result
+
+
+async def _run_sqlite(
+    connection: AsyncConnection,
+    procedure: Callable[..., T],
+    args: tuple[object, ...],
+    label: str | None,
+    named: Callable[..., object] | None = None,
+) -> tuple[T]:
     fairy = await connection.get_raw_connection()
     adapted: Any = fairy.dbapi_connection  # keyserver/db/sqlite_driver.py's OneHandOffConnection
     sync = connection.sync_connection
     assert adapted is not None
     assert sync is not None
     # What the engine's cursor events are shown: the statement, or the procedure's name.
-    label = label or f"-- sqlite procedure {procedure.__name__}"
+    label = label or f"-- sqlite procedure {(named or procedure).__name__}"
     events = sync._has_events or sync.engine._has_events
     try:
         if events:

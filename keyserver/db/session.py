@@ -243,6 +243,20 @@ class Database:
             _raise_unavailable_if_transient(exc)
             raise
 
+    async def call_sqlite(self, procedure: Callable[..., T], *args: object) -> tuple[T] | None:
+        """SQLite: ``(procedure(connection, *args),)`` as a transaction of its own in one hand-off to
+        aiosqlite's thread (keyserver/db/hot.py, ``call_sqlite``), after this process's earlier
+        transactions (:meth:`_sqlite_turn`); ``None`` on PostgreSQL, whose callers use :meth:`call`. The
+        database's failures are :class:`Unavailable`, as in a transaction."""
+        if self.dialect != "sqlite":
+            return None
+        try:
+            async with self._sqlite_turn():
+                return await hot.call_sqlite(self.engine, procedure, *args)
+        except (TimeoutError, OperationalError, DBAPIError, OSError) as exc:
+            _raise_unavailable_if_transient(exc)
+            raise
+
     async def _begin_on_live_connection(self, session: AsyncSession) -> None:
         """Begin ``session``'s transaction on a connection that answers, at no cost per request.
 

@@ -142,6 +142,16 @@ class OneHandOffConnection(AsyncAdapt_aiosqlite_connection):
     __slots__ = ()
     _cursor_cls = OneHandOffCursor
 
+    def rollback(self) -> None:
+        # The pool rolls back every connection it takes back, mostly right after a COMMIT: with no
+        # transaction open there is nothing to roll back, and asking the thread would cost a hand-off.
+        # sqlite3's in_transaction is SQLite's own autocommit flag (aiosqlite reads it from this thread
+        # too); nothing runs on the connection meanwhile (it is being returned).
+        driver = self._connection
+        if driver._connection is not None and not driver._conn.in_transaction:
+            return
+        super().rollback()
+
 
 class OneHandOffDBAPI(AsyncAdapt_aiosqlite_dbapi):
     """The DBAPI module SQLAlchemy's aiosqlite dialect is given (``create_async_engine(module=...)``)."""
