@@ -306,7 +306,7 @@ async def test_a_sqlite_call_is_a_transaction_of_its_own_in_one_hand_off(migrate
         assert await waiting == (3,)
     finally:
         event.remove(engine, "before_cursor_execute", record)
-    assert sent == ["-- sqlite procedure _count_tenant_challenges"]
+    assert sent == ["-- sqlite call _count_tenant_challenges"]
 
     # An OperationalError where the fault rig raises one (a cursor event): a 503, nothing written.
     def fail(conn: Any, *_args: Any) -> None:

@@ -169,7 +169,9 @@ async def call_sqlite(engine: AsyncEngine, procedure: Callable[..., T], *args: o
     if engine.dialect.name != "sqlite":
         return None
     async with engine.connect() as connection:
-        return await _run_sqlite(connection, _in_own_transaction, (procedure, args), None, procedure)
+        # Shown to the cursor events as a call (a transaction of its own), not a procedure inside one.
+        label = f"-- sqlite call {procedure.__name__}"
+        return await _run_sqlite(connection, _in_own_transaction, (procedure, args), label)
 
 
 def _in_own_transaction(conn: sqlite3.Connection, procedure: Callable[..., T], args: tuple[object, ...]) -> T:
@@ -186,11 +188,7 @@ def _in_own_transaction(conn: sqlite3.Connection, procedure: Callable[..., T], a
 
 
 async def _run_sqlite(
-    connection: AsyncConnection,
-    procedure: Callable[..., T],
-    args: tuple[object, ...],
-    label: str | None,
-    named: Callable[..., object] | None = None,
+    connection: AsyncConnection, procedure: Callable[..., T], args: tuple[object, ...], label: str | None
 ) -> tuple[T]:
     fairy = await connection.get_raw_connection()
     adapted: Any = fairy.dbapi_connection  # keyserver/db/sqlite_driver.py's OneHandOffConnection
@@ -198,7 +196,7 @@ async def _run_sqlite(
     assert adapted is not None
     assert sync is not None
     # What the engine's cursor events are shown: the statement, or the procedure's name.
-    label = label or f"-- sqlite procedure {(named or procedure).__name__}"
+    label = label or f"-- sqlite procedure {procedure.__name__}"
     events = sync._has_events or sync.engine._has_events
     try:
         if events:
