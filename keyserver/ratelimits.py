@@ -361,20 +361,38 @@ def sqlite_issue_challenge(
     return None
 
 
-async def _sqlite_take_limited(
-    session: AsyncSession, tenant_id: uuid.UUID, scope: str, default: Budget | None, now: datetime
-) -> tuple[int | None, int | None, int | None]:
-    taken = await hot.on_sqlite(
-        session,
-        sqlite_take_limited,
+def _take_limited_args(
+    tenant_id: uuid.UUID, scope: str, default: Budget | None, now: datetime
+) -> tuple[object, ...]:
+    """``sqlite_take_limited``'s arguments after its connection, as SQLite stores the values."""
+    return (
         hot.sqlite_uuid(tenant_id),
         scope,
         None if default is None else default.max_releases,
         None if default is None else default.window_seconds,
         now.timestamp(),
     )
+
+
+async def _sqlite_take_limited(
+    session: AsyncSession, tenant_id: uuid.UUID, scope: str, default: Budget | None, now: datetime
+) -> tuple[int | None, int | None, int | None]:
+    """In the session's transaction (a key's grant, in the release's batch)."""
+    taken = await hot.on_sqlite(
+        session, sqlite_take_limited, *_take_limited_args(tenant_id, scope, default, now)
+    )
     if taken is None:
         raise RuntimeError("the limit's one-call form for SQLite was asked of another store")
+    return taken[0]
+
+
+async def sqlite_admit_attempt(
+    db: Database, tenant_id: uuid.UUID, default: Budget | None, now: datetime
+) -> tuple[int | None, int | None, int | None]:
+    """As a transaction of its own (the attempt: ``ReleaseLimiter.admit_attempt``)."""
+    taken = await db.call_sqlite(sqlite_take_limited, *_take_limited_args(tenant_id, TENANT, default, now))
+    if taken is None:
+        raise RuntimeError("the attempt's one-call form for SQLite was asked of another store")
     return taken[0]
 
 
@@ -427,17 +445,9 @@ class ReleaseLimiter:
                 row["retry_after"],
             )
         else:  # SQLite: the same steps as a transaction of their own, one hand-off to its thread
-            taken = await self.db.call_sqlite(
-                sqlite_take_limited,
-                hot.sqlite_uuid(tenant.id),
-                TENANT,
-                None if default is None else default.max_releases,
-                None if default is None else default.window_seconds,
-                now.timestamp(),
+            max_releases, window_seconds, retry_after = await sqlite_admit_attempt(
+                self.db, tenant.id, default, now
             )
-            if taken is None:
-                raise RuntimeError("the attempt has no one-call form on this store")
-            max_releases, window_seconds, retry_after = taken[0]
         if max_releases is None or window_seconds is None:
             return
         budget = Budget(max_releases, window_seconds)

@@ -64,6 +64,14 @@ async def _engine(path: Path, *, ours: bool) -> AsyncEngine:
 
 
 @pytest.fixture
+async def service_db(tmp_path: Path) -> AsyncIterator[Database]:
+    """The service's own SQLite engine (keyserver/db/session.py), on an empty database."""
+    db = Database(Settings(data_dir=tmp_path))
+    yield db
+    await db.dispose()
+
+
+@pytest.fixture
 async def engines(tmp_path: Path) -> AsyncIterator[tuple[AsyncEngine, AsyncEngine]]:
     stock = await _engine(tmp_path / "stock.db", ours=False)
     ours = await _engine(tmp_path / "ours.db", ours=True)
@@ -72,39 +80,33 @@ async def engines(tmp_path: Path) -> AsyncIterator[tuple[AsyncEngine, AsyncEngin
     await ours.dispose()
 
 
-async def test_the_service_engine_uses_one_hand_off_per_statement(tmp_path: Path) -> None:
-    db = Database(Settings(data_dir=tmp_path))
-    try:
-        async with db.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))  # connect first: opening costs hand-offs of its own
-            with HandOffs() as select_one:
-                rows = (await conn.execute(text("SELECT 1 AS one, 'x' AS two"))).all()
-            with HandOffs() as create:
+async def test_the_service_engine_uses_one_hand_off_per_statement(service_db: Database) -> None:
+    db = service_db
+    async with db.engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))  # connect first: opening costs hand-offs of its own
+        with HandOffs() as select_one:
+            rows = (await conn.execute(text("SELECT 1 AS one, 'x' AS two"))).all()
+        with HandOffs() as create:
+            await conn.execute(text("CREATE TABLE u (a INTEGER)"))
+        with HandOffs() as insert:
+            result = await conn.execute(text("INSERT INTO u (a) VALUES (1), (2)"))
+    assert rows == [(1, "x")]
+    assert result.rowcount == 2
+    # SQLAlchemy's own adapter: 4 (cursor, execute, fetchall, close) and 3 without rows.
+    assert (select_one.count, create.count, insert.count) == (1, 1, 1)
+
+
+async def test_a_service_transaction_is_begin_statements_and_commit(service_db: Database) -> None:
+    db = service_db
+    async with db.engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+        await conn.commit()
+        with HandOffs() as transaction:
+            async with conn.begin():  # BEGIN IMMEDIATE (the engine's begin hook), 3 statements, COMMIT
                 await conn.execute(text("CREATE TABLE u (a INTEGER)"))
-            with HandOffs() as insert:
-                result = await conn.execute(text("INSERT INTO u (a) VALUES (1), (2)"))
-        assert rows == [(1, "x")]
-        assert result.rowcount == 2
-        # SQLAlchemy's own adapter: 4 (cursor, execute, fetchall, close) and 3 without rows.
-        assert (select_one.count, create.count, insert.count) == (1, 1, 1)
-    finally:
-        await db.dispose()
-
-
-async def test_a_service_transaction_is_begin_statements_and_commit(tmp_path: Path) -> None:
-    db = Database(Settings(data_dir=tmp_path))
-    try:
-        async with db.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-            await conn.commit()
-            with HandOffs() as transaction:
-                async with conn.begin():  # BEGIN IMMEDIATE (the engine's begin hook), 3 statements, COMMIT
-                    await conn.execute(text("CREATE TABLE u (a INTEGER)"))
-                    await conn.execute(text("INSERT INTO u (a) VALUES (7)"))
-                    assert (await conn.execute(text("SELECT a FROM u"))).scalar_one() == 7
-        assert transaction.count == 5
-    finally:
-        await db.dispose()
+                await conn.execute(text("INSERT INTO u (a) VALUES (7)"))
+                assert (await conn.execute(text("SELECT a FROM u"))).scalar_one() == 7
+    assert transaction.count == 5
 
 
 async def _answers(engine: AsyncEngine, statements: list[Statement]) -> list[Any]:
@@ -213,23 +215,20 @@ async def test_a_closed_connection_is_a_disconnect_not_a_hang(tmp_path: Path) ->
         await engine.dispose()
 
 
-async def test_the_pool_takes_a_committed_connection_back_without_a_hand_off(tmp_path: Path) -> None:
-    db = Database(Settings(data_dir=tmp_path))
-    try:
-        async with db.engine.begin() as conn:
-            await conn.execute(text("CREATE TABLE u (a INTEGER)"))
-        with HandOffs() as committed:
-            async with db.engine.begin() as conn:  # BEGIN IMMEDIATE, INSERT, COMMIT; returned to the pool
-                await conn.execute(text("INSERT INTO u (a) VALUES (1)"))
-        assert committed.count == 3, "the pool's rollback of a committed connection is skipped"
-        # A connection returned with its transaction open is still rolled back.
-        conn = await db.engine.connect()
-        await conn.begin()
-        await conn.execute(text("INSERT INTO u (a) VALUES (2)"))
-        with HandOffs() as abandoned:
-            await conn.close()
-        assert abandoned.count == 1
-        async with db.engine.connect() as conn:
-            assert (await conn.execute(text("SELECT a FROM u"))).scalars().all() == [1]
-    finally:
-        await db.dispose()
+async def test_the_pool_takes_a_committed_connection_back_without_a_hand_off(service_db: Database) -> None:
+    db = service_db
+    async with db.engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE u (a INTEGER)"))
+    with HandOffs() as committed:
+        async with db.engine.begin() as conn:  # BEGIN IMMEDIATE, INSERT, COMMIT; returned to the pool
+            await conn.execute(text("INSERT INTO u (a) VALUES (1)"))
+    assert committed.count == 3, "the pool's rollback of a committed connection is skipped"
+    # A connection returned with its transaction open is still rolled back.
+    conn = await db.engine.connect()
+    await conn.begin()
+    await conn.execute(text("INSERT INTO u (a) VALUES (2)"))
+    with HandOffs() as abandoned:
+        await conn.close()
+    assert abandoned.count == 1
+    async with db.engine.connect() as conn:
+        assert (await conn.execute(text("SELECT a FROM u"))).scalars().all() == [1]

@@ -34,7 +34,7 @@ from keyserver.ratelimits import (
     _sqlite_take_limited,
     effective_limit,
     key_scope,
-    sqlite_take_limited,
+    sqlite_admit_attempt,
     take,
 )
 from keyserver.tenancy import create_tenant
@@ -73,16 +73,7 @@ async def _attempt(
     db: Database, tenant_id: uuid.UUID, budget: Budget | None, now: datetime
 ) -> tuple[object, ...]:
     if db.dialect == "sqlite":  # the procedure, as a transaction of its own as admit_attempt runs it
-        taken = await db.call_sqlite(
-            sqlite_take_limited,
-            hot.sqlite_uuid(tenant_id),
-            TENANT,
-            None if budget is None else budget.max_releases,
-            None if budget is None else budget.window_seconds,
-            now.timestamp(),
-        )
-        assert taken is not None
-        return taken[0]
+        return await sqlite_admit_attempt(db, tenant_id, budget, now)
     rows = await db.call(
         "SELECT max_releases, window_seconds, retry_after FROM keyserver_admit_attempt($1, $2, $3, $4)",
         tenant_id,
