@@ -247,7 +247,11 @@ class Database:
         """SQLite: ``(procedure(connection, *args),)`` as a transaction of its own in one hand-off to
         aiosqlite's thread (keyserver/db/hot.py, ``call_sqlite``), after this process's earlier
         transactions (:meth:`_sqlite_turn`); ``None`` on PostgreSQL, whose callers use :meth:`call`. The
-        database's failures are :class:`Unavailable`, as in a transaction."""
+        database's failures are :class:`Unavailable`, as in a transaction.
+
+        Once handed to the thread the call runs to its COMMIT even if the caller is cancelled meanwhile
+        (as a statement already sent to PostgreSQL does): like :meth:`call`, only for work whose loss
+        to the caller is harmless (the two callers: an attempt counted, a challenge nobody was given)."""
         if self.dialect != "sqlite":
             return None
         try:
