@@ -152,8 +152,9 @@ _PG_REFERENCE_SETS = (
 
 
 async def active_policy_row(session: AsyncSession, tenant_id: uuid.UUID, name: str) -> PolicyRow | None:
-    """The active version of the policy ``name``, read once its head's lock is held (the release path on
-    PostgreSQL reads it with the key in one call: keyserver/keys.py, ``release_inputs``)."""
+    """The active version of the policy ``name``, read once its head's lock is held. The release path
+    reads it with the key in one call on either store (keyserver/keys.py, ``release_inputs``), held to
+    this ORM read by tests/test_release_inputs.py."""
     head = (await session.execute(_POLICY_HEAD, {"tenant_id": tenant_id, "name": name})).scalar_one_or_none()
     if head is None or head.tenant_id != tenant_id:
         return None

@@ -32,6 +32,9 @@ _last_purge: BoundedCache[uuid.UUID, datetime] = BoundedCache(65536)
 async def issue_challenge(
     session: AsyncSession, tenant_id: uuid.UUID, now: datetime | None = None
 ) -> Challenge:
+    """A new challenge stored in ``session``'s transaction, uncounted. The service issues challenges with
+    ``ReleaseLimiter.issue_challenge`` (counted, one call on either store); this is the building block
+    the tests use to make challenges in a transaction of their own."""
     now = now or utcnow()
     purge = purge_before(tenant_id, now)
     if purge is not None:

@@ -354,7 +354,10 @@ async def releasable(
     session: AsyncSession, tenant: Tenant, name: str, version: int | None = None
 ) -> ReleasableKey:
     """The key version a release asks for (default: the newest live one); denied (``EvidenceError``,
-    logged by the caller) when the key is unknown, disabled or destroyed."""
+    logged by the caller) when the key is unknown, disabled or destroyed.
+
+    Through the ORM, statement by statement: the reference :func:`release_inputs`'s one-call forms are
+    held to (tests/test_release_inputs.py); a release itself calls :func:`release_inputs`."""
     # FOR SHARE (PostgreSQL; SQLite's transactions hold the database's write lock anyway): a change of
     # the key's state (disable, destroy, rotate: FOR UPDATE) waits until this release has committed,
     # and a release waits for a change in flight and then reads its result. So the release follows

@@ -198,9 +198,8 @@ async def remove_limit(
 
 
 def _count_one(insert: Any) -> Any:
-    """The counting upsert for one dialect, built once (every release and challenge runs it; see
-    docs/performance.md): values and the limit are bound parameters, named apart from the
-    columns (SQLAlchemy reserves those for an INSERT's own)."""
+    """The counting upsert for one dialect, built once: values and the limit are bound parameters, named
+    apart from the columns (SQLAlchemy reserves those for an INSERT's own)."""
     table = ReleaseCounter.__table__
     return (
         insert(ReleaseCounter)
@@ -221,14 +220,6 @@ def _count_one(insert: Any) -> Any:
 
 
 _COUNT_ONE = {"postgresql": _count_one(postgresql.insert), "sqlite": _count_one(sqlite.insert)}
-# The same upsert as asyncpg runs it on PostgreSQL (keyserver/db/hot.py).
-_PG_COUNT_ONE = (
-    "INSERT INTO release_counters (tenant_id, scope, window_seconds, window_start, count)"
-    " VALUES ($1, $2, $3, $4, 1)"
-    " ON CONFLICT (tenant_id, scope, window_seconds, window_start)"
-    " DO UPDATE SET count = release_counters.count + 1 WHERE release_counters.count < $5"
-    " RETURNING count"
-)
 
 
 def window_start_of(seconds: float, window_seconds: int) -> int:
@@ -248,9 +239,9 @@ async def take(
     the window ends (for ``Retry-After``). One atomic statement: the counter row is locked until the
     caller's transaction ends, and a refusal writes nothing.
 
-    The reference for the one-call forms each store runs on the release path (PostgreSQL's functions
-    in migrations/versions/0012-0013, SQLite's procedures below): tests/test_one_round_trip.py holds
-    them to it."""
+    Not on any request path: it is the reference, in the plainest form, for the one-call forms each
+    store runs there (PostgreSQL's functions in migrations/versions/0012-0013, SQLite's procedures
+    below); tests/test_one_round_trip.py holds them to it."""
     seconds = now.timestamp()
     window_start = window_start_of(seconds, budget.window_seconds)
     values = {
@@ -260,14 +251,8 @@ async def take(
         "b_window_start": window_start,
         "max_releases": budget.max_releases,
     }
-    fast = await hot.fetch(
-        session, _PG_COUNT_ONE, tenant_id, scope, budget.window_seconds, window_start, budget.max_releases
-    )
-    if fast is not None:  # PostgreSQL (keyserver/db/hot.py)
-        count = fast[0]["count"] if fast else None
-    else:
-        statement = _COUNT_ONE[session.get_bind().dialect.name]
-        count = (await session.execute(statement, values)).scalar_one_or_none()
+    statement = _COUNT_ONE[session.get_bind().dialect.name]
+    count = (await session.execute(statement, values)).scalar_one_or_none()
     if count is None:
         return seconds_left(seconds, window_start, budget.window_seconds)
     if count == 1:
