@@ -215,6 +215,9 @@ async def test_two_workers_survive_a_worker_killed_while_postgres_is_down(
         extend(tpm_esapi, b"reviewed loader build 1")
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
             remote = cast(Service, _Remote(client, operator))
+            # Alive (/healthz) is not ready: a worker whose start-up check did not get its answer in time
+            # (a loaded machine) answers 503 until its next try. The outage below is what this test is about.
+            await _wait_ready(client)
             with loader_ak(tpm_esapi) as ak:
                 await setup_tenant(remote, swtpm, tpm_esapi, ak)
                 loader = Loader(remote, tpm_esapi, ak)
