@@ -123,8 +123,6 @@ async def reference_sets(
     tenant = hot.sqlite_uuid(tenant_id)
     sql = _SQLITE_REFERENCE_SETS.format(places=", ".join("?" * len(names)))
     rows = await hot.fetch_sqlite(session, sql, tenant, *names, tenant)
-    if rows is None:
-        raise RuntimeError("reading reference values has no statement for this store")
     return [
         ReferenceValueSet(name, tee, version, stored_reference_values(tee, document), revoked=bool(revoked))
         for name, tee, version, document, revoked in rows

@@ -105,8 +105,6 @@ async def consume_challenge(
         rows = await hot.fetch_sqlite(
             session, _SQLITE_CONSUME, at, hot.sqlite_uuid(tenant_id), hot.sqlite_uuid(challenge_id), at
         )
-        if rows is None:
-            raise RuntimeError("consuming a challenge has no statement for this store")
         nonce = rows[0][0] if rows else None
     if nonce is not None:
         return bytes(nonce)

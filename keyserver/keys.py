@@ -303,10 +303,7 @@ async def release_inputs(
     (PostgreSQL: migrations/versions/0013; SQLite: ``sqlite_release_inputs``)."""
     rows = await hot.fetch(session, _PG_RELEASE_INPUTS, tenant.id, name, version)
     if rows is None:  # SQLite: the same reads as one procedure, one hand-off to its thread
-        read = await hot.on_sqlite(session, sqlite_release_inputs, hot.sqlite_uuid(tenant.id), name, version)
-        if read is None:
-            raise RuntimeError("a release's reads have no one-call form on this store")
-        r = read[0]
+        r = await hot.run_sqlite(session, sqlite_release_inputs, hot.sqlite_uuid(tenant.id), name, version)
         for column in _TIME_COLUMNS:
             r[column] = hot.from_sqlite_time(r[column])
     else:

@@ -363,12 +363,9 @@ async def _sqlite_take_limited(
     session: AsyncSession, tenant_id: uuid.UUID, scope: str, default: Budget | None, now: datetime
 ) -> tuple[int | None, int | None, int | None]:
     """In the session's transaction (a key's grant, in the release's batch)."""
-    taken = await hot.on_sqlite(
+    return await hot.run_sqlite(
         session, sqlite_take_limited, *_take_limited_args(tenant_id, scope, default, now)
     )
-    if taken is None:
-        raise RuntimeError("the limit's one-call form for SQLite was asked of another store")
-    return taken[0]
 
 
 async def sqlite_admit_attempt(

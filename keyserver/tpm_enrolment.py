@@ -433,8 +433,6 @@ async def trusted_ak(session: AsyncSession, tenant_id: uuid.UUID, ak_name: str) 
         ak_public: bytes | None = rows[0]["ak_public"] if rows else None
     else:  # SQLite: the same statement, one hand-off to its thread
         found = await hot.fetch_sqlite(session, _SQLITE_TRUSTED_AK, hot.sqlite_uuid(tenant_id), ak_name)
-        if found is None:
-            raise RuntimeError("reading an AK has no statement for this store")
         ak_public = found[0][0] if found else None
     if ak_public is None:
         raise EvidenceError(

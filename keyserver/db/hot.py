@@ -135,12 +135,22 @@ def _rows_of(conn: sqlite3.Connection, sql: str, args: tuple[object, ...]) -> li
     return conn.execute(sql, args).fetchall()
 
 
-async def fetch_sqlite(session: AsyncSession, sql: str, *args: object) -> list[tuple[Any, ...]] | None:
-    """SQLite: the rows of one statement (``?`` parameters, values as SQLite stores them: see
-    :func:`sqlite_uuid`) in ``session``'s transaction, one hand-off (:func:`on_sqlite`); ``None`` on
-    PostgreSQL, whose callers use :func:`fetch`."""
-    done = await on_sqlite(session, _rows_of, sql, args, label=sql)
-    return None if done is None else done[0]
+async def fetch_sqlite(session: AsyncSession, sql: str, *args: object) -> list[tuple[Any, ...]]:
+    """SQLite only: the rows of one statement (``?`` parameters, values as SQLite stores them: see
+    :func:`sqlite_uuid`) in ``session``'s transaction, one hand-off (:func:`run_sqlite`). Its callers use
+    :func:`fetch` on PostgreSQL and call this when that answered ``None``."""
+    return await run_sqlite(session, _rows_of, sql, args, label=sql)
+
+
+async def run_sqlite(
+    session: AsyncSession, procedure: Callable[..., T], *args: object, label: str | None = None
+) -> T:
+    """:func:`on_sqlite` for a caller that knows it is on SQLite (its PostgreSQL form answered ``None``):
+    the procedure's answer itself; ``RuntimeError`` on any other store."""
+    done = await on_sqlite(session, procedure, *args, label=label)
+    if done is None:
+        raise RuntimeError(f"{procedure.__name__} is SQLite's; this session is on another store")
+    return done[0]
 
 
 async def on_sqlite(

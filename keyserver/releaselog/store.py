@@ -47,9 +47,9 @@ _PG_NODES = (
 )
 
 
-# The append on PostgreSQL (ReleaseLog._append_pg): the head locked, then every entry, every node and the
-# head's new state written by one statement (entries and nodes as unnested arrays, in data-modifying CTEs:
-# all or nothing, like any statement, and each row under row-level security as before).
+# The append on PostgreSQL (ReleaseLog._append_in_one_call): the head locked, then every entry, every node
+# and the head's new state written by one statement (entries and nodes as unnested arrays, in
+# data-modifying CTEs: all or nothing, like any statement, and each row under row-level security).
 _PG_LOCKED_HEAD = "SELECT size, root_hash FROM log_heads WHERE tenant_id = $1 FOR UPDATE"
 _PG_WRITE_APPEND = (
     "WITH entries AS ("
@@ -104,10 +104,7 @@ async def _locked_size_and_root(session: AsyncSession, tenant_id: uuid.UUID) -> 
     rows = await hot.fetch(session, _PG_LOCKED_HEAD, tenant_id)
     if rows is not None:
         return (rows[0]["size"], rows[0]["root_hash"]) if rows else None
-    on_sqlite = await hot.on_sqlite(session, _sqlite_head, hot.sqlite_uuid(tenant_id))
-    if on_sqlite is None:
-        raise RuntimeError("the log head has no one-call read on this store")
-    return on_sqlite[0]
+    return await hot.run_sqlite(session, _sqlite_head, hot.sqlite_uuid(tenant_id))
 
 
 @dataclass(frozen=True)
@@ -220,7 +217,7 @@ class ReleaseLog:
             checkpoint,
         )
         if written is None:
-            on_sqlite = await hot.on_sqlite(
+            await hot.run_sqlite(
                 session,
                 _sqlite_write_append,
                 hot.sqlite_uuid(tenant.id),
@@ -230,8 +227,6 @@ class ReleaseLog:
                 created,
                 (size_after, root, checkpoint),
             )
-            if on_sqlite is None:
-                raise RuntimeError("the append has no one-call form on this store")
         return Appended(size_before, size_after, root, checkpoint, tuple(encoded), nodes)
 
     async def inclusion_proof_of_appended(
