@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -179,7 +179,7 @@ class Database:
         shutting down or out of resources, a standby that became read-only, a serialisation failure —
         surface as :class:`Unavailable` (HTTP 503) after the rollback, never as half-done work.
         """
-        try:
+        with _database_failures_unavailable():
             async with self._sqlite_turn(), self.session(scope, durable=durable) as session:
                 await self._begin_on_live_connection(session)
                 try:
@@ -194,9 +194,6 @@ class Database:
                     # A failed flush the caller handled deactivated it: nothing to commit (as SQLAlchemy's
                     # own ``session.begin()`` block does).
                     await _rollback_quietly(session)
-        except (TimeoutError, OperationalError, DBAPIError, OSError) as exc:
-            _raise_unavailable_if_transient(exc)
-            raise
 
     @asynccontextmanager
     async def _sqlite_turn(self) -> AsyncIterator[None]:
@@ -237,11 +234,8 @@ class Database:
         connection went: only statements whose repetition is harmless belong here (the two callers: an
         attempt counted twice makes the budget one stricter; a challenge issued twice leaves one that
         nobody was given, which expires)."""
-        try:
+        with _database_failures_unavailable():
             return await _once_more_on_a_fresh_connection(lambda: hot.call(self.engine, sql, *args))
-        except (TimeoutError, OperationalError, DBAPIError, OSError) as exc:
-            _raise_unavailable_if_transient(exc)
-            raise
 
     async def call_sqlite(self, procedure: Callable[..., T], *args: object) -> tuple[T] | None:
         """SQLite: ``(procedure(connection, *args),)`` as a transaction of its own in one hand-off to
@@ -254,12 +248,9 @@ class Database:
         to the caller is harmless (the two callers: an attempt counted, a challenge nobody was given)."""
         if self.dialect != "sqlite":
             return None
-        try:
+        with _database_failures_unavailable():
             async with self._sqlite_turn():
                 return await hot.call_sqlite(self.engine, procedure, *args)
-        except (TimeoutError, OperationalError, DBAPIError, OSError) as exc:
-            _raise_unavailable_if_transient(exc)
-            raise
 
     async def _begin_on_live_connection(self, session: AsyncSession) -> None:
         """Begin ``session``'s transaction on a connection that answers, at no cost per request.
@@ -355,6 +346,17 @@ def _is_transient_error(exc: DBAPIError) -> bool:
         return True
     code = _sqlstate(exc)
     return code is not None and (code[:2] in _TRANSIENT_SQLSTATE_CLASSES or code in _TRANSIENT_SQLSTATES)
+
+
+@contextmanager
+def _database_failures_unavailable() -> Iterator[None]:
+    """What :meth:`Database.transaction`, :meth:`Database.call` and :meth:`Database.call_sqlite` share:
+    the database's failures raised inside as :class:`Unavailable`; anything else as it was raised."""
+    try:
+        yield
+    except (TimeoutError, OperationalError, DBAPIError, OSError) as exc:
+        _raise_unavailable_if_transient(exc)
+        raise
 
 
 def _raise_unavailable_if_transient(exc: BaseException) -> None:
