@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from keyserver.challenges import consume_challenge, issue_challenge
 from keyserver.db import hot
-from keyserver.db.session import Database, Scope
+from keyserver.db.session import Database, Scope, scope_statement
 from keyserver.errors import EvidenceError, Unavailable
 from keyserver.tenancy import create_tenant
 
@@ -87,7 +87,8 @@ async def test_cursor_events_see_it(migrated_db: Database) -> None:
             await hot.fetch(session, "SELECT 2")
     finally:
         event.remove(migrated_db.engine.sync_engine, "before_cursor_execute", record)
-    assert seen[0].startswith("SELECT set_config(")  # the scope first, as for every transaction
+    # The scope first, as for every transaction (on PostgreSQL sent with its BEGIN: one round trip).
+    assert seen[0].startswith("BEGIN; SELECT set_config(")
     assert seen[1:] == ["SELECT 2"]
 
 
@@ -103,6 +104,83 @@ async def test_fails_as_sqlalchemy_fails(migrated_db: Database) -> None:
         await _fetch_after_the_connection_is_killed(migrated_db)
     async with migrated_db.transaction(Scope.for_operator()) as session:
         assert [tuple(row) for row in await hot.fetch(session, "SELECT 3 AS n") or []] == [(3,)]
+
+
+async def test_a_transaction_begins_with_its_scope_in_one_round_trip(migrated_db: Database) -> None:
+    """PostgreSQL: BEGIN and the scope's settings are one simple query (hot.begin_together_with), and the
+    settings are those of the scope — each kind of scope, durable or not."""
+    if migrated_db.dialect != "postgresql":
+        pytest.skip("PostgreSQL only")
+    acme, _other = await _tenants(migrated_db)
+    read = (
+        "SELECT current_setting('keyserver.tenant_id') AS tenant,"
+        " current_setting('keyserver.operator') AS op, current_setting('keyserver.lookup') AS lookup,"
+        " current_setting('synchronous_commit') AS sync"
+    )
+    expected = {
+        Scope.for_tenant(acme): (str(acme), "off", "off"),
+        Scope.for_operator(): ("", "on", "off"),
+        Scope.for_tenant_lookup(): ("", "off", "on"),
+    }
+    server_setting = await migrated_db.call("SHOW synchronous_commit")
+    assert server_setting is not None
+    default_sync = server_setting[0][0]
+    for scope, (tenant, operator, lookup) in expected.items():
+        for durable in (True, False):
+            sent: list[str] = []
+            record = _recorder(sent)
+            event.listen(migrated_db.engine.sync_engine, "before_cursor_execute", record)
+            try:
+                async with migrated_db.transaction(scope, durable=durable) as session:
+                    rows = await hot.fetch(session, read)
+            finally:
+                event.remove(migrated_db.engine.sync_engine, "before_cursor_execute", record)
+            assert rows is not None
+            assert tuple(rows[0])[:3] == (tenant, operator, lookup)
+            assert rows[0]["sync"] == (default_sync if durable else "off")
+            assert sent[0].startswith("BEGIN; SELECT set_config('keyserver.tenant_id'")
+            assert sent[1:] == [read]
+
+
+def _recorder(sent: list[str]) -> Any:
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        sent.append(statement)
+
+    return record
+
+
+async def test_the_scope_statement_takes_only_a_uuid() -> None:
+    """The scope is sent as literal text (a simple query has no parameters): nothing but a UUID's canonical
+    form may reach it."""
+    tenant = uuid.UUID("12345678-1234-5678-1234-567812345678")
+    assert f"'{tenant}'" in scope_statement(Scope.for_tenant(tenant), durable=True)
+    with pytest.raises(TypeError):
+        scope_statement(Scope(tenant_id="x', true); DROP TABLE tenants; --"), durable=True)  # type: ignore[arg-type]
+
+
+async def test_a_failed_begin_is_rolled_back(migrated_db: Database) -> None:
+    """The statement sent with BEGIN fails on the server: the error is SQLAlchemy's, and the transaction
+    it left aborted is rolled back when the connection goes back to the pool, which hands it out again."""
+    if migrated_db.dialect != "postgresql":
+        pytest.skip("PostgreSQL only")
+    async with migrated_db.engine.connect() as connection:
+        with pytest.raises(DBAPIError) as raised:
+            await connection.run_sync(lambda sync: hot.begin_together_with(sync, "SELECT 1/0"))
+        assert getattr(raised.value.orig, "sqlstate", None) == "22012"
+        failed_on = (await connection.get_raw_connection()).dbapi_connection
+    async with migrated_db.transaction(Scope.for_operator()) as session:
+        assert [tuple(row) for row in await hot.fetch(session, "SELECT 4") or []] == [(4,)]
+        assert (await session.connection()).sync_connection.connection.dbapi_connection is failed_on  # type: ignore[union-attr]
+
+
+async def test_a_connection_it_cannot_begin_takes_the_usual_path(migrated_db: Database) -> None:
+    """Another isolation level (or a transaction already open): nothing sent, False."""
+    if migrated_db.dialect != "postgresql":
+        pytest.skip("PostgreSQL only")
+    async with migrated_db.engine.connect() as connection:
+        serializable = await connection.execution_options(isolation_level="SERIALIZABLE")
+        assert not await serializable.run_sync(lambda sync: hot.begin_together_with(sync, "SELECT 1"))
+        assert (await serializable.execute(text("SHOW transaction_isolation"))).scalar_one() == "serializable"
 
 
 async def _issue_then_fail(db: Database, tenant_id: uuid.UUID) -> None:

@@ -90,7 +90,7 @@ async def test_a_transaction_sends_only_its_scope_and_its_statements(db: Databas
     async with db.transaction(Scope.for_operator()) as session:
         await session.execute(text("SELECT 1"))
     assert len(statements.sent) == 2, statements.sent
-    assert statements.sent[0].startswith("SELECT set_config('keyserver.tenant_id'")
+    assert statements.sent[0].startswith("BEGIN; SELECT set_config('keyserver.tenant_id'")  # one round trip
     assert statements.sent[1] == "SELECT 1"
 
 

@@ -69,21 +69,41 @@ def _apply_scope(session: Session, transaction: SessionTransaction, connection: 
         # transaction ends): setting it again would cost every batch member a round trip for nothing.
         return
     scope: Scope = session.info.get("scope", NO_SCOPE)
+    durable = session.info.get("durable") is not False
+    # BEGIN and the scope in one round trip (keyserver/db/hot.py); the statement below otherwise.
+    if hot.begin_together_with(connection, scope_statement(scope, durable=durable)):
+        return
     connection.execute(
         _SET_SCOPE,
         {
             "tenant": str(scope.tenant_id) if scope.tenant_id else "",
             "operator": "on" if scope.operator else "off",
             "lookup": "on" if scope.lookup else "off",
-            # Only a transaction that asked (Database.transaction(durable=False)) commits without
-            # waiting for its WAL flush; every other one commits as the server is configured.
-            "synchronous": "off" if session.info.get("durable") is False else None,
+            "synchronous": None if durable else "off",
         },
     )
 
 
-# Built once: every transaction runs it (building a text() clause and its cache key costs more CPU than
-# executing it).
+def scope_statement(scope: Scope, *, durable: bool) -> str:
+    """The scope's settings as one SELECT of literal values (sent with BEGIN as a simple query, which
+    takes no parameters): a UUID's canonical form and fixed words, nothing else."""
+    if scope.tenant_id is not None and not isinstance(scope.tenant_id, uuid.UUID):
+        raise TypeError("a scope's tenant is a uuid.UUID")
+    tenant = str(scope.tenant_id) if scope.tenant_id else ""
+    settings = [
+        f"set_config('keyserver.tenant_id', '{tenant}', true)",
+        f"set_config('keyserver.operator', '{'on' if scope.operator else 'off'}', true)",
+        f"set_config('keyserver.lookup', '{'on' if scope.lookup else 'off'}', true)",
+    ]
+    if not durable:
+        # Only a transaction that asked (Database.transaction(durable=False)) commits without waiting
+        # for its WAL flush; every other one commits as the server is configured (e.g. remote_apply).
+        settings.append("set_config('synchronous_commit', 'off', true)")
+    return "SELECT " + ", ".join(settings)
+
+
+# Built once: a transaction that cannot begin in one round trip runs it (building a text() clause and its
+# cache key costs more CPU than executing it).
 _SET_SCOPE = text(
     "SELECT set_config('keyserver.tenant_id', :tenant, true),"
     " set_config('keyserver.operator', :operator, true),"
