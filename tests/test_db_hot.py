@@ -183,6 +183,35 @@ async def test_a_connection_it_cannot_begin_takes_the_usual_path(migrated_db: Da
         assert (await serializable.execute(text("SHOW transaction_isolation"))).scalar_one() == "serializable"
 
 
+async def test_a_call_fails_as_sqlalchemy_fails(migrated_db: Database) -> None:
+    """``Database.call`` (one statement, its own transaction, checkout to checkin in one greenlet): seen by
+    the cursor events; a statement error is SQLAlchemy's error with its SQLSTATE (the request's fault, not
+    a 503) and the connection goes back to the pool, which hands it out again; a killed one is a 503 that
+    the pool never hands out again."""
+    if migrated_db.dialect != "postgresql":
+        pytest.skip("PostgreSQL only")
+    sent: list[str] = []
+    record = _recorder(sent)
+    event.listen(migrated_db.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        assert [tuple(row) for row in await migrated_db.call("SELECT $1::int + 1", 4) or []] == [(5,)]
+    finally:
+        event.remove(migrated_db.engine.sync_engine, "before_cursor_execute", record)
+    assert sent == ["SELECT $1::int + 1"]
+    async with migrated_db.transaction(Scope.for_operator()) as killer:  # holds a connection of its own
+        pid_rows = await migrated_db.call("SELECT pg_backend_pid()")
+        assert pid_rows is not None
+        with pytest.raises(DBAPIError) as raised:
+            await migrated_db.call("SELECT no_such_column FROM tenants")
+        assert getattr(raised.value.orig, "sqlstate", None) == "42703"
+        assert await migrated_db.call("SELECT pg_backend_pid()") == pid_rows  # the same connection, reused
+        await killer.execute(text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": pid_rows[0][0]})
+    # Killed between calls: met on the next call, which is tried once more on a fresh connection.
+    after = await migrated_db.call("SELECT pg_backend_pid()")
+    assert after is not None
+    assert after != pid_rows
+
+
 async def _issue_then_fail(db: Database, tenant_id: uuid.UUID) -> None:
     async with db.transaction(Scope.for_tenant(tenant_id)) as session:
         await issue_challenge(session, tenant_id)
