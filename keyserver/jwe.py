@@ -15,20 +15,29 @@ ECDH-ES):
 ``wrap_for_recipient`` is keyserver's side; ``unwrap_released`` is the loader's (and the tests'), in
 :mod:`keyserver.jwe_unwrap` and re-exported here, and is strict: an explicit algorithm allow-list, no
 ``zip`` (a JWE "zip bomb" is a denial of service on the loader), exact ``typ``/``cty``, size limits
-before any parsing. Algorithms come from joserfc, always
-through a registry that allows exactly the algorithms in use.
+before any parsing. The unwrap's algorithms come from joserfc, always through a registry that allows
+exactly the algorithms in use. The wrap is written on pyca/cryptography's primitives (ECDH, the Concat
+KDF, AES key wrap, AES-GCM, RSA-OAEP) to RFC 7518 directly: a release's JWE is on the hot path, and
+joserfc's generic machinery around the same primitives cost twice as much (docs/performance.md, "Sixth
+pass"). Two implementations, then: tests/test_jwe.py holds the wrap to joserfc's unwrap and to jwcrypto.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
-from joserfc import jwe
-from joserfc.jwk import import_key
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
+from cryptography.hazmat.primitives.keywrap import aes_key_wrap
 
-from keyserver.ephemeral_key import parse_ephemeral_jwk
+from keyserver.ephemeral_key import EphemeralPublicKey, parse_ephemeral_jwk
 
 # The loader's side, in its own module so that the loader's measured image holds no wrapping code;
 # re-exported here, where the server and the tests have always found it.
@@ -131,12 +140,66 @@ def wrap_for_recipient(
     _check_metadata(metadata)
     if not MIN_KEY_BYTES <= len(key_material) <= MAX_KEY_BYTES:
         raise ValueError(f"key material is {MIN_KEY_BYTES} to {MAX_KEY_BYTES} bytes, not {len(key_material)}")
-    _public, normalized = parse_ephemeral_jwk(recipient_jwk)
-    alg = ALG_RSA_OAEP_256 if normalized["kty"] == "RSA" else ALG_ECDH_ES
-    key_dict: dict[str, str | list[str]] = dict(normalized)
-    recipient = import_key(key_dict)
+    public, _normalized = parse_ephemeral_jwk(recipient_jwk)
     plaintext = _payload(kid, metadata, {"k": _b64url(bytes(key_material))})
-    return jwe.encrypt_compact(_header(alg, kid), plaintext, recipient, registry=_registry(alg))
+    return _encrypt(public, kid, plaintext)
+
+
+def _encrypt(public: EphemeralPublicKey, kid: str, plaintext: bytes) -> str:
+    """RFC 7516 compact JWE of ``plaintext`` to ``public``: a fresh 256-bit CEK and 96-bit IV, A256GCM with
+    the protected header's base64url form as the additional data (RFC 7516 §5.1)."""
+    cek = os.urandom(CEK_BYTES)
+    if isinstance(public, RSAPublicKey):
+        header: dict[str, Any] = _header(ALG_RSA_OAEP_256, kid)
+        oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+        encrypted_key = public.encrypt(cek, oaep)
+    else:
+        epk, shared = _agree(public)
+        header = {**_header(ALG_ECDH_ES, kid), "epk": epk}
+        encrypted_key = aes_key_wrap(_concat_kdf(shared), cek)
+    protected = _b64url(_json(header))
+    iv = os.urandom(_GCM_IV_BYTES)
+    sealed = AESGCM(cek).encrypt(iv, plaintext, protected.encode("ascii"))
+    ciphertext, tag = sealed[:-_GCM_TAG_BYTES], sealed[-_GCM_TAG_BYTES:]
+    return ".".join([protected, _b64url(encrypted_key), _b64url(iv), _b64url(ciphertext), _b64url(tag)])
+
+
+_CURVE_NAMES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
+
+
+def _agree(public: ec.EllipticCurvePublicKey | X25519PublicKey) -> tuple[dict[str, str], bytes]:
+    """A fresh ephemeral key on the recipient's curve: its public JWK (``epk``) and the shared secret Z."""
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        ephemeral = ec.generate_private_key(public.curve)
+        shared = ephemeral.exchange(ec.ECDH(), public)
+        numbers = ephemeral.public_key().public_numbers()
+        size = (public.curve.key_size + 7) // 8  # RFC 7518 §6.2.1.2: full-length coordinates
+        epk = {
+            "kty": "EC",
+            "crv": _CURVE_NAMES[public.curve.name],
+            "x": _b64url(numbers.x.to_bytes(size, "big")),
+            "y": _b64url(numbers.y.to_bytes(size, "big")),
+        }
+        return epk, shared
+    x25519 = X25519PrivateKey.generate()
+    raw = x25519.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return {"kty": "OKP", "crv": "X25519", "x": _b64url(raw)}, x25519.exchange(public)
+
+
+# RFC 7518 §4.6.2: the Concat KDF's OtherInfo for ECDH-ES+A256KW with no PartyUInfo/PartyVInfo (the
+# loader sends none, and a release is bound to its key by the evidence, not by apu/apv).
+_ALGORITHM_ID = ALG_ECDH_ES.encode("ascii")
+_OTHER_INFO = (
+    len(_ALGORITHM_ID).to_bytes(4, "big")
+    + _ALGORITHM_ID
+    + (0).to_bytes(4, "big")  # PartyUInfo: empty
+    + (0).to_bytes(4, "big")  # PartyVInfo: empty
+    + (256).to_bytes(4, "big")  # SuppPubInfo: keydatalen in bits (A256KW's key)
+)
+
+
+def _concat_kdf(shared: bytes) -> bytes:
+    return ConcatKDFHash(hashes.SHA256(), 32, _OTHER_INFO).derive(shared)
 
 
 def jwe_protected_header_for_rsa_oaep(kid: str) -> bytes:
