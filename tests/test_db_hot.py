@@ -92,6 +92,31 @@ async def test_cursor_events_see_it(migrated_db: Database) -> None:
     assert seen[1:] == ["SELECT 2"]
 
 
+async def test_a_savepoint_holds_the_hot_statements_made_in_it(migrated_db: Database) -> None:
+    """A savepoint begun after the transaction's first hot statement is emitted, and rolling it back
+    undoes the hot statements made in it, and only those — each time (a batch member's isolation,
+    keyserver/releaselog/group_commit.py)."""
+    if migrated_db.dialect != "postgresql":
+        pytest.skip("PostgreSQL only")
+    acme, _other = await _tenants(migrated_db)
+    async with migrated_db.transaction(Scope.for_tenant(acme)) as session:
+        kept = [await issue_challenge(session, acme)]  # a hot INSERT: the connection is known from here
+        for _ in range(3):
+            with pytest.raises(RuntimeError, match="roll back"):
+                await _issue_in_a_savepoint_then_fail(session, acme)
+            async with session.begin_nested():
+                kept.append(await issue_challenge(session, acme))
+        rows = await hot.fetch(session, CHALLENGES_OF, acme)
+        assert rows is not None
+        assert sorted(row["id"] for row in rows) == sorted(c.id for c in kept)
+
+
+async def _issue_in_a_savepoint_then_fail(session: Any, tenant_id: uuid.UUID) -> None:
+    async with session.begin_nested():
+        await issue_challenge(session, tenant_id)
+        raise RuntimeError("roll back to the savepoint")
+
+
 async def test_fails_as_sqlalchemy_fails(migrated_db: Database) -> None:
     if migrated_db.dialect != "postgresql":
         pytest.skip("PostgreSQL only")
