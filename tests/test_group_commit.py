@@ -216,6 +216,127 @@ async def test_a_failing_member_leaves_the_others_logged_and_itself_unwritten(
         assert retried.receipt.log_index == before + N - 1
 
 
+async def test_a_batch_takes_no_savepoint_unless_a_member_raised(
+    service: Service, settings: Settings, db: Database, swtpm: Any, tpm_esapi: ESAPI
+) -> None:
+    """Savepoints cost each member two statements: a batch whose members decide without raising takes
+    none; once one raised, the batch is decided again with one per member (and only then)."""
+    extend(tpm_esapi, b"reviewed loader build 1")
+    with loader_ak(tpm_esapi) as ak:
+        await setup_tenant(service, swtpm, tpm_esapi, ak)
+        svc = release_service_on_this_loop(settings, db)
+        loaders = [Loader(service, tpm_esapi, ak) for _ in range(N)]
+        savepoints: list[str] = []
+
+        def record(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+            if statement.lstrip().upper().startswith("SAVEPOINT"):
+                savepoints.append(statement)
+
+        event.listen(db.engine.sync_engine, "before_cursor_execute", record)
+        try:
+            svc.faults = HoldFirstBatch(svc, await acme_id(svc))
+            try:
+                outcomes(await release_all(svc, await prepared(loaders)))
+            finally:
+                svc.faults = None
+            assert svc.group.members == N
+            assert savepoints == []
+            wrapped = 0
+
+            async def second_batch_first_wrap_breaks(step: ReleaseStep, _s: AsyncSession | None) -> None:
+                nonlocal wrapped
+                if step is ReleaseStep.KEY_WRAPPED:
+                    wrapped += 1
+                    if wrapped == 2:
+                        raise Boom("injected")
+
+            svc.faults = HoldFirstBatch(svc, await acme_id(svc), then=second_batch_first_wrap_breaks)
+            try:
+                responses = await release_all(svc, await prepared(loaders))
+            finally:
+                svc.faults = None
+        finally:
+            event.remove(db.engine.sync_engine, "before_cursor_execute", record)
+        assert sum(isinstance(r, Boom) for r in responses) == 1
+        assert len(savepoints) == N - 2  # the second batch decided again: one per remaining member
+
+
+async def test_members_that_raise_in_both_passes_leave_nothing_of_theirs(
+    service: Service, settings: Settings, db: Database, swtpm: Any, tpm_esapi: ESAPI
+) -> None:
+    """The second batch's first member raises (the pass is rolled back and decided again, each member in
+    a savepoint), then another member raises in the second pass (its savepoint rolled back): exactly those
+    two are left out, their challenges unused; every member is decided at most twice."""
+    extend(tpm_esapi, b"reviewed loader build 1")
+    with loader_ak(tpm_esapi) as ak:
+        acme, vkey = await tenant_and_log_key(service, swtpm, tpm_esapi, ak)
+        svc = release_service_on_this_loop(settings, db)
+        loaders = [Loader(service, tpm_esapi, ak) for _ in range(N)]
+        bodies = await prepared(loaders)
+        before = await log_size(service, acme)
+        wrapped, consumed = 0, 0
+
+        async def two_wraps_break(step: ReleaseStep, _session: AsyncSession | None) -> None:
+            nonlocal wrapped, consumed
+            consumed += step is ReleaseStep.CHALLENGE_CONSUMED
+            if step is ReleaseStep.KEY_WRAPPED:
+                wrapped += 1
+                if wrapped in (2, 4):  # the second batch's first member; then one in its second pass
+                    raise Boom(f"injected at wrap {wrapped}")
+
+        svc.faults = HoldFirstBatch(svc, await acme_id(svc), then=two_wraps_break)
+        try:
+            responses = await release_all(svc, bodies)
+        finally:
+            svc.faults = None
+        broken = [i for i, r in enumerate(responses) if isinstance(r, Boom)]
+        assert len(broken) == 2, responses
+        assert await log_size(service, acme) == before + N - 2
+        for i, response in enumerate(responses):
+            if i not in broken:
+                assert isinstance(response, Outcome), response
+                assert response.granted, response
+                check_receipt(response, loaders[i], vkey)
+        # One decision in the first batch; the second batch's first pass got as far as its first member,
+        # its second pass decided the other N - 2: no member twice but the first pass's.
+        assert consumed == 1 + 1 + (N - 2)
+        retried = outcomes(await release_all(svc, [bodies[i] for i in broken]))
+        assert [r.granted for r in retried] == [True, True]  # their challenges were never used
+        assert await log_size(service, acme) == before + N
+
+
+async def test_a_lone_member_raising_in_the_second_pass_is_rolled_back(
+    service: Service, settings: Settings, db: Database, swtpm: Any, tpm_esapi: ESAPI
+) -> None:
+    """The second pass of a two-member batch holds one member, and no savepoint: when it raises too, the
+    transaction rolls back whole, so neither challenge is used."""
+    extend(tpm_esapi, b"reviewed loader build 1")
+    with loader_ak(tpm_esapi) as ak:
+        acme, _vkey = await tenant_and_log_key(service, swtpm, tpm_esapi, ak)
+        svc = release_service_on_this_loop(settings, db)
+        loaders = [Loader(service, tpm_esapi, ak) for _ in range(N)]
+        bodies = await prepared(loaders)
+        before = await log_size(service, acme)
+        wrapped = 0
+
+        async def all_but_the_first_break(step: ReleaseStep, _session: AsyncSession | None) -> None:
+            nonlocal wrapped
+            if step is ReleaseStep.KEY_WRAPPED:
+                wrapped += 1
+                if wrapped > 1:
+                    raise Boom(f"injected at wrap {wrapped}")
+
+        svc.faults = HoldFirstBatch(svc, await acme_id(svc), then=all_but_the_first_break)
+        try:
+            responses = await release_all(svc, bodies)
+        finally:
+            svc.faults = None
+        assert sum(isinstance(r, Boom) for r in responses) == N - 1, responses
+        assert await log_size(service, acme) == before + 1
+        broken = [b for b, r in zip(bodies, responses, strict=True) if isinstance(r, Boom)]
+        assert all(r.granted for r in outcomes(await release_all(svc, broken)))  # no challenge was used
+
+
 @pytest.mark.parametrize("step", [ReleaseStep.LOG_APPENDED, ReleaseStep.BEFORE_COMMIT])
 async def test_a_crash_between_append_and_commit_leaves_nothing(
     service: Service, settings: Settings, db: Database, swtpm: Any, tpm_esapi: ESAPI, step: ReleaseStep

@@ -5,8 +5,8 @@ the next batch takes up to ``max_batch`` of them (after waiting at most ``max_wa
 default: a batch is whatever queued during the previous one, so a lone release never waits). A batch runs
 in ONE database transaction under the tenant's scope (row-level security as before):
 
-1. each member decides inside its own SAVEPOINT (none when the batch has one member): challenge
-   consumed, evidence verified, policy appraised, key wrapped, its log entry built;
+1. each member decides in turn: challenge consumed, evidence verified, policy appraised, key wrapped, its
+   log entry built — with no SAVEPOINT (two statements a member) unless the batch is being decided again;
 2. the head is taken once (``SELECT … FOR UPDATE``) and all decided entries are appended in order;
 3. ONE checkpoint is signed for the new size; each member's inclusion proof is made against it;
 4. the transaction commits;
@@ -18,8 +18,11 @@ Failure semantics (docs/release-log.md, "Group commit"):
 
 - A member's ordinary refusals (bad evidence, policy, backend unavailable, budget) are not failures:
   they are decided as a *denied* entry, exactly as without batching.
-- A member that raises anything else (a bug, an unexpected exception from a verifier) has its SAVEPOINT
-  rolled back: its challenge is not used, it has no entry, it gets the exception; the others go on.
+- A member that raises anything else (a bug, an unexpected exception from a verifier) aborts the pass: the
+  transaction rolls back whole (nothing of anyone's is written), that member gets its exception, and the
+  batch is decided again without it, each member then in its own SAVEPOINT, so that a further failure
+  costs only itself: its challenge is not used, it has no entry; the others go on. No batch is decided
+  more than twice, whatever its members do.
 - A database failure (the kinds ``Database.transaction`` turns into 503) aborts the whole batch: the
   transaction rolls back, nobody's entry or challenge is written, no key leaves, every member gets 503.
 - A crash of the process before the commit leaves nothing (the transaction dies with the connection);
@@ -156,44 +159,31 @@ class GroupCommitter:
                     del self._queues[tenant.id]
 
     async def _run(self, tenant: Tenant, batch: Sequence[_Member]) -> None:
-        decided: list[tuple[_Member, dict[str, Any], Any]] = []
-        try:
-            async with self.db.transaction(Scope.for_tenant(tenant.id)) as session:
-                for member in batch:
-                    if len(batch) == 1:
-                        # Alone, a member's failure is the batch's: the transaction rolls back whole,
-                        # so a savepoint would only cost two statements.
-                        entry, value = await member.decide(session)
-                        decided.append((member, entry, value))
-                        break
-                    try:
-                        async with session.begin_nested():
-                            entry, value = await member.decide(session)
-                    except _DATABASE_FAILURES:
-                        raise  # the whole batch: the transaction is gone or unusable
-                    except Exception as exc:  # isolated to this member (module docstring)
-                        member.fail(exc)
-                        continue
-                    decided.append((member, entry, value))
-                if not decided:
+        members = list(batch)
+        # First without savepoints (each costs a member two statements). A member that raises then takes
+        # the transaction down with it: it gets its exception, and the batch is decided again without it,
+        # each member in its own savepoint this time, so that no batch is decided more than twice.
+        isolated = False
+        while True:
+            try:
+                committed = await self._commit(tenant, members, isolated)
+            except _MemberRaised as raised:
+                raised.member.fail(raised.error)
+                members = [member for member in members if member is not raised.member]
+                if not members:
                     return
-                appended = await self.log.append(session, tenant, [entry for _, entry, _ in decided])
-                await self._step(ReleaseStep.LOG_APPENDED, session)
-                proofs = [
-                    await self.log.inclusion_proof_of_appended(
-                        session, tenant, appended, appended.first_index + offset
-                    )
-                    for offset in range(len(decided))
-                ]
-                await self._step(ReleaseStep.BEFORE_COMMIT, session)
-            # Committed: every member's entry is durable. Only now may keys leave.
-            await self._step(ReleaseStep.COMMITTED, None)
-        except BaseException as exc:
-            for member in batch:
-                member.fail(exc)
-            if not isinstance(exc, Exception):
-                raise
+                isolated = True
+                continue
+            except BaseException as exc:
+                for member in members:
+                    member.fail(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            break
+        if committed is None:
             return
+        decided, appended, proofs = committed
         self.batches += 1
         self.members += len(decided)
         for offset, (member, _entry, value) in enumerate(decided):
@@ -201,6 +191,54 @@ class GroupCommitter:
             member.future.set_result(
                 Committed(value, appended, index, proofs[offset], appended.entries[offset], len(decided))
             )
+
+    async def _commit(
+        self, tenant: Tenant, members: Sequence[_Member], isolated: bool
+    ) -> tuple[list[tuple[_Member, dict[str, Any], Any]], Appended, list[list[bytes]]] | None:
+        """One pass over ``members`` in one transaction, committed; None if none of them was decided.
+        ``isolated``: each member in its own savepoint (a member that raises is left out and the others go
+        on); otherwise a member that raises aborts the pass as :class:`_MemberRaised`."""
+        decided: list[tuple[_Member, dict[str, Any], Any]] = []
+        async with self.db.transaction(Scope.for_tenant(tenant.id)) as session:
+            # A lone member needs no savepoint: its failure rolls the transaction back whole.
+            in_savepoint = isolated and len(members) > 1
+            for member in members:
+                try:
+                    if in_savepoint:
+                        async with session.begin_nested():
+                            entry, value = await member.decide(session)
+                    else:
+                        entry, value = await member.decide(session)
+                except _DATABASE_FAILURES:
+                    raise  # the whole batch: the transaction is gone or unusable
+                except Exception as exc:  # this member's alone (module docstring)
+                    if not in_savepoint:
+                        raise _MemberRaised(member, exc) from exc  # out of the block: all rolled back
+                    member.fail(exc)
+                    continue
+                decided.append((member, entry, value))
+            if not decided:
+                return None
+            appended = await self.log.append(session, tenant, [entry for _, entry, _ in decided])
+            await self._step(ReleaseStep.LOG_APPENDED, session)
+            proofs = [
+                await self.log.inclusion_proof_of_appended(
+                    session, tenant, appended, appended.first_index + offset
+                )
+                for offset in range(len(decided))
+            ]
+            await self._step(ReleaseStep.BEFORE_COMMIT, session)
+        # Committed: every member's entry is durable. Only now may keys leave.
+        await self._step(ReleaseStep.COMMITTED, None)
+        return decided, appended, proofs
+
+
+class _MemberRaised(Exception):
+    """A member raised (not a refusal, not the database) in a pass without savepoints."""
+
+    def __init__(self, member: _Member, error: Exception) -> None:
+        super().__init__(str(error))
+        self.member, self.error = member, error
 
 
 def _mark_seen(future: asyncio.Future[Committed[Any]]) -> None:
