@@ -59,18 +59,20 @@ async def check_kek_identity(db: Database, backend: KeyBackend) -> None:
         if row is None:
             check = secrets.token_bytes(32)
             wrapped = await backend.wrap(check, KEK_CHECK_CONTEXT)
-            session.add(
-                KekCheck(
-                    id=_ROW_ID,
-                    backend=backend.name,
-                    wrapped_check=wrapped,
-                    check_sha256=hashlib.sha256(check).digest(),
-                    created_at=utcnow(),
-                )
-            )
             try:
+                # Added inside the savepoint: begin_nested() flushes what is pending BEFORE its
+                # SAVEPOINT, so an insert added outside it would fail outside it, and the transaction
+                # with it (another worker starting at the same moment recorded its KEK first).
                 async with session.begin_nested():
-                    await session.flush()
+                    session.add(
+                        KekCheck(
+                            id=_ROW_ID,
+                            backend=backend.name,
+                            wrapped_check=wrapped,
+                            check_sha256=hashlib.sha256(check).digest(),
+                            created_at=utcnow(),
+                        )
+                    )
                 return
             except IntegrityError:
                 row = await session.get(KekCheck, _ROW_ID, populate_existing=True)

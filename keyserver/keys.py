@@ -73,9 +73,9 @@ async def create_key(
         backend=backend.name,
         created_at=utcnow(),
     )
-    session.add(key)
     try:
-        async with session.begin_nested():
+        async with session.begin_nested():  # add inside: pending rows flush BEFORE a SAVEPOINT
+            session.add(key)
             await session.flush()
     except IntegrityError:
         raise Conflict(f"a key named {name!r} already exists") from None

@@ -58,9 +58,9 @@ async def add_policy_version(
         created_at=utcnow(),
         created_by=f"token:{principal}",
     )
-    session.add(row)
     try:
-        async with session.begin_nested():
+        async with session.begin_nested():  # add inside: pending rows flush BEFORE a SAVEPOINT
+            session.add(row)
             await session.flush()
     except IntegrityError:
         raise Conflict("another version of this policy was added at the same time; retry") from None

@@ -104,9 +104,9 @@ async def register_signer(
         fingerprint=hashlib.sha256(der).hexdigest(),
         created_at=utcnow(),
     )
-    session.add(signer)
     try:
-        async with session.begin_nested():
+        async with session.begin_nested():  # add inside: pending rows flush BEFORE a SAVEPOINT
+            session.add(signer)
             await session.flush()
     except IntegrityError:
         raise Conflict(f"a CI signer named {name!r} already exists") from None
@@ -191,9 +191,9 @@ async def add_reference_values(
         source=source,
         created_at=now or utcnow(),
     )
-    session.add(row)
     try:
-        async with session.begin_nested():
+        async with session.begin_nested():  # add inside: pending rows flush BEFORE a SAVEPOINT
+            session.add(row)
             await session.flush()
     except IntegrityError:
         raise Conflict("another version of this set was added at the same time; retry") from None

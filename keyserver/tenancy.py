@@ -138,9 +138,9 @@ async def create_tenant(session: AsyncSession, name: str) -> Tenant:
     """Operator scope only (row-level security refuses the insert otherwise)."""
     validate_tenant_name(name)
     tenant = Tenant(id=uuid.uuid4(), name=name, created_at=utcnow())
-    session.add(tenant)
     try:
-        async with session.begin_nested():
+        async with session.begin_nested():  # add inside: pending rows flush BEFORE a SAVEPOINT
+            session.add(tenant)
             await session.flush()
     except IntegrityError:
         raise Conflict(f"a tenant named {name!r} already exists") from None

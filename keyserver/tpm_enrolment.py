@@ -202,9 +202,9 @@ async def pin_ek(
     pinned = TpmPinnedEk(
         tenant_id=tenant.id, fingerprint=key_fingerprint(key), description=description, created_at=utcnow()
     )
-    session.add(pinned)
     try:
-        async with session.begin_nested():
+        async with session.begin_nested():  # add inside: pending rows flush BEFORE a SAVEPOINT
+            session.add(pinned)
             await session.flush()
     except IntegrityError:
         raise Conflict("this EK is already pinned") from None

@@ -84,6 +84,44 @@ async def test_software_kek_recorded_at_first_start_and_checked_after(settings: 
     assert (again.wrapped_check, again.check_sha256) == (row.wrapped_check, row.check_sha256)
 
 
+class _SecondWorkerFirst(SoftwareBackend):
+    """Two workers starting on a fresh database at once: while this one makes its KEK check (after it
+    read that none is recorded, before its insert), the other records its own and commits."""
+
+    def __init__(self, kek: bytes, other: Database) -> None:
+        super().__init__(kek)
+        self.kek, self.other, self.raced = kek, other, False
+
+    async def wrap(self, plaintext: bytes, context: bytes) -> bytes:
+        if not self.raced:
+            self.raced = True
+            await check_kek_identity(self.other, SoftwareBackend(self.kek))
+        return await super().wrap(plaintext, context)
+
+
+async def test_two_workers_recording_the_kek_at_once_both_start(
+    settings: Settings, migrated_db: Database
+) -> None:
+    """The loser of the race reads the winner's record and checks its KEK against it, in the same
+    transaction (its failed insert was inside a savepoint); it used to fail with PendingRollbackError
+    and answer 503 until its next readiness attempt. PostgreSQL: on SQLite every transaction takes the
+    write lock first (BEGIN IMMEDIATE), so the second worker waits for the first and reads its record."""
+    if migrated_db.dialect != "postgresql":
+        pytest.skip("PostgreSQL only: SQLite's transactions cannot interleave so")
+    kek = secrets.token_bytes(32)
+    other = Database(settings)
+    try:
+        racing = _SecondWorkerFirst(kek, other)
+        await check_kek_identity(migrated_db, racing)
+        assert racing.raced
+        assert await recorded(settings) is not None
+        await check_kek_identity(migrated_db, SoftwareBackend(kek))  # and every start after
+        with pytest.raises(KekMismatch):
+            await check_kek_identity(migrated_db, SoftwareBackend(secrets.token_bytes(32)))
+    finally:
+        await other.dispose()
+
+
 async def test_software_kek_missing_refuses_to_start_and_is_not_recreated(settings: Settings) -> None:
     await start_and_stop(settings)
     kek = settings.effective_kek_file
