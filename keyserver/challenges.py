@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from datetime import datetime, timedelta
+from typing import NoReturn
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -83,7 +84,8 @@ _PG_CONSUME = (
     "UPDATE challenges SET used_at = $3 WHERE tenant_id = $1 AND id = $2 AND used_at IS NULL"
     " AND expires_at > $3 RETURNING nonce"
 )
-_SQLITE_CONSUME = (
+# Also read by keyserver/release_reads.py, with the release's other first reads.
+SQLITE_CONSUME = (
     "UPDATE challenges SET used_at = ? WHERE tenant_id = ? AND id = ? AND used_at IS NULL"
     " AND expires_at > ? RETURNING nonce"
 )
@@ -103,11 +105,17 @@ async def consume_challenge(
     else:  # SQLite: the same statement, one hand-off to its thread
         at = hot.sqlite_time(now)
         rows = await hot.fetch_sqlite(
-            session, _SQLITE_CONSUME, at, hot.sqlite_uuid(tenant_id), hot.sqlite_uuid(challenge_id), at
+            session, SQLITE_CONSUME, at, hot.sqlite_uuid(tenant_id), hot.sqlite_uuid(challenge_id), at
         )
         nonce = rows[0][0] if rows else None
     if nonce is not None:
         return bytes(nonce)
+    await refuse_unconsumed(session, tenant_id, challenge_id)
+
+
+async def refuse_unconsumed(session: AsyncSession, tenant_id: uuid.UUID, challenge_id: uuid.UUID) -> NoReturn:
+    """Raise the ``EvidenceError`` that says why a challenge could not be consumed (unknown, used, or
+    expired): read once the consuming UPDATE found no row to mark."""
     row = (
         await session.execute(
             select(Challenge).where(Challenge.tenant_id == tenant_id, Challenge.id == challenge_id)

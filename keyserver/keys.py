@@ -304,10 +304,24 @@ async def release_inputs(
     rows = await hot.fetch(session, _PG_RELEASE_INPUTS, tenant.id, name, version)
     if rows is None:  # SQLite: the same reads as one procedure, one hand-off to its thread
         r = await hot.run_sqlite(session, sqlite_release_inputs, hot.sqlite_uuid(tenant.id), name, version)
-        for column in _TIME_COLUMNS:
-            r[column] = hot.from_sqlite_time(r[column])
-    else:
-        r = rows[0]
+        return release_inputs_from_sqlite(tenant, name, version, r)
+    return release_inputs_from_row(tenant, name, version, rows[0])
+
+
+def release_inputs_from_sqlite(
+    tenant: Tenant, name: str, version: int | None, r: dict[str, Any]
+) -> ReleaseInputs:
+    """:func:`release_inputs_from_row` of :func:`sqlite_release_inputs`'s answer (times as SQLite stores
+    them)."""
+    for column in _TIME_COLUMNS:
+        r[column] = hot.from_sqlite_time(r[column])
+    return release_inputs_from_row(tenant, name, version, r)
+
+
+def release_inputs_from_row(tenant: Tenant, name: str, version: int | None, r: Any) -> ReleaseInputs:
+    """What :func:`release_inputs` answers for keyserver_release_inputs's row ``r`` (read by it, or by a
+    statement that reads it with others: keyserver/release_reads.py): denied with ``EvidenceError`` when
+    the key is unknown, disabled or destroyed."""
     if not r["key_found"]:
         raise EvidenceError("key-unknown", f"this tenant has no key named {name!r}")
     if r["state"] != "enabled":

@@ -44,12 +44,14 @@ from keyserver.jwe import (
     jwe_protected_header_for_rsa_oaep,
     wrap_for_recipient,
 )
-from keyserver.keys import ReleasableKey, release_inputs, wrapping_context
+from keyserver.keys import ReleasableKey, wrapping_context
 from keyserver.ratelimits import ReleaseBudgetExhausted, ReleaseLimiter
 from keyserver.reference_values import check_name
+from keyserver.release_reads import first_reads
 from keyserver.releaselog import records
 from keyserver.releaselog.group_commit import BatchLimits, GroupCommitter
 from keyserver.releaselog.store import ReleaseLog
+from keyserver.tpm_enrolment import EnrolledAk
 
 KEY_RELEASE = records.KEY_RELEASE
 log = logging.getLogger("keyserver.release")
@@ -185,6 +187,7 @@ class ReleaseService:
         nonce: bytes,
         jwk: Mapping[str, Any],
         now: datetime,
+        enrolled_ak: EnrolledAk | None = None,
     ) -> VerifiedEvidence:
         if evidence.get("tee") == ATTESTATION_RESULT:
             token = evidence.get("token")
@@ -193,7 +196,9 @@ class ReleaseService:
             claims = await self.attestation.verify(session, tenant, token, jwk_thumbprint(jwk), now)
             # Bound at /attest (its report_data to that challenge and this key); cnf.jkt binds it here.
             return VerifiedEvidence(str(claims.get("tee")), claims, None, binding_checked=True)
-        return await verify_evidence(session, tenant.id, evidence, nonce=nonce, ephemeral_jwk=jwk, now=now)
+        return await verify_evidence(
+            session, tenant.id, evidence, nonce=nonce, ephemeral_jwk=jwk, now=now, enrolled_ak=enrolled_ak
+        )
 
     async def release(self, tenant: Tenant, request: ReleaseRequest, now: datetime | None = None) -> Outcome:
         now = now or utcnow()
@@ -249,15 +254,26 @@ class ReleaseService:
         jwe: str | None = None
         key: ReleasableKey | None = None
         try:
-            nonce = await consume_challenge(session, tenant.id, request.challenge_id, now)
+            # The challenge consumed, the AK and the key read: one statement (keyserver/release_reads.py),
+            # each interpreted where it was read on its own before.
+            first = await first_reads(
+                session,
+                tenant,
+                request.challenge_id,
+                now,
+                request.evidence,
+                request.key_name,
+                request.key_version,
+            )
+            nonce = first.nonce
             await self._step(ReleaseStep.CHALLENGE_CONSUMED, session)
             public, jwk = parse_ephemeral_jwk(request.ephemeral_jwk)
             entry["requester_thumbprint"] = jwk_thumbprint_b64url(jwk)
-            verified = await self._verify(session, tenant, request.evidence, nonce, jwk, now)
+            verified = await self._verify(session, tenant, request.evidence, nonce, jwk, now, first.ak)
             _record_evidence(entry, verified)
             check_evidence_binding(verified, nonce, jwk)
             await self._step(ReleaseStep.EVIDENCE_VERIFIED, session)
-            inputs = await release_inputs(session, tenant, request.key_name, request.key_version)
+            inputs = first.inputs.get()
             key = inputs.key
             entry["key"] = {"name": key.key.name, "version": key.version.version}
             await self._step(ReleaseStep.KEY_FOUND, session)

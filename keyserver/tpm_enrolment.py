@@ -426,14 +426,26 @@ async def revoke_ak(
     return ak
 
 
-async def trusted_ak(session: AsyncSession, tenant_id: uuid.UUID, ak_name: str) -> AkPublic:
-    """The enrolled, unrevoked AK of this Name, ready for quote verification; refused otherwise."""
-    rows = await hot.fetch(session, _PG_TRUSTED_AK, tenant_id, ak_name)
-    if rows is not None:  # PostgreSQL (keyserver/db/hot.py)
-        ak_public: bytes | None = rows[0]["ak_public"] if rows else None
-    else:  # SQLite: the same statement, one hand-off to its thread
-        found = await hot.fetch_sqlite(session, _SQLITE_TRUSTED_AK, hot.sqlite_uuid(tenant_id), ak_name)
-        ak_public = found[0][0] if found else None
+@dataclass(frozen=True)
+class EnrolledAk:
+    """What the tenant's AK table holds for ``name`` in this transaction: the enrolled, unrevoked AK's
+    TPM2B_PUBLIC, or None. Read with a release's first statement (keyserver/release_reads.py) so that
+    the quote's verification need not read it again."""
+
+    name: str
+    public: bytes | None
+
+
+async def trusted_ak(
+    session: AsyncSession, tenant_id: uuid.UUID, ak_name: str, known: EnrolledAk | None = None
+) -> AkPublic:
+    """The enrolled, unrevoked AK of this Name, ready for quote verification; refused otherwise.
+    ``known``: that AK as already read in this transaction (used only if it names the same AK)."""
+    ak_public: bytes | None
+    if known is not None and known.name == ak_name:
+        ak_public = known.public
+    else:
+        ak_public = await _enrolled_ak_public(session, tenant_id, ak_name)
     if ak_public is None:
         raise EvidenceError(
             "ak-not-enrolled", "the quote's AK is not enrolled with this tenant (or was revoked)"
@@ -441,10 +453,17 @@ async def trusted_ak(session: AsyncSession, tenant_id: uuid.UUID, ak_name: str) 
     return _parsed_ak(ak_public)
 
 
+async def _enrolled_ak_public(session: AsyncSession, tenant_id: uuid.UUID, ak_name: str) -> bytes | None:
+    rows = await hot.fetch(session, _PG_TRUSTED_AK, tenant_id, ak_name)
+    if rows is not None:  # PostgreSQL (keyserver/db/hot.py)
+        return rows[0]["ak_public"] if rows else None
+    # SQLite: the same statement, one hand-off to its thread
+    found = await hot.fetch_sqlite(session, SQLITE_TRUSTED_AK, hot.sqlite_uuid(tenant_id), ak_name)
+    return found[0][0] if found else None
+
+
 _PG_TRUSTED_AK = "SELECT ak_public FROM tpm_aks WHERE tenant_id = $1 AND ak_name = $2 AND revoked_at IS NULL"
-_SQLITE_TRUSTED_AK = (
-    "SELECT ak_public FROM tpm_aks WHERE tenant_id = ? AND ak_name = ? AND revoked_at IS NULL"
-)
+SQLITE_TRUSTED_AK = "SELECT ak_public FROM tpm_aks WHERE tenant_id = ? AND ak_name = ? AND revoked_at IS NULL"
 
 
 # Enrolled AKs parsed from their exact TPM2B_PUBLIC bytes (the key is those bytes: a hit is the same AK).

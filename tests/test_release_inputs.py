@@ -13,11 +13,14 @@ import pytest
 
 from keyserver.appraisal import active_policy_row
 from keyserver.backends.software import SoftwareBackend
+from keyserver.challenges import issue_challenge
 from keyserver.db.models import Tenant
 from keyserver.db.session import Database, Scope
+from keyserver.db.types import utcnow
 from keyserver.errors import EvidenceError
 from keyserver.keys import create_key, destroy_version, releasable, release_inputs, rotate_key, set_state
 from keyserver.policies import activate, add_policy_version
+from keyserver.release_reads import first_reads
 from keyserver.releaselog.signing import LogSigner
 from keyserver.releaselog.store import ReleaseLog
 from keyserver.tenancy import create_tenant
@@ -45,19 +48,26 @@ def _facts(key: Any, policy: Any) -> tuple[Any, ...]:
 
 
 async def _both(db: Database, tenant: Tenant, name: str, version: int | None) -> tuple[Any, Any]:
-    """Each way's outcome: its facts, or the refusal's reason."""
+    """Each way's outcome: its facts, or the refusal's reason. The function's, also as a release's first
+    statement reads it (keyserver/release_reads.py): the two must agree before it is compared."""
     outcomes = []
     async with db.transaction(Scope.for_tenant(tenant.id)) as session:
-        for read in ("function", "orm"):
+        for read in ("first reads", "function", "orm"):
             try:
-                if read == "function":
+                if read == "first reads":
+                    challenge = await issue_challenge(session, tenant.id)
+                    first = await first_reads(session, tenant, challenge.id, utcnow(), {}, name, version)
+                    inputs = first.inputs.get()
+                    outcomes.append(_facts(inputs.key, inputs.policy))
+                elif read == "function":
                     inputs = await release_inputs(session, tenant, name, version)
                     outcomes.append(_facts(inputs.key, inputs.policy))
                 else:
                     outcomes.append(_facts(*await _orm_reads(session, tenant, name, version)))
             except EvidenceError as refused:
                 outcomes.append(("refused", refused.reason))
-    return outcomes[0], outcomes[1]
+    assert outcomes[0] == outcomes[1], "the release's first statement reads what release_inputs reads"
+    return outcomes[1], outcomes[2]
 
 
 async def test_the_function_reads_what_the_orm_reads(migrated_db: Database) -> None:

@@ -36,6 +36,7 @@ from keyserver.evidence.claims import (
 if TYPE_CHECKING:
     from keyserver.evidence.snp.cache import ChainCache
     from keyserver.evidence.tdx.cache import CollateralCache
+    from keyserver.tpm_enrolment import EnrolledAk
 
 MAX_EVIDENCE_FIELD = 4 * 1024 * 1024
 # Every value of a request's "tee" that the service knows (a release's log entry records anything
@@ -110,20 +111,29 @@ async def verify_evidence(
     nonce: bytes,
     ephemeral_jwk: Mapping[str, Any],
     now: datetime,
+    enrolled_ak: EnrolledAk | None = None,
 ) -> VerifiedEvidence:
+    """``enrolled_ak``: a TPM AK already read in this transaction (keyserver/release_reads.py); used only
+    for the AK the evidence names."""
     if "gpus" in evidence:  # composite: the VM's evidence, then its GPUs' reports (docs/nvidia-gpu.md)
         from keyserver.evidence.nvidia.composite import gpu_claims
 
         vm_evidence = {name: value for name, value in evidence.items() if name != "gpus"}
         vm = await verify_evidence(
-            session, tenant_id, vm_evidence, nonce=nonce, ephemeral_jwk=ephemeral_jwk, now=now
+            session,
+            tenant_id,
+            vm_evidence,
+            nonce=nonce,
+            ephemeral_jwk=ephemeral_jwk,
+            now=now,
+            enrolled_ak=enrolled_ak,
         )
         gpus = gpu_claims(evidence["gpus"], nonce=nonce, ephemeral_jwk=ephemeral_jwk, now=now)
         return VerifiedEvidence(vm.tee, {**vm.claims, **gpus}, vm.collateral, vm.binding_checked)
     tee = evidence.get("tee")
     collateral_bytes = None
     if tee == TEE_TPM:
-        claims = await _verify_tpm(session, tenant_id, evidence, nonce, ephemeral_jwk)
+        claims = await _verify_tpm(session, tenant_id, evidence, nonce, ephemeral_jwk, enrolled_ak)
         return VerifiedEvidence(tee, claims, None, binding_checked=True)
     if tee == TEE_SEV_SNP:
         from keyserver.evidence.snp import verify_snp_report
@@ -211,6 +221,7 @@ async def _verify_tpm(
     evidence: Mapping[str, Any],
     nonce: bytes,
     ephemeral_jwk: Mapping[str, Any],
+    enrolled_ak: EnrolledAk | None,
 ) -> Claims:
     from keyserver.binding import binding
     from keyserver.evidence.tpm.eventlog import verify_event_log
@@ -224,7 +235,7 @@ async def _verify_tpm(
     attest, signature = field(evidence, "quote"), field(evidence, "signature")
     assert attest is not None
     assert signature is not None
-    ak = await trusted_ak(session, tenant_id, ak_name)
+    ak = await trusted_ak(session, tenant_id, ak_name, enrolled_ak)
     try:
         pcr_values = pcr_values_from_hex(pcrs)
     except (ValueError, TypeError, AttributeError) as exc:
