@@ -298,7 +298,8 @@ async def release_inputs(
     session: AsyncSession, tenant: Tenant, name: str, version: int | None = None
 ) -> ReleaseInputs:
     """The key version a release asks for (as :func:`releasable`: denied with ``EvidenceError`` when the
-    key is unknown, disabled or destroyed) and the active version of the key's policy, read after it
+    key is unknown, disabled or destroyed) and the active version of the key's policy, read after it. A
+    release reads these within its first statement (keyserver/release_reads.py); this is their read alone
     (keyserver/appraisal.py, ``active_policy_row``) — in one call of the same statements on either store
     (PostgreSQL: migrations/versions/0013; SQLite: ``sqlite_release_inputs``)."""
     rows = await hot.fetch(session, _PG_RELEASE_INPUTS, tenant.id, name, version)
@@ -368,7 +369,8 @@ async def releasable(
     logged by the caller) when the key is unknown, disabled or destroyed.
 
     Through the ORM, statement by statement: the reference :func:`release_inputs`'s one-call forms are
-    held to (tests/test_release_inputs.py); a release itself calls :func:`release_inputs`."""
+    held to (tests/test_release_inputs.py); a release reads the same with its first statement
+    (keyserver/release_reads.py)."""
     # FOR SHARE (PostgreSQL; SQLite's transactions hold the database's write lock anyway): a change of
     # the key's state (disable, destroy, rotate: FOR UPDATE) waits until this release has committed,
     # and a release waits for a change in flight and then reads its result. So the release follows
