@@ -298,10 +298,10 @@ async def release_inputs(
     session: AsyncSession, tenant: Tenant, name: str, version: int | None = None
 ) -> ReleaseInputs:
     """The key version a release asks for (as :func:`releasable`: denied with ``EvidenceError`` when the
-    key is unknown, disabled or destroyed) and the active version of the key's policy, read after it. A
-    release reads these within its first statement (keyserver/release_reads.py); this is their read alone
+    key is unknown, disabled or destroyed) and the active version of the key's policy, read after it
     (keyserver/appraisal.py, ``active_policy_row``) — in one call of the same statements on either store
-    (PostgreSQL: migrations/versions/0013; SQLite: ``sqlite_release_inputs``)."""
+    (PostgreSQL: migrations/versions/0013; SQLite: ``sqlite_release_inputs``). A release reads the same
+    within its first statement (keyserver/release_reads.py); this reads them alone."""
     rows = await hot.fetch(session, _PG_RELEASE_INPUTS, tenant.id, name, version)
     if rows is None:  # SQLite: the same reads as one procedure, one hand-off to its thread
         r = await hot.run_sqlite(session, sqlite_release_inputs, hot.sqlite_uuid(tenant.id), name, version)
