@@ -51,12 +51,7 @@ _CONNECTION = "keyserver.hot.connection"
 async def fetch(session: AsyncSession, sql: str, *args: object) -> list[Record] | None:
     """The rows of ``sql`` (PostgreSQL, ``$n`` parameters) in ``session``'s transaction; ``None`` when
     the session is not on PostgreSQL or has no transaction open (the caller then uses the ORM)."""
-    sync_session = session.sync_session
-    # The innermost transaction: a savepoint's (begin_nested) if one is open. SQLAlchemy emits SAVEPOINT
-    # only when the nested transaction first asks for its connection; keyed on the root transaction, a
-    # statement here reused the connection without asking, so a savepoint begun after the first was
-    # never emitted and its rollback undid nothing (a batch member's challenge stayed used).
-    transaction = sync_session.get_nested_transaction() or sync_session.get_transaction()
+    transaction = _innermost(session)
     cached = session.info.get(_CONNECTION)
     if cached is not None and transaction is not None and cached[0] is transaction and transaction.is_active:
         # The same (sub)transaction as the last statement: the same connection.
@@ -70,12 +65,18 @@ async def fetch(session: AsyncSession, sql: str, *args: object) -> list[Record] 
         # A guard only: session.connection() begins the transaction (and its scope's set_config) itself.
         # Never run a statement outside SQLAlchemy's transaction.
         return None
-    session.info[_CONNECTION] = (
-        sync_session.get_nested_transaction() or sync_session.get_transaction(),
-        connection,
-        adapted,
-    )
+    session.info[_CONNECTION] = (_innermost(session), connection, adapted)
     return await _run(connection, adapted, sql, args)
+
+
+def _innermost(session: AsyncSession) -> Any:
+    """The session's innermost transaction: a savepoint's (begin_nested) if one is open, else the root's
+    (None if none). What :func:`fetch` keys its connection on: SQLAlchemy emits SAVEPOINT only when the
+    nested transaction first asks for its connection; keyed on the root transaction, a statement here
+    reused the connection without asking, so a savepoint begun after the first was never emitted and its
+    rollback undid nothing (a batch member's challenge stayed used)."""
+    sync_session = session.sync_session
+    return sync_session.get_nested_transaction() or sync_session.get_transaction()
 
 
 async def call(engine: AsyncEngine, sql: str, *args: object) -> list[Record] | None:
