@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -96,6 +96,19 @@ _POLICY_HEAD = (
 )
 
 
+# A set as read by the statements below: name, tee, version, the stored document, revoked or not.
+SetRow = tuple[str, str, int, bytes, bool]
+
+
+def _sets_from_rows(rows: Sequence[SetRow]) -> list[ReferenceValueSet]:
+    return [
+        ReferenceValueSet(
+            name, tee, version, stored_reference_values(tee, bytes(document)), revoked=bool(revoked)
+        )
+        for name, tee, version, document, revoked in rows
+    ]
+
+
 async def reference_sets(
     session: AsyncSession, tenant_id: uuid.UUID, names: tuple[str, ...]
 ) -> list[ReferenceValueSet]:
@@ -109,24 +122,17 @@ async def reference_sets(
         return []
     fast = await hot.fetch(session, _PG_REFERENCE_SETS, tenant_id, list(names))
     if fast is not None:  # PostgreSQL (keyserver/db/hot.py)
-        return [
-            ReferenceValueSet(
-                row["name"],
-                row["tee"],
-                row["version"],
-                stored_reference_values(row["tee"], row["document"]),
-                revoked=row["revoked"],
-            )
-            for row in fast
-        ]
+        return _sets_from_rows([tuple(row) for row in fast])
     # SQLite: the same read, one hand-off to its thread.
     tenant = hot.sqlite_uuid(tenant_id)
-    sql = _SQLITE_REFERENCE_SETS.format(places=", ".join("?" * len(names)))
-    rows = await hot.fetch_sqlite(session, sql, tenant, *names, tenant)
-    return [
-        ReferenceValueSet(name, tee, version, stored_reference_values(tee, document), revoked=bool(revoked))
-        for name, tee, version, document, revoked in rows
-    ]
+    return _sets_from_rows(
+        await hot.fetch_sqlite(session, sqlite_reference_sets_sql(len(names)), tenant, *names, tenant)
+    )
+
+
+def sqlite_reference_sets_sql(count: int) -> str:
+    """:data:`_SQLITE_REFERENCE_SETS` for ``count`` names (parameters: tenant, the names, tenant)."""
+    return _SQLITE_REFERENCE_SETS.format(places=", ".join("?" * count))
 
 
 # The same read on SQLite (one ``?`` per name in ``places``).
@@ -138,15 +144,17 @@ _SQLITE_REFERENCE_SETS = (
     ") n ON r.name = n.name AND r.tee = n.tee AND r.version = n.version"
     " WHERE r.tenant_id = ?"
 )
-# The same read on PostgreSQL's asyncpg connection (keyserver/db/hot.py), only the columns used.
-_PG_REFERENCE_SETS = (
+# The same read on PostgreSQL's asyncpg connection (keyserver/db/hot.py), only the columns used; written
+# for any two parameter numbers, as a release's first statement reads it too (keyserver/release_reads.py).
+PG_REFERENCE_SETS = (
     "SELECT r.name, r.tee, r.version, r.document, r.revoked_at IS NOT NULL AS revoked"
     " FROM reference_values r JOIN ("
     "SELECT name, tee, max(version) AS version FROM reference_values"
-    " WHERE tenant_id = $1 AND name = ANY($2::varchar[]) GROUP BY name, tee"
+    " WHERE tenant_id = {tenant} AND name = ANY({names}::varchar[]) GROUP BY name, tee"
     ") n ON r.name = n.name AND r.tee = n.tee AND r.version = n.version"
-    " WHERE r.tenant_id = $1 FOR SHARE OF r"
+    " WHERE r.tenant_id = {tenant} FOR SHARE OF r"
 )
+_PG_REFERENCE_SETS = PG_REFERENCE_SETS.format(tenant="$1", names="$2")
 
 
 async def active_policy_row(session: AsyncSession, tenant_id: uuid.UUID, name: str) -> PolicyRow | None:
@@ -159,6 +167,26 @@ async def active_policy_row(session: AsyncSession, tenant_id: uuid.UUID, name: s
     return await session.get(PolicyRow, (tenant_id, name, head.active_version))
 
 
+@dataclass(frozen=True)
+class SetsReadAhead:
+    """Reference-value sets a release read with its first statement (keyserver/release_reads.py): those its
+    key's policy named when that key was last appraised in this process — a guess, used only if the
+    policy read now names exactly these sets, and corrected when it does not."""
+
+    tenant_id: uuid.UUID
+    key_name: str
+    names: tuple[str, ...]
+    rows: tuple[SetRow, ...]
+
+
+# Per tenant and key: the set names its policy named when last appraised here (a policy changes rarely).
+_named_last: BoundedCache[tuple[uuid.UUID, str], tuple[str, ...]] = BoundedCache(4096)
+
+
+def names_to_read_ahead(tenant_id: uuid.UUID, key_name: str) -> tuple[str, ...]:
+    return _named_last.get((tenant_id, key_name)) or ()
+
+
 async def appraise(
     session: AsyncSession,
     tenant_id: uuid.UUID,
@@ -166,14 +194,16 @@ async def appraise(
     row: PolicyRow | None,
     claims: Mapping[str, Any] | Claims,
     now: datetime,
+    ahead: SetsReadAhead | None = None,
 ) -> Appraisal:
     """``claims`` under ``row``, the active version of the key's policy ``policy_name`` (None: it has
-    none, a denial), with the reference values it names read now."""
+    none, a denial), with the reference values it names read now (or, if ``ahead`` holds exactly those,
+    as read ahead in this transaction)."""
     if row is None:
         return Appraisal(
             False, POLICY_MISSING, f"the key's policy {policy_name!r} has no active version", None
         )
-    return await decide(await prepare(session, tenant_id, row), claims, now)
+    return await decide(await prepare(session, tenant_id, row, ahead), claims, now)
 
 
 @dataclass(frozen=True)
@@ -189,9 +219,17 @@ class Prepared:
     sets: tuple[ReferenceValueSet, ...]
 
 
-async def prepare(session: AsyncSession, tenant_id: uuid.UUID, row: PolicyRow) -> Prepared:
+async def prepare(
+    session: AsyncSession, tenant_id: uuid.UUID, row: PolicyRow, ahead: SetsReadAhead | None = None
+) -> Prepared:
     policy = stored_policy(row.document)
-    sets = await reference_sets(session, tenant_id, policy.reference_values)
+    names = policy.reference_values
+    if ahead is not None and ahead.tenant_id == tenant_id and ahead.names == names:
+        sets = _sets_from_rows(ahead.rows)
+    else:
+        if ahead is not None and ahead.tenant_id == tenant_id:
+            _named_last.put((tenant_id, ahead.key_name), names)
+        sets = await reference_sets(session, tenant_id, names)
     return Prepared(tenant_id, row.name, row.version, row.sha256, bytes(row.document), tuple(sets))
 
 

@@ -21,6 +21,13 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from keyserver.appraisal import (
+    PG_REFERENCE_SETS,
+    SetRow,
+    SetsReadAhead,
+    names_to_read_ahead,
+    sqlite_reference_sets_sql,
+)
 from keyserver.challenges import SQLITE_CONSUME, refuse_unconsumed
 from keyserver.db import hot
 from keyserver.db.models import Tenant
@@ -33,19 +40,23 @@ from keyserver.keys import (
 )
 from keyserver.tpm_enrolment import SQLITE_TRUSTED_AK, EnrolledAk
 
-# The challenge's UPDATE (challenges.consume_challenge), the AK's read (tpm_enrolment.trusted_ak) and the
-# key's reads (migrations/versions/0013's keyserver_release_inputs), under the transaction's scope
-# (row-level security) and each with its own tenant condition. The UPDATE runs whether or not the main
-# query reads it (a data-modifying WITH always runs to completion).
-_PG_FIRST_READS = (
+# The challenge's UPDATE (challenges.consume_challenge), the AK's read (tpm_enrolment.trusted_ak), the
+# key's reads (migrations/versions/0013's keyserver_release_inputs) and the reference-value sets read
+# ahead (appraisal.SetsReadAhead: none when $7 is empty), under the transaction's scope (row-level
+# security) and each with its own tenant condition. The UPDATE runs whether or not the main query reads
+# it (a data-modifying WITH always runs to completion).
+_PG_FIRST_READS_TEMPLATE = (
     "WITH used AS ("
     "UPDATE challenges SET used_at = $3 WHERE tenant_id = $1 AND id = $2 AND used_at IS NULL"
-    " AND expires_at > $3 RETURNING nonce)"
+    " AND expires_at > $3 RETURNING nonce),"
+    " sets AS ({sets})"
     " SELECT (SELECT nonce FROM used) AS nonce,"
     " (SELECT ak_public FROM tpm_aks WHERE tenant_id = $1 AND ak_name = $4 AND revoked_at IS NULL)"
     " AS ak_public,"
+    " ARRAY(SELECT ROW(s.name, s.tee, s.version, s.document, s.revoked) FROM sets s) AS reference_sets,"
     " i.* FROM keyserver_release_inputs($1, $5, $6) AS i"
 )
+_PG_FIRST_READS = _PG_FIRST_READS_TEMPLATE.format(sets=PG_REFERENCE_SETS.format(tenant="$1", names="$7"))
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,7 @@ class FirstReads:
     nonce: bytes  # the challenge's, now used
     ak: EnrolledAk | None  # the AK the evidence names, as enrolled (None: the evidence names none)
     inputs: _Inputs
+    sets_ahead: SetsReadAhead  # for appraisal.prepare, which checks them against the policy read
 
 
 @dataclass(frozen=True)
@@ -85,8 +97,9 @@ async def first_reads(
     """The release's first statement (module docstring). ``EvidenceError`` when the challenge is unknown,
     used or expired (nothing else read is then used)."""
     ak_name = _named_ak(evidence)
+    names = names_to_read_ahead(tenant.id, key_name)
     rows = await hot.fetch(
-        session, _PG_FIRST_READS, tenant.id, challenge_id, now, ak_name, key_name, key_version
+        session, _PG_FIRST_READS, tenant.id, challenge_id, now, ak_name, key_name, key_version, list(names)
     )
     if rows is not None:  # PostgreSQL
         (row,) = rows
@@ -95,8 +108,9 @@ async def first_reads(
             row["ak_public"],
             _Inputs(tenant, key_name, key_version, row, False),
         )
+        sets: list[SetRow] = [tuple(s) for s in row["reference_sets"]]
     else:  # SQLite: the same steps as one procedure, one hand-off to its thread
-        nonce, ak_public, sqlite_inputs = await hot.run_sqlite(
+        nonce, ak_public, sqlite_inputs, sets = await hot.run_sqlite(
             session,
             sqlite_first_reads,
             hot.sqlite_uuid(tenant.id),
@@ -105,12 +119,13 @@ async def first_reads(
             ak_name,
             key_name,
             key_version,
+            names,
         )
         inputs = _Inputs(tenant, key_name, key_version, sqlite_inputs, sqlite=True)
     if nonce is None:
         await refuse_unconsumed(session, tenant.id, challenge_id)
     ak = None if ak_name is None else EnrolledAk(ak_name, None if ak_public is None else bytes(ak_public))
-    return FirstReads(bytes(nonce), ak, inputs)
+    return FirstReads(bytes(nonce), ak, inputs, SetsReadAhead(tenant.id, key_name, names, tuple(sets)))
 
 
 def sqlite_first_reads(
@@ -121,12 +136,17 @@ def sqlite_first_reads(
     ak_name: str | None,
     key_name: str,
     key_version: int | None,
-) -> tuple[bytes | None, bytes | None, dict[str, Any]]:
+    set_names: tuple[str, ...],
+) -> tuple[bytes | None, bytes | None, dict[str, Any], list[SetRow]]:
     """The same reads on SQLite, in the same order (times and UUIDs as SQLite stores them)."""
     used = conn.execute(SQLITE_CONSUME, (at, tenant, challenge, at)).fetchone()
     ak = None if ak_name is None else conn.execute(SQLITE_TRUSTED_AK, (tenant, ak_name)).fetchone()
     inputs = sqlite_release_inputs(conn, tenant, key_name, key_version)
-    return (None if used is None else used[0], None if ak is None else ak[0], inputs)
+    sets: list[SetRow] = []
+    if set_names:
+        sql = sqlite_reference_sets_sql(len(set_names))
+        sets = [tuple(r) for r in conn.execute(sql, (tenant, *set_names, tenant)).fetchall()]
+    return (None if used is None else used[0], None if ak is None else ak[0], inputs, sets)
 
 
 def _named_ak(evidence: Any) -> str | None:

@@ -6,18 +6,28 @@ to ``release_inputs`` and the ORM in tests/test_release_inputs.py.)"""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import update
 
+from keyserver import appraisal
+from keyserver.backends.software import SoftwareBackend
 from keyserver.challenges import issue_challenge
+from keyserver.db.models import ReferenceValueSet as ReferenceValueRow
 from keyserver.db.models import Tenant, TpmAk
 from keyserver.db.session import Database, Scope
 from keyserver.db.types import utcnow
 from keyserver.errors import EvidenceError
+from keyserver.policies import add_policy_version
+from keyserver.reference_values import add_reference_values
 from keyserver.release_reads import first_reads
+from keyserver.releaselog.signing import LogSigner
+from keyserver.releaselog.store import ReleaseLog
 from keyserver.tenancy import create_tenant
 from keyserver.tpm_enrolment import EnrolledAk
+from policy.document import ReferenceValueSet
 
 pytestmark = pytest.mark.asyncio
 
@@ -90,3 +100,107 @@ async def test_the_ak_read_is_the_tenants_enrolled_unrevoked_ak(migrated_db: Dat
         async with migrated_db.transaction(Scope.for_tenant(acme.id)) as session:
             challenge = await issue_challenge(session, acme.id)
         assert await _read(migrated_db, acme, challenge.id, evidence) == (challenge.nonce, expected), label
+
+
+async def _set_versions(db: Database, tenant: Tenant, name: str, tee: str, count: int) -> None:
+    log = ReleaseLog(LogSigner(SoftwareBackend(bytes(32)), "test"))
+    claim = "tpm.pcrs.sha256.7" if tee == "tpm" else "snp.vmpl"
+    for n in range(count):
+        # Each version's content tells it apart (its tenant's and its own number).
+        value = f"{tenant.name[0]}{n}".encode().hex() * 16 if tee == "tpm" else n
+        async with db.transaction(Scope.for_tenant(tenant.id)) as session:
+            await add_reference_values(
+                session,
+                log,
+                tenant,
+                name=name,
+                tee=tee,
+                document={"version": 1, "expected": {claim: [value]}},
+                source="test",
+                validate=appraisal.validate_reference_values,
+            )
+
+
+def _described(sets: Sequence[ReferenceValueSet]) -> list[tuple[object, ...]]:
+    return sorted((s.name, s.tee, s.version, s.revoked, repr(s.values)) for s in sets)
+
+
+async def test_the_sets_read_ahead_are_what_reference_sets_reads(migrated_db: Database) -> None:
+    """The sets a release's first statement reads ahead (for the names its key's policy named last time)
+    are the ones ``appraisal.reference_sets`` reads: this tenant's newest version of each, per tee, a
+    revoked newest one as revoked — never another tenant's set of the same name."""
+    acme, other = await _tenants(migrated_db)
+    await _set_versions(migrated_db, other, "base", "tpm", 3)  # ahead of acme's in every way
+    await _set_versions(migrated_db, acme, "base", "tpm", 2)
+    await _set_versions(migrated_db, acme, "base", "sev-snp", 1)  # a set's versions count across tees
+    await _set_versions(migrated_db, acme, "gone", "tpm", 1)
+    async with migrated_db.transaction(Scope.for_tenant(acme.id)) as session:
+        await session.execute(
+            update(ReferenceValueRow)
+            .where(ReferenceValueRow.tenant_id == acme.id, ReferenceValueRow.name == "gone")
+            .values(revoked_at=utcnow())
+        )
+    names = ("base", "gone", "absent")
+    expected = {
+        acme.id: [("base", "sev-snp", 3, False), ("base", "tpm", 2, False), ("gone", "tpm", 1, True)],
+        other.id: [("base", "tpm", 3, False)],
+    }
+    for tenant in (acme, other):
+        appraisal._named_last.put((tenant.id, "w"), names)
+        async with migrated_db.transaction(Scope.for_tenant(tenant.id)) as session:
+            challenge = await issue_challenge(session, tenant.id)
+            first = await first_reads(session, tenant, challenge.id, utcnow(), {}, "w", None)
+            read = await appraisal.reference_sets(session, tenant.id, names)
+        assert (first.sets_ahead.tenant_id, first.sets_ahead.names) == (tenant.id, names)
+        ahead = appraisal._sets_from_rows(first.sets_ahead.rows)
+        assert _described(ahead) == _described(read)
+        assert [d[:4] for d in _described(ahead)] == expected[tenant.id]
+    # With no names to read ahead, the statement reads none.
+    appraisal._named_last.put((acme.id, "w"), ())
+    async with migrated_db.transaction(Scope.for_tenant(acme.id)) as session:
+        challenge = await issue_challenge(session, acme.id)
+        first = await first_reads(session, acme, challenge.id, utcnow(), {}, "w", None)
+    assert (first.sets_ahead.names, first.sets_ahead.rows) == ((), ())
+
+
+async def test_an_appraisal_uses_the_sets_read_ahead_only_for_exactly_its_policys_names(
+    migrated_db: Database,
+) -> None:
+    acme, other = await _tenants(migrated_db)
+    await _set_versions(migrated_db, acme, "base", "tpm", 1)
+    log = ReleaseLog(LogSigner(SoftwareBackend(bytes(32)), "test"))
+    document = {"version": 1, "tees": ["tpm"], "reference_values": ["base"], "rules": []}
+    async with migrated_db.transaction(Scope.for_tenant(acme.id)) as session:
+        policy = await add_policy_version(
+            session, log, acme, name="p", document=document, principal=uuid.UUID(int=7)
+        )
+    # Rows that are not what the store holds: an appraisal that used them shows version 99.
+    planted: tuple[appraisal.SetRow, ...] = (
+        (
+            "base",
+            "tpm",
+            99,
+            b'{"version": 1, "expected": {"tpm.pcrs.sha256.7": ["' + b"99" * 32 + b'"]}}',
+            False,
+        ),
+    )
+    stored = [("base", "tpm", 1, False)]
+
+    async def prepared(ahead: appraisal.SetsReadAhead) -> list[tuple[object, ...]]:
+        async with migrated_db.transaction(Scope.for_tenant(acme.id)) as session:
+            result = await appraisal.prepare(session, acme.id, policy, ahead)
+        return [(s.name, s.tee, s.version, s.revoked) for s in result.sets]
+
+    appraisal._named_last.put((acme.id, "w"), ("stale",))
+    # Exactly the policy's names: the rows read ahead are the ones used.
+    assert await prepared(appraisal.SetsReadAhead(acme.id, "w", ("base",), planted)) == [
+        ("base", "tpm", 99, False)
+    ]
+    # Other names (the key's policy changed since): read again, and the next guess is the policy's names.
+    assert await prepared(appraisal.SetsReadAhead(acme.id, "w", ("stale",), planted)) == stored
+    assert appraisal.names_to_read_ahead(acme.id, "w") == ("base",)
+    assert await prepared(appraisal.SetsReadAhead(acme.id, "w", ("base", "more"), planted)) == stored
+    assert await prepared(appraisal.SetsReadAhead(acme.id, "w", (), ())) == stored
+    # Read ahead for another tenant: not used, and no guess is learned for it.
+    assert await prepared(appraisal.SetsReadAhead(other.id, "w", ("base",), planted)) == stored
+    assert appraisal.names_to_read_ahead(other.id, "w") == ()
