@@ -69,6 +69,21 @@ def key_scope(name: str) -> str:
     return f"key/{name}"
 
 
+@dataclass(frozen=True)
+class KeyLimitRead:
+    """A key's ``release_limits`` row as read: for which scope, whether the tenant set one, and its
+    maximum (None: the tenant set the key unlimited)."""
+
+    scope: str
+    row_found: bool
+    max_releases: int | None
+
+    def unlimited(self, default: Budget | None) -> bool:
+        """No budget applies: the tenant's own limit is unlimited, or it set none and so has the
+        operator's default, which is none."""
+        return self.max_releases is None if self.row_found else default is None
+
+
 class RateLimited(KeyserverError):
     """The tenant's attempt budget for this window is spent (HTTP 429, ``Retry-After``)."""
 
@@ -502,11 +517,26 @@ class ReleaseLimiter:
             retry_after,
         )
 
-    async def take_grant(self, session: AsyncSession, tenant: Tenant, key_name: str, now: datetime) -> None:
+    async def take_grant(
+        self,
+        session: AsyncSession,
+        tenant: Tenant,
+        key_name: str,
+        now: datetime,
+        *,
+        limit_read: KeyLimitRead | None = None,
+    ) -> None:
         """Count one grant of ``key_name`` in the release's own transaction (spent iff it commits);
-        ``ReleaseBudgetExhausted`` when the key's budget is spent."""
+        ``ReleaseBudgetExhausted`` when the key's budget is spent.
+
+        ``limit_read``: the key's limit as read earlier in the same transaction (a release's first
+        statement, keyserver/release_reads.py). When it shows that no budget applies — no limit set and
+        no operator default, or a limit set to unlimited — there is nothing to count and no statement is
+        sent (a limit set since then is one set after this release read it, as if it came after)."""
         scope = key_scope(key_name)
         default = _default(self.settings, scope)
+        if limit_read is not None and limit_read.scope == scope and limit_read.unlimited(default):
+            return
         counted = await hot.fetch(
             session,
             _PG_TAKE_LIMITED,

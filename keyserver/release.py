@@ -284,7 +284,7 @@ class ReleaseService:
             entry["reference_values"] = appraisal.reference_value_refs
             if not appraisal.granted:
                 raise EvidenceError(appraisal.reason or "policy-denied", appraisal.detail)
-            await self.limiter.take_grant(session, tenant, key.key.name, now)
+            await self.limiter.take_grant(session, tenant, key.key.name, now, limit_read=first.key_limit)
             await self._step(ReleaseStep.APPRAISED, session)
             jwe, entry["wrapped_in_backend"] = await self._wrap(tenant, key, public, jwk)
             # The exact JWE that leaves: anyone with the (public) ephemeral key can make *a* JWE for

@@ -38,12 +38,14 @@ from keyserver.keys import (
     release_inputs_from_sqlite,
     sqlite_release_inputs,
 )
+from keyserver.ratelimits import KeyLimitRead, key_scope
 from keyserver.tpm_enrolment import SQLITE_TRUSTED_AK, EnrolledAk
 
 # The challenge's UPDATE (challenges.consume_challenge), the AK's read (tpm_enrolment.trusted_ak), the
-# key's reads (migrations/versions/0013's keyserver_release_inputs) and the reference-value sets read
-# ahead (appraisal.SetsReadAhead: none when $7 is empty), under the transaction's scope (row-level
-# security) and each with its own tenant condition. The UPDATE runs whether or not the main query reads
+# key's reads (migrations/versions/0013's keyserver_release_inputs), the reference-value sets read ahead
+# (appraisal.SetsReadAhead: none when $7 is empty) and the key's limit row (ratelimits.KeyLimitRead: a
+# record, or NULL when there is none), under the transaction's scope (row-level security) and each with
+# its own tenant condition. The UPDATE runs whether or not the main query reads
 # it (a data-modifying WITH always runs to completion).
 _PG_FIRST_READS_TEMPLATE = (
     "WITH used AS ("
@@ -54,6 +56,8 @@ _PG_FIRST_READS_TEMPLATE = (
     " (SELECT ak_public FROM tpm_aks WHERE tenant_id = $1 AND ak_name = $4 AND revoked_at IS NULL)"
     " AS ak_public,"
     " ARRAY(SELECT ROW(s.name, s.tee, s.version, s.document, s.revoked) FROM sets s) AS reference_sets,"
+    " (SELECT ROW(l.max_releases) FROM release_limits l WHERE l.tenant_id = $1 AND l.scope = $8)"
+    " AS key_limit,"
     " i.* FROM keyserver_release_inputs($1, $5, $6) AS i"
 )
 _PG_FIRST_READS = _PG_FIRST_READS_TEMPLATE.format(sets=PG_REFERENCE_SETS.format(tenant="$1", names="$7"))
@@ -65,6 +69,7 @@ class FirstReads:
     ak: EnrolledAk | None  # the AK the evidence names, as enrolled (None: the evidence names none)
     inputs: _Inputs
     sets_ahead: SetsReadAhead  # for appraisal.prepare, which checks them against the policy read
+    key_limit: KeyLimitRead  # for ReleaseLimiter.take_grant: whether it has anything to count
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,16 @@ async def first_reads(
     ak_name = _named_ak(evidence)
     names = names_to_read_ahead(tenant.id, key_name)
     rows = await hot.fetch(
-        session, _PG_FIRST_READS, tenant.id, challenge_id, now, ak_name, key_name, key_version, list(names)
+        session,
+        _PG_FIRST_READS,
+        tenant.id,
+        challenge_id,
+        now,
+        ak_name,
+        key_name,
+        key_version,
+        list(names),
+        key_scope(key_name),
     )
     if rows is not None:  # PostgreSQL
         (row,) = rows
@@ -109,8 +123,9 @@ async def first_reads(
             _Inputs(tenant, key_name, key_version, row, False),
         )
         sets: list[SetRow] = [tuple(s) for s in row["reference_sets"]]
+        limit = row["key_limit"]
     else:  # SQLite: the same steps as one procedure, one hand-off to its thread
-        nonce, ak_public, sqlite_inputs, sets = await hot.run_sqlite(
+        nonce, ak_public, sqlite_inputs, sets, limit = await hot.run_sqlite(
             session,
             sqlite_first_reads,
             hot.sqlite_uuid(tenant.id),
@@ -120,12 +135,19 @@ async def first_reads(
             key_name,
             key_version,
             names,
+            key_scope(key_name),
         )
         inputs = _Inputs(tenant, key_name, key_version, sqlite_inputs, sqlite=True)
     if nonce is None:
         await refuse_unconsumed(session, tenant.id, challenge_id)
     ak = None if ak_name is None else EnrolledAk(ak_name, None if ak_public is None else bytes(ak_public))
-    return FirstReads(bytes(nonce), ak, inputs, SetsReadAhead(tenant.id, key_name, names, tuple(sets)))
+    return FirstReads(
+        bytes(nonce),
+        ak,
+        inputs,
+        SetsReadAhead(tenant.id, key_name, names, tuple(sets)),
+        KeyLimitRead(key_scope(key_name), limit is not None, None if limit is None else limit[0]),
+    )
 
 
 def sqlite_first_reads(
@@ -137,7 +159,8 @@ def sqlite_first_reads(
     key_name: str,
     key_version: int | None,
     set_names: tuple[str, ...],
-) -> tuple[bytes | None, bytes | None, dict[str, Any], list[SetRow]]:
+    limit_scope: str,
+) -> tuple[bytes | None, bytes | None, dict[str, Any], list[SetRow], tuple[int | None] | None]:
     """The same reads on SQLite, in the same order (times and UUIDs as SQLite stores them)."""
     used = conn.execute(SQLITE_CONSUME, (at, tenant, challenge, at)).fetchone()
     ak = None if ak_name is None else conn.execute(SQLITE_TRUSTED_AK, (tenant, ak_name)).fetchone()
@@ -146,7 +169,17 @@ def sqlite_first_reads(
     if set_names:
         sql = sqlite_reference_sets_sql(len(set_names))
         sets = [tuple(r) for r in conn.execute(sql, (tenant, *set_names, tenant)).fetchall()]
-    return (None if used is None else used[0], None if ak is None else ak[0], inputs, sets)
+    limit = conn.execute(SQLITE_KEY_LIMIT, (tenant, limit_scope)).fetchone()
+    return (
+        None if used is None else used[0],
+        None if ak is None else ak[0],
+        inputs,
+        sets,
+        None if limit is None else (limit[0],),
+    )
+
+
+SQLITE_KEY_LIMIT = "SELECT max_releases FROM release_limits WHERE tenant_id = ? AND scope = ?"
 
 
 def _named_ak(evidence: Any) -> str | None:

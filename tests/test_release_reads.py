@@ -7,20 +7,23 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from keyserver import appraisal
 from keyserver.backends.software import SoftwareBackend
 from keyserver.challenges import issue_challenge
+from keyserver.config import Budget
 from keyserver.db.models import ReferenceValueSet as ReferenceValueRow
-from keyserver.db.models import Tenant, TpmAk
+from keyserver.db.models import ReleaseCounter, ReleaseLimit, Tenant, TpmAk
 from keyserver.db.session import Database, Scope
 from keyserver.db.types import utcnow
 from keyserver.errors import EvidenceError
 from keyserver.policies import add_policy_version
+from keyserver.ratelimits import KeyLimitRead, ReleaseBudgetExhausted, ReleaseLimiter, key_scope
 from keyserver.reference_values import add_reference_values
 from keyserver.release_reads import first_reads
 from keyserver.releaselog.signing import LogSigner
@@ -204,3 +207,72 @@ async def test_an_appraisal_uses_the_sets_read_ahead_only_for_exactly_its_policy
     # Read ahead for another tenant: not used, and no guess is learned for it.
     assert await prepared(appraisal.SetsReadAhead(other.id, "w", ("base",), planted)) == stored
     assert appraisal.names_to_read_ahead(other.id, "w") == ()
+
+
+async def test_the_keys_limit_is_read_and_a_grant_is_counted_only_where_a_budget_applies(
+    migrated_db: Database,
+) -> None:
+    """The first statement reads the key's own ``release_limits`` row (this tenant's only); ``take_grant``
+    sends nothing where that read shows no budget applies, and counts as before wherever one does (a
+    limit, or the operator's default with no row of the tenant's)."""
+    acme, other = await _tenants(migrated_db)
+    limits = {"limited": 2, "unlimited": None}
+    for tenant in (other, acme):
+        for name, max_releases in limits.items():
+            if tenant is other and name == "limited":
+                continue
+            async with migrated_db.transaction(Scope.for_tenant(tenant.id)) as session:
+                session.add(
+                    ReleaseLimit(
+                        tenant_id=tenant.id,
+                        scope=key_scope(name if tenant is acme else "limited"),
+                        max_releases=max_releases,
+                        window_seconds=60,
+                        updated_by="test",
+                    )
+                )
+    # other's row names "limited" too (unlimited there): acme must read its own.
+
+    async def read(tenant: Tenant, key_name: str) -> KeyLimitRead:
+        async with migrated_db.transaction(Scope.for_tenant(tenant.id)) as session:
+            challenge = await issue_challenge(session, tenant.id)
+            return (await first_reads(session, tenant, challenge.id, utcnow(), {}, key_name, None)).key_limit
+
+    assert await read(acme, "limited") == KeyLimitRead("key/limited", True, 2)
+    assert await read(acme, "unlimited") == KeyLimitRead("key/unlimited", True, None)
+    assert await read(acme, "none") == KeyLimitRead("key/none", False, None)
+    assert await read(other, "limited") == KeyLimitRead("key/limited", True, None)
+    assert await read(other, "unlimited") == KeyLimitRead("key/unlimited", False, None)
+
+    async def grants(key_name: str, limit_read: KeyLimitRead, default: Budget | None = None) -> list[object]:
+        limiter = ReleaseLimiter(migrated_db, replace(migrated_db.settings, release_limit_key=default))
+        outcomes: list[object] = []
+        for _ in range(3):
+            async with migrated_db.transaction(Scope.for_tenant(acme.id)) as session:
+                try:
+                    await limiter.take_grant(session, acme, key_name, utcnow(), limit_read=limit_read)
+                    outcomes.append("granted")
+                except ReleaseBudgetExhausted:
+                    outcomes.append("exhausted")
+        return outcomes
+
+    async def counted(key_name: str) -> int:
+        async with migrated_db.transaction(Scope.for_tenant(acme.id)) as session:
+            rows = await session.execute(
+                select(ReleaseCounter.count).where(
+                    ReleaseCounter.tenant_id == acme.id, ReleaseCounter.scope == key_scope(key_name)
+                )
+            )
+            return sum(rows.scalars())
+
+    assert await grants("limited", await read(acme, "limited")) == ["granted", "granted", "exhausted"]
+    assert await counted("limited") == 2
+    for name in ("unlimited", "none"):  # nothing to count: no statement, no counter
+        assert await grants(name, await read(acme, name)) == ["granted"] * 3
+        assert await counted(name) == 0
+    # No row, but the operator's default is a budget: counted against it.
+    by_default = await grants("none", await read(acme, "none"), Budget(1, 60))
+    assert by_default == ["granted", "exhausted", "exhausted"]
+    assert await counted("none") == 1
+    # A read of another key's limit says nothing about this one: counted as if nothing had been read.
+    assert await grants("limited", KeyLimitRead("key/unlimited", True, None)) == ["exhausted"] * 3
