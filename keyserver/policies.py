@@ -96,14 +96,26 @@ async def activate(
         raise InvalidRequest(
             "activation refused: the policy's examples do not behave as declared: " + "; ".join(failures)
         )
-    head = await session.get(PolicyHead, (tenant.id, name))
-    previous = None if head is None else head.active_version
+    # Locked: two activations of one policy at once are logged in the order they take effect, each
+    # naming the version the other left active.
+    head = await _locked_head(session, tenant.id, name)
     if head is None:
-        head = PolicyHead(tenant_id=tenant.id, name=name, active_version=version, activated_at=utcnow())
-        session.add(head)
+        created = PolicyHead(tenant_id=tenant.id, name=name, active_version=version, activated_at=utcnow())
+        try:
+            async with session.begin_nested():  # add inside: pending rows flush BEFORE a SAVEPOINT
+                session.add(created)
+                await session.flush()
+        except IntegrityError:
+            # The policy's first activation, by another request at the same time: this one comes second.
+            head = await _locked_head(session, tenant.id, name)
+            if head is None:
+                raise
+    if head is None:
+        head, previous = created, None
     else:
+        previous = head.active_version
         head.active_version, head.activated_at = version, utcnow()
-    await session.flush()
+        await session.flush()
     await log.append(
         session,
         tenant,
@@ -117,6 +129,16 @@ async def activate(
         ],
     )
     return head
+
+
+async def _locked_head(session: AsyncSession, tenant_id: uuid.UUID, name: str) -> PolicyHead | None:
+    found = await session.execute(
+        select(PolicyHead)
+        .where(PolicyHead.tenant_id == tenant_id, PolicyHead.name == name)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return found.scalar_one_or_none()
 
 
 async def active_policy(session: AsyncSession, tenant_id: uuid.UUID, name: str) -> Policy | None:

@@ -364,20 +364,29 @@ async def _trust_ak(
     detail: dict[str, str],
 ) -> TpmAk:
     existing = await session.get(TpmAk, (tenant.id, ak_name))
+    if existing is None:
+        ak = TpmAk(
+            tenant_id=tenant.id,
+            ak_name=ak_name,
+            ak_public=ak_public,
+            method=method,
+            ek_fingerprint=ek_fingerprint,
+            enrolled_at=now,
+        )
+        try:
+            async with session.begin_nested():  # add inside: pending rows flush BEFORE a SAVEPOINT
+                session.add(ak)
+                await session.flush()
+        except IntegrityError:
+            # The same AK enrolled by another request at the same time, committed since this one read:
+            # the enrolment is idempotent, so this one answers with that AK as if it had come second.
+            existing = await session.get(TpmAk, (tenant.id, ak_name), populate_existing=True)
+            if existing is None:
+                raise
     if existing is not None:
         if existing.revoked_at is not None:
             raise Conflict("this AK was revoked by the tenant; create a new AK")
         return existing
-    ak = TpmAk(
-        tenant_id=tenant.id,
-        ak_name=ak_name,
-        ak_public=ak_public,
-        method=method,
-        ek_fingerprint=ek_fingerprint,
-        enrolled_at=now,
-    )
-    session.add(ak)
-    await session.flush()
     await log.append(
         session,
         tenant,

@@ -1,0 +1,131 @@
+"""Two requests creating the same first row at once (PostgreSQL; SQLite's BEGIN IMMEDIATE serialises
+them): the loser's insert waits for the winner's commit, fails as a duplicate inside its savepoint, and the
+request goes on as the second one — never a 500, never a transaction left failed.
+
+- Enrolling the same TPM AK twice (``tpm_enrolment._trust_ak``) is idempotent: both get the AK.
+- A policy's first activation twice (``policies.activate``): both take effect in turn, each logged with the
+  version the other left active.
+
+The ordering is made, not hoped for: the winner inserts and holds its transaction open until PostgreSQL
+shows the loser waiting on it (pg_locks), then commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from audit.entry import decode_entry
+from keyserver.backends.software import SoftwareBackend
+from keyserver.db.models import LogEntry, PolicyHead, Tenant, TpmAk
+from keyserver.db.session import Database, Scope
+from keyserver.policies import activate, add_policy_version
+from keyserver.releaselog.signing import LogSigner
+from keyserver.releaselog.store import ReleaseLog
+from keyserver.tenancy import create_tenant
+from keyserver.tpm_enrolment import _trust_ak
+
+pytestmark = pytest.mark.asyncio
+
+PRINCIPAL = uuid.UUID(int=7)
+POLICY = {"version": 1, "tees": ["tpm"], "rules": [{"name": "r", "expr": "true"}]}
+
+
+def _postgres_only(db: Database) -> None:
+    if db.dialect != "postgresql":
+        pytest.skip(
+            "PostgreSQL only: SQLite's transactions take the write lock first and cannot interleave so"
+        )
+
+
+async def _loser_waits_for_winner(
+    db: Database,
+    tenant: Tenant,
+    winner: Callable[[AsyncSession], Awaitable[Any]],
+    loser: Callable[[AsyncSession], Awaitable[Any]],
+) -> Any:
+    """``winner`` runs and stays uncommitted until ``loser``, in a transaction of its own, waits on it."""
+    async with db.transaction(Scope.for_tenant(tenant.id)) as session:
+        await winner(session)
+
+        async def second() -> Any:
+            async with db.transaction(Scope.for_tenant(tenant.id)) as other:
+                return await loser(other)
+
+        task = asyncio.create_task(second())
+        for _ in range(500):
+            async with db.transaction(Scope.for_operator()) as watcher:
+                waiting = (
+                    await watcher.execute(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+                ).scalar_one()
+            if waiting or task.done():
+                break
+            await asyncio.sleep(0.01)
+        assert waiting, "the second request did not wait for the first (the race was not made)"
+    return await task
+
+
+@pytest.fixture
+def log(migrated_db: Database) -> ReleaseLog:
+    return ReleaseLog(LogSigner(SoftwareBackend.from_file(migrated_db.settings.effective_kek_file), "test"))
+
+
+async def test_the_same_ak_enrolled_twice_at_once_is_one_ak_for_both(
+    migrated_db: Database, log: ReleaseLog
+) -> None:
+    _postgres_only(migrated_db)
+    async with migrated_db.transaction(Scope.for_operator()) as session:
+        tenant = await create_tenant(session, "acme")
+    now = datetime.now(UTC)
+
+    async def enrol(session: AsyncSession) -> tuple[str, bytes]:
+        ak = await _trust_ak(
+            session,
+            log,
+            tenant,
+            ak_public=b"the AK",
+            ak_name="000b" + "ab" * 32,
+            method="ak-certificate",
+            ek_fingerprint=None,
+            now=now,
+            detail={},
+        )
+        return ak.ak_name, bytes(ak.ak_public)
+
+    second = await _loser_waits_for_winner(migrated_db, tenant, enrol, enrol)
+    assert second == ("000b" + "ab" * 32, b"the AK")
+    async with migrated_db.transaction(Scope.for_tenant(tenant.id)) as session:
+        assert len((await session.execute(select(TpmAk))).scalars().all()) == 1
+
+
+async def test_a_policys_first_activation_twice_at_once_takes_effect_in_turn(
+    migrated_db: Database, log: ReleaseLog
+) -> None:
+    _postgres_only(migrated_db)
+    async with migrated_db.transaction(Scope.for_operator()) as session:
+        tenant = await create_tenant(session, "acme")
+    async with migrated_db.transaction(Scope.for_tenant(tenant.id)) as session:
+        for _ in range(2):
+            await add_policy_version(session, log, tenant, name="p", document=POLICY, principal=PRINCIPAL)
+
+    def activating(version: int) -> Callable[[AsyncSession], Awaitable[int]]:
+        async def run(session: AsyncSession) -> int:
+            return (await activate(session, log, tenant, "p", version, principal=PRINCIPAL)).active_version
+
+        return run
+
+    assert await _loser_waits_for_winner(migrated_db, tenant, activating(1), activating(2)) == 2
+    async with migrated_db.transaction(Scope.for_tenant(tenant.id)) as session:
+        head = (await session.execute(select(PolicyHead))).scalar_one()
+        entries = (await session.execute(select(LogEntry).order_by(LogEntry.idx))).scalars().all()
+    assert head.active_version == 2
+    activations = [decode_entry(bytes(e.entry)) for e in entries]
+    activations = [e for e in activations if e["kind"] == "policy-activated"]
+    assert [(a["policy"]["version"], a["previous_version"]) for a in activations] == [(1, None), (2, 1)]
