@@ -45,6 +45,7 @@ from keyserver.db import hot
 from keyserver.db.models import Challenge, Key, ReleaseCounter, ReleaseLimit, Tenant
 from keyserver.db.session import Database
 from keyserver.db.types import utcnow
+from keyserver.db.upsert import insert_ignore
 from keyserver.errors import EvidenceError, KeyserverError, NotFound
 from keyserver.releaselog import records
 from keyserver.releaselog.store import ReleaseLog
@@ -178,12 +179,25 @@ async def set_limit(
     if max_releases is not None:
         Budget(max_releases, window_seconds)  # the same bounds as the configuration
     await _check_key_exists(session, tenant.id, scope)
-    row = await session.get(ReleaseLimit, (tenant.id, scope))
-    if row is None:
-        row = ReleaseLimit(tenant_id=tenant.id, scope=scope)
-        session.add(row)
-    row.max_releases, row.window_seconds = max_releases, window_seconds
-    row.updated_at, row.updated_by = utcnow(), f"token:{principal}"
+    values = {
+        "max_releases": max_releases,
+        "window_seconds": window_seconds,
+        "updated_at": utcnow(),
+        "updated_by": f"token:{principal}",
+    }
+    # Inserted if absent, then locked and set: two first settings of one scope at once take effect in
+    # turn (a read-then-insert made the second a 500).
+    await insert_ignore(session, ReleaseLimit, {"tenant_id": tenant.id, "scope": scope, **values})
+    row = (
+        await session.execute(
+            select(ReleaseLimit)
+            .where(ReleaseLimit.tenant_id == tenant.id, ReleaseLimit.scope == scope)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    ).scalar_one()
+    for name, value in values.items():
+        setattr(row, name, value)
     await session.flush()
     entry = records.record(
         RELEASE_LIMIT_SET,

@@ -5,6 +5,8 @@ request goes on as the second one — never a 500, never a transaction left fail
 - Enrolling the same TPM AK twice (``tpm_enrolment._trust_ak``) is idempotent: both get the AK.
 - A policy's first activation twice (``policies.activate``): both take effect in turn, each logged with the
   version the other left active.
+- A scope's first release limit, a tenant's first witness configuration, set twice (``ratelimits.set_limit``,
+  ``witness.tenant_config.set_config``): both take effect in turn.
 
 The ordering is made, not hoped for: the winner inserts and holds its transaction open until PostgreSQL
 shows the loser waiting on it (pg_locks), then commits.
@@ -19,18 +21,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from audit.cosignature import cosigner_vkey
 from audit.entry import decode_entry
 from keyserver.backends.software import SoftwareBackend
-from keyserver.db.models import LogEntry, PolicyHead, Tenant, TpmAk
+from keyserver.db.models import LogEntry, PolicyHead, Tenant, TenantWitnesses, TpmAk
 from keyserver.db.session import Database, Scope
 from keyserver.policies import activate, add_policy_version
+from keyserver.ratelimits import TENANT, list_limits, set_limit
 from keyserver.releaselog.signing import LogSigner
 from keyserver.releaselog.store import ReleaseLog
 from keyserver.tenancy import create_tenant
 from keyserver.tpm_enrolment import _trust_ak
+from keyserver.witness.tenant_config import parse_config, set_config
 
 pytestmark = pytest.mark.asyncio
 
@@ -129,3 +135,46 @@ async def test_a_policys_first_activation_twice_at_once_takes_effect_in_turn(
     activations = [decode_entry(bytes(e.entry)) for e in entries]
     activations = [e for e in activations if e["kind"] == "policy-activated"]
     assert [(a["policy"]["version"], a["previous_version"]) for a in activations] == [(1, None), (2, 1)]
+
+
+async def test_a_scopes_first_release_limit_set_twice_at_once_takes_effect_in_turn(
+    migrated_db: Database, log: ReleaseLog
+) -> None:
+    _postgres_only(migrated_db)
+    async with migrated_db.transaction(Scope.for_operator()) as session:
+        tenant = await create_tenant(session, "acme")
+
+    def setting(max_releases: int) -> Callable[[AsyncSession], Awaitable[int | None]]:
+        async def run(session: AsyncSession) -> int | None:
+            row = await set_limit(session, log, tenant, TENANT, max_releases, 60, principal=PRINCIPAL)
+            return row.max_releases
+
+        return run
+
+    assert await _loser_waits_for_winner(migrated_db, tenant, setting(5), setting(7)) == 7
+    async with migrated_db.transaction(Scope.for_tenant(tenant.id)) as session:
+        assert [(r.scope, r.max_releases) for r in await list_limits(session, tenant.id)] == [(TENANT, 7)]
+
+
+async def test_a_tenants_first_witness_configuration_set_twice_at_once_takes_effect_in_turn(
+    migrated_db: Database, log: ReleaseLog
+) -> None:
+    _postgres_only(migrated_db)
+    async with migrated_db.transaction(Scope.for_operator()) as session:
+        tenant = await create_tenant(session, "acme")
+
+    def configuring(name: str) -> Callable[[AsyncSession], Awaitable[None]]:
+        key = Ed25519PrivateKey.generate().public_key()
+        document = {"witnesses": [{"name": name, "url": f"https://{name}", "vkey": cosigner_vkey(name, key)}]}
+
+        async def run(session: AsyncSession) -> None:
+            await set_config(
+                session, log, tenant, parse_config({**document, "quorum": 1}), principal=PRINCIPAL
+            )
+
+        return run
+
+    await _loser_waits_for_winner(migrated_db, tenant, configuring("a.example"), configuring("b.example"))
+    async with migrated_db.transaction(Scope.for_tenant(tenant.id)) as session:
+        stored = (await session.execute(select(TenantWitnesses))).scalars().all()
+    assert [decode_entry(bytes(r.document))["witnesses"][0]["name"] for r in stored] == ["b.example"]

@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from audit.checkpoint import CheckpointError
@@ -173,11 +173,24 @@ async def set_config(
 ) -> None:
     """Store ``config`` for ``tenant`` (replacing any). Logged, with the whole document."""
     document = config.document()
-    row = await session.get(TenantWitnesses, tenant.id)
-    if row is None:
-        row = TenantWitnesses(tenant_id=tenant.id)
-        session.add(row)
-    row.document, row.updated_at, row.updated_by = canonical_bytes(document), utcnow(), f"token:{principal}"
+    values = {
+        "document": canonical_bytes(document),
+        "updated_at": utcnow(),
+        "updated_by": f"token:{principal}",
+    }
+    # Inserted if absent, then locked and set: two first settings at once take effect in turn (a
+    # read-then-insert made the second a 500).
+    await insert_ignore(session, TenantWitnesses, {"tenant_id": tenant.id, **values})
+    row = (
+        await session.execute(
+            select(TenantWitnesses)
+            .where(TenantWitnesses.tenant_id == tenant.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    ).scalar_one()
+    for name, value in values.items():
+        setattr(row, name, value)
     await session.flush()
     await release_log.append(
         session, tenant, [records.record(WITNESSES_SET, principal=f"token:{principal}", **document)]
