@@ -277,8 +277,9 @@ class ReleaseService:
             key = inputs.key
             entry["key"] = {"name": key.key.name, "version": key.version.version}
             await self._step(ReleaseStep.KEY_FOUND, session)
+            # The reference sets as read ahead by the first statement, if they are the policy's.
             appraisal = await appraise(
-                session, tenant.id, key.key.policy_name, inputs.policy, verified.claims, now
+                session, tenant.id, key.key.policy_name, inputs.policy, verified.claims, now, first.sets_ahead
             )
             entry["policy"] = appraisal.policy_ref
             entry["reference_values"] = appraisal.reference_value_refs

@@ -321,3 +321,48 @@ async def test_attestation_result_serves_several_releases(
     forged = ".".join([header, payload[:-2] + ("AA" if payload[-2:] != "AA" else "BB"), signature])
     refused = await loader.release(evidence={"tee": "attestation-result", "token": forged})
     assert refused.status_code == 403
+
+
+async def test_a_release_reads_its_reference_sets_ahead_once_it_knows_them(
+    service: Service, swtpm: Any, tpm_esapi: ESAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The release's first statement reads the sets its key's policy named last time
+    (keyserver/release_reads.py): after the first release of a key, no release reads them on its own —
+    and a policy that names other sets is read for as before."""
+    from keyserver import appraisal
+
+    asked: list[tuple[str, ...]] = []
+    own_read = appraisal.reference_sets
+
+    async def counted(session: Any, tenant_id: Any, names: tuple[str, ...]) -> Any:
+        asked.append(names)
+        return await own_read(session, tenant_id, names)
+
+    monkeypatch.setattr(appraisal, "reference_sets", counted)
+    extend(tpm_esapi, b"reviewed loader build 1")
+    with loader_ak(tpm_esapi) as ak:
+        acme = await setup_tenant(service, swtpm, tpm_esapi, ak)
+        loader = Loader(service, tpm_esapi, ak)
+        asked.clear()  # what the policy's activation read (its examples)
+        for _ in range(3):
+            assert (await loader.release()).status_code == 200
+        assert asked == [("loader",)]  # the first release only
+        # The key's policy now names no sets: read for once more, then known too.
+        admin = bearer(acme.admin)
+        document = {"version": 1, "tees": ["tpm"], "rules": [{"name": "any", "expr": "true"}]}
+        added = await service.client.post(
+            "/v1/tenants/acme/policies", json={"name": "prod", "document": document}, headers=admin
+        )
+        assert added.status_code in (200, 201), added.text
+        version = added.json()["version"]
+        activated = await service.client.post(
+            f"/v1/tenants/acme/policies/prod/{version}/activate", headers=admin
+        )
+        assert activated.status_code == 200, activated.text
+        asked.clear()
+        for _ in range(2):
+            released = await loader.release()
+            assert released.status_code == 200, released.text
+        _, entry = await log_entry(service, acme, released.json()["receipt"]["log_index"])
+        assert entry["reference_values"] == []
+        assert asked == [()]
