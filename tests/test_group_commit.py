@@ -305,6 +305,48 @@ async def test_members_that_raise_in_both_passes_leave_nothing_of_theirs(
         assert await log_size(service, acme) == before + N
 
 
+async def test_the_last_member_raising_has_every_other_member_decided_again_and_logged_once(
+    service: Service, settings: Settings, db: Database, swtpm: Any, tpm_esapi: ESAPI
+) -> None:
+    """The worst case of the optimistic pass: the second batch's LAST member raises after every other one
+    was decided (keys wrapped, grants taken, challenges used). The pass rolls back whole; the others are
+    decided again, each once more (the backend's unwrap and the wrap with them: docs/release-log.md), and
+    each is logged once, with a receipt that verifies; the one that raised is not logged."""
+    extend(tpm_esapi, b"reviewed loader build 1")
+    with loader_ak(tpm_esapi) as ak:
+        acme, vkey = await tenant_and_log_key(service, swtpm, tpm_esapi, ak)
+        svc = release_service_on_this_loop(settings, db)
+        loaders = [Loader(service, tpm_esapi, ak) for _ in range(N)]
+        bodies = await prepared(loaders)
+        before = await log_size(service, acme)
+        wrapped, consumed = 0, 0
+
+        async def last_wrap_breaks(step: ReleaseStep, _session: AsyncSession | None) -> None:
+            nonlocal wrapped, consumed
+            consumed += step is ReleaseStep.CHALLENGE_CONSUMED
+            if step is ReleaseStep.KEY_WRAPPED:
+                wrapped += 1
+                if wrapped == N:  # the first batch's one, then the second batch's N - 1: its last
+                    raise Boom("injected at the last wrap of the pass")
+
+        svc.faults = HoldFirstBatch(svc, await acme_id(svc), then=last_wrap_breaks)
+        try:
+            responses = await release_all(svc, bodies)
+        finally:
+            svc.faults = None
+        broken = [i for i, r in enumerate(responses) if isinstance(r, Boom)]
+        assert len(broken) == 1, responses
+        assert await log_size(service, acme) == before + N - 1
+        challenges = [
+            check_receipt(r, loaders[i], vkey)["challenge"]
+            for i, r in enumerate(responses)
+            if i not in broken and isinstance(r, Outcome) and r.granted
+        ]
+        assert sorted(challenges) == sorted(b["challenge"] for i, b in enumerate(bodies) if i not in broken)
+        assert consumed == 1 + (N - 1) + (N - 2)  # the others of the second batch, decided twice
+        assert wrapped == 1 + (N - 1) + (N - 2)
+
+
 async def test_a_lone_member_raising_in_the_second_pass_is_rolled_back(
     service: Service, settings: Settings, db: Database, swtpm: Any, tpm_esapi: ESAPI
 ) -> None:
