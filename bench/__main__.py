@@ -5,8 +5,10 @@ over HTTP at several concurrencies, PostgreSQL and SQLite), ``log-size`` (releas
 tenant's log at 10^3 vs 10^6 entries) and ``audit`` (``keyserver audit verify`` at 10^5 and 10^6 entries);
 the last two share the PostgreSQL stack. ``scale-out`` (bench/scale_out.py: two replicas on one
 PostgreSQL, many tenants beside a hot one) and ``requests`` (bench/requests.py: server CPU per request
-kind — the HTTP stack alone, a challenge, a whole release) and ``evaluation`` (bench/evaluation.py: what
-handing a policy evaluation to its worker process costs) run only when asked for (``--only …``).
+kind — the HTTP stack alone, a challenge, a whole release), ``evaluation`` (bench/evaluation.py: what
+handing a policy evaluation to its worker process costs) and ``open-loop`` (releases arriving at fixed
+rates, ``--rates``, whatever the answers: the latency a release gets at a given arrival rate) run only when
+asked for (``--only …``).
 ``--quick`` (or ``BENCH_QUICK=1``) runs every code path with
 tiny sizes and durations: a smoke run, not a measurement. The release-log micro-benchmark stays
 ``python -m bench.log_bench``.
@@ -28,7 +30,7 @@ from bench.softtpm import SoftQuoter
 
 SECTIONS = ("verifiers", "e2e", "log-size", "audit")
 # Not in the default run: scale-out is PostgreSQL only and minutes of set-up; requests is a breakdown.
-ON_REQUEST = ("scale-out", "requests", "evaluation")
+ON_REQUEST = ("scale-out", "requests", "evaluation", "open-loop")
 
 
 def _ints(text: str) -> list[int]:
@@ -58,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log-sizes", help="small,large log sizes (default 1000,1000000)")
     parser.add_argument("--audit-sizes", help="log sizes for audit verify (default 100000,1000000)")
     parser.add_argument("--tenants", type=int, help="scale-out: tenants beside the hot one (default 100)")
+    parser.add_argument(
+        "--rates", help="open-loop: arrivals per second, comma-separated (default 100,200,300)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         os.environ["BENCH_QUICK"] = "1"
@@ -73,6 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.runs = args.runs or (1 if quick else 3)
     args.log_sizes = _ints(args.log_sizes or ("100,1000" if quick else "1000,1000000"))
     args.audit_sizes = _ints(args.audit_sizes or ("1000" if quick else "100000,1000000"))
+    args.rates = _ints(args.rates or ("20" if quick else "100,200,300"))
     args.tenants = args.tenants or (3 if quick else 100)
     return args
 
@@ -184,6 +190,42 @@ async def run_stack(kind: str, args: argparse.Namespace, figures: dict[str, Any]
             figures["audit_verify"] = {kind: audits}
 
 
+async def open_loop(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The open-loop section on one store: the e2e stack and tenant, each rate in turn."""
+    workers = e2e_workers(kind, args)
+    rows: dict[str, Any] = {"workers": workers}
+    async with e2e.stack(kind, workers) as s:
+        tenant = await e2e.setup_tenant(s, "acme", SoftQuoter.create("ecc"))
+        for rate in args.rates:
+            rows[f"r{rate}"] = await e2e.open_loop(
+                s, tenant, rate, seconds=args.seconds, warmup=0.3 if quick_mode() else 1.5
+            )
+    return rows
+
+
+def open_loop_table(kind: str, rows: dict[str, Any]) -> str:
+    lines = [
+        f"{kind}, {rows['workers']} workers: releases arriving at a rate (Poisson), latency from arrival"
+    ]
+    lines.append(
+        f"{'offered/s':>10}{'done/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'waited':>8}  server/pg/loadgen CPU ms"
+    )
+    for key, f in rows.items():
+        if not key.startswith("r"):
+            continue
+        cpu = f["cpu_ms_per_release"]
+        p50 = "-" if f["p50_ms"] is None else f"{f['p50_ms']:.1f}"
+        p99 = "-" if f["p99_ms"] is None else f"{f['p99_ms']:.1f}"
+        lines.append(
+            f"{f['offered_per_s']:>10}{f['releases_per_s']:>9.1f}{p50:>9}{p99:>9}"
+            f"{f['arrivals_that_waited_for_a_loader']:>8}  "
+            + "/".join(str(cpu.get(k, "-")) for k in ("server", "postgres", "loadgen"))
+        )
+        if f["failures"]:
+            lines.append(f"{'':>10}failures: {f['failures']}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     figures: dict[str, Any] = {}
@@ -217,6 +259,11 @@ def main(argv: list[str] | None = None) -> None:
             )
             print(requests.table(kind, result), flush=True)
             figures.setdefault("requests", {})[kind] = result
+    if "open-loop" in args.sections:
+        for kind in ["postgres", "sqlite"] if args.db == "both" else [args.db]:
+            result = asyncio.run(open_loop(kind, args))
+            print(open_loop_table(kind, result), flush=True)
+            figures.setdefault("open_loop", {})[kind] = result
     if "evaluation" in args.sections:
         result = asyncio.run(evaluation.run(runs=args.runs, seconds=args.seconds))
         print(evaluation.table(result), flush=True)
@@ -226,7 +273,17 @@ def main(argv: list[str] | None = None) -> None:
         "concurrency": args.concurrency,
         "workers": args.workers if args.workers_given else "2 on PostgreSQL, 1 on SQLite (see each section)",
     }
-    for section in ("e2e", "http_edge", "log_size", "audit_verify", "scale_out", "requests", "evaluation"):
+    sections = (
+        "e2e",
+        "http_edge",
+        "log_size",
+        "audit_verify",
+        "scale_out",
+        "requests",
+        "evaluation",
+        "open_loop",
+    )
+    for section in sections:
         if section in figures:
             record(section, {**figures[section], "notes": notes})
 

@@ -36,7 +36,15 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bench.common import percentile, summary
-from bench.loadgen import Connection, Samples, TpmLoader, cpu_seconds, run_challenges, run_loaders
+from bench.loadgen import (
+    Connection,
+    Samples,
+    TpmLoader,
+    cpu_seconds,
+    run_challenges,
+    run_loaders,
+    run_open_loop,
+)
 from bench.log_bench import entry as log_entry
 from bench.softtpm import SoftQuoter
 from keyserver.backends.software import SoftwareBackend
@@ -344,6 +352,36 @@ async def throughput(
         "cpu_ms_per_release": {k: round(1000 * v / releases, 3) for k, v in cpu.items()} if releases else {},
         "runs": runs,
         "seconds_per_run": seconds,
+    }
+
+
+async def open_loop(
+    s: Stack, tenant: BenchTenant, rate: float, *, seconds: float, warmup: float, loaders: int = 512
+) -> dict[str, Any]:
+    """Releases arriving at ``rate`` per second (bench/loadgen.py, ``run_open_loop``): the latency a
+    release gets at that arrival rate, which a closed loop of N loaders cannot show (there the mean
+    latency is N / throughput whatever the server does: Little's law)."""
+    pool = make_loaders(s, [tenant], loaders)
+    try:
+        before = s.cpu()
+        samples, window, waited = await run_open_loop(pool, rate, seconds, warmup)
+        after = s.cpu()
+    finally:
+        await _close(pool)
+    done = len(samples.total)
+    total = summary(samples.total) if samples.total else {"p50_ms": None, "p99_ms": None, "n": 0}
+    return {
+        "offered_per_s": rate,
+        "releases_per_s": round(done / window, 1),
+        **total,
+        "release_request": summary(samples.release) if samples.release else None,
+        "failures": samples.failures,
+        "arrivals_that_waited_for_a_loader": waited,
+        "loaders": loaders,
+        "cpu_ms_per_release": {k: round(1000 * (after[k] - before[k]) / done, 3) for k in after}
+        if done
+        else {},
+        "seconds": seconds,
     }
 
 

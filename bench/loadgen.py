@@ -12,6 +12,7 @@ import base64
 import contextlib
 import json
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,16 +109,17 @@ class TpmLoader:
         self.jwk = ECKey.import_key(private.public_key()).as_dict(private=False)
         self.ak_name, self.pcrs = quoter.name_hex, quoter.pcrs_hex()
 
-    async def release_once(self, samples: Samples) -> None:
+    async def release_once(self, samples: Samples, arrived: float | None = None) -> None:
         """One attested release on a fresh connection (a real loader releases once per boot: the
-        connections then also spread over the server's worker processes as real ones would)."""
+        connections then also spread over the server's worker processes as real ones would). Its
+        latency runs from ``arrived`` (an open-loop arrival's scheduled time) if given, else from now."""
         try:
-            await self._release(samples)
+            await self._release(samples, arrived)
         finally:
             await self.conn.close()
 
-    async def _release(self, samples: Samples) -> None:
-        started = time.perf_counter()
+    async def _release(self, samples: Samples, arrived: float | None) -> None:
+        started = time.perf_counter() if arrived is None else arrived
         status, challenge = await self.conn.request("POST", f"/v1/tenants/{self.tenant}/challenges", {})
         if status != 201:
             samples.failures[f"challenge-{status}"] = samples.failures.get(f"challenge-{status}", 0) + 1
@@ -165,6 +167,47 @@ async def run_loaders(loaders: list[TpmLoader], seconds: float, warmup: float) -
     await asyncio.gather(*(loop(loader) for loader in loaders))
     # Releases that started inside the window and finished after it count; the window is then longer.
     return samples, max(time.perf_counter() - measure_from, seconds)
+
+
+async def run_open_loop(
+    loaders: list[TpmLoader], rate: float, seconds: float, warmup: float, seed: int = 1
+) -> tuple[Samples, float, int]:
+    """Releases ARRIVING at ``rate`` per second (Poisson arrivals, seeded), whatever the answers: a fleet
+    that reboots does not wait for one VM's key before the next VM asks. Each arrival is served by an
+    idle loader; its latency runs from its scheduled arrival, so time spent waiting for a loader (or
+    for a server that fell behind) counts — no coordinated omission. Samples are those that arrived in
+    the measured window; returns them, the window, and how many arrivals found no loader idle."""
+    idle: asyncio.Queue[TpmLoader] = asyncio.Queue()
+    for loader in loaders:
+        idle.put_nowait(loader)
+    samples, discard = Samples(), Samples()
+    arrivals = random.Random(seed)
+    start = time.perf_counter()
+    measure_from, stop_at = start + warmup, start + warmup + seconds
+    waited = 0
+    tasks: list[asyncio.Task[None]] = []
+
+    async def serve(arrived: float) -> None:
+        nonlocal waited
+        if idle.empty():
+            waited += arrived >= measure_from
+        loader = await idle.get()
+        try:
+            await loader.release_once(samples if arrived >= measure_from else discard, arrived)
+        finally:
+            idle.put_nowait(loader)
+
+    at = start
+    while True:
+        at += arrivals.expovariate(rate)
+        if at >= stop_at:
+            break
+        delay = at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(serve(at)))
+    await asyncio.gather(*tasks)
+    return samples, max(time.perf_counter() - measure_from, seconds), waited
 
 
 async def run_challenges(

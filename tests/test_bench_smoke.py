@@ -125,3 +125,19 @@ def test_bench_evaluation_quick_mode_writes_well_formed_results(tmp_path: Path) 
     assert figures["pool"]["worker_cpu_ms"] >= 0
     _timed(figures["in_process"], "wall_ms", "parent_cpu_ms")
     assert len(figures["pool"]["runs"]) == len(figures["in_process"]["runs"]) == figures["runs"]
+
+
+def test_bench_open_loop_quick_mode_writes_well_formed_results(tmp_path: Path) -> None:
+    """Releases arriving at a fixed rate (bench/loadgen.py, ``run_open_loop``), latency from arrival."""
+    stdout, data = run_quick(tmp_path, "--only", "open-loop", "--db", "sqlite", "--rates", "10,20")
+    assert "arriving at a rate (Poisson)" in stdout
+    assert set(data) == {"open_loop"}
+    figures = data["open_loop"]["sqlite"]
+    assert figures["workers"] == 1
+    for rate in (10, 20):
+        row = figures[f"r{rate}"]
+        assert row["offered_per_s"] == rate
+        _timed(row, "releases_per_s", "p50_ms", "p99_ms")
+        assert row["n"] > 0
+        assert row["failures"] == {}
+        assert set(row["cpu_ms_per_release"]) >= {"server", "loadgen"}
