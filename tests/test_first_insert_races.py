@@ -83,12 +83,16 @@ def log(migrated_db: Database) -> ReleaseLog:
     return ReleaseLog(LogSigner(SoftwareBackend.from_file(migrated_db.settings.effective_kek_file), "test"))
 
 
-async def test_the_same_ak_enrolled_twice_at_once_is_one_ak_for_both(
-    migrated_db: Database, log: ReleaseLog
-) -> None:
+@pytest.fixture
+async def tenant(migrated_db: Database) -> Tenant:
     _postgres_only(migrated_db)
     async with migrated_db.transaction(Scope.for_operator()) as session:
-        tenant = await create_tenant(session, "acme")
+        return await create_tenant(session, "acme")
+
+
+async def test_the_same_ak_enrolled_twice_at_once_is_one_ak_for_both(
+    migrated_db: Database, log: ReleaseLog, tenant: Tenant
+) -> None:
     now = datetime.now(UTC)
 
     async def enrol(session: AsyncSession) -> tuple[str, bytes]:
@@ -112,11 +116,8 @@ async def test_the_same_ak_enrolled_twice_at_once_is_one_ak_for_both(
 
 
 async def test_a_policys_first_activation_twice_at_once_takes_effect_in_turn(
-    migrated_db: Database, log: ReleaseLog
+    migrated_db: Database, log: ReleaseLog, tenant: Tenant
 ) -> None:
-    _postgres_only(migrated_db)
-    async with migrated_db.transaction(Scope.for_operator()) as session:
-        tenant = await create_tenant(session, "acme")
     async with migrated_db.transaction(Scope.for_tenant(tenant.id)) as session:
         for _ in range(2):
             await add_policy_version(session, log, tenant, name="p", document=POLICY, principal=PRINCIPAL)
@@ -138,11 +139,8 @@ async def test_a_policys_first_activation_twice_at_once_takes_effect_in_turn(
 
 
 async def test_a_scopes_first_release_limit_set_twice_at_once_takes_effect_in_turn(
-    migrated_db: Database, log: ReleaseLog
+    migrated_db: Database, log: ReleaseLog, tenant: Tenant
 ) -> None:
-    _postgres_only(migrated_db)
-    async with migrated_db.transaction(Scope.for_operator()) as session:
-        tenant = await create_tenant(session, "acme")
 
     def setting(max_releases: int) -> Callable[[AsyncSession], Awaitable[int | None]]:
         async def run(session: AsyncSession) -> int | None:
@@ -157,11 +155,8 @@ async def test_a_scopes_first_release_limit_set_twice_at_once_takes_effect_in_tu
 
 
 async def test_a_tenants_first_witness_configuration_set_twice_at_once_takes_effect_in_turn(
-    migrated_db: Database, log: ReleaseLog
+    migrated_db: Database, log: ReleaseLog, tenant: Tenant
 ) -> None:
-    _postgres_only(migrated_db)
-    async with migrated_db.transaction(Scope.for_operator()) as session:
-        tenant = await create_tenant(session, "acme")
 
     def configuring(name: str) -> Callable[[AsyncSession], Awaitable[None]]:
         key = Ed25519PrivateKey.generate().public_key()
