@@ -8,6 +8,11 @@ each is then *interpreted* where it was read before — the challenge's refusal 
 quote's verification, the key's refusals after the evidence — so that a request's outcome and its reason
 are what they were (tests/test_release_reads.py holds the three to the separate reads). Measured: two
 round trips fewer per release, docs/performance.md, "Sixth pass".
+
+Two more reads ride along (docs/performance.md, "Seventh pass"): the reference-value sets the key's policy
+named when this process last appraised that key (``appraisal.SetsReadAhead``: used only if the policy read
+names exactly those, otherwise read again), and the key's ``release_limits`` row (``ratelimits.KeyLimitRead``:
+where it shows no budget applies, the grant sends no statement).
 """
 
 from __future__ import annotations
@@ -45,8 +50,8 @@ from keyserver.tpm_enrolment import SQLITE_TRUSTED_AK, EnrolledAk
 # key's reads (migrations/versions/0013's keyserver_release_inputs), the reference-value sets read ahead
 # (appraisal.SetsReadAhead: none when $7 is empty) and the key's limit row (ratelimits.KeyLimitRead: a
 # record, or NULL when there is none), under the transaction's scope (row-level security) and each with
-# its own tenant condition. The UPDATE runs whether or not the main query reads
-# it (a data-modifying WITH always runs to completion).
+# its own tenant condition. The UPDATE runs whether or not the main query reads it (a data-modifying WITH
+# always runs to completion).
 _PG_FIRST_READS_TEMPLATE = (
     "WITH used AS ("
     "UPDATE challenges SET used_at = $3 WHERE tenant_id = $1 AND id = $2 AND used_at IS NULL"
