@@ -197,39 +197,25 @@ async def test_the_attempt_function_reads_its_own_tenants_limit(migrated_db: Dat
     assert await _counters(migrated_db, fresh) == []
 
 
-async def test_the_attempt_and_the_challenge_skip_waiting_for_their_flush_and_no_scope_outlives_the_call(
+async def test_only_the_attempt_skips_waiting_for_its_flush_and_no_scope_outlives_the_call(
     migrated_db: Database,
 ) -> None:
-    """The attempt's and the challenge's own transactions do not wait for their WAL flush (migrations
-    0012, 0014: what a crash can lose of them costs a retry, never a grant); the setting, like the scope,
-    is their statement's own."""
     _postgres_only(migrated_db)
     (acme,) = await _tenants(migrated_db, "acme")
     limiter = ReleaseLimiter(migrated_db, Settings(data_dir=migrated_db.settings.data_dir))
-    default = await migrated_db.call("SELECT current_setting('synchronous_commit') AS setting")
-    assert default is not None
-    calls = {
-        "challenge": "SELECT keyserver_issue_challenge($1, gen_random_uuid(), $2, $3, $4, NULL, NULL, 0,"
-        " NULL)",
-        "attempt": "SELECT * FROM keyserver_admit_attempt($1, 5, 60, 0) WHERE $2::bytea IS NOT NULL"
-        " AND $3::timestamptz IS NOT NULL AND $4::timestamptz IS NOT NULL",
-    }
-    args = (acme, b"\0" * 32, T0, T0 + timedelta(minutes=2))
-    for name, call in calls.items():
-        async with migrated_db.transaction(Scope.for_operator()) as session:
-            # As the production server runs (the throwaway test cluster may not wait for flushes at all).
-            await session.execute(text("SET LOCAL synchronous_commit = on"))
-            raw = await hot.fetch(session, call, *args)
-            assert raw is not None
-            setting = await session.execute(text("SELECT current_setting('synchronous_commit')"))
-            assert setting.scalar_one() == "off", name
-        # Called in a transaction of its own (as the limiter calls it), the setting ends with it.
-        await migrated_db.call(call, *args)
-        after = await migrated_db.call("SELECT current_setting('synchronous_commit') AS setting")
-        assert after is not None
-        assert after[0]["setting"] == default[0]["setting"], name
     async with migrated_db.transaction(Scope.for_operator()) as session:
+        before = (await session.execute(text("SELECT current_setting('synchronous_commit')"))).scalar_one()
+        await session.execute(
+            text("SELECT keyserver_issue_challenge(:t, :i, :n, :c, :e, NULL, NULL, 0, NULL)"),
+            {"t": acme, "i": uuid.uuid4(), "n": b"\0" * 32, "c": T0, "e": T0 + timedelta(minutes=2)},
+        )
+        assert (
+            await session.execute(text("SELECT current_setting('synchronous_commit')"))
+        ).scalar_one() == before
         await session.execute(text("SELECT * FROM keyserver_admit_attempt(:t, 5, 60, 0)"), {"t": acme})
+        assert (
+            await session.execute(text("SELECT current_setting('synchronous_commit')"))
+        ).scalar_one() == "off"
         # Inside one explicit transaction the scope set by the function stays (the caller's own risk):
         # the limiter never calls it so; in its own transaction the scope ends with the statement.
         assert (
