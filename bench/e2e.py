@@ -30,6 +30,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -303,6 +304,10 @@ async def _close(loaders: list[TpmLoader]) -> None:
         await loader.conn.close()
 
 
+def _mark_cpu(s: Stack, marks: list[dict[str, float]]) -> None:
+    marks.append(s.cpu())
+
+
 async def throughput(
     s: Stack, tenant: BenchTenant, concurrency: int, *, runs: int, seconds: float, warmup: float
 ) -> dict[str, Any]:
@@ -316,9 +321,11 @@ async def throughput(
     try:
         for _ in range(runs):
             refs, ref_window = await run_challenges(conns, tenant.name, seconds, warmup)
-            before = s.cpu()
-            samples, window = await run_loaders(loaders, seconds, warmup)
+            # CPU over the measured window only: the releases counted are those started in it.
+            marks: list[dict[str, float]] = []
+            samples, window = await run_loaders(loaders, seconds, warmup, partial(_mark_cpu, s, marks))
             after = s.cpu()
+            (before,) = marks
             for name, value in after.items():
                 cpu[name] = cpu.get(name, 0.0) + value - before[name]
             releases += len(samples.total)
@@ -363,9 +370,12 @@ async def open_loop(
     latency is N / throughput whatever the server does: Little's law)."""
     pool = make_loaders(s, [tenant], loaders)
     try:
-        before = s.cpu()
-        samples, window, waited = await run_open_loop(pool, rate, seconds, warmup)
+        marks: list[dict[str, float]] = []
+        samples, window, waited = await run_open_loop(
+            pool, rate, seconds, warmup, on_window=partial(_mark_cpu, s, marks)
+        )
         after = s.cpu()
+        (before,) = marks
     finally:
         await _close(pool)
     done = len(samples.total)

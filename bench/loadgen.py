@@ -14,6 +14,7 @@ import json
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,12 +151,33 @@ class TpmLoader:
         samples.release.append(done - sent)
 
 
-async def run_loaders(loaders: list[TpmLoader], seconds: float, warmup: float) -> tuple[Samples, float]:
+def _at_window_start(
+    measure_from: float, on_window: Callable[[], object] | None
+) -> asyncio.Task[None] | None:
+    """``on_window`` called once when the measured window opens (for CPU read over that window only: the
+    releases counted are those started in it, so CPU spent in the warm-up must not be divided by them)."""
+    if on_window is None:
+        return None
+
+    async def call() -> None:
+        await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+        on_window()
+
+    return asyncio.create_task(call())
+
+
+async def run_loaders(
+    loaders: list[TpmLoader],
+    seconds: float,
+    warmup: float,
+    on_window: Callable[[], object] | None = None,
+) -> tuple[Samples, float]:
     """Every loader releases in a loop for ``warmup`` + ``seconds``; samples from the measured window
-    only. Returns the samples and the measured window's length."""
+    only (``on_window`` is called as it opens). Returns the samples and the measured window's length."""
     samples, discard = Samples(), Samples()
     start = time.perf_counter()
     measure_from, stop_at = start + warmup, start + warmup + seconds
+    opened = _at_window_start(measure_from, on_window)
 
     async def loop(loader: TpmLoader) -> None:
         while True:
@@ -165,12 +187,19 @@ async def run_loaders(loaders: list[TpmLoader], seconds: float, warmup: float) -
             await loader.release_once(samples if now >= measure_from else discard)
 
     await asyncio.gather(*(loop(loader) for loader in loaders))
+    if opened is not None:
+        await opened
     # Releases that started inside the window and finished after it count; the window is then longer.
     return samples, max(time.perf_counter() - measure_from, seconds)
 
 
 async def run_open_loop(
-    loaders: list[TpmLoader], rate: float, seconds: float, warmup: float, seed: int = 1
+    loaders: list[TpmLoader],
+    rate: float,
+    seconds: float,
+    warmup: float,
+    seed: int = 1,
+    on_window: Callable[[], object] | None = None,
 ) -> tuple[Samples, float, int]:
     """Releases ARRIVING at ``rate`` per second (Poisson arrivals, seeded), whatever the answers: a fleet
     that reboots does not wait for one VM's key before the next VM asks. Each arrival is served by an
@@ -184,6 +213,7 @@ async def run_open_loop(
     arrivals = random.Random(seed)
     start = time.perf_counter()
     measure_from, stop_at = start + warmup, start + warmup + seconds
+    opened = _at_window_start(measure_from, on_window)
     waited = 0
     tasks: list[asyncio.Task[None]] = []
 
@@ -207,6 +237,8 @@ async def run_open_loop(
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(serve(at)))
     await asyncio.gather(*tasks)
+    if opened is not None:
+        await opened
     return samples, max(time.perf_counter() - measure_from, seconds), waited
 
 

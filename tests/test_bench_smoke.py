@@ -141,3 +141,56 @@ def test_bench_open_loop_quick_mode_writes_well_formed_results(tmp_path: Path) -
         assert row["n"] > 0
         assert row["failures"] == {}
         assert set(row["cpu_ms_per_release"]) >= {"server", "loadgen"}
+
+
+class _CountingLoader:
+    """A stand-in for bench.loadgen.TpmLoader: counts the releases it makes and when they start."""
+
+    def __init__(self) -> None:
+        self.started: list[float] = []
+
+    async def release_once(self, samples: Any, arrived: float | None = None) -> None:
+        import asyncio
+        import time
+
+        self.started.append(time.perf_counter() if arrived is None else arrived)
+        await asyncio.sleep(0.005)
+        samples.total.append(0.005)
+
+
+@pytest.mark.parametrize("kind", ["closed", "open"])
+def test_the_cpu_window_opens_when_the_measured_releases_start(kind: str) -> None:
+    """CPU per release is read over the measured window only (its releases are the ones counted): the
+    hook that reads it runs once, after the warm-up, before any counted release starts (a reading taken
+    before the warm-up divided the warm-up's CPU among the window's releases: ~19 % too much at 8 s runs
+    with 1.5 s of warm-up)."""
+    import asyncio
+    import time
+
+    from bench.loadgen import run_loaders, run_open_loop
+
+    loaders = [_CountingLoader() for _ in range(3)]
+    opened: list[float] = []
+
+    async def run() -> tuple[float, int]:
+        began = time.perf_counter()
+        if kind == "closed":
+            samples, _ = await run_loaders(loaders, 0.2, 0.1, lambda: opened.append(time.perf_counter()))  # type: ignore[arg-type]
+        else:
+            samples, _, _ = await run_open_loop(
+                loaders,  # type: ignore[arg-type]
+                200.0,
+                0.2,
+                0.1,
+                on_window=lambda: opened.append(time.perf_counter()),
+            )
+        return began, len(samples.total)
+
+    began, counted = asyncio.run(run())
+    assert len(opened) == 1
+    assert opened[0] - began >= 0.1
+    starts = sorted(t for loader in loaders for t in loader.started)
+    in_window = sum(1 for t in starts if t >= began + 0.1)
+    assert counted > 0
+    assert abs(counted - in_window) <= len(loaders)  # a release may start at the window's edge
+    assert any(t < began + 0.1 for t in starts)  # the warm-up made releases, not counted
