@@ -45,7 +45,7 @@ from keyserver.db import hot
 from keyserver.db.models import Challenge, Key, ReleaseCounter, ReleaseLimit, Tenant
 from keyserver.db.session import Database
 from keyserver.db.types import utcnow
-from keyserver.db.upsert import insert_ignore
+from keyserver.db.upsert import set_row
 from keyserver.errors import EvidenceError, KeyserverError, NotFound
 from keyserver.releaselog import records
 from keyserver.releaselog.store import ReleaseLog
@@ -185,20 +185,7 @@ async def set_limit(
         "updated_at": utcnow(),
         "updated_by": f"token:{principal}",
     }
-    # Inserted if absent, then locked and set: two first settings of one scope at once take effect in
-    # turn (a read-then-insert made the second a 500).
-    await insert_ignore(session, ReleaseLimit, {"tenant_id": tenant.id, "scope": scope, **values})
-    row = (
-        await session.execute(
-            select(ReleaseLimit)
-            .where(ReleaseLimit.tenant_id == tenant.id, ReleaseLimit.scope == scope)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
-    ).scalar_one()
-    for name, value in values.items():
-        setattr(row, name, value)
-    await session.flush()
+    row = await set_row(session, ReleaseLimit, {"tenant_id": tenant.id, "scope": scope}, values)
     entry = records.record(
         RELEASE_LIMIT_SET,
         principal=f"token:{principal}",

@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from audit.checkpoint import CheckpointError
@@ -31,7 +31,7 @@ from audit.cosignature import CosignerKey, parse_cosigner_vkey
 from audit.entry import canonical_bytes, decode_entry
 from keyserver.db.models import LogCosignedHead, Tenant, TenantWitnesses
 from keyserver.db.types import utcnow
-from keyserver.db.upsert import insert_ignore
+from keyserver.db.upsert import insert_ignore, set_row
 from keyserver.errors import InvalidRequest, NotFound
 from keyserver.releaselog import records
 from keyserver.releaselog.store import ReleaseLog
@@ -178,20 +178,7 @@ async def set_config(
         "updated_at": utcnow(),
         "updated_by": f"token:{principal}",
     }
-    # Inserted if absent, then locked and set: two first settings at once take effect in turn (a
-    # read-then-insert made the second a 500).
-    await insert_ignore(session, TenantWitnesses, {"tenant_id": tenant.id, **values})
-    row = (
-        await session.execute(
-            select(TenantWitnesses)
-            .where(TenantWitnesses.tenant_id == tenant.id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
-    ).scalar_one()
-    for name, value in values.items():
-        setattr(row, name, value)
-    await session.flush()
+    await set_row(session, TenantWitnesses, {"tenant_id": tenant.id}, values)
     await release_log.append(
         session, tenant, [records.record(WITNESSES_SET, principal=f"token:{principal}", **document)]
     )
