@@ -80,7 +80,8 @@ def purge_before(tenant_id: uuid.UUID, now: datetime) -> datetime | None:
     return now - PURGE_AFTER
 
 
-_PG_CONSUME = (
+# Also the first part of a release's first statement (keyserver/release_reads.py), parameters and all.
+PG_CONSUME = (
     "UPDATE challenges SET used_at = $3 WHERE tenant_id = $1 AND id = $2 AND used_at IS NULL"
     " AND expires_at > $3 RETURNING nonce"
 )
@@ -99,7 +100,7 @@ async def consume_challenge(
 ) -> bytes:
     """The challenge's nonce, marking it used; ``EvidenceError`` if unknown, used or expired."""
     now = now or utcnow()
-    fast = await hot.fetch(session, _PG_CONSUME, tenant_id, challenge_id, now)
+    fast = await hot.fetch(session, PG_CONSUME, tenant_id, challenge_id, now)
     if fast is not None:  # PostgreSQL (keyserver/db/hot.py)
         nonce = fast[0]["nonce"] if fast else None
     else:  # SQLite: the same statement, one hand-off to its thread

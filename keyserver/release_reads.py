@@ -33,7 +33,7 @@ from keyserver.appraisal import (
     names_to_read_ahead,
     sqlite_reference_sets_sql,
 )
-from keyserver.challenges import SQLITE_CONSUME, refuse_unconsumed
+from keyserver.challenges import PG_CONSUME, SQLITE_CONSUME, refuse_unconsumed
 from keyserver.db import hot
 from keyserver.db.models import Tenant
 from keyserver.evidence.claims import TEE_TPM
@@ -44,7 +44,7 @@ from keyserver.keys import (
     sqlite_release_inputs,
 )
 from keyserver.ratelimits import KeyLimitRead, key_scope
-from keyserver.tpm_enrolment import SQLITE_TRUSTED_AK, EnrolledAk
+from keyserver.tpm_enrolment import PG_TRUSTED_AK, SQLITE_TRUSTED_AK, EnrolledAk
 
 # The challenge's UPDATE (challenges.consume_challenge), the AK's read (tpm_enrolment.trusted_ak), the
 # key's reads (migrations/versions/0013's keyserver_release_inputs), the reference-value sets read ahead
@@ -53,19 +53,20 @@ from keyserver.tpm_enrolment import SQLITE_TRUSTED_AK, EnrolledAk
 # its own tenant condition. The UPDATE runs whether or not the main query reads it (a data-modifying WITH
 # always runs to completion).
 _PG_FIRST_READS_TEMPLATE = (
-    "WITH used AS ("
-    "UPDATE challenges SET used_at = $3 WHERE tenant_id = $1 AND id = $2 AND used_at IS NULL"
-    " AND expires_at > $3 RETURNING nonce),"
+    "WITH used AS ({used}),"
     " sets AS ({sets})"
     " SELECT (SELECT nonce FROM used) AS nonce,"
-    " (SELECT ak_public FROM tpm_aks WHERE tenant_id = $1 AND ak_name = $4 AND revoked_at IS NULL)"
-    " AS ak_public,"
+    " ({ak}) AS ak_public,"
     " ARRAY(SELECT ROW(s.name, s.tee, s.version, s.document, s.revoked) FROM sets s) AS reference_sets,"
     " (SELECT ROW(l.max_releases) FROM release_limits l WHERE l.tenant_id = $1 AND l.scope = $8)"
     " AS key_limit,"
     " i.* FROM keyserver_release_inputs($1, $5, $6) AS i"
 )
-_PG_FIRST_READS = _PG_FIRST_READS_TEMPLATE.format(sets=PG_REFERENCE_SETS.format(tenant="$1", names="$7"))
+_PG_FIRST_READS = _PG_FIRST_READS_TEMPLATE.format(
+    used=PG_CONSUME,  # $1 tenant, $2 challenge, $3 now
+    ak=PG_TRUSTED_AK.format(tenant="$1", name="$4"),
+    sets=PG_REFERENCE_SETS.format(tenant="$1", names="$7"),
+)
 
 
 @dataclass(frozen=True)

@@ -471,7 +471,11 @@ async def _enrolled_ak_public(session: AsyncSession, tenant_id: uuid.UUID, ak_na
     return found[0][0] if found else None
 
 
-_PG_TRUSTED_AK = "SELECT ak_public FROM tpm_aks WHERE tenant_id = $1 AND ak_name = $2 AND revoked_at IS NULL"
+# For any two parameter numbers: a release's first statement reads it too (keyserver/release_reads.py).
+PG_TRUSTED_AK = (
+    "SELECT ak_public FROM tpm_aks WHERE tenant_id = {tenant} AND ak_name = {name} AND revoked_at IS NULL"
+)
+_PG_TRUSTED_AK = PG_TRUSTED_AK.format(tenant="$1", name="$2")
 SQLITE_TRUSTED_AK = "SELECT ak_public FROM tpm_aks WHERE tenant_id = ? AND ak_name = ? AND revoked_at IS NULL"
 
 
