@@ -100,15 +100,6 @@ async def add_anchor(
         raise InvalidRequest("give one certificate per anchor (add a bundle's certificates one by one)")
     der = certs[0].public_bytes(Encoding.DER)
     fingerprint = hashlib.sha256(der).hexdigest()
-    existing = await session.execute(
-        select(TpmTrustAnchor.id).where(
-            TpmTrustAnchor.tenant_id == tenant.id,
-            TpmTrustAnchor.kind == kind,
-            TpmTrustAnchor.fingerprint == fingerprint,
-        )
-    )
-    if existing.first() is not None:
-        raise Conflict(f"this certificate is already a {kind} anchor of the tenant")
     anchor = TpmTrustAnchor(
         tenant_id=tenant.id,
         id=uuid.uuid4(),
@@ -118,8 +109,14 @@ async def add_anchor(
         fingerprint=fingerprint,
         created_at=utcnow(),
     )
-    session.add(anchor)
-    await session.flush()
+    # The unique index on (tenant, kind, fingerprint) decides, so that two adds of one certificate at
+    # once cannot both store it (the second waits for the first's commit, then is this conflict).
+    try:
+        async with session.begin_nested():  # add inside: pending rows flush BEFORE a SAVEPOINT
+            session.add(anchor)
+            await session.flush()
+    except IntegrityError:
+        raise Conflict(f"this certificate is already a {kind} anchor of the tenant") from None
     await log.append(
         session,
         tenant,

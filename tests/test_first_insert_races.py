@@ -3,6 +3,8 @@ them): the loser's insert waits for the winner's commit, fails as a duplicate in
 request goes on as the second one — never a 500, never a transaction left failed.
 
 - Enrolling the same TPM AK twice (``tpm_enrolment._trust_ak``) is idempotent: both get the AK.
+- Adding the same TPM trust anchor twice (``tpm_enrolment.add_anchor``): one anchor, the second a conflict
+  as if it had come after (migration 0014's unique index; before it, both were stored).
 - A policy's first activation twice (``policies.activate``): both take effect in turn, each logged with the
   version the other left active.
 - A scope's first release limit, a tenant's first witness configuration, set twice (``ratelimits.set_limit``,
@@ -28,14 +30,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from audit.cosignature import cosigner_vkey
 from audit.entry import decode_entry
 from keyserver.backends.software import SoftwareBackend
-from keyserver.db.models import LogEntry, PolicyHead, Tenant, TenantWitnesses, TpmAk
+from keyserver.db.models import LogEntry, PolicyHead, Tenant, TenantWitnesses, TpmAk, TpmTrustAnchor
 from keyserver.db.session import Database, Scope
+from keyserver.errors import Conflict
 from keyserver.policies import activate, add_policy_version
 from keyserver.ratelimits import TENANT, list_limits, set_limit
 from keyserver.releaselog.signing import LogSigner
 from keyserver.releaselog.store import ReleaseLog
 from keyserver.tenancy import create_tenant
-from keyserver.tpm_enrolment import _trust_ak
+from keyserver.tpm_enrolment import _trust_ak, add_anchor
 from keyserver.witness.tenant_config import parse_config, set_config
 
 pytestmark = pytest.mark.asyncio
@@ -113,6 +116,30 @@ async def test_the_same_ak_enrolled_twice_at_once_is_one_ak_for_both(
     assert second == ("000b" + "ab" * 32, b"the AK")
     async with migrated_db.transaction(Scope.for_tenant(tenant.id)) as session:
         assert len((await session.execute(select(TpmAk))).scalars().all()) == 1
+
+
+async def test_the_same_trust_anchor_added_twice_at_once_is_stored_once(
+    migrated_db: Database, log: ReleaseLog, tenant: Tenant
+) -> None:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from tests.tpm.helpers import ek_ca
+
+    pem = ek_ca().root.public_bytes(Encoding.PEM)
+
+    async def add(session: AsyncSession) -> uuid.UUID:
+        anchor = await add_anchor(
+            session, log, tenant, kind="ek-ca", name="root", certificate=pem, principal=PRINCIPAL
+        )
+        return anchor.id
+
+    with pytest.raises(Conflict, match="already a ek-ca anchor"):
+        await _loser_waits_for_winner(migrated_db, tenant, add, add)
+    async with migrated_db.transaction(Scope.for_tenant(tenant.id)) as session:
+        assert len((await session.execute(select(TpmTrustAnchor))).scalars().all()) == 1
+        entries = (await session.execute(select(LogEntry))).scalars().all()
+    kinds = [decode_entry(bytes(e.entry))["kind"] for e in entries]
+    assert kinds.count("tpm-trust-anchor-added") == 1
 
 
 async def test_a_policys_first_activation_twice_at_once_takes_effect_in_turn(

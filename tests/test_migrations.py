@@ -5,17 +5,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import delete, insert, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from keyserver.db import migrate
-from keyserver.db.models import Base
+from keyserver.db.models import Base, Tenant, TpmTrustAnchor
 from tests.conftest import REPO_ROOT
 
 
@@ -27,7 +30,7 @@ def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
-def alembic(url: str, *args: str) -> str:
+def alembic(url: str, *args: str, succeeds: bool = True) -> str:
     """The ``alembic`` command line, from the repository root, as a developer would run it."""
     result = subprocess.run(
         [str(Path(sys.executable).parent / "alembic"), *args],
@@ -37,7 +40,7 @@ def alembic(url: str, *args: str) -> str:
         text=True,
         timeout=120,
     )
-    assert result.returncode == 0, result.stderr
+    assert (result.returncode == 0) == succeeds, result.stderr
     return result.stdout + result.stderr
 
 
@@ -88,6 +91,54 @@ async def test_a_downgrade_of_0013_gives_the_attempt_function_its_own_lookup_bac
     try:
         async with engine.begin() as connection:
             assert tuple((await connection.execute(attempt)).one()) == (None, None, None)
+    finally:
+        await engine.dispose()
+    alembic(empty_database_url, "upgrade", "head")
+    assert await schema_differences(empty_database_url) == []
+
+
+async def test_0014_stops_on_a_certificate_stored_twice_as_an_anchor_and_names_both(
+    empty_database_url: str,
+) -> None:
+    """Before 0014 two concurrent adds could store one certificate twice. The upgrade does not drop either
+    (the log's "added" entry would lose its "removed"): it stops, naming the tenant and both anchors, and
+    goes through once a tenant admin has removed one."""
+    alembic(empty_database_url, "upgrade", "0013")
+    tenant, first, second = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    now = datetime.now(UTC)
+    engine = create_async_engine(empty_database_url)
+    scope = text(
+        "SELECT set_config('keyserver.operator', 'on', true), set_config('keyserver.tenant_id', :t, true)"
+    )
+
+    async def scoped(connection: Any) -> None:
+        if empty_database_url.startswith("postgresql"):
+            await connection.execute(scope, {"t": str(tenant)})
+
+    try:
+        async with engine.begin() as connection:
+            await scoped(connection)
+            await connection.execute(insert(Tenant).values(id=tenant, name="acme", created_at=now))
+            for anchor_id in (first, second):
+                await connection.execute(
+                    insert(TpmTrustAnchor).values(
+                        tenant_id=tenant,
+                        id=anchor_id,
+                        kind="ek-ca",
+                        name="root",
+                        certificate=b"the same DER",
+                        fingerprint="ab" * 32,
+                        created_at=now,
+                    )
+                )
+        refused = alembic(empty_database_url, "upgrade", "head", succeeds=False)
+        assert "DuplicateAnchors" in refused
+        for named in (tenant, first, second):
+            assert str(named) in refused
+        assert "0013" in alembic(empty_database_url, "current")
+        async with engine.begin() as connection:
+            await scoped(connection)
+            await connection.execute(delete(TpmTrustAnchor).where(TpmTrustAnchor.id == second))
     finally:
         await engine.dispose()
     alembic(empty_database_url, "upgrade", "head")

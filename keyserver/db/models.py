@@ -132,7 +132,11 @@ class TpmTrustAnchor(Base):
     """A CA certificate the tenant trusts for EK certificates (``ek-ca``) or AK certificates (``ak-ca``)."""
 
     __tablename__ = "tpm_trust_anchors"
-    __table_args__ = (CheckConstraint("kind IN ('ek-ca', 'ak-ca')", name="known_kind"),)
+    __table_args__ = (
+        CheckConstraint("kind IN ('ek-ca', 'ak-ca')", name="known_kind"),
+        # One certificate is one anchor of a kind (migration 0014).
+        Index("uq_tpm_trust_anchors_certificate", "tenant_id", "kind", "fingerprint", unique=True),
+    )
 
     tenant_id: Mapped[uuid.UUID] = tenant_key()
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
