@@ -7,17 +7,24 @@ import os
 import sys
 from collections.abc import Callable
 
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from keyserver.config import Settings
 from keyserver.db import migrate
 from keyserver.db.grants import check_service_role
 from keyserver.db.session import Database, Scope
 from keyserver.errors import ConfigurationError
 from keyserver.readiness import StartupCheck
-from keyserver.tenancy import Role, has_operator_token, issue_token
+from keyserver.tenancy import IssuedToken, Role, has_operator_token, issue_token
 
 log = logging.getLogger("keyserver.bootstrap")
 
 Announce = Callable[[str], None]
+
+# pg_advisory_xact_lock's key for making the first operator credential: any fixed 64-bit number no other
+# lock of this database uses (the keyserver takes no other advisory lock).
+OPERATOR_BOOTSTRAP_LOCK = 0x6B65_7973_6F70_0001  # "keysop", 1
 
 
 def print_operator_token(token: str) -> None:
@@ -75,10 +82,26 @@ async def _schema_and_operator(db: Database, announce: Announce) -> None:
             " run `keyserver db upgrade` first"
         )
     async with db.transaction(Scope.for_operator()) as session:
-        if await has_operator_token(session):
-            return
-        issued = await issue_token(
-            session, tenant_id=None, role=Role.OPERATOR, description="created at first start"
-        )
+        issued = await first_operator_token(session, db.dialect)
+    if issued is None:
+        return
     log.info("created the operator credential", extra={"fields": {"token_id": str(issued.token.id)}})
     announce(issued.secret)
+
+
+async def first_operator_token(session: AsyncSession, dialect: str) -> IssuedToken | None:
+    """The operator credential, made in ``session`` (operator scope) if the store has none yet; None if
+    it has one.
+
+    Every worker and replica runs this at start, often at the same moment (the database came up):
+    without the lock each could see no operator token and make one, leaving several never-expiring
+    operator credentials printed to several logs. The lock is held to the commit; a start that waited
+    for it then checks with a statement of its own, which sees the token (READ COMMITTED). SQLite's
+    transactions take the write lock first and need none."""
+    if dialect == "postgresql":
+        await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": OPERATOR_BOOTSTRAP_LOCK})
+    if await has_operator_token(session):
+        return None
+    return await issue_token(
+        session, tenant_id=None, role=Role.OPERATOR, description="created at first start"
+    )

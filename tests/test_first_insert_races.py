@@ -3,6 +3,8 @@ them): the loser's insert waits for the winner's commit, fails as a duplicate in
 request goes on as the second one — never a 500, never a transaction left failed.
 
 - Enrolling the same TPM AK twice (``tpm_enrolment._trust_ak``) is idempotent: both get the AK.
+- The first operator credential, made by several starts at once (``bootstrap``: every worker and replica
+  checks for it): one credential, announced once (an advisory lock; before it, each start made one).
 - Adding the same TPM trust anchor twice (``tpm_enrolment.add_anchor``): one anchor, the second a conflict
   as if it had come after (migration 0014's unique index; before it, both were stored).
 - A policy's first activation twice (``policies.activate``): both take effect in turn, each logged with the
@@ -30,7 +32,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from audit.cosignature import cosigner_vkey
 from audit.entry import decode_entry
 from keyserver.backends.software import SoftwareBackend
-from keyserver.db.models import LogEntry, PolicyHead, Tenant, TenantWitnesses, TpmAk, TpmTrustAnchor
+from keyserver.bootstrap import first_operator_token, initialise
+from keyserver.config import Settings
+from keyserver.db.models import ApiToken, LogEntry, PolicyHead, Tenant, TenantWitnesses, TpmAk, TpmTrustAnchor
 from keyserver.db.session import Database, Scope
 from keyserver.errors import Conflict
 from keyserver.policies import activate, add_policy_version
@@ -44,6 +48,11 @@ from keyserver.witness.tenant_config import parse_config, set_config
 pytestmark = pytest.mark.asyncio
 
 PRINCIPAL = uuid.UUID(int=7)
+# A lock some session of this test's database waits for (other tests' databases share the cluster).
+WAITING = text(
+    "SELECT count(*) FROM pg_locks WHERE NOT granted"
+    " AND pid IN (SELECT pid FROM pg_stat_activity WHERE datname = current_database())"
+)
 POLICY = {"version": 1, "tees": ["tpm"], "rules": [{"name": "r", "expr": "true"}]}
 
 
@@ -71,9 +80,7 @@ async def _loser_waits_for_winner(
         task = asyncio.create_task(second())
         for _ in range(500):
             async with db.transaction(Scope.for_operator()) as watcher:
-                waiting = (
-                    await watcher.execute(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
-                ).scalar_one()
+                waiting = (await watcher.execute(WAITING)).scalar_one()
             if waiting or task.done():
                 break
             await asyncio.sleep(0.01)
@@ -200,3 +207,31 @@ async def test_a_tenants_first_witness_configuration_set_twice_at_once_takes_eff
     async with migrated_db.transaction(Scope.for_tenant(tenant.id)) as session:
         stored = (await session.execute(select(TenantWitnesses))).scalars().all()
     assert [decode_entry(bytes(r.document))["witnesses"][0]["name"] for r in stored] == ["b.example"]
+
+
+async def test_starts_at_once_make_one_operator_credential(settings: Settings) -> None:
+    """One start has made the credential and not committed yet; another start (its own pool, as another
+    worker or replica) waits for it and then makes none."""
+    if not settings.database_url or not settings.database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL only: SQLite's transactions take the write lock first")
+    first, second = Database(settings), Database(settings)  # the schema is at head: postgres_url's template
+    announced: list[str] = []
+    try:
+        async with first.transaction(Scope.for_operator()) as session:
+            assert await first_operator_token(session, first.dialect) is not None
+            task = asyncio.create_task(initialise(second, announce=announced.append))
+            for _ in range(500):
+                async with first.transaction(Scope.for_operator()) as watcher:
+                    waiting = (await watcher.execute(WAITING)).scalar_one()
+                if waiting or task.done():
+                    break
+                await asyncio.sleep(0.01)
+            assert waiting, "the second start did not wait for the first (it made its own credential)"
+        await task
+        async with first.transaction(Scope.for_operator()) as session:
+            operators = (await session.execute(select(ApiToken).where(ApiToken.role == "operator"))).scalars()
+            assert len(list(operators)) == 1
+    finally:
+        await first.dispose()
+        await second.dispose()
+    assert announced == []
