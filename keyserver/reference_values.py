@@ -14,7 +14,7 @@ import re
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -170,15 +170,8 @@ async def add_reference_values(
     except EntryError as exc:
         raise InvalidRequest(f"the reference values cannot be stored: {exc}") from None
     digest = hashlib.sha256(data).hexdigest()
-    newest = (
-        await session.execute(
-            select(ReferenceValueSet)
-            .where(ReferenceValueSet.tenant_id == tenant.id, ReferenceValueSet.name == name)
-            .order_by(ReferenceValueSet.version.desc())
-            .limit(1)
-        )
-    ).scalar_one_or_none()
-    if newest is not None and newest.sha256 == digest and newest.tee == tee and newest.revoked_at is None:
+    newest = await _newest(session, tenant, name)
+    if _is_republication(newest, digest, tee):
         return newest
     latest = None if newest is None else newest.version
     row = ReferenceValueSet(
@@ -196,6 +189,11 @@ async def add_reference_values(
             session.add(row)
             await session.flush()
     except IntegrityError:
+        # Another request added this version first (this one waited for its commit). The same content
+        # published twice at once is the republication above, not a conflict.
+        newest = await _newest(session, tenant, name)
+        if _is_republication(newest, digest, tee):
+            return newest
         raise Conflict("another version of this set was added at the same time; retry") from None
     await log.append(
         session,
@@ -209,6 +207,23 @@ async def add_reference_values(
         ],
     )
     return row
+
+
+async def _newest(session: AsyncSession, tenant: Tenant, name: str) -> ReferenceValueSet | None:
+    query = (
+        select(ReferenceValueSet)
+        .where(ReferenceValueSet.tenant_id == tenant.id, ReferenceValueSet.name == name)
+        .order_by(ReferenceValueSet.version.desc())
+        .limit(1)
+    )
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+def _is_republication(
+    newest: ReferenceValueSet | None, digest: str, tee: str
+) -> TypeGuard[ReferenceValueSet]:
+    """``newest`` holds exactly this content, live: publishing it again returns it."""
+    return newest is not None and newest.sha256 == digest and newest.tee == tee and newest.revoked_at is None
 
 
 async def publish_bundle(

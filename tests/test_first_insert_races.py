@@ -5,6 +5,8 @@ request goes on as the second one — never a 500, never a transaction left fail
 - Enrolling the same TPM AK twice (``tpm_enrolment._trust_ak``) is idempotent: both get the AK.
 - The first operator credential, made by several starts at once (``bootstrap``: every worker and replica
   checks for it): one credential, announced once (an advisory lock; before it, each start made one).
+- The same reference values published twice (``reference_values.add_reference_values``): one version, returned
+  to both, as a sequential republication is (a different content at once stays a conflict, retried).
 - Adding the same TPM trust anchor twice (``tpm_enrolment.add_anchor``): one anchor, the second a conflict
   as if it had come after (migration 0014's unique index; before it, both were stored).
 - A policy's first activation twice (``policies.activate``): both take effect in turn, each logged with the
@@ -34,11 +36,21 @@ from audit.entry import decode_entry
 from keyserver.backends.software import SoftwareBackend
 from keyserver.bootstrap import first_operator_token, initialise
 from keyserver.config import Settings
-from keyserver.db.models import ApiToken, LogEntry, PolicyHead, Tenant, TenantWitnesses, TpmAk, TpmTrustAnchor
+from keyserver.db.models import (
+    ApiToken,
+    LogEntry,
+    PolicyHead,
+    ReferenceValueSet,
+    Tenant,
+    TenantWitnesses,
+    TpmAk,
+    TpmTrustAnchor,
+)
 from keyserver.db.session import Database, Scope
 from keyserver.errors import Conflict
 from keyserver.policies import activate, add_policy_version
 from keyserver.ratelimits import TENANT, list_limits, set_limit
+from keyserver.reference_values import add_reference_values
 from keyserver.releaselog.signing import LogSigner
 from keyserver.releaselog.store import ReleaseLog
 from keyserver.tenancy import create_tenant
@@ -147,6 +159,38 @@ async def test_the_same_trust_anchor_added_twice_at_once_is_stored_once(
         entries = (await session.execute(select(LogEntry))).scalars().all()
     kinds = [decode_entry(bytes(e.entry))["kind"] for e in entries]
     assert kinds.count("tpm-trust-anchor-added") == 1
+
+
+def _publishing(log: ReleaseLog, tenant: Tenant, value: str) -> Callable[[AsyncSession], Awaitable[int]]:
+    async def publish(session: AsyncSession) -> int:
+        published = await add_reference_values(
+            session,
+            log,
+            tenant,
+            name="loader",
+            tee="sev-snp",
+            document={"snp.measurement": [value * 48]},
+            source=f"token:{PRINCIPAL}",
+            validate=lambda _tee, _document: None,
+        )
+        return published.version
+
+    return publish
+
+
+async def test_the_same_reference_values_published_twice_at_once_are_one_version(
+    migrated_db: Database, log: ReleaseLog, tenant: Tenant
+) -> None:
+    same = _publishing(log, tenant, "aa")
+    assert await _loser_waits_for_winner(migrated_db, tenant, same, same) == 1
+    async with migrated_db.transaction(Scope.for_tenant(tenant.id)) as session:
+        assert len((await session.execute(select(ReferenceValueSet))).scalars().all()) == 1
+        entries = (await session.execute(select(LogEntry))).scalars().all()
+    assert [decode_entry(bytes(e.entry))["kind"] for e in entries].count("reference-values-added") == 1
+    with pytest.raises(Conflict, match="retry"):
+        await _loser_waits_for_winner(
+            migrated_db, tenant, _publishing(log, tenant, "bb"), _publishing(log, tenant, "cc")
+        )
 
 
 async def test_a_policys_first_activation_twice_at_once_takes_effect_in_turn(
