@@ -89,6 +89,7 @@ __all__ = [
     "cek_release_payload",
     "jwe_protected_header_for_rsa_oaep",
     "unwrap_released",
+    "wrap_for_parsed_recipient",
     "wrap_for_recipient",
 ]
 
@@ -136,13 +137,22 @@ def wrap_for_recipient(
     ``kid`` names the released key (keyserver uses ``<name>/<version>``). The recipient key is validated
     with ``ephemeral_key.parse_ephemeral_jwk`` (``EvidenceError`` if it is not acceptable).
     """
+    public, _normalized = parse_ephemeral_jwk(recipient_jwk)
+    return wrap_for_parsed_recipient(key_material, public, kid=kid, metadata=metadata)
+
+
+def wrap_for_parsed_recipient(
+    key_material: bytes, recipient: EphemeralPublicKey, *, kid: str, metadata: ReleasedKeyMetadata
+) -> str:
+    """:func:`wrap_for_recipient` to a key that ``ephemeral_key.parse_ephemeral_jwk`` already accepted
+    (the release parses the loader's JWK once, to bind it to the evidence, and wraps to that same key).
+    ``recipient`` must come from that function: nothing here checks its curve or size again."""
     _check_kid(kid)
     _check_metadata(metadata)
     if not MIN_KEY_BYTES <= len(key_material) <= MAX_KEY_BYTES:
         raise ValueError(f"key material is {MIN_KEY_BYTES} to {MAX_KEY_BYTES} bytes, not {len(key_material)}")
-    public, _normalized = parse_ephemeral_jwk(recipient_jwk)
     plaintext = _payload(kid, metadata, {"k": _b64url(bytes(key_material))})
-    return _encrypt(public, kid, plaintext)
+    return _encrypt(recipient, kid, plaintext)
 
 
 def _encrypt(public: EphemeralPublicKey, kid: str, plaintext: bytes) -> str:

@@ -29,7 +29,7 @@ from keyserver.challenges import consume_challenge
 from keyserver.db.models import Tenant
 from keyserver.db.session import Database, Scope
 from keyserver.db.types import utcnow
-from keyserver.ephemeral_key import parse_ephemeral_jwk
+from keyserver.ephemeral_key import EphemeralPublicKey, parse_ephemeral_jwk
 from keyserver.errors import EvidenceError, KeyserverError
 from keyserver.evidence.dispatch import (
     KNOWN_TEES,
@@ -42,7 +42,7 @@ from keyserver.jwe import (
     ReleasedKeyMetadata,
     cek_release_payload,
     jwe_protected_header_for_rsa_oaep,
-    wrap_for_recipient,
+    wrap_for_parsed_recipient,
 )
 from keyserver.keys import ReleasableKey, wrapping_context
 from keyserver.ratelimits import ReleaseBudgetExhausted, ReleaseLimiter
@@ -287,7 +287,7 @@ class ReleaseService:
                 raise EvidenceError(appraisal.reason or "policy-denied", appraisal.detail)
             await self.limiter.take_grant(session, tenant, key.key.name, now, limit_read=first.key_limit)
             await self._step(ReleaseStep.APPRAISED, session)
-            jwe, entry["wrapped_in_backend"] = await self._wrap(tenant, key, public, jwk)
+            jwe, entry["wrapped_in_backend"] = await self._wrap(tenant, key, public)
             # The exact JWE that leaves: anyone with the (public) ephemeral key can make *a* JWE for
             # it, so the loader accepts only the one whose digest is in the signed log.
             entry["jwe_sha256"] = hashlib.sha256(jwe.encode()).hexdigest()
@@ -316,9 +316,7 @@ class ReleaseService:
         )
         return records.record(KEY_RELEASE, principal=None, now=now, **entry), outcome
 
-    async def _wrap(
-        self, tenant: Tenant, key: ReleasableKey, public: object, jwk: Mapping[str, Any]
-    ) -> tuple[str, bool]:
+    async def _wrap(self, tenant: Tenant, key: ReleasableKey, public: EphemeralPublicKey) -> tuple[str, bool]:
         """The JWE for the loader, and whether the key stayed inside the backend to make it.
 
         For an RSA ephemeral key a backend that can (PKCS#11) re-wraps the key inside the token and the
@@ -340,7 +338,8 @@ class ReleaseService:
             if parts is not None:
                 return parts.compact(), True
         material = await self.backend.unwrap_to_memory(key.version.wrapped, context)
-        return wrap_for_recipient(material, jwk, kid=kid, metadata=metadata), False
+        # ``public`` is the key parse_ephemeral_jwk accepted (and the evidence is bound to): wrapped to as is.
+        return wrap_for_parsed_recipient(material, public, kid=kid, metadata=metadata), False
 
 
 def logged_tee(value: object) -> str | None:

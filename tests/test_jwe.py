@@ -24,6 +24,7 @@ from jwcrypto import jwe as jwcrypto_jwe  # type: ignore[import-untyped,unused-i
 from jwcrypto import jwk as jwcrypto_jwk  # type: ignore[import-untyped,unused-ignore]
 
 from keyserver import jwe
+from keyserver.ephemeral_key import parse_ephemeral_jwk
 from keyserver.errors import EvidenceError, InvalidRequest
 from keyserver.jwe import (
     ReleasedKeyMetadata,
@@ -31,6 +32,7 @@ from keyserver.jwe import (
     cek_release_payload,
     jwe_protected_header_for_rsa_oaep,
     unwrap_released,
+    wrap_for_parsed_recipient,
     wrap_for_recipient,
 )
 
@@ -120,6 +122,19 @@ def test_round_trip(kind: str) -> None:
     assert header["cty"] == "keyserver-key+json"
     assert "zip" not in header
     assert set(header) == {"alg", "enc", "kid", "typ", "cty"} | ({"epk"} if "epk" in header else set())
+
+
+@pytest.mark.parametrize("kind", KEY_KINDS)
+def test_wrapping_to_a_parsed_key_is_wrapping_to_its_jwk(kind: str) -> None:
+    """The release parses the loader's JWK once and wraps to that parsed key: the same checks of the key
+    material and names apply, and the loader's private key opens it."""
+    private = key(kind)
+    parsed, _ = parse_ephemeral_jwk(public_jwk(private))
+    token = wrap_for_parsed_recipient(DATA_KEY, parsed, kid=KID, metadata=METADATA)
+    assert unwrap_released(token, private) == (DATA_KEY, METADATA)
+    assert header_of(token)["kid"] == KID
+    with pytest.raises(ValueError, match="bytes"):
+        wrap_for_parsed_recipient(b"short", parsed, kid=KID, metadata=METADATA)
 
 
 @pytest.mark.parametrize("length", [16, 32, 64, 1024])
