@@ -27,7 +27,7 @@ from keyserver.errors import InvalidRequest
 from keyserver.evidence.claims import Claims
 from policy.document import Policy, PolicyError, ReferenceValues, ReferenceValueSet, parse_reference_values
 from policy.document import parse_policy as _parse_policy
-from policy.evaluate import ExampleFailure
+from policy.evaluate import Decision, ExampleFailure
 
 POLICY_MISSING = "policy-missing"
 
@@ -200,10 +200,13 @@ async def appraise(
     none, a denial), with the reference values it names read now (or, if ``ahead`` holds exactly those,
     as read ahead in this transaction)."""
     if row is None:
-        return Appraisal(
-            False, POLICY_MISSING, f"the key's policy {policy_name!r} has no active version", None
-        )
+        return policy_missing(policy_name)
     return await decide(await prepare(session, tenant_id, row, ahead), claims, now)
+
+
+def policy_missing(policy_name: str) -> Appraisal:
+    """The denial of a key whose policy has no active version (nothing to evaluate)."""
+    return Appraisal(False, POLICY_MISSING, f"the key's policy {policy_name!r} has no active version", None)
 
 
 @dataclass(frozen=True)
@@ -235,9 +238,22 @@ async def prepare(
 
 async def decide(prepared: Prepared, claims: Mapping[str, Any] | Claims, now: datetime) -> Appraisal:
     # Off the event loop, under a deadline (keyserver/evaluation.py): a slow rule cannot stall others.
-    decision = await evaluation.pool().evaluate(
-        prepared.tenant_id, prepared.document, dict(claims), prepared.sets, now
+    (decision,) = await evaluation.pool().evaluate_all(
+        prepared.tenant_id, [evaluation_request(prepared, claims, now)]
     )
+    return appraisal_of(prepared, decision)
+
+
+def evaluation_request(
+    prepared: Prepared, claims: Mapping[str, Any] | Claims, now: datetime
+) -> evaluation.Request:
+    """What the evaluation pool needs to decide on ``claims`` under ``prepared`` (a release's batch sends
+    all of its members' at once: keyserver/release.py)."""
+    return evaluation.Request(prepared.document, dict(claims), prepared.sets, now)
+
+
+def appraisal_of(prepared: Prepared, decision: Decision) -> Appraisal:
+    """The appraisal that ``decision`` (the pool's, on ``prepared``'s request) amounts to."""
     return Appraisal(
         granted=decision.granted,
         reason=decision.reason,

@@ -10,7 +10,11 @@ so with two or more workers another tenant always finds one within one deadline.
 
 A worker receives the stored policy document's bytes (it parses and compiles them itself, once per
 document: compiled CEL programs cannot cross a process boundary) with the claims, the reference-value
-sets and the time, and sends back the :class:`~policy.evaluate.Decision`.
+sets and the time, and sends back the :class:`~policy.evaluate.Decision`. A release batch's members are
+sent together (:meth:`EvaluationPool.evaluate_all`): one message each way for the batch, since the
+exchange, not the evaluation, is most of what one costs; a batch that misses its deadline or whose worker
+fails is evaluated again one job at a time, each under its own deadline, so that a slow rule denies only
+the release under it.
 
 Workers are started with ``spawn`` (the service process has threads; forking it is unsafe), which imports
 the parent's main module again in each worker: an entry point must guard its start with
@@ -24,6 +28,7 @@ evaluation, against ~0.29 ms of the parent's through a thread before and ~0.06 m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -33,7 +38,7 @@ import socket
 import struct
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from multiprocessing.connection import Connection
@@ -69,6 +74,16 @@ ForkingPickler.register(MappingProxyType, _reduce_mappingproxy)
 
 
 @dataclass(frozen=True)
+class Request:
+    """What one evaluation needs: the stored policy document, the claims, the sets it names, the time."""
+
+    document: bytes
+    claims: Mapping[str, Any]
+    sets: Sequence[ReferenceValueSet]
+    now: datetime
+
+
+@dataclass(frozen=True)
 class Job:
     document: bytes
     claims: dict[str, Any]
@@ -77,15 +92,18 @@ class Job:
 
 
 def worker_main(conn: Connection, handle: Callable[[Job], Decision] | None = None) -> None:
-    """The child: handle jobs until the pipe closes (``handle`` is a test seam; the tests make it slow)."""
+    """The child: handle jobs until the pipe closes (``handle`` is a test seam; the tests make it slow).
+    A message is one job, answered with its decision, or a tuple of jobs (a batch's), answered with
+    theirs in order."""
     engine()  # the CEL environment built before the first job's deadline starts
     conn.send(READY)
+    run = handle or evaluate_job
     while True:
         try:
-            job = conn.recv()
+            message = conn.recv()
         except EOFError:
             return
-        conn.send((handle or evaluate_job)(job))
+        conn.send(tuple(run(job) for job in message) if isinstance(message, tuple) else run(message))
 
 
 _parsed: dict[bytes, Policy | Mapping[str, Any]] = {}
@@ -144,16 +162,30 @@ class _Worker:
 
     async def roundtrip(self, job: Job) -> Decision:
         """One job: sent, then its decision read back."""
-        if self.sock.fileno() < 0:
-            raise EOFError("the evaluation process was killed")
-        data = ForkingPickler.dumps(job)
-        header = _SHORT.pack(len(data)) if len(data) < 0x7FFFFFFF else _SHORT.pack(-1) + _LONG.pack(len(data))
-        loop = asyncio.get_running_loop()
-        await loop.sock_sendall(self.sock, header + bytes(data))
-        decision = await self.receive()
+        decision = await self._exchange(job)
         if not isinstance(decision, Decision):
             raise OSError("the evaluation process answered with something other than a decision")
         return decision
+
+    async def roundtrip_all(self, jobs: tuple[Job, ...]) -> tuple[Decision, ...]:
+        """Several jobs in one message, their decisions read back in one (in the same order)."""
+        decisions = await self._exchange(jobs)
+        if not (
+            isinstance(decisions, tuple)
+            and len(decisions) == len(jobs)
+            and all(isinstance(d, Decision) for d in decisions)
+        ):
+            raise OSError("the evaluation process did not answer with one decision per job")
+        return decisions
+
+    async def _exchange(self, message: Job | tuple[Job, ...]) -> Any:
+        if self.sock.fileno() < 0:
+            raise EOFError("the evaluation process was killed")
+        data = ForkingPickler.dumps(message)
+        header = _SHORT.pack(len(data)) if len(data) < 0x7FFFFFFF else _SHORT.pack(-1) + _LONG.pack(len(data))
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(self.sock, header + bytes(data))
+        return await self.receive()
 
     async def _read(self, loop: asyncio.AbstractEventLoop, size: int) -> bytes:
         buffer = bytearray(size)
@@ -257,6 +289,55 @@ class EvaluationPool:
     ) -> Decision:
         """The decision on ``claims`` under the stored policy ``document``; a denial (never an exception)
         if the evaluation fails or does not finish within the deadline."""
+        (decision,) = await self.evaluate_all(tenant_id, [Request(document, claims, sets, now)])
+        return decision
+
+    async def evaluate_all(self, tenant_id: uuid.UUID, requests: Sequence[Request]) -> list[Decision]:
+        """:meth:`evaluate` for each of ``requests`` (one batch of one tenant's releases), in ONE exchange
+        with one worker: one message there and one back, whatever their number (measured: the exchange,
+        not the evaluation, is most of a lone evaluation's cost). The batch has one deadline; a batch
+        that misses it, or whose worker fails, is evaluated again one request at a time, each under its
+        own deadline, so that a slow or failing rule denies only the releases under it."""
+        if not requests:
+            return []
+        jobs = tuple(Job(r.document, dict(r.claims), tuple(r.sets), r.now) for r in requests)
+        async with self._slot(tenant_id):
+            try:
+                worker = self._idle.pop() if self._idle else await self._start()
+            except (TimeoutError, EOFError, OSError) as exc:
+                return [_denial(f"no evaluation process could be started ({type(exc).__name__})")] * len(jobs)
+            try:
+                async with asyncio.timeout(self.deadline_s):
+                    if len(jobs) == 1:
+                        decisions: Sequence[Decision] = (await worker.roundtrip(jobs[0]),)
+                    else:
+                        decisions = await worker.roundtrip_all(jobs)
+            except TimeoutError:
+                log.warning("policy evaluation exceeded its deadline of %ss; worker killed", self.deadline_s)
+                worker.kill()
+                failure = f"the evaluation did not finish within {self.deadline_s:g} s"
+            except (EOFError, OSError) as exc:
+                worker.kill()
+                failure = f"the evaluation process failed ({type(exc).__name__})"
+            except Exception as exc:  # a bug (a value that cannot cross to the worker): still a denial
+                log.exception("policy evaluation failed")
+                worker.kill()
+                failure = f"internal error: {type(exc).__name__}"
+            except asyncio.CancelledError:
+                # The request went away mid-evaluation: the worker's answer would be read by nobody.
+                worker.kill()
+                raise
+            else:
+                self._release(worker)
+                return list(decisions)
+        if len(jobs) == 1:
+            return [_denial(failure)]
+        # Which job failed is unknown: each again on its own (the slot given back first, as anyone's).
+        return [(await self.evaluate_all(tenant_id, [request]))[0] for request in requests]
+
+    @contextlib.asynccontextmanager
+    async def _slot(self, tenant_id: uuid.UUID) -> AsyncIterator[None]:
+        """One of the pool's workers held for ``tenant_id`` (at most ``per_tenant`` of them at once)."""
         loop = asyncio.get_running_loop()
         if self._changed is None or self._loop is not loop:
             # A condition belongs to one loop (tests run one loop per test; the service, one per worker).
@@ -268,38 +349,9 @@ class EvaluationPool:
             )
             self._busy += 1
             self._by_tenant[tenant_id] = self._by_tenant.get(tenant_id, 0) + 1
-        worker: _Worker | None = None
         try:
-            try:
-                worker = self._idle.pop() if self._idle else await self._start()
-            except (TimeoutError, EOFError, OSError) as exc:
-                return _denial(f"no evaluation process could be started ({type(exc).__name__})")
-            job = Job(document, dict(claims), tuple(sets), now)
-            try:
-                async with asyncio.timeout(self.deadline_s):
-                    return await worker.roundtrip(job)
-            except TimeoutError:
-                log.warning("policy evaluation exceeded its deadline of %ss; worker killed", self.deadline_s)
-                worker.kill()
-                worker = None
-                return _denial(f"the evaluation did not finish within {self.deadline_s:g} s")
-            except (EOFError, OSError) as exc:
-                worker.kill()
-                worker = None
-                return _denial(f"the evaluation process failed ({type(exc).__name__})")
-            except Exception as exc:  # a bug (a value that cannot cross to the worker): still a denial
-                log.exception("policy evaluation failed")
-                worker.kill()
-                worker = None
-                return _denial(f"internal error: {type(exc).__name__}")
-            except asyncio.CancelledError:
-                # The request went away mid-evaluation: the worker's answer would be read by nobody.
-                worker.kill()
-                worker = None
-                raise
+            yield
         finally:
-            if worker is not None:
-                self._release(worker)
             async with changed:
                 self._busy -= 1
                 left = self._by_tenant[tenant_id] - 1

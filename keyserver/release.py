@@ -21,7 +21,15 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keyserver.appraisal import Appraisal, appraise
+from keyserver import evaluation
+from keyserver.appraisal import (
+    Appraisal,
+    Prepared,
+    appraisal_of,
+    evaluation_request,
+    policy_missing,
+    prepare,
+)
 from keyserver.attestation import ATTESTATION_RESULT, AttestationIssuer
 from keyserver.backends.base import BackendError, KeyBackend
 from keyserver.binding import jwk_thumbprint, jwk_thumbprint_b64url
@@ -45,13 +53,14 @@ from keyserver.jwe import (
     wrap_for_parsed_recipient,
 )
 from keyserver.keys import ReleasableKey, wrapping_context
-from keyserver.ratelimits import ReleaseBudgetExhausted, ReleaseLimiter
+from keyserver.ratelimits import KeyLimitRead, ReleaseBudgetExhausted, ReleaseLimiter
 from keyserver.reference_values import check_name
 from keyserver.release_reads import first_reads
 from keyserver.releaselog import records
 from keyserver.releaselog.group_commit import BatchLimits, GroupCommitter
 from keyserver.releaselog.store import ReleaseLog
 from keyserver.tpm_enrolment import EnrolledAk
+from policy.evaluate import Decision
 
 KEY_RELEASE = records.KEY_RELEASE
 log = logging.getLogger("keyserver.release")
@@ -127,7 +136,7 @@ class ReleaseService:
         # cosigned checkpoint in the receipt, or applies the tenant's failure mode. None: no witnesses.
         self.witnessing: WitnessStage | None = None
         # Releases for one tenant share a transaction and a checkpoint (group commit).
-        self.group = GroupCommitter(db, log, batching or BatchLimits(), self._step)
+        self.group = GroupCommitter(db, log, batching or BatchLimits(), self._step, self._evaluate_all)
 
     async def _step(self, step: ReleaseStep, session: AsyncSession | None) -> None:
         if self.faults is not None:
@@ -212,9 +221,7 @@ class ReleaseService:
         # but the witnesses' own round may stand between the entry and the key. (Read after the commit, a
         # database that failed meanwhile turned a logged grant into a 503: tests/test_faults_postgres.py.)
         witnesses = None if self.witnessing is None else await self.witnessing.config(tenant)
-        committed = await self.group.submit(
-            tenant, lambda session: self._decide(session, tenant, request, now)
-        )
+        committed = await self.group.submit(tenant, _ReleaseDecision(self, tenant, request, now))
         decision = committed.value
         receipt = Receipt(
             committed.index,
@@ -229,92 +236,9 @@ class ReleaseService:
             return outcome
         return await self.witnessing.apply(tenant, outcome, witnesses)
 
-    async def _decide(
-        self, session: AsyncSession, tenant: Tenant, request: ReleaseRequest, now: datetime
-    ) -> tuple[dict[str, Any], Outcome]:
-        """Decide one release inside its batch's transaction (keyserver/releaselog/group_commit.py):
-        the log entry to append and the outcome to answer with once that entry has committed."""
-        entry: dict[str, Any] = {
-            "key": {"name": request.key_name, "version": request.key_version},
-            # What the request asked for (None = the newest live version): the request body is not
-            # covered by the evidence, so a loader checks that nobody on the path pinned an old one.
-            "requested_version": request.key_version,
-            "challenge": str(request.challenge_id),
-            # Only a known value or "unknown": nothing an unauthenticated caller writes is copied into
-            # the tenant's permanent log (the evidence digest below identifies what was sent).
-            "tee": logged_tee(request.evidence.get("tee")),
-            "digests": {"evidence": digest(request.evidence), "claims": None, "collateral": None},
-            "policy": None,
-            "reference_values": [],
-            "requester_thumbprint": None,
-        }
-        granted, reason, detail, unavailable = False, None, "", False
-        retry_after: int | None = None
-        appraisal: Appraisal | None = None
-        jwe: str | None = None
-        key: ReleasableKey | None = None
-        try:
-            # The challenge consumed, the AK and the key read: one statement (keyserver/release_reads.py),
-            # each interpreted where it was read on its own before.
-            first = await first_reads(
-                session,
-                tenant,
-                request.challenge_id,
-                now,
-                request.evidence,
-                request.key_name,
-                request.key_version,
-            )
-            nonce = first.nonce
-            await self._step(ReleaseStep.CHALLENGE_CONSUMED, session)
-            public, jwk = parse_ephemeral_jwk(request.ephemeral_jwk)
-            entry["requester_thumbprint"] = jwk_thumbprint_b64url(jwk)
-            verified = await self._verify(session, tenant, request.evidence, nonce, jwk, now, first.ak)
-            _record_evidence(entry, verified)
-            check_evidence_binding(verified, nonce, jwk)
-            await self._step(ReleaseStep.EVIDENCE_VERIFIED, session)
-            inputs = first.inputs.get()
-            key = inputs.key
-            entry["key"] = {"name": key.key.name, "version": key.version.version}
-            await self._step(ReleaseStep.KEY_FOUND, session)
-            # The reference sets as read ahead by the first statement, if they are the policy's.
-            appraisal = await appraise(
-                session, tenant.id, key.key.policy_name, inputs.policy, verified.claims, now, first.sets_ahead
-            )
-            entry["policy"] = appraisal.policy_ref
-            entry["reference_values"] = appraisal.reference_value_refs
-            if not appraisal.granted:
-                raise EvidenceError(appraisal.reason or "policy-denied", appraisal.detail)
-            await self.limiter.take_grant(session, tenant, key.key.name, now, limit_read=first.key_limit)
-            await self._step(ReleaseStep.APPRAISED, session)
-            jwe, entry["wrapped_in_backend"] = await self._wrap(tenant, key, public)
-            # The exact JWE that leaves: anyone with the (public) ephemeral key can make *a* JWE for
-            # it, so the loader accepts only the one whose digest is in the signed log.
-            entry["jwe_sha256"] = hashlib.sha256(jwe.encode()).hexdigest()
-            await self._step(ReleaseStep.KEY_WRAPPED, session)
-            granted, detail = True, "granted"
-        except ReleaseBudgetExhausted as exc:
-            reason, detail, retry_after = exc.reason, exc.message, exc.retry_after
-        except EvidenceError as exc:
-            reason, detail = exc.reason, exc.message
-        except BackendError as exc:
-            reason, detail, unavailable = "backend-unavailable", exc.message, True
-        except KeyserverError as exc:
-            reason, detail = exc.code, exc.message
-        entry["decision"] = "granted" if granted else "denied"
-        entry["reason"] = reason
-        outcome = Outcome(
-            granted=granted,
-            reason=reason,
-            detail=detail,
-            receipt=_PENDING_RECEIPT,
-            jwe=jwe if granted else None,
-            kid=None if key is None else f"{key.key.name}/{key.version.version}",
-            results=[] if appraisal is None else appraisal.results,
-            unavailable=unavailable,
-            retry_after=retry_after,
-        )
-        return records.record(KEY_RELEASE, principal=None, now=now, **entry), outcome
+    async def _evaluate_all(self, tenant: Tenant, requests: list[Any]) -> list[Any]:
+        """A batch's shared step: its members' policy evaluations, one exchange (keyserver/evaluation.py)."""
+        return list(await evaluation.pool().evaluate_all(tenant.id, requests))
 
     async def _wrap(self, tenant: Tenant, key: ReleasableKey, public: EphemeralPublicKey) -> tuple[str, bool]:
         """The JWE for the loader, and whether the key stayed inside the backend to make it.
@@ -340,6 +264,163 @@ class ReleaseService:
         material = await self.backend.unwrap_to_memory(key.version.wrapped, context)
         # ``public`` is the key parse_ephemeral_jwk accepted (and the evidence is bound to): wrapped to as is.
         return wrap_for_parsed_recipient(material, public, kid=kid, metadata=metadata), False
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    reason: str | None
+    detail: str
+    unavailable: bool = False
+    retry_after: int | None = None
+
+
+_REFUSALS = (ReleaseBudgetExhausted, EvidenceError, BackendError, KeyserverError)
+
+
+def _refusal_of(exc: KeyserverError | BackendError) -> _Refusal:
+    if isinstance(exc, ReleaseBudgetExhausted):
+        return _Refusal(exc.reason, exc.message, retry_after=exc.retry_after)
+    if isinstance(exc, EvidenceError):
+        return _Refusal(exc.reason, exc.message)
+    if isinstance(exc, BackendError):
+        return _Refusal("backend-unavailable", exc.message, unavailable=True)
+    return _Refusal(exc.code, exc.message)
+
+
+@dataclass(frozen=True)
+class _Ready:
+    """What a release's first stage found: the key, the loader's key to wrap it to, the policy's inputs
+    (None: the key's policy has no active version) and the key's limit as the first statement read it."""
+
+    key: ReleasableKey
+    public: EphemeralPublicKey
+    prepared: Prepared | None
+    key_limit: KeyLimitRead
+
+
+class _ReleaseDecision:
+    """One release decided inside its batch's transaction (keyserver/releaselog/group_commit.py): the log
+    entry to append and the outcome to answer with once that entry has committed. In two stages around
+    the batch's policy evaluations, which run for all of its members at once: :meth:`prepare` up to the
+    evaluation's input, :meth:`finish` from its decision on."""
+
+    def __init__(
+        self, service: ReleaseService, tenant: Tenant, request: ReleaseRequest, now: datetime
+    ) -> None:
+        self.service, self.tenant, self.request, self.now = service, tenant, request, now
+        self.evidence_digest = digest(request.evidence)
+        self._begin()
+
+    def _begin(self) -> None:
+        """A fresh decision: a batch decided again (group_commit) asks each member anew."""
+        request = self.request
+        self.entry: dict[str, Any] = {
+            "key": {"name": request.key_name, "version": request.key_version},
+            # What the request asked for (None = the newest live version): the request body is not
+            # covered by the evidence, so a loader checks that nobody on the path pinned an old one.
+            "requested_version": request.key_version,
+            "challenge": str(request.challenge_id),
+            # Only a known value or "unknown": nothing an unauthenticated caller writes is copied into
+            # the tenant's permanent log (the evidence digest below identifies what was sent).
+            "tee": logged_tee(request.evidence.get("tee")),
+            "digests": {"evidence": self.evidence_digest, "claims": None, "collateral": None},
+            "policy": None,
+            "reference_values": [],
+            "requester_thumbprint": None,
+        }
+        self.refusal: _Refusal | None = None
+        self.ready: _Ready | None = None  # what the first stage found, for the second
+        self.key: ReleasableKey | None = None  # the key the request names, once read
+        self.appraisal: Appraisal | None = None
+
+    async def prepare(self, session: AsyncSession) -> evaluation.Request | None:
+        """Challenge consumed, evidence verified and bound, key and policy read: the evaluation's input,
+        or None once refused."""
+        self._begin()
+        service, tenant, request, now, entry = self.service, self.tenant, self.request, self.now, self.entry
+        try:
+            # The challenge consumed, the AK and the key read: one statement (keyserver/release_reads.py),
+            # each interpreted where it was read on its own before.
+            first = await first_reads(
+                session,
+                tenant,
+                request.challenge_id,
+                now,
+                request.evidence,
+                request.key_name,
+                request.key_version,
+            )
+            nonce = first.nonce
+            await service._step(ReleaseStep.CHALLENGE_CONSUMED, session)
+            public, jwk = parse_ephemeral_jwk(request.ephemeral_jwk)
+            entry["requester_thumbprint"] = jwk_thumbprint_b64url(jwk)
+            verified = await service._verify(session, tenant, request.evidence, nonce, jwk, now, first.ak)
+            _record_evidence(entry, verified)
+            check_evidence_binding(verified, nonce, jwk)
+            await service._step(ReleaseStep.EVIDENCE_VERIFIED, session)
+            inputs = first.inputs.get()
+            self.key = key = inputs.key
+            entry["key"] = {"name": key.key.name, "version": key.version.version}
+            await service._step(ReleaseStep.KEY_FOUND, session)
+            if inputs.policy is None:  # nothing to evaluate: a denial, made in the second stage
+                self.ready = _Ready(key, public, None, first.key_limit)
+                return None
+            # The reference sets as read ahead by the first statement, if they are the policy's.
+            prepared = await prepare(session, tenant.id, inputs.policy, first.sets_ahead)
+            self.ready = _Ready(key, public, prepared, first.key_limit)
+            return evaluation_request(prepared, verified.claims, now)
+        except _REFUSALS as exc:
+            self.refusal = _refusal_of(exc)
+            return None
+
+    async def finish(
+        self, session: AsyncSession, decision: Decision | None
+    ) -> tuple[dict[str, Any], Outcome]:
+        """The policy's decision (None: none was asked for) taken, the grant counted, the key wrapped."""
+        service, tenant, now, entry = self.service, self.tenant, self.now, self.entry
+        granted, jwe, ready = False, None, self.ready
+        if self.refusal is None and ready is not None:
+            key = ready.key
+            if ready.prepared is None:
+                appraisal = policy_missing(key.key.policy_name)
+            elif decision is None:  # a bug of the batch's: this member raises, as for any bug
+                raise RuntimeError("the batch gave no policy decision for a release that asked for one")
+            else:
+                appraisal = appraisal_of(ready.prepared, decision)
+            self.appraisal = appraisal
+            try:
+                entry["policy"] = appraisal.policy_ref
+                entry["reference_values"] = appraisal.reference_value_refs
+                if not appraisal.granted:
+                    raise EvidenceError(appraisal.reason or "policy-denied", appraisal.detail)
+                await service.limiter.take_grant(
+                    session, tenant, key.key.name, now, limit_read=ready.key_limit
+                )
+                await service._step(ReleaseStep.APPRAISED, session)
+                jwe, entry["wrapped_in_backend"] = await service._wrap(tenant, key, ready.public)
+                # The exact JWE that leaves: anyone with the (public) ephemeral key can make *a* JWE for
+                # it, so the loader accepts only the one whose digest is in the signed log.
+                entry["jwe_sha256"] = hashlib.sha256(jwe.encode()).hexdigest()
+                await service._step(ReleaseStep.KEY_WRAPPED, session)
+                granted = True
+            except _REFUSALS as exc:
+                self.refusal = _refusal_of(exc)
+        refusal = self.refusal or _Refusal(None, "granted")
+        entry["decision"] = "granted" if granted else "denied"
+        entry["reason"] = refusal.reason
+        released = self.key
+        outcome = Outcome(
+            granted=granted,
+            reason=refusal.reason,
+            detail=refusal.detail,
+            receipt=_PENDING_RECEIPT,
+            jwe=jwe if granted else None,
+            kid=None if released is None else f"{released.key.name}/{released.version.version}",
+            results=[] if self.appraisal is None else self.appraisal.results,
+            unavailable=refusal.unavailable,
+            retry_after=refusal.retry_after,
+        )
+        return records.record(KEY_RELEASE, principal=None, now=now, **entry), outcome
 
 
 def logged_tee(value: object) -> str | None:

@@ -23,6 +23,7 @@ from tpm2_pytss import ESAPI
 
 from audit.checkpoint import verify_checkpoint
 from clients.loader.receipt import ExpectedRelease, ReceiptInvalid, verify_receipt
+from keyserver import evaluation
 from keyserver.binding import jwk_thumbprint_b64url
 from keyserver.config import Settings
 from keyserver.db.session import Database
@@ -172,6 +173,48 @@ async def test_concurrent_releases_share_a_checkpoint(
             check_receipt(swapped, loaders[2], vkey)
 
 
+async def test_a_batchs_policy_evaluations_are_one_exchange_and_a_refused_member_asks_none(
+    service: Service,
+    settings: Settings,
+    db: Database,
+    swtpm: Any,
+    tpm_esapi: ESAPI,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The members' evaluations go to the evaluation process together, between the batch's two stages;
+    a member refused before its evaluation (its evidence bound to another key) is decided without one,
+    and each member still gets its own decision."""
+    exchanged: list[int] = []
+    exchange = evaluation._Worker._exchange
+
+    async def counted(self: evaluation._Worker, message: Any) -> Any:
+        exchanged.append(len(message) if isinstance(message, tuple) else 1)
+        return await exchange(self, message)
+
+    monkeypatch.setattr(evaluation._Worker, "_exchange", counted)
+    extend(tpm_esapi, b"reviewed loader build 1")
+    with loader_ak(tpm_esapi) as ak:
+        await tenant_and_log_key(service, swtpm, tpm_esapi, ak)
+        svc = release_service_on_this_loop(settings, db)
+        loaders = [Loader(service, tpm_esapi, ak) for _ in range(N)]
+        bodies = await prepared(loaders)
+        refused = 3
+        bodies[refused] = {**bodies[refused], "ephemeral_key": bodies[refused + 1]["ephemeral_key"]}
+        exchanged.clear()
+        svc.faults = HoldFirstBatch(svc, await acme_id(svc))
+        try:
+            responses = await release_all(svc, bodies)
+        finally:
+            svc.faults = None
+        assert exchanged == [1, N - 2]  # the first batch's lone member, then the rest but the refused one
+        decided = [r for r in responses if isinstance(r, Outcome)]
+        assert len(decided) == N
+        assert [r.granted for r in decided] == [i != refused for i in range(N)]
+        # Its quote is bound (by its nonce) to the other key: refused in verification, with its entry.
+        assert decided[refused].reason == "tpm-nonce-mismatch"
+        assert len({r.receipt.log_index for r in decided}) == N
+
+
 async def test_a_failing_member_leaves_the_others_logged_and_itself_unwritten(
     service: Service, settings: Settings, db: Database, swtpm: Any, tpm_esapi: ESAPI
 ) -> None:
@@ -264,11 +307,12 @@ async def test_a_batch_takes_no_savepoint_unless_a_member_raised(
 @pytest.mark.parametrize(
     ("breaking", "decisions"),
     [
-        # The second batch's first member raises (the pass is rolled back and decided again, each member
-        # in a savepoint), then another member raises in the second pass (its savepoint rolled back): one
-        # decision in the first batch, the second batch's first pass got as far as its first member, its
-        # second pass decided the other N - 2.
-        ((2, 4), 1 + 1 + (N - 2)),
+        # The second batch's first member raises as it wraps (the pass is rolled back and decided again,
+        # each member in a savepoint), then another member raises in the second pass (its savepoint rolled
+        # back): one decision in the first batch; the second batch's first pass had prepared all its N - 1
+        # members (their evaluations are made together, between the stages) before the first one
+        # wrapped; its second pass decided the other N - 2.
+        ((2, 4), 1 + (N - 1) + (N - 2)),
         # The worst case of the optimistic pass: the second batch's LAST member raises after every other
         # one was decided (keys wrapped, grants taken, challenges used): the others are decided again,
         # each once more (the backend's unwrap and the wrap with them: docs/release-log.md).

@@ -15,7 +15,16 @@ from multiprocessing.connection import Connection
 
 import pytest
 
-from keyserver.evaluation import MAX_ANSWER_BYTES, READY, EvaluationPool, Job, evaluate_job
+from keyserver.evaluation import (
+    MAX_ANSWER_BYTES,
+    READY,
+    EvaluationPool,
+    Job,
+    Request,
+    _Worker,
+    evaluate_job,
+    worker_main,
+)
 from policy.evaluate import EVALUATION_ERROR, Decision
 
 DOCUMENT = b'{"version": 1, "tees": ["tpm"], "rules": [{"name": "x", "expr": "claims[\\"x\\"] == \\"a\\""}]}'
@@ -115,5 +124,88 @@ def test_a_worker_serves_one_event_loop_after_another() -> None:
         assert first.granted
         assert second.granted
         assert second == evaluate_job(Job(DOCUMENT, dict(CLAIMS), (), datetime.now(UTC)))
+    finally:
+        pool.close()
+
+
+# --- a batch's evaluations: one exchange, and a failure costs only the requests it belongs to -------------
+
+SLOW = b'{"version": 1, "tees": ["tpm"], "rules": [{"name": "slow", "expr": "true"}]}'
+
+
+def _slow_for_one_document(job: Job) -> Decision:
+    if job.document == SLOW:
+        time.sleep(60)  # until the pool kills this process
+    return evaluate_job(job)
+
+
+def slow_for_one_document(conn: Connection) -> None:
+    worker_main(conn, _slow_for_one_document)
+
+
+def breaks_on_a_batch(conn: Connection) -> None:
+    """Answers a lone job; exits on a batch (a worker that fails mid-exchange)."""
+    conn.send(READY)
+    while True:
+        message = conn.recv()
+        if isinstance(message, tuple):
+            os._exit(0)
+        conn.send(evaluate_job(message))
+
+
+def _requests(*documents_and_x: tuple[bytes, str]) -> list[Request]:
+    now = datetime.now(UTC)
+    return [Request(document, {**CLAIMS, "x": x}, (), now) for document, x in documents_and_x]
+
+
+def _expected(request: Request) -> Decision:
+    return evaluate_job(Job(request.document, dict(request.claims), (), request.now))
+
+
+async def test_a_batch_is_one_exchange_and_each_answer_is_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    exchanges = 0
+    exchange = _Worker._exchange
+
+    async def counted(self: _Worker, message: object) -> object:
+        nonlocal exchanges
+        exchanges += 1
+        return await exchange(self, message)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_Worker, "_exchange", counted)
+    pool = EvaluationPool(1, 10.0)
+    try:
+        await pool.start()
+        requests = _requests((DOCUMENT, "a"), (DOCUMENT, "b"), (DOCUMENT, "a"), (b'{"version": 2}', "a"))
+        decisions = await pool.evaluate_all(TENANT, requests)
+        assert exchanges == 1
+        assert [d.granted for d in decisions] == [True, False, True, False]
+        assert decisions == [_expected(r) for r in requests]
+        assert len(pool._idle) == 1, "the worker is kept for the next batch"
+    finally:
+        pool.close()
+
+
+async def test_a_batch_whose_worker_fails_is_evaluated_again_one_by_one() -> None:
+    pool = EvaluationPool(1, 10.0, worker_target=breaks_on_a_batch)
+    try:
+        requests = _requests((DOCUMENT, "a"), (DOCUMENT, "b"))
+        decisions = await pool.evaluate_all(TENANT, requests)
+        assert decisions == [_expected(r) for r in requests]
+    finally:
+        pool.close()
+
+
+async def test_a_slow_rule_in_a_batch_denies_only_its_own_release() -> None:
+    """The batch misses its deadline as a whole; each request is then evaluated under its own: the slow one
+    is denied at its deadline, the others get their own decisions."""
+    pool = EvaluationPool(2, 0.5, per_tenant=1, worker_target=slow_for_one_document)
+    try:
+        requests = _requests((DOCUMENT, "a"), (SLOW, "a"), (DOCUMENT, "b"))
+        fast, slow, denied = await pool.evaluate_all(TENANT, requests)
+        assert fast == _expected(requests[0])
+        assert denied == _expected(requests[2])
+        assert not slow.granted
+        assert slow.reason == EVALUATION_ERROR
+        assert "did not finish within 0.5 s" in slow.results[0].detail
     finally:
         pool.close()

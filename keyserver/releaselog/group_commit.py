@@ -5,8 +5,12 @@ the next batch takes up to ``max_batch`` of them (after waiting at most ``max_wa
 default: a batch is whatever queued during the previous one, so a lone release never waits). A batch runs
 in ONE database transaction under the tenant's scope (row-level security as before):
 
-1. each member decides in turn: challenge consumed, evidence verified, policy appraised, key wrapped, its
-   log entry built — with no SAVEPOINT (two statements a member) unless the batch is being decided again;
+1. each member decides, in two stages around one step shared by the batch: in turn, each prepares
+   (challenge consumed, evidence verified, key and policy read); then the shared step runs once for all
+   of them (their policy evaluations, in one exchange with one evaluation process); then, in turn, each
+   finishes (appraisal, grant, key wrapped, its log entry built) — with no SAVEPOINT (two statements a
+   member) unless the batch is being decided again, when each member runs both stages, and its own
+   shared step, in its savepoint before the next begins;
 2. the head is taken once (``SELECT … FOR UPDATE``) and all decided entries are appended in order;
 3. ONE checkpoint is signed for the new size; each member's inclusion proof is made against it;
 4. the transaction commits;
@@ -36,7 +40,7 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -47,11 +51,29 @@ from keyserver.faults import ReleaseStep
 from keyserver.releaselog.store import Appended, ReleaseLog
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+R = TypeVar("R")
 
-# A member's decision: made inside the batch's transaction (in its own savepoint), it returns the log
-# entry to append and whatever the member needs to answer once the entry is committed.
-Decide = Callable[[AsyncSession], Awaitable[tuple[dict[str, Any], T]]]
 StepHook = Callable[[ReleaseStep, AsyncSession | None], Awaitable[None]]
+
+
+class Decide(Protocol[T_co]):
+    """A member's decision, made inside the batch's transaction in two stages around the batch's shared
+    step; it ends with the log entry to append and whatever the member answers with once that entry is
+    committed."""
+
+    async def prepare(self, session: AsyncSession) -> Any:
+        """Up to the shared step: this member's input to it, or None if it needs none (already refused)."""
+        ...
+
+    async def finish(self, session: AsyncSession, shared: Any) -> tuple[dict[str, Any], T_co]:
+        """From the shared step's result for this member (None if it gave no input) to its entry."""
+        ...
+
+
+# The step a batch's members share: their inputs in, one result per input out (same order), never an
+# exception for one input's sake (a result says it failed).
+SharedStep = Callable[[Tenant, list[Any]], Awaitable[list[Any]]]
 
 # Failures of the database rather than of a member: they abort the whole batch (see module docstring).
 _DATABASE_FAILURES = (DBAPIError, TimeoutError, OSError)
@@ -109,8 +131,10 @@ class _TenantQueue:
 
 
 class GroupCommitter:
-    def __init__(self, db: Database, log: ReleaseLog, limits: BatchLimits, step: StepHook) -> None:
-        self.db, self.log, self.limits, self._step = db, log, limits, step
+    def __init__(
+        self, db: Database, log: ReleaseLog, limits: BatchLimits, step: StepHook, shared: SharedStep
+    ) -> None:
+        self.db, self.log, self.limits, self._step, self._shared = db, log, limits, step, shared
         self._queues: dict[uuid.UUID, _TenantQueue] = {}
         # Counters for tests and the benchmark: how many batches committed, and how many members.
         self.batches = 0
@@ -200,23 +224,33 @@ class GroupCommitter:
         on); otherwise a member that raises aborts the pass as :class:`_MemberRaised`."""
         decided: list[tuple[_Member, dict[str, Any], Any]] = []
         async with self.db.transaction(Scope.for_tenant(tenant.id)) as session:
-            # A lone member needs no savepoint: its failure rolls the transaction back whole.
-            in_savepoint = isolated and len(members) > 1
-            for member in members:
-                try:
-                    if in_savepoint:
-                        async with session.begin_nested():
-                            entry, value = await member.decide(session)
-                    else:
-                        entry, value = await member.decide(session)
-                except _DATABASE_FAILURES:
-                    raise  # the whole batch: the transaction is gone or unusable
-                except Exception as exc:  # this member's alone (module docstring)
-                    if not in_savepoint:
-                        raise _MemberRaised(member, exc) from exc  # out of the block: all rolled back
-                    member.fail(exc)
-                    continue
-                decided.append((member, entry, value))
+            if not isolated:
+                # Each stage of every member in turn, the shared step once between them.
+                inputs = [await _as_member(member, member.decide.prepare(session)) for member in members]
+                wanted = [i for i, given in enumerate(inputs) if given is not None]
+                results = await self._shared(tenant, [inputs[i] for i in wanted]) if wanted else []
+                shared = dict(zip(wanted, results, strict=True))
+                for i, member in enumerate(members):
+                    entry, value = await _as_member(member, member.decide.finish(session, shared.get(i)))
+                    decided.append((member, entry, value))
+            else:
+                # A lone member needs no savepoint: its failure rolls the transaction back whole.
+                in_savepoint = len(members) > 1
+                for member in members:
+                    try:
+                        if in_savepoint:
+                            async with session.begin_nested():
+                                entry, value = await self._decide_alone(session, tenant, member)
+                        else:
+                            entry, value = await self._decide_alone(session, tenant, member)
+                    except _DATABASE_FAILURES:
+                        raise  # the whole batch: the transaction is gone or unusable
+                    except Exception as exc:  # this member's alone (module docstring)
+                        if not in_savepoint:
+                            raise _MemberRaised(member, exc) from exc  # out of the block: all rolled back
+                        member.fail(exc)
+                        continue
+                    decided.append((member, entry, value))
             if not decided:
                 return None
             appended = await self.log.append(session, tenant, [entry for _, entry, _ in decided])
@@ -231,6 +265,24 @@ class GroupCommitter:
         # Committed: every member's entry is durable. Only now may keys leave.
         await self._step(ReleaseStep.COMMITTED, None)
         return decided, appended, proofs
+
+    async def _decide_alone(
+        self, session: AsyncSession, tenant: Tenant, member: _Member
+    ) -> tuple[dict[str, Any], Any]:
+        given = await member.decide.prepare(session)
+        shared = None if given is None else (await self._shared(tenant, [given]))[0]
+        return await member.decide.finish(session, shared)
+
+
+async def _as_member(member: _Member, stage: Awaitable[R]) -> R:
+    """A stage of ``member`` in a pass without savepoints: what it raises aborts the pass as the member's
+    (:class:`_MemberRaised`), unless it is the database's (the whole batch's)."""
+    try:
+        return await stage
+    except _DATABASE_FAILURES:
+        raise
+    except Exception as exc:
+        raise _MemberRaised(member, exc) from exc
 
 
 class _MemberRaised(Exception):
