@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
@@ -113,7 +114,7 @@ class LoaderConfig:
                 raise ConfigError(f"program signer {name!r}: a PEM public key")
             try:
                 key = load_pem_public_key(pem.encode())
-            except ValueError as exc:
+            except (ValueError, UnsupportedAlgorithm) as exc:
                 raise ConfigError(f"program signer {name!r}: not a PEM public key ({exc})") from None
             if not isinstance(key, ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey):
                 raise ConfigError(f"program signer {name!r}: Ed25519 or ECDSA keys only")

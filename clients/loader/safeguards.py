@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
@@ -86,7 +86,7 @@ def parse_safeguards(member: object) -> SafeguardConfig:
             raise SafeguardConfigError(f"classifier key {name[:64]!r}: a name (a-z 0-9 . _ -) and a PEM key")
         try:
             key = load_pem_public_key(pem.encode())
-        except ValueError as exc:
+        except (ValueError, UnsupportedAlgorithm) as exc:
             raise SafeguardConfigError(f"classifier key {name!r}: not a PEM public key ({exc})") from None
         if not isinstance(key, ed25519.Ed25519PublicKey):
             raise SafeguardConfigError(f"classifier key {name!r}: Ed25519 keys only")

@@ -11,17 +11,19 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyserver.binding import report_data_for
 from keyserver.ephemeral_key import check_binding
-from keyserver.errors import EvidenceError
+from keyserver.errors import EvidenceError, KeyserverError
 from keyserver.evidence.claims import (
     TEE_AWS_NITRO,
     TEE_AZURE_SNP_VTPM,
@@ -73,6 +75,9 @@ def tdx_collateral_cache() -> CollateralCache:
     return _tdx_collateral
 
 
+log = logging.getLogger("keyserver.evidence")
+
+
 @dataclass(frozen=True)
 class VerifiedEvidence:
     tee: str
@@ -114,12 +119,48 @@ async def verify_evidence(
     enrolled_ak: EnrolledAk | None = None,
 ) -> VerifiedEvidence:
     """``enrolled_ak``: a TPM AK already read in this transaction (keyserver/release_reads.py); used only
-    for the AK the evidence names."""
+    for the AK the evidence names.
+
+    Evidence is hostile input: anything a verifier raises that is not a refusal (``EvidenceError`` or
+    another typed error) nor the database's is a verifier bug reached by that input, and it too becomes
+    a refusal (``evidence-unverifiable``), logged here with its stack — so the request is still denied
+    and logged like any other, never a 500 with its challenge left unused (found by review: a key on a
+    curve ``cryptography`` does not support raised ``UnsupportedAlgorithm`` through three parsers)."""
+    try:
+        return await _verify_evidence(
+            session,
+            tenant_id,
+            evidence,
+            nonce=nonce,
+            ephemeral_jwk=ephemeral_jwk,
+            now=now,
+            enrolled_ak=enrolled_ak,
+        )
+    except (KeyserverError, DBAPIError, TimeoutError, OSError):
+        raise
+    except Exception as exc:
+        log.exception("a verifier raised on hostile evidence; refused as evidence-unverifiable")
+        raise EvidenceError(
+            "evidence-unverifiable",
+            f"the evidence could not be verified ({type(exc).__name__} in keyserver's verifier; logged)",
+        ) from None
+
+
+async def _verify_evidence(
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    evidence: Mapping[str, Any],
+    *,
+    nonce: bytes,
+    ephemeral_jwk: Mapping[str, Any],
+    now: datetime,
+    enrolled_ak: EnrolledAk | None = None,
+) -> VerifiedEvidence:
     if "gpus" in evidence:  # composite: the VM's evidence, then its GPUs' reports (docs/nvidia-gpu.md)
         from keyserver.evidence.nvidia.composite import gpu_claims
 
         vm_evidence = {name: value for name, value in evidence.items() if name != "gpus"}
-        vm = await verify_evidence(
+        vm = await _verify_evidence(
             session,
             tenant_id,
             vm_evidence,

@@ -31,6 +31,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
 
 from audit.entry import EntryError, canonical_bytes
@@ -114,7 +115,7 @@ def _fingerprints(keys: object, what: str) -> list[str]:
     for pem in keys.values():
         try:
             key = load_pem_public_key(str(pem).encode())
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, UnsupportedAlgorithm):
             raise EvidenceError(
                 INVALID, f"the measured configuration's {what} holds a key that does not parse"
             ) from None

@@ -41,7 +41,7 @@ import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -153,7 +153,7 @@ class AkPublic:
                     if key.lstrip().startswith(b"-----")
                     else serialization.load_der_public_key(key)
                 )
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
                 raise EvidenceError("tpm-ak-invalid", f"the AK public key cannot be parsed: {exc}") from exc
             if not isinstance(loaded, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
                 raise EvidenceError("tpm-ak-invalid", "the AK public key is neither RSA nor EC")
