@@ -29,9 +29,20 @@ from keyserver.cli_tpm import add_tpm_commands, run_tpm
 from keyserver.cli_witness import add_witness_commands, run_witness
 from keyserver.config import Settings
 from keyserver.db import migrate
+from keyserver.db.models import Tenant
 from keyserver.db.session import Database, Scope
 from keyserver.errors import InvalidRequest, KeyserverError, NotFound
-from keyserver.tenancy import Role, create_tenant, issue_token, list_tenants, list_tokens, revoke_token
+from keyserver.releaselog.store import ReleaseLog
+from keyserver.tenancy import (
+    Role,
+    create_tenant,
+    issue_tenant_token,
+    issue_token,
+    list_tenants,
+    list_tokens,
+    revoke_tenant_token,
+    revoke_token,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _DURATION_RE = re.compile(r"^(\d+)([smhd])\Z")
@@ -236,25 +247,32 @@ async def _db_command(args: argparse.Namespace, settings: Settings) -> int:
 async def _admin_command(args: argparse.Namespace, settings: Settings) -> int:
     async def run(db: Database) -> int:
         await initialise(db)
+        if args.command != "tenant":
+            await _token_command(args, db)
+            return EXIT_OK
         async with db.transaction(Scope.for_operator()) as session:
-            if args.command == "tenant" and args.tenant_command == "create":
+            if args.tenant_command == "create":
                 tenant = await create_tenant(session, args.name)
                 _emit(args, _tenant_doc(tenant), f"created tenant {tenant.name} ({tenant.id})")
-            elif args.command == "tenant":
+            else:
                 tenants = await list_tenants(session)
                 _emit(
                     args, [_tenant_doc(t) for t in tenants], "\n".join(f"{t.name}\t{t.id}" for t in tenants)
                 )
-            else:
-                await _token_command(args, session)
         return EXIT_OK
 
     result: int = await _with_db(settings, run)
     return result
 
 
-async def _token_command(args: argparse.Namespace, session: Any) -> None:
-    tenant_id, tenant_name = await _owner(args, session)
+async def _token_command(args: argparse.Namespace, db: Database) -> None:
+    # The operator's scope for its own tokens and for reading; a tenant's token is made or revoked in the
+    # tenant's scope, and logged in its log, in a transaction of its own (SQLite has one writer at a time).
+    async with db.transaction(Scope.for_operator()) as session:
+        tenant = await _owner(args, session)
+        if args.token_command == "list":
+            tokens = await list_tokens(session, None if tenant is None else tenant.id)
+    tenant_name = None if tenant is None else tenant.name
     if args.token_command == "create":
         if args.operator:
             role = Role.OPERATOR
@@ -262,28 +280,63 @@ async def _token_command(args: argparse.Namespace, session: Any) -> None:
             raise InvalidRequest("say which role the token has: --role tenant-admin|ci-signer|auditor")
         else:
             role = Role(args.role)
-        issued = await issue_token(
-            session, tenant_id=tenant_id, role=role, description=args.description, expires_in=args.expires_in
-        )
+        if tenant is None:
+            async with db.transaction(Scope.for_operator()) as session:
+                issued = await issue_token(
+                    session,
+                    tenant_id=None,
+                    role=role,
+                    description=args.description,
+                    expires_in=args.expires_in,
+                )
+        else:  # a tenant's token is in the tenant's log, wherever it is made
+            log = await _release_log(db)
+            async with db.transaction(Scope.for_tenant(tenant.id)) as scoped:
+                issued = await issue_tenant_token(
+                    scoped,
+                    log,
+                    tenant,
+                    None,
+                    role=role,
+                    description=args.description,
+                    expires_in=args.expires_in,
+                )
         doc = {**_token_doc(issued.token, tenant_name), "token": issued.secret}
         _emit(args, doc, f"{issued.secret}\n(token id {issued.token.id}, role {role}; shown once)")
     elif args.token_command == "list":
-        tokens = await list_tokens(session, tenant_id)
         lines = [
             f"{t.id}\t{t.role}\t{'revoked' if t.revoked_at else 'active'}\t{t.description}" for t in tokens
         ]
         _emit(args, [_token_doc(t, tenant_name) for t in tokens], "\n".join(lines))
+    elif tenant is None:
+        async with db.transaction(Scope.for_operator()) as session:
+            token = await revoke_token(session, None, args.token_id)
+        _emit(args, _token_doc(token, tenant_name), f"revoked {token.id}")
     else:
-        token = await revoke_token(session, tenant_id, args.token_id)
+        log = await _release_log(db)
+        async with db.transaction(Scope.for_tenant(tenant.id)) as scoped:
+            token = await revoke_tenant_token(scoped, log, tenant, None, args.token_id)
         _emit(args, _token_doc(token, tenant_name), f"revoked {token.id}")
 
 
-async def _owner(args: argparse.Namespace, session: Any) -> tuple[uuid.UUID | None, str | None]:
+async def _release_log(db: Database) -> ReleaseLog:
+    """The tenants' logs, signed with their keys under the configured backend, as the service's start
+    makes it: the KEK created only if the database has none recorded, and checked against the record."""
+    from keyserver.backends.factory import backend_from_settings
+    from keyserver.kek_identity import check_kek_identity, kek_recorded
+    from keyserver.releaselog.signing import LogSigner
+
+    backend = backend_from_settings(db.settings, create_kek=not await kek_recorded(db))
+    await check_kek_identity(db, backend)
+    return ReleaseLog(LogSigner(backend, db.settings.log_origin))
+
+
+async def _owner(args: argparse.Namespace, session: Any) -> Tenant | None:
     if args.operator:
-        return None, None
+        return None
     for tenant in await list_tenants(session):
         if tenant.name == args.tenant:
-            return tenant.id, tenant.name
+            return tenant
     raise NotFound(f"no tenant named {args.tenant!r}; see `keyserver tenant list`")
 
 

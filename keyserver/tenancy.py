@@ -12,6 +12,7 @@ import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -22,7 +23,11 @@ from keyserver.db.models import ApiToken, Tenant
 from keyserver.db.session import Database, Scope
 from keyserver.db.types import utcnow
 from keyserver.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthenticated
+from keyserver.releaselog import records
 from keyserver.tokens import hash_token, new_token, parse_token, token_matches
+
+if TYPE_CHECKING:
+    from keyserver.releaselog.store import ReleaseLog
 
 TENANT_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 MAX_TOKEN_LIFETIME = timedelta(days=3650)
@@ -46,6 +51,8 @@ class Principal:
     role: Role
     tenant_id: uuid.UUID | None
     tenant_name: str | None
+    # When the caller's own token expires (None: never): a token it issues expires no later.
+    expires_at: datetime | None = None
 
     @property
     def is_operator(self) -> bool:
@@ -89,7 +96,13 @@ async def authenticate(db: Database, raw_token: str, now: datetime | None = None
             if tenant is None:  # cannot happen with the foreign key; fail closed all the same
                 raise Unauthenticated("the bearer token's tenant no longer exists")
             tenant_name = tenant.name
-    return Principal(token_id=row.id, role=Role(row.role), tenant_id=row.tenant_id, tenant_name=tenant_name)
+    return Principal(
+        token_id=row.id,
+        role=Role(row.role),
+        tenant_id=row.tenant_id,
+        tenant_name=tenant_name,
+        expires_at=row.expires_at,
+    )
 
 
 # --- authorisation ----------------------------------------------------------------------------------
@@ -174,8 +187,10 @@ async def issue_token(
     description: str = "",
     expires_in: timedelta | None = None,
     created_by: uuid.UUID | None = None,
+    not_after: datetime | None = None,
 ) -> IssuedToken:
-    """Create a token. Callers check authorisation first (:func:`check_may_issue`)."""
+    """Create a token. Callers check authorisation first (:func:`check_may_issue`). ``not_after``: the
+    latest it may expire (its issuer's own expiry), whatever ``expires_in`` asks."""
     if (role is Role.OPERATOR) != (tenant_id is None):
         raise InvalidRequest("operator tokens have no tenant and every other token has exactly one")
     if expires_in is not None and not timedelta(0) < expires_in <= MAX_TOKEN_LIFETIME:
@@ -192,12 +207,72 @@ async def issue_token(
         secret_hash=hash_token(secret),
         description=description,
         created_at=now,
-        expires_at=now + expires_in if expires_in is not None else None,
+        expires_at=_earliest(now + expires_in if expires_in is not None else None, not_after),
         created_by=created_by,
     )
     session.add(token)
     await session.flush()
     return IssuedToken(token=token, secret=secret)
+
+
+# Who made or revoked a tenant token when no token did: the server's own command line, on its host.
+HOST = "host"
+
+
+async def issue_tenant_token(
+    session: AsyncSession,
+    log: ReleaseLog,
+    tenant: Tenant,
+    principal: Principal | None,
+    *,
+    role: Role,
+    description: str = "",
+    expires_in: timedelta | None = None,
+) -> IssuedToken:
+    """A token of ``tenant`` issued by ``principal`` (checked with :func:`check_may_issue`), in a
+    transaction in the tenant's scope, and logged there (``token-issued``): the tenant's auditors see every
+    credential made for it — the operator's too. It expires no later than the token that issued it, so a
+    token cannot outlive, through the tokens it made, the lifetime its issuer was given. ``principal``
+    None: the server's own command line (``keyserver token create``), logged as issued by the host."""
+    issued = await issue_token(
+        session,
+        tenant_id=tenant.id,
+        role=role,
+        description=description,
+        expires_in=expires_in,
+        created_by=None if principal is None else principal.token_id,
+        not_after=None if principal is None else principal.expires_at,
+    )
+    await log.append(session, tenant, [_token_record(records.TOKEN_ISSUED, principal, issued.token)])
+    return issued
+
+
+def _token_record(kind: str, principal: Principal | None, token: ApiToken) -> dict[str, Any]:
+    return records.record(
+        kind,
+        principal=None if principal is None else f"token:{principal.token_id}",
+        issuer_role=HOST if principal is None else principal.role.value,
+        token=_logged_token(token),
+    )
+
+
+def _logged_token(token: ApiToken) -> dict[str, Any]:
+    # Never the secret nor its hash; the description is the issuer's own text, not logged either.
+    expires = token.expires_at
+    return {
+        "id": str(token.id),
+        "role": token.role,
+        "expires_at": None
+        if expires is None
+        else expires.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+    }
+
+
+def _earliest(first: datetime | None, second: datetime | None) -> datetime | None:
+    """The earlier of two expiries (None: never)."""
+    if first is None or second is None:
+        return first or second
+    return min(first, second)
 
 
 async def list_tokens(session: AsyncSession, tenant_id: uuid.UUID | None) -> list[ApiToken]:
@@ -210,7 +285,20 @@ async def list_tokens(session: AsyncSession, tenant_id: uuid.UUID | None) -> lis
     return list((await session.execute(query)).scalars())
 
 
-async def revoke_token(session: AsyncSession, tenant_id: uuid.UUID | None, token_id: uuid.UUID) -> ApiToken:
+async def revoke_tenant_token(
+    session: AsyncSession, log: ReleaseLog, tenant: Tenant, principal: Principal | None, token_id: uuid.UUID
+) -> ApiToken:
+    """:func:`revoke_token` of one of ``tenant``'s tokens, logged (``token-revoked``) when it takes effect:
+    revoking a revoked token again changes nothing and logs nothing."""
+    token = await _token_of(session, tenant.id, token_id)
+    if token.revoked_at is None:
+        token.revoked_at = utcnow()
+        await session.flush()
+        await log.append(session, tenant, [_token_record(records.TOKEN_REVOKED, principal, token)])
+    return token
+
+
+async def _token_of(session: AsyncSession, tenant_id: uuid.UUID | None, token_id: uuid.UUID) -> ApiToken:
     query = select(ApiToken).where(ApiToken.id == token_id)
     if tenant_id is None:
         query = query.where(ApiToken.tenant_id.is_(None))
@@ -219,6 +307,12 @@ async def revoke_token(session: AsyncSession, tenant_id: uuid.UUID | None, token
     token = (await session.execute(query)).scalar_one_or_none()
     if token is None:
         raise NotFound(f"no token {token_id} in this tenant")
+    return token
+
+
+async def revoke_token(session: AsyncSession, tenant_id: uuid.UUID | None, token_id: uuid.UUID) -> ApiToken:
+    """Revoke a token (the operator's, from the server's command line; a tenant's: revoke_tenant_token)."""
+    token = await _token_of(session, tenant_id, token_id)
     if token.revoked_at is None:
         token.revoked_at = utcnow()
         await session.flush()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,6 +59,32 @@ def test_tenant_and_token_lifecycle(cli_env: dict[str, str]) -> None:
     operator = run(["token", "create", "--operator"], cli_env)
     assert operator.returncode == 0
     assert operator.stdout.startswith("ks1.operator.")
+    # A tenant's token made or revoked on the server's command line is in the tenant's log too.
+    logged = asyncio.run(_token_entries(cli_env, uuid.UUID(tenant["id"])))
+    assert logged == [
+        ("token-issued", None, "host", token["id"]),
+        ("token-revoked", None, "host", token["id"]),
+    ]
+
+
+async def _token_entries(env: dict[str, str], tenant_id: uuid.UUID) -> list[tuple[Any, ...]]:
+    from sqlalchemy import select
+
+    from audit.entry import decode_entry
+    from keyserver.config import Settings
+    from keyserver.db.models import LogEntry
+    from keyserver.db.session import Database, Scope
+
+    db = Database(
+        Settings(data_dir=Path(env["KEYSERVER_DATA_DIR"]), database_url=env.get("KEYSERVER_DATABASE_URL"))
+    )
+    try:
+        async with db.transaction(Scope.for_tenant(tenant_id)) as session:
+            rows = (await session.execute(select(LogEntry).order_by(LogEntry.idx))).scalars().all()
+            entries = [decode_entry(bytes(row.entry)) for row in rows]
+    finally:
+        await db.dispose()
+    return [(e["kind"], e["principal"], e["issuer_role"], e["token"]["id"]) for e in entries]
 
 
 def test_human_output_by_default(cli_env: dict[str, str]) -> None:

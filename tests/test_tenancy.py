@@ -234,3 +234,90 @@ async def test_forged_and_malformed_tokens_are_refused(
 async def test_operator_announced_once_per_data_store(service: Service) -> None:
     assert len(service.announced) == 1
     assert service.announced[0].startswith("ks1.operator.")
+
+
+# --- every credential made for a tenant is in its log ---------------------------------------------------
+
+
+async def _log_entries(service: Service, tenant: TenantFixture) -> list[dict[str, object]]:
+    auditor = bearer(tenant.auditor)
+    size = int(
+        (await service.client.get(f"/v1/tenants/{tenant.name}/log/checkpoint", headers=auditor)).text.split(
+            "\n"
+        )[1]
+    )
+    answer = await service.client.get(
+        f"/v1/tenants/{tenant.name}/log/entries", params={"start": 0, "end": size}, headers=auditor
+    )
+    return [e["entry"] for e in answer.json()["entries"]]
+
+
+async def test_tokens_issued_and_revoked_are_logged_in_the_tenants_log(
+    service: Service, two_tenants: tuple[TenantFixture, TenantFixture]
+) -> None:
+    """Found by review: the operator could mint a tenant-admin token for any tenant at any time and
+    nothing in the tenant's log showed it. Now each token made or revoked is an entry, with who did it."""
+    alpha, beta = two_tenants
+    op = bearer(service.operator_token)
+    entries = await _log_entries(service, alpha)
+    issued = [e for e in entries if e["kind"] == "token-issued"]
+    # make_tenant: the operator's tenant-admin token, then the admin's auditor and ci-signer tokens.
+    assert [(e["issuer_role"], e["token"]["role"]) for e in issued] == [  # type: ignore[index]
+        ("operator", "tenant-admin"),
+        ("tenant-admin", "auditor"),
+        ("tenant-admin", "ci-signer"),
+    ]
+    assert issued[0]["token"]["id"] == alpha.admin_id  # type: ignore[index]
+    assert all("secret" not in str(e) and "hash" not in str(e) for e in issued)
+
+    late = await service.client.post(
+        f"/v1/tenants/{alpha.name}/tokens", json={"role": "tenant-admin", "description": "x"}, headers=op
+    )
+    assert late.status_code == 201
+    late_id = late.json()["info"]["id"]
+    assert late.json()["info"]["created_by"] is not None
+    for _ in range(2):  # the second revocation changes nothing and logs nothing
+        revoked = await service.client.delete(
+            f"/v1/tenants/{alpha.name}/tokens/{late_id}", headers=bearer(alpha.admin)
+        )
+        assert revoked.status_code == 200
+    after = (await _log_entries(service, alpha))[len(entries) :]
+    assert [(e["kind"], e["issuer_role"], e["token"]["id"]) for e in after] == [  # type: ignore[index]
+        ("token-issued", "operator", late_id),
+        ("token-revoked", "tenant-admin", late_id),
+    ]
+    assert after[0]["principal"] is not None
+    # Beta's log shows none of alpha's tokens.
+    assert all(
+        e["token"]["id"] != late_id  # type: ignore[index]
+        for e in await _log_entries(service, beta)
+        if str(e["kind"]).startswith("token-")
+    )
+
+
+async def test_a_token_expires_no_later_than_the_one_that_issued_it(
+    service: Service, two_tenants: tuple[TenantFixture, TenantFixture]
+) -> None:
+    alpha, _ = two_tenants
+    brief = await service.client.post(
+        f"/v1/tenants/{alpha.name}/tokens",
+        json={"role": "tenant-admin", "expires_in_seconds": 600},
+        headers=bearer(alpha.admin),
+    )
+    assert brief.status_code == 201
+    limit = brief.json()["info"]["expires_at"]
+    for asked in ({}, {"expires_in_seconds": 86_400}):
+        child = await service.client.post(
+            f"/v1/tenants/{alpha.name}/tokens",
+            json={"role": "auditor", **asked},
+            headers=bearer(brief.json()["token"]),
+        )
+        assert child.status_code == 201, child.text
+        assert child.json()["info"]["expires_at"] is not None
+        assert child.json()["info"]["expires_at"] <= limit
+    shorter = await service.client.post(
+        f"/v1/tenants/{alpha.name}/tokens",
+        json={"role": "auditor", "expires_in_seconds": 60},
+        headers=bearer(brief.json()["token"]),
+    )
+    assert shorter.json()["info"]["expires_at"] < limit  # a shorter lifetime asked for is kept

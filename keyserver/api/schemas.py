@@ -54,6 +54,8 @@ class TokenOut(msgspec.Struct):
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
+    # The token that issued this one (None: made on the server's command line, or at first start).
+    created_by: str | None = None
 
     @classmethod
     def of(cls, token: ApiToken, tenant_name: str | None) -> TokenOut:
@@ -65,6 +67,7 @@ class TokenOut(msgspec.Struct):
             created_at=token.created_at,
             expires_at=token.expires_at,
             revoked_at=token.revoked_at,
+            created_by=None if token.created_by is None else str(token.created_by),
         )
 
 

@@ -12,18 +12,21 @@ from litestar.params import FromPath, JSONBody
 from keyserver.api.auth import SECURITY, tenant_session
 from keyserver.api.problems import TOKEN_READ, TOKEN_WRITE, problem_responses
 from keyserver.api.schemas import TenantCreate, TenantOut, TokenCreate, TokenIssued, TokenOut, WhoAmI
+from keyserver.db.models import Tenant
 from keyserver.db.session import Database, Scope
+from keyserver.releaselog.store import ReleaseLog
 from keyserver.tenancy import (
     Principal,
     Role,
     check_may_issue,
     create_tenant,
-    issue_token,
+    issue_tenant_token,
     list_tenants,
     list_tokens,
     require_operator,
+    require_role,
     resolve_tenant,
-    revoke_token,
+    revoke_tenant_token,
 )
 
 
@@ -81,20 +84,23 @@ class TenantController(Controller):
         self,
         principal: NamedDependency[Principal],
         db: NamedDependency[Database],
+        release_log: NamedDependency[ReleaseLog],
         tenant: FromPath[str],
         data: JSONBody[TokenCreate],
     ) -> TokenIssued:
         role = Role(data.role)
         check_may_issue(principal, role)
-        async with db.transaction(principal.scope) as session:
-            target = await resolve_tenant(session, principal, tenant)
-            issued = await issue_token(
+        target = await _target(db, principal, tenant)
+        # In the tenant's scope, whoever issues it (the operator too): the token is logged in its log.
+        async with db.transaction(Scope.for_tenant(target.id)) as session:
+            issued = await issue_tenant_token(
                 session,
-                tenant_id=target.id,
+                release_log,
+                target,
+                principal,
                 role=role,
                 description=data.description,
                 expires_in=(timedelta(seconds=data.expires_in_seconds) if data.expires_in_seconds else None),
-                created_by=principal.token_id,
             )
         return TokenIssued(token=issued.secret, info=TokenOut.of(issued.token, target.name))
 
@@ -122,12 +128,18 @@ class TenantController(Controller):
         self,
         principal: NamedDependency[Principal],
         db: NamedDependency[Database],
+        release_log: NamedDependency[ReleaseLog],
         tenant: FromPath[str],
         token_id: FromPath[uuid.UUID],
     ) -> TokenOut:
-        async with tenant_session(db, principal, tenant, Role.TENANT_ADMIN, Role.OPERATOR) as (
-            session,
-            target,
-        ):
-            token = await revoke_token(session, target.id, token_id)
+        require_role(principal, Role.TENANT_ADMIN, Role.OPERATOR)
+        target = await _target(db, principal, tenant)
+        async with db.transaction(Scope.for_tenant(target.id)) as session:
+            token = await revoke_tenant_token(session, release_log, target, principal, token_id)
             return TokenOut.of(token, target.name)
+
+
+async def _target(db: Database, principal: Principal, name: str) -> Tenant:
+    """The tenant named in the path, as far as the caller may see it (the operator: any)."""
+    async with db.transaction(principal.scope) as session:
+        return await resolve_tenant(session, principal, name)

@@ -19,15 +19,21 @@ TPM_TRUST_ANCHOR_ADDED = "tpm-trust-anchor-added"
 TPM_TRUST_ANCHOR_REMOVED = "tpm-trust-anchor-removed"
 TPM_EK_PINNED = "tpm-ek-pinned"
 KEY_RELEASE = "key-release"
+TOKEN_ISSUED = "token-issued"
+TOKEN_REVOKED = "token-revoked"
 
 
 def record(kind: str, *, principal: str | None, now: datetime | None = None, **fields: Any) -> dict[str, Any]:
     """A log entry of ``kind``: who did it (a token id, or ``None`` for an evidence-authenticated caller)."""
-    moment = now or utcnow()
     return {
         "v": ENTRY_VERSION,
         "kind": kind,
-        "time": moment.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+        "time": timestamp(now or utcnow()),
         "principal": principal,
         **fields,
     }
+
+
+def timestamp(moment: datetime) -> str:
+    """A time as entries write it: UTC, RFC 3339, microseconds, ``Z``."""
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
