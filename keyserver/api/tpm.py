@@ -21,6 +21,7 @@ from keyserver.api.auth import SECURITY, tenant_session
 from keyserver.api.problems import LOADER, TOKEN_READ, TOKEN_WRITE
 from keyserver.db.models import TpmAk, TpmTrustAnchor
 from keyserver.db.session import Database, Scope
+from keyserver.evidence.tpm.ek import MAX_INTERMEDIATES
 from keyserver.releaselog.store import ReleaseLog
 from keyserver.tenancy import Principal, Role, lookup_tenant
 
@@ -59,7 +60,10 @@ class EnrolmentCreate(msgspec.Struct, forbid_unknown_fields=True):
     ek_public: B64  # base64 TPM2B_PUBLIC
     ak_public: B64  # base64 TPM2B_PUBLIC
     ek_certificate: B64 | None = None  # base64 DER
-    ek_intermediates: list[B64] = msgspec.field(default_factory=list)
+    # Bounded before anything is decoded; the verifier holds the same bound (ek.MAX_INTERMEDIATES).
+    ek_intermediates: Annotated[list[B64], msgspec.Meta(max_length=MAX_INTERMEDIATES)] = msgspec.field(
+        default_factory=list
+    )
 
 
 class EnrolmentChallenge(msgspec.Struct):
@@ -77,7 +81,9 @@ class Activation(msgspec.Struct, forbid_unknown_fields=True):
 class CertifiedAkCreate(msgspec.Struct, forbid_unknown_fields=True):
     ak_public: B64
     ak_certificate: B64  # base64 DER
-    intermediates: list[B64] = msgspec.field(default_factory=list)
+    intermediates: Annotated[list[B64], msgspec.Meta(max_length=MAX_INTERMEDIATES)] = msgspec.field(
+        default_factory=list
+    )
 
 
 class AkOut(msgspec.Struct):

@@ -13,6 +13,7 @@ from cryptography.x509 import verification
 
 from keyserver.errors import EvidenceError
 from keyserver.evidence.tpm.ek import (
+    MAX_INTERMEDIATES,
     PublicKey,
     TpmCertificate,
     load_ca_certificates,
@@ -202,3 +203,49 @@ def test_ca_bundle_loader() -> None:
     assert len(load_ca_certificates((GCE_ROOTS / "tpm_ek_root_1.cer").read_bytes())) == 1
     with pytest.raises(EvidenceError):
         load_ca_certificates(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+
+
+# --- a crafted set of intermediates: bounded before any chain is built -----------------------------------
+
+
+def _same_name_cas(count: int) -> list[x509.Certificate]:
+    """``count`` distinct CA certificates with one subject, issuer and key: each is a candidate issuer of a
+    leaf that names it, and each candidate's chain was built over all of them (found by review: 2,000 of
+    them made one unauthenticated enrolment take ~90 s of the event loop)."""
+    from .helpers import _ca_cert, _name
+
+    key = ec_key("secp256r1", 7)
+    return [_ca_cert(_name("X"), _name("X"), key, key) for _ in range(count)]
+
+
+def test_more_intermediates_than_a_chain_needs_are_refused_before_any_is_tried() -> None:
+    cas = _same_name_cas(MAX_INTERMEDIATES + 1)
+    leaf = ek_cert(rsa_key().public_key())
+    with pytest.raises(EvidenceError, match=f"at most {MAX_INTERMEDIATES} are accepted") as refused:
+        verify(_der(leaf), intermediates=[ek_ca().issuer, *cas[:MAX_INTERMEDIATES]])
+    assert refused.value.reason == "tpm-cert-chain-invalid"
+
+
+def test_repeated_intermediates_count_once() -> None:
+    """The same certificate sent many times is one intermediate: the chain verifies."""
+    leaf = ek_cert(rsa_key().public_key())
+    verified = verify(_der(leaf), intermediates=[ek_ca().issuer] * (10 * MAX_INTERMEDIATES))
+    assert len(verified.chain) == 3
+
+
+def test_the_enrolment_route_bounds_the_list_before_decoding_it() -> None:
+    import msgspec
+
+    from keyserver.api.tpm import CertifiedAkCreate, EnrolmentCreate
+
+    many = ["AA=="] * (MAX_INTERMEDIATES + 1)
+    with pytest.raises(msgspec.ValidationError, match="length"):
+        msgspec.json.decode(
+            msgspec.json.encode({"ek_public": "AA==", "ak_public": "AA==", "ek_intermediates": many}),
+            type=EnrolmentCreate,
+        )
+    with pytest.raises(msgspec.ValidationError, match="length"):
+        msgspec.json.decode(
+            msgspec.json.encode({"ak_public": "AA==", "ak_certificate": "AA==", "intermediates": many}),
+            type=CertifiedAkCreate,
+        )

@@ -72,6 +72,12 @@ _UNDERSTOOD_CRITICAL = frozenset(
 is informational for EK certificates (TCG EK profile §3.2.7) and no policy is required here."""
 
 MAX_CHAIN_DEPTH = 6
+MAX_INTERMEDIATES = 4
+"""Intermediates a caller may send with a leaf (a real EK or AK chain has one to three). The chain is
+built for each candidate issuer over all of them, and a crafted set (thousands of CAs with one name and
+one key) made one unauthenticated enrolment cost the event loop ~90 s (found by review). With this bound
+and duplicates dropped, the worst crafted set costs ~40 ms (measured: four same-name CAs), and
+enrolments are budgeted like challenges."""
 
 _SERIAL_WARNING = "serial number which wasn't positive"
 _WARNINGS_LOCK = threading.Lock()
@@ -221,6 +227,14 @@ def _verify_chain(
     """Find the leaf's issuer, check its signature, then validate the issuer's chain to a root."""
     if not roots:
         raise _reject("tpm-cert-chain-invalid", what, "cannot be verified: no CA certificate is configured")
+    intermediates = list({c.public_bytes(serialization.Encoding.DER): c for c in intermediates}.values())
+    if len(intermediates) > MAX_INTERMEDIATES:
+        raise _reject(
+            "tpm-cert-chain-invalid",
+            what,
+            f"came with {len(intermediates)} intermediate certificates; at most {MAX_INTERMEDIATES} are"
+            " accepted (send only the chain from the leaf to the CA)",
+        )
     issuer_name = _name_der(cert, issuer=True)
     candidates = [c for c in (*intermediates, *roots) if _name_der(c, issuer=False) == issuer_name]
     if not candidates:
