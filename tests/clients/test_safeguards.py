@@ -320,6 +320,7 @@ def test_a_configuration_that_replays_gives_its_fields_as_claims(
     assert claims["loader.egress.tokens_per_hour"] == 300
     assert "loader.egress.bytes_per_hour" not in claims  # not capped: a policy requiring a cap fails
     assert claims["loader.config_sha256"] == hashlib.sha256(CONFIG_DOMAIN + config).hexdigest()
+    assert claims["loader.config_pcr"] == 10  # the sender's choice: a policy pins it (docs/safeguards.md)
     assert len(claims["loader.program_signers"]) == 1
     assert "loader.tee" not in claims  # this document names no TEE (a version 1 configuration)
     assert claims["loader.gpus"] is False
@@ -368,6 +369,19 @@ def test_malformed_configuration_members_are_refused(change: dict[str, Any]) -> 
     with pytest.raises(EvidenceError) as refused:
         verify_loader_config({**member, **change}, quoted)
     assert refused.value.reason in ("loader-config-invalid", "loader-config-mismatch")
+
+
+@pytest.mark.parametrize("pcr", [16, 17, 22, 23])
+def test_a_configuration_in_a_pcr_software_can_reset_is_refused_even_when_it_replays(pcr: int) -> None:
+    """Replayed from zero into a resettable (16, 23) or DRTM (17-22) PCR, a configuration says nothing of
+    what ran since boot: any process that reset the PCR could have put it there."""
+    signer = ed25519.Ed25519PrivateKey.generate()
+    config = canonical_bytes({"v": 1, "program_signers": {"ci": pem(signer.public_key())}})
+    member, quoted = _member(config, [])
+    member = {**member, "pcr": pcr}
+    with pytest.raises(EvidenceError, match=r"static PCR index \(0\.\.15\)") as refused:
+        verify_loader_config(member, {"sha256": {pcr: quoted["sha256"][10]}})
+    assert refused.value.reason == "loader-config-invalid"
 
 
 def test_a_non_canonical_configuration_is_refused_even_when_it_replays() -> None:

@@ -12,7 +12,9 @@ configuration's digest from zero must give exactly the quoted value, or the rele
 ``loader-config-mismatch`` — a configuration that lies about itself cannot produce matching evidence.
 Only then are its fields read, and only from those exact bytes (which must be canonical JSON).
 
-Claims: ``loader.config_sha256`` (the extended digest), ``loader.program_signers`` and
+Claims: ``loader.config_pcr`` (the PCR it was replayed into: the sender chooses it, so a policy relying
+on ``loader.*`` claims pins it, and that PCR's value with a reference value — docs/safeguards.md),
+``loader.config_sha256`` (the extended digest), ``loader.program_signers`` and
 ``loader.classifier_keys`` (SHA-256 of each key's DER SubjectPublicKeyInfo, lowercase hex, sorted —
 ``keyserver tpm`` users compute it with ``openssl pkey -pubin -outform DER | sha256sum``),
 ``loader.egress.bytes_per_hour``, ``loader.egress.tokens_per_hour``, ``loader.egress.lifetime_bytes``
@@ -43,6 +45,7 @@ __all__ = ["verify_loader_config"]
 
 MAX_CONFIG_BYTES = 64 * 1024
 MAX_PRIOR_EVENTS = 16
+MAX_CONFIG_PCR = 15
 _MEMBERS = frozenset({"pcr", "prior", "config"})
 _HEX32 = re.compile(r"[0-9a-f]{64}")
 _EGRESS = ("bytes_per_hour", "tokens_per_hour", "lifetime_bytes")
@@ -55,8 +58,10 @@ def verify_loader_config(member: object, quoted: Mapping[str, Mapping[int, bytes
     if not isinstance(member, dict) or set(member) != _MEMBERS:
         raise EvidenceError(INVALID, 'loader_config is {"pcr", "prior", "config"}')
     pcr, prior, encoded = member["pcr"], member["prior"], member["config"]
-    if type(pcr) is not int or not 0 <= pcr <= 23:
-        raise EvidenceError(INVALID, "loader_config.pcr is a PCR index (0..23)")
+    if type(pcr) is not int or not 0 <= pcr <= MAX_CONFIG_PCR:
+        # 16 and 23 can be reset by software and 17-22 are DRTM's: a replay from zero there says nothing
+        # about what ran since boot. 0-15 cannot be reset, so the replay is the PCR's whole history.
+        raise EvidenceError(INVALID, f"loader_config.pcr is a static PCR index (0..{MAX_CONFIG_PCR})")
     if not isinstance(prior, list) or len(prior) > MAX_PRIOR_EVENTS:
         raise EvidenceError(INVALID, f"loader_config.prior lists at most {MAX_PRIOR_EVENTS} digests")
     if not all(isinstance(d, str) and _HEX32.fullmatch(d) for d in prior):
@@ -80,7 +85,7 @@ def verify_loader_config(member: object, quoted: Mapping[str, Mapping[int, bytes
             f"the configuration sent, after the {len(prior)} earlier event(s), does not replay to the quoted"
             f" sha256 PCR {pcr}: it is not the configuration this loader measured",
         )
-    return _claims(config, digest)
+    return {**_claims(config, digest), "loader.config_pcr": pcr}
 
 
 def _claims(config: bytes, digest: bytes) -> dict[str, Any]:
