@@ -9,17 +9,25 @@ import json
 from typing import Any
 
 
+class DuplicateMember(ValueError):
+    """An object names a member twice."""
+
+
+class NotJsonConstant(ValueError):
+    """NaN, Infinity or -Infinity, which Python's reader would otherwise accept."""
+
+
 def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for name, value in pairs:
         if name in result:
-            raise ValueError(f"duplicate member {name!r}")
+            raise DuplicateMember(f"duplicate member {name[:64]!r}")
         result[name] = value
     return result
 
 
 def refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+    raise NotJsonConstant(f"{name} is not JSON")
 
 
 # For readers that need ``raw_decode`` (several values, or a value followed by other text).

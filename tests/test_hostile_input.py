@@ -285,6 +285,36 @@ async def test_a_body_with_more_values_than_any_request_is_400_before_it_is_deco
     assert fine.status_code == 200, fine.text
 
 
+async def test_a_member_named_twice_is_400_wherever_it_is(service: Service, acme: World) -> None:
+    """The routes decode with msgspec (the last of a duplicated member wins); a proxy or a reviewer's tool
+    may read the first. Refused before any route sees the body: the challenge named is not used."""
+    unused = await acme.loader.challenge()
+    admin = {**bearer(acme.tenant.admin), "content-type": "application/json"}
+    bodies = [
+        (
+            "/v1/tenants/acme/keys/acme-own/release",
+            '{"challenge":"C","challenge":"C","evidence":{},"ephemeral_key":{}}',
+        ),
+        (
+            "/v1/tenants/acme/keys/acme-own/release",
+            '{"challenge":"C","evidence":{"tee":"tpm","tee":"sev-snp"},"ephemeral_key":{}}',
+        ),
+        (
+            "/v1/tenants/acme/policies",
+            '{"name":"p2","document":{"version":1,"tees":["tpm"],"rules":[],"rules":[]}}',
+        ),
+        ("/v1/tenants/acme/policies/acme-prod/dry-run", '{"claims":{"x":NaN}}'),
+    ]
+    for path, body in bodies:
+        response = await service.client.post(
+            path, content=body.replace("C", unused["id"]).encode(), headers=admin
+        )
+        assert response.status_code == 400, (path, response.text[:300])
+        assert "refused" in response.json()["detail"]
+    fine = await acme.loader.release(acme.imported_key, challenge=unused)
+    assert fine.status_code == 200, fine.text
+
+
 async def test_a_body_that_is_not_utf8_is_400_not_500(service: Service, acme: World) -> None:
     """Found by review: a non-UTF-8 byte inside a JSON string was a 500 on every JSON route."""
     challenge = (await acme.loader.challenge())["id"]

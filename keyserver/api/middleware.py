@@ -10,12 +10,12 @@ from typing import Any
 
 from litestar import Litestar, Request
 from litestar.enums import ScopeType
-from litestar.exceptions import SerializationException
 from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 
 from keyserver.errors import InvalidRequest
 from keyserver.logs import request_id_var
+from keyserver.strict_json import STRICT_DECODER, DuplicateMember, NotJsonConstant
 
 REQUEST_ID_HEADER = b"x-request-id"
 # A caller-supplied id is kept only if it is short and plain, so it cannot forge log lines.
@@ -118,12 +118,17 @@ async def screen_request(request: Request[Any, Any, Any]) -> None:
     if b"\\u0000" in body and _JSON_NUL.search(body):
         raise InvalidRequest("the request body contains a NUL character (\\u0000) in a string")
     try:
-        document = await request.json()
+        # The strict reader (keyserver/strict_json.py): the routes decode with msgspec, which keeps the
+        # last of a duplicated member, where a proxy, a reviewer's tool or another parser may keep the
+        # first; refused here, the routes only ever see bodies every parser reads alike.
+        document = STRICT_DECODER.decode(body.decode("utf-8"))
     except RecursionError:
         raise InvalidRequest(f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels") from None
     except UnicodeDecodeError:  # a ValueError too, but the routes' decoding would raise it as a 500
         raise InvalidRequest("the request body is not UTF-8 (JSON text is UTF-8)") from None
-    except (SerializationException, ValueError):  # malformed: the route's own decoding says what is wrong
+    except (DuplicateMember, NotJsonConstant) as exc:
+        raise InvalidRequest(f"the JSON body is refused: {exc}") from None
+    except ValueError:  # malformed, or not JSON: the route's own decoding says what is wrong
         return
     if _depth_exceeds(document, MAX_JSON_DEPTH):
         raise InvalidRequest(f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels")
