@@ -16,7 +16,7 @@ from keyserver.db.models import KeyVersion
 from keyserver.db.session import Database, Scope
 from keyserver.keys import wrapping_context
 from tests.conftest import Service, bearer
-from tests.test_tenancy import TenantFixture, make_tenant
+from tests.test_tenancy import TenantFixture, logged, make_tenant
 
 
 @pytest.fixture
@@ -74,14 +74,7 @@ async def test_key_lifecycle(service: Service, acme: TenantFixture, db: Database
         with pytest.raises(BackendError):
             await backend.unwrap_to_memory(row.wrapped, context)
 
-    kinds = [
-        e["entry"]["kind"]
-        for e in (
-            await service.client.get(
-                "/v1/tenants/acme/log/entries", params={"start": 0, "end": 5}, headers=admin
-            )
-        ).json()["entries"]
-    ]
+    kinds = [e["kind"] for e in await logged(service, "acme", admin)][:5]
     assert (
         kinds
         == ["key-created", "key-created", "key-rotated", "key-state-changed", "key-state-changed"][

@@ -19,6 +19,8 @@ from keyserver.releaselog.store import ReleaseLog
 from tests.conftest import Service, bearer
 from tests.test_tenancy import TenantFixture, make_tenant
 
+TOKENS = 3  # the entries make_tenant's tokens add to a tenant's log
+
 
 async def seed(db: Database, settings: Settings, name: str, count: int) -> None:
     """Append entries the way the release flow will: through the store, in the tenant's scope."""
@@ -45,7 +47,8 @@ async def seed(db: Database, settings: Settings, name: str, count: int) -> None:
 async def alpha(service: Service, db: Database, settings: Settings) -> TenantFixture:
     tenant = await make_tenant(service, "alpha")
     await make_tenant(service, "beta")
-    await seed(db, settings, "alpha", 11)
+    # 11 entries in all: make_tenant's three tokens (each issued is logged), then eight seeded ones.
+    await seed(db, settings, "alpha", 11 - TOKENS)
     return tenant
 
 
@@ -65,7 +68,9 @@ async def test_checkpoint_entries_and_proofs_verify(service: Service, alpha: Ten
         await client.get("/v1/tenants/alpha/log/entries", params={"start": 0, "end": 11}, headers=auth)
     ).json()
     data = [base64.b64decode(item["data"]) for item in page["entries"]]
-    assert [item["entry"]["n"] for item in page["entries"]] == list(range(11))
+    kinds = [item["entry"]["kind"] for item in page["entries"]]
+    assert kinds == ["token-issued"] * TOKENS + ["key-release"] * (11 - TOKENS)
+    assert [item["entry"].get("n") for item in page["entries"]][TOKENS:] == list(range(11 - TOKENS))
     reference = merkle.MemoryNodeStore()
     reference.extend(data)
     assert reference.root() == checkpoint.root_hash
