@@ -804,8 +804,10 @@ def _check_signing_chain_validity(chain: tuple[x509.Certificate, ...], what: str
 
 
 def _verify_tcb_signing_chain(
-    chain: tuple[x509.Certificate, ...], what: str, *, root: x509.Certificate, now: datetime
+    chain: tuple[x509.Certificate, ...], what: str, *, root: x509.Certificate, now: datetime | None
 ) -> ec.EllipticCurvePublicKey:
+    """The TCB signing chain's structure and anchoring to ``root``, its validity at ``now`` (skipped
+    when ``now`` is ``None``: :func:`authenticate_collateral`), and its P-256 signing key."""
     reason = "collateral-chain-invalid"
     if len(chain) != 2:
         raise EvidenceError(
@@ -816,7 +818,8 @@ def _verify_tcb_signing_chain(
     if common_name(signer.subject) != TCB_SIGNING_CN or is_ca(signer):
         raise EvidenceError(reason, f"the {what} does not start with the Intel SGX TCB Signing certificate")
     verify_issued_by(signer, root, f"TCB signing certificate in the {what}", reason)
-    _check_signing_chain_validity(chain, what, now)
+    if now is not None:
+        _check_signing_chain_validity(chain, what, now)
     key = signer.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
         raise EvidenceError(reason, f"the TCB signing key in the {what} is not ECDSA P-256")
@@ -832,9 +835,12 @@ def _verify_crl(
 ) -> None:
     """Issuer and signature (skipped when ``authenticated``: checked before, against the same issuer),
     then freshness at ``now``."""
-    if authenticated:
-        _check_fresh(what, crl.last_update_utc, crl.next_update_utc, now)
-        return
+    if not authenticated:
+        _authenticate_crl(crl, issuer, what)
+    _check_fresh(what, crl.last_update_utc, crl.next_update_utc, now)
+
+
+def _authenticate_crl(crl: x509.CertificateRevocationList, issuer: x509.Certificate, what: str) -> None:
     if crl.issuer != issuer.subject:
         raise EvidenceError(
             "crl-invalid",
@@ -848,7 +854,6 @@ def _verify_crl(
         valid = False
     if not valid:
         raise EvidenceError("crl-invalid", f"the {what}'s signature does not verify with its issuer's key")
-    _check_fresh(what, crl.last_update_utc, crl.next_update_utc, now)
 
 
 def _not_revoked(
@@ -892,6 +897,67 @@ def verify_collateral(
     )
 
 
+def _signed_by_tcb_signing_chain(
+    collateral: Collateral, which: str, *, root: x509.Certificate, now: datetime | None
+) -> None:
+    """The TCB info's (``which`` = ``"tcb"``) or QE identity's (``"qe"``) issuer chain (validity at
+    ``now`` unless ``None``) and the signature it makes over the exact served bytes."""
+    if which == "tcb":
+        chain, what = collateral.tcb_info_issuer_chain, "TCB info issuer chain"
+        signature, raw = collateral.tcb_info.signature, collateral.tcb_info.raw
+        detail = (
+            "the TCB info signature does not verify with the Intel SGX TCB Signing key (edited or "
+            "re-serialised TCB info? the signature covers the tcbInfo value exactly as served)"
+        )
+    else:
+        chain, what = collateral.qe_identity_issuer_chain, "QE identity issuer chain"
+        signature, raw = collateral.qe_identity.signature, collateral.qe_identity.raw
+        detail = (
+            "the QE identity signature does not verify with the Intel SGX TCB Signing key (edited or "
+            "re-serialised enclaveIdentity?)"
+        )
+    key = _verify_tcb_signing_chain(chain, what, root=root, now=now)
+    if not verify_p256_signature(key, signature, raw):
+        raise EvidenceError("collateral-signature-invalid", detail)
+
+
+def _anchor_pck_crl_issuer_chain(chain: tuple[x509.Certificate, ...], root: x509.Certificate) -> None:
+    reason = "collateral-chain-invalid"
+    if len(chain) != 2:
+        raise EvidenceError(reason, f"the PCK CRL issuer chain holds {len(chain)} certificates; expected 2")
+    anchor_root(chain[1], root, "PCK CRL issuer chain", reason)
+    verify_issued_by(chain[0], root, "PCK CRL issuer CA", reason)
+
+
+def _signing_certificates_not_revoked(collateral: Collateral) -> None:
+    for chain_what, signing_chain in (
+        ("TCB info", collateral.tcb_info_issuer_chain),
+        ("QE identity", collateral.qe_identity_issuer_chain),
+    ):
+        _not_revoked(
+            collateral.root_ca_crl, signing_chain[0], f"{chain_what} signing certificate", "root CA CRL"
+        )
+
+
+def authenticate_collateral(collateral: Collateral, *, root: x509.Certificate) -> None:
+    """That ``collateral`` is Intel's, as far as that depends neither on time nor on a quote: the TCB info
+    and QE identity issuer chains are the TCB Signing certificate issued by ``root`` (anchored by key) and
+    their signatures over the exact served bytes verify; the root CA CRL is issued and signed by ``root``;
+    a PCK CRL issuer chain, if present, is anchored to ``root``; the TCB signing certificates are not
+    revoked by that CRL. Raises the reasons :func:`verify_collateral` raises for the same checks.
+
+    These are exactly the checks :func:`verify_collateral_checks` skips with ``authenticated``, so
+    :class:`~keyserver.evidence.tdx.cache.CollateralCache` runs this before it keeps any collateral: what it
+    holds is authenticated, never merely parsed. Validity windows, freshness and everything that depends on
+    the quote are not checked here (they are on every use)."""
+    _signed_by_tcb_signing_chain(collateral, "tcb", root=root, now=None)
+    _signed_by_tcb_signing_chain(collateral, "qe", root=root, now=None)
+    _authenticate_crl(collateral.root_ca_crl, root, "root CA CRL")
+    if collateral.pck_crl_issuer_chain is not None:
+        _anchor_pck_crl_issuer_chain(collateral.pck_crl_issuer_chain, root)
+    _signing_certificates_not_revoked(collateral)
+
+
 def verify_collateral_checks(
     collateral: Collateral,
     *,
@@ -902,41 +968,18 @@ def verify_collateral_checks(
     authenticated: bool,
 ) -> None:
     """:func:`verify_collateral`'s checks in its order. With ``authenticated`` the checks that depend on
-    neither ``now`` nor the quote (chain structure and anchoring to ``root``, the signatures over the TCB
-    info and QE identity, the root CA CRL's issuer and signature, the PCK CRL issuer chain's anchoring, the
-    TCB signing certificates' revocation) are skipped: only
+    neither ``now`` nor the quote (:func:`authenticate_collateral`'s: chain structure and anchoring to
+    ``root``, the signatures over the TCB info and QE identity, the root CA CRL's issuer and signature, the
+    PCK CRL issuer chain's anchoring, the TCB signing certificates' revocation) are skipped: only
     :class:`~keyserver.evidence.tdx.cache.CollateralCache` passes it, for collateral that passed them
     against this exact ``root``. Everything that depends on ``now`` or on the quote's PCK chain runs
     always, in the same order, so a cached verification fails exactly as an uncached one would."""
     if authenticated:
         _check_signing_chain_validity(collateral.tcb_info_issuer_chain, "TCB info issuer chain", now)
-    elif not verify_p256_signature(
-        _verify_tcb_signing_chain(
-            collateral.tcb_info_issuer_chain, "TCB info issuer chain", root=root, now=now
-        ),
-        collateral.tcb_info.signature,
-        collateral.tcb_info.raw,
-    ):
-        raise EvidenceError(
-            "collateral-signature-invalid",
-            "the TCB info signature does not verify with the Intel SGX TCB Signing key (edited or "
-            "re-serialised "
-            "TCB info? the signature covers the tcbInfo value exactly as served)",
-        )
-    if authenticated:
         _check_signing_chain_validity(collateral.qe_identity_issuer_chain, "QE identity issuer chain", now)
-    elif not verify_p256_signature(
-        _verify_tcb_signing_chain(
-            collateral.qe_identity_issuer_chain, "QE identity issuer chain", root=root, now=now
-        ),
-        collateral.qe_identity.signature,
-        collateral.qe_identity.raw,
-    ):
-        raise EvidenceError(
-            "collateral-signature-invalid",
-            "the QE identity signature does not verify with the Intel SGX TCB Signing key (edited or "
-            "re-serialised enclaveIdentity?)",
-        )
+    else:
+        _signed_by_tcb_signing_chain(collateral, "tcb", root=root, now=now)
+        _signed_by_tcb_signing_chain(collateral, "qe", root=root, now=now)
     _verify_crl(collateral.root_ca_crl, root, "root CA CRL", now, authenticated)
     # The PCK CRL depends on the quote's PCK chain: always checked.
     if collateral.pck_crl.issuer != pck_leaf.issuer:
@@ -949,14 +992,8 @@ def verify_collateral_checks(
     _verify_crl(collateral.pck_crl, pck_intermediate, "PCK CRL", now)
     if collateral.pck_crl_issuer_chain is not None:
         chain = collateral.pck_crl_issuer_chain
-        reason = "collateral-chain-invalid"
         if not authenticated:
-            if len(chain) != 2:
-                raise EvidenceError(
-                    reason, f"the PCK CRL issuer chain holds {len(chain)} certificates; expected 2"
-                )
-            anchor_root(chain[1], root, "PCK CRL issuer chain", reason)
-            verify_issued_by(chain[0], root, "PCK CRL issuer CA", reason)
+            _anchor_pck_crl_issuer_chain(chain, root)
         check_validity(chain[0], now, "PCK CRL issuer CA")
         if spki(chain[0]) != spki(pck_intermediate):
             raise EvidenceError(
@@ -965,13 +1002,7 @@ def verify_collateral_checks(
     _not_revoked(collateral.pck_crl, pck_leaf, "PCK certificate", "PCK CRL")
     _not_revoked(collateral.root_ca_crl, pck_intermediate, "PCK CA certificate", "root CA CRL")
     if not authenticated:
-        for chain_what, signing_chain in (
-            ("TCB info", collateral.tcb_info_issuer_chain),
-            ("QE identity", collateral.qe_identity_issuer_chain),
-        ):
-            _not_revoked(
-                collateral.root_ca_crl, signing_chain[0], f"{chain_what} signing certificate", "root CA CRL"
-            )
+        _signing_certificates_not_revoked(collateral)
     tcb_info = collateral.tcb_info.tcb_info
     _check_fresh("TCB info", tcb_info.issue_date, tcb_info.next_update, now)
     qe_identity = collateral.qe_identity.qe_identity
