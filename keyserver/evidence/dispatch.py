@@ -65,8 +65,9 @@ _tdx_collateral: CollateralCache | None = None
 
 def tdx_collateral_cache() -> CollateralCache:
     """The process's cache of parsed, authenticated TDX collateral (keyserver/evidence/tdx/cache.py: keyed
-    by the exact bytes and bound to the root; validity windows, freshness and everything that depends on
-    the quote are checked on every use)."""
+    by the exact bytes and bound to the pinned Intel root; collateral that does not authenticate is never
+    kept; bounded in entries and bytes; validity windows, freshness and everything that depends on the
+    quote are checked on every use)."""
     global _tdx_collateral
     if _tdx_collateral is None:
         from keyserver.evidence.tdx.cache import CollateralCache

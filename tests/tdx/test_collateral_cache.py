@@ -1,6 +1,7 @@
 """The TDX collateral cache (keyserver/evidence/tdx/cache.py) on real Intel collateral: a hit answers exactly
 as a full verification does (claims, or the same refusal at a time outside validity or with another
-quote), never for other bytes, never for another root, and nothing failed is stored."""
+quote), never for other bytes, never for another root; only authenticated collateral is kept, and the
+cache is bounded in entries and in bytes."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import functools
 import hashlib
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from cryptography import x509
@@ -33,6 +35,7 @@ from keyserver.evidence.tdx import (
     parse_quote,
     verify_pck_chain,
 )
+from keyserver.evidence.tdx.cache import RESIDENT_BYTES_PER_DOCUMENT_BYTE
 from keyserver.evidence.tdx.collateral import (
     parse_crl,
     parse_dcap_qvl_collateral,
@@ -48,13 +51,19 @@ from .helpers import (
     DCAP_QVL_NOW,
     GCP,
     GO_TDX_GUEST_NOW,
+    NOW,
     PCK_PLATFORM_CHAIN,
     SPR,
     TCB_CHAIN_2018,
     TRUSTEE_4,
     TRUSTEE_6,
     ZKDCAP_NOW,
+    make_crl,
     make_pki,
+    pem,
+    qe_identity_obj,
+    raw_sign,
+    tcb_info_obj,
     utc,
     vec,
 )
@@ -147,10 +156,13 @@ def cached(cache: CollateralCache, quote: str, document: bytes, now: datetime) -
 
 
 def warm(cache: CollateralCache, quote: str, name: str) -> None:
+    """Verify ``name``'s collateral through the cache: authenticated when parsed, even its first use is a
+    hit, and it is held afterwards."""
     document, now = collaterals()[name]
-    before = cache.verify_misses
+    before = cache.verify_hits
     assert cached(cache, quote, document, now).claims is not None
-    assert cache.verify_misses == before + 1
+    assert cache.verify_hits == before + 1
+    assert cache.parse(document) is cache.parse(document)
 
 
 def _pck(quote: str, now: datetime) -> tuple[x509.Certificate, x509.Certificate]:
@@ -168,11 +180,12 @@ def test_a_hit_returns_the_same_claims_as_a_miss(quote: str, name: str, status: 
     assert expected.claims is not None
     assert expected.claims["tdx.tcb_status"] == status
     cache = CollateralCache()
-    miss = cached(cache, quote, document, now)
-    assert (cache.parse_misses, cache.verify_misses, cache.verify_hits) == (1, 1, 0)
+    first = cached(cache, quote, document, now)
+    # Authenticated when first parsed, so its first verification already skips that part.
+    assert (cache.parse_misses, cache.verify_misses, cache.verify_hits, len(cache)) == (1, 0, 1, 1)
     hit = cached(cache, quote, document, now)
-    assert (cache.parse_hits, cache.verify_hits) == (1, 1)
-    assert miss == hit == expected
+    assert (cache.parse_hits, cache.verify_hits) == (1, 2)
+    assert first == hit == expected
 
 
 def test_the_same_bytes_parse_to_the_same_object() -> None:
@@ -298,29 +311,138 @@ def test_collateral_the_cache_did_not_parse_is_verified_in_full() -> None:
     assert cache.verify_misses == misses + 1
 
 
-# ----------------------------------------------------------------------------------- nothing failed
+# --------------------------------------------------------------------- only authenticated collateral
 
 
-def test_a_failed_verification_is_never_cached() -> None:
+def _edit(document: bytes, **changes: str) -> bytes:
+    """``document`` with some members replaced, serialised as the release path does."""
+    return json.dumps({**json.loads(document), **changes}, sort_keys=True).encode()
+
+
+def _edit_tcb_info(document: bytes, edit: Callable[[dict[str, Any]], None]) -> bytes:
+    tcb_info = json.loads(json.loads(document)["tcb_info"])
+    edit(tcb_info)
+    return _edit(document, tcb_info=json.dumps(tcb_info))
+
+
+def _flip(hex_text: str, at: int) -> str:
+    return hex_text[:at] + ("0" if hex_text[at] != "0" else "1") + hex_text[at + 1 :]
+
+
+UNAUTHENTIC = {"collateral-signature-invalid", "collateral-chain-invalid", "crl-invalid"}
+
+
+def _unauthentic_variants(document: bytes, i: int) -> list[bytes]:
+    """Variant ``i`` (unique per ``i``) of each way a real document can fail to authenticate while still
+    parsing: the review's attack (the TCB info's advisoryIDs padded, unique per request), whitespace
+    padding inside the signed text, a changed signature, a chain to another root, a root CA CRL signed by
+    someone else."""
+    doc = json.loads(document)
+    other = make_pki()
+
+    def pad(tcb_info: dict[str, Any]) -> None:
+        padding = [f"{i:02x}"[-2:], *(f"{j:02}" for j in range(50))]
+        tcb_info["tcbLevels"][-1].setdefault("advisoryIDs", []).extend(padding)
+
+    return [
+        _edit_tcb_info(document, pad),
+        _edit(document, tcb_info=doc["tcb_info"].replace(",", "," + " " * (i + 1), 1)),
+        _edit(document, tcb_info_signature=_flip(doc["tcb_info_signature"], i % 128)),
+        _edit(document, qe_identity_signature=_flip(doc["qe_identity_signature"], i % 128)),
+        _edit(
+            document,
+            tcb_info_issuer_chain=pem(other.tcb, other.root).decode() + "\n" * (i + 1),
+            qe_identity_issuer_chain=pem(other.tcb, other.root).decode(),
+        ),
+        _edit(document, root_ca_crl=make_crl(other.root, other.root_key, revoked=[i + 1]).hex()),
+    ]
+
+
+def test_collateral_that_does_not_authenticate_is_never_kept() -> None:
+    """The review's finding: every such document was kept after its refusal. Now none is, however many
+    unique variants are sent, and each is still refused exactly as an uncached verification refuses it."""
     document, now = collaterals()["dcap-qvl"]
     cache = CollateralCache()
-    # Fails (stale) on first use: the entry stays unauthenticated, so the next use is verified in full.
-    assert cached(cache, DCAP_QVL, document, now + timedelta(days=1)).reason == "collateral-expired"
+    warm(cache, DCAP_QVL, "dcap-qvl")
+    held = (len(cache), cache.bytes_held)
+    reasons = set()
+    for i in range(4):
+        for variant in _unauthentic_variants(document, i):
+            for _ in range(2):  # the same bytes again: parsed again, never a hit
+                hits = cache.parse_hits
+                outcome = cached(cache, DCAP_QVL, variant, now)
+                assert cache.parse_hits == hits
+                assert outcome == uncached(DCAP_QVL, variant, now)
+                reasons.add(outcome.reason)
+            assert (len(cache), cache.bytes_held) == held
+    assert reasons == UNAUTHENTIC
+    assert cache.unauthenticated == 4 * 6 * 2
+    assert cached(cache, DCAP_QVL, document, now).claims is not None  # the real one is still a hit
+    assert cache.verify_hits == 2
+
+
+def test_authentic_collateral_is_kept_only_for_the_root_it_chains_to() -> None:
+    """Collateral genuinely signed by another PKI is not Intel's: the default cache (pinned Intel root)
+    does not keep it; a cache asked for that root does, bound to it."""
+    pki = make_pki()
+    tcb_chain = pem(pki.tcb, pki.root).decode()
+    document = json.dumps(
+        {
+            "pck_crl_issuer_chain": pem(pki.ca, pki.root).decode(),
+            "root_ca_crl": make_crl(pki.root, pki.root_key).hex(),
+            "pck_crl": make_crl(pki.ca, pki.ca_key).hex(),
+            "tcb_info_issuer_chain": tcb_chain,
+            "tcb_info": json.dumps(tcb_info_obj()),
+            "tcb_info_signature": raw_sign(pki.tcb_key, json.dumps(tcb_info_obj()).encode()).hex(),
+            "qe_identity_issuer_chain": tcb_chain,
+            "qe_identity": json.dumps(qe_identity_obj()),
+            "qe_identity_signature": raw_sign(pki.tcb_key, json.dumps(qe_identity_obj()).encode()).hex(),
+        },
+        sort_keys=True,
+    ).encode()
+    cache = CollateralCache()
+    assert cache.parse(document) is not cache.parse(document)
+    assert (len(cache), cache.unauthenticated) == (0, 2)
+    collateral = cache.parse(document, root=pki.root)
+    assert cache.parse(document) is collateral
+    assert len(cache) == 1
+    cache.verify(collateral, pck_leaf=pki.pck, pck_intermediate=pki.ca, root=pki.root, now=NOW)
+    assert cache.verify_hits == 1
+    with pytest.raises(EvidenceError) as exc:
+        cache.verify(collateral, pck_leaf=pki.pck, pck_intermediate=pki.ca, root=intel_sgx_root_ca(), now=NOW)
+    assert exc.value.reason == "collateral-chain-invalid"
+    assert cache.verify_misses == 1
+    # A TCB signing certificate revoked by the root CA CRL does not authenticate either.
+    revoked = _edit(document, root_ca_crl=make_crl(pki.root, pki.root_key, [pki.tcb.serial_number]).hex())
+    cache.parse(revoked, root=pki.root)
+    assert (len(cache), cache.unauthenticated) == (1, 3)
+
+
+def test_a_refused_use_changes_nothing_in_the_cache() -> None:
+    """Authenticity does not depend on time: stale collateral stays authenticated and is refused on every
+    use (as a full verification refuses it), fresh use of it then succeeds; a refusal with another root
+    neither evicts it nor rebinds it."""
+    document, now = collaterals()["dcap-qvl"]
+    cache = CollateralCache()
+    for at in (now + timedelta(days=1), now - timedelta(days=30)):
+        outcome = cached(cache, DCAP_QVL, document, at)
+        assert outcome == uncached(DCAP_QVL, document, at)
+        assert outcome.reason in ("collateral-expired", "collateral-not-yet-valid")
     assert cached(cache, DCAP_QVL, document, now).claims is not None
-    assert (cache.verify_misses, cache.verify_hits) == (2, 0)
-    # Refused with the wrong root: never cached either.
-    other = CollateralCache()
+    assert (cache.verify_misses, cache.verify_hits, len(cache)) == (0, 3, 1)
     leaf, intermediate = _pck(DCAP_QVL, now)
     for _ in range(2):
         with pytest.raises(EvidenceError):
-            other.verify(
-                other.parse(document),
+            cache.verify(
+                cache.parse(document),
                 pck_leaf=leaf,
                 pck_intermediate=intermediate,
                 root=make_pki().root,
                 now=now,
             )
-    assert (other.verify_misses, other.verify_hits) == (2, 0)
+    assert (cache.verify_misses, cache.verify_hits, len(cache)) == (2, 3, 1)
+    assert cached(cache, DCAP_QVL, document, now).claims is not None
+    assert cache.verify_hits == 4
 
 
 def test_a_malformed_document_stores_nothing() -> None:
@@ -345,6 +467,31 @@ def test_the_cache_is_bounded_and_an_evicted_entry_is_verified_in_full() -> None
     assert cache.verify_misses == misses + 1
     with pytest.raises(ValueError, match="at least 1"):
         CollateralCache(max_entries=0)
+    with pytest.raises(ValueError, match="at least 1"):
+        CollateralCache(max_bytes=0)
+
+
+def test_the_cache_is_bounded_in_bytes() -> None:
+    """Each entry is charged RESIDENT_BYTES_PER_DOCUMENT_BYTE x its document; past max_bytes the least
+    recently used go, and a document that alone exceeds it is verified (in full) but never kept."""
+    documents = [collaterals()[name][0] for name in ("dcap-qvl", "go-tdx-guest", "zkdcap")]
+    costs = [RESIDENT_BYTES_PER_DOCUMENT_BYTE * len(d) for d in documents]
+    assert costs[0] + costs[2] > costs[1] + costs[2] > costs[0] + costs[1]  # 16 KB, 15 KB, 18 KB
+    cache = CollateralCache(max_bytes=costs[0] + costs[2])
+    for document in documents:
+        cache.parse(document)  # the third evicts the first
+    assert (len(cache), cache.bytes_held) == (2, costs[1] + costs[2])
+    assert cache.parse(documents[2]) is cache.parse(documents[2])
+    cache.parse(documents[0])  # evicts go-tdx-guest's, now the least recently used
+    assert (len(cache), cache.bytes_held) == (2, costs[0] + costs[2])
+    small = CollateralCache(max_bytes=costs[0] - 1)
+    collateral = small.parse(documents[0])
+    assert (len(small), small.bytes_held, small.unauthenticated) == (0, 0, 0)
+    now = collaterals()["dcap-qvl"][1]
+    assert _outcome(DCAP_QVL, collateral, now, small).claims is not None
+    assert (small.verify_misses, small.verify_hits) == (1, 0)
+    cache.clear()
+    assert (len(cache), cache.bytes_held) == (0, 0)
 
 
 # --------------------------------------------------------------------------------------- property
@@ -356,7 +503,7 @@ def shared() -> CollateralCache:
     cache = CollateralCache()
     for quote, name, _ in VERIFYING:
         assert cached(cache, quote, *collaterals()[name]).claims is not None
-    assert cache.verify_misses == len(collaterals())
+    assert (cache.verify_misses, len(cache)) == (0, len(collaterals()))
     return cache
 
 
@@ -376,7 +523,7 @@ def test_cached_and_uncached_verification_agree(quote: str, name: str, offset: i
     now = (base + timedelta(seconds=offset)).astimezone(UTC)
     outcome = cached(cache, quote, document, now)
     assert outcome == uncached(quote, document, now)
-    assert cache.verify_misses == len(collaterals())  # every verification since shared() was a hit
+    assert cache.verify_misses == 0  # every verification was a hit
 
 
 # ------------------------------------------------------------------------------- exact equivalence
@@ -543,3 +690,30 @@ def test_the_release_path_verifies_tdx_collateral_through_the_process_cache() ->
     with pytest.raises(EvidenceError) as exc:
         verify({**evidence, "collateral": changed})
     assert exc.value.reason == "collateral-signature-invalid"
+
+
+def test_the_release_path_keeps_no_collateral_that_does_not_authenticate() -> None:
+    """The review's reproduction, scaled down: unique unauthentic collateral, request after request, is
+    refused (403 collateral-signature-invalid, ...) and leaves the process's cache as it was."""
+    document, now = collaterals()["dcap-qvl"]
+    cache = dispatch.tdx_collateral_cache()
+    held = (len(cache), cache.bytes_held)
+    for i in range(10):
+        for variant in _unauthentic_variants(document, 100 + i):
+            with pytest.raises(EvidenceError) as exc:
+                asyncio.run(
+                    dispatch.verify_evidence(
+                        cast(AsyncSession, None),
+                        uuid.uuid4(),
+                        {
+                            "tee": "tdx",
+                            "quote": base64.b64encode(vec(DCAP_QVL)).decode(),
+                            "collateral": json.loads(variant),
+                        },
+                        nonce=b"\0" * 32,
+                        ephemeral_jwk={},
+                        now=now,
+                    )
+                )
+            assert exc.value.reason in UNAUTHENTIC
+    assert (len(cache), cache.bytes_held) == held
