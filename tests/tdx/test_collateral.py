@@ -7,6 +7,7 @@ import json
 import shutil
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -22,6 +23,11 @@ from keyserver.evidence.tdx import (
     verify_tdx_quote,
 )
 from keyserver.evidence.tdx.collateral import (
+    MAX_ADVISORY_IDS,
+    MAX_COLLATERAL_JSON,
+    MAX_FREE_STRING,
+    MAX_MODULE_IDENTITIES,
+    MAX_TCB_LEVELS,
     _verify_tcb_signing_chain,
     parse_crl,
     parse_dcap_qvl_collateral,
@@ -467,3 +473,193 @@ def test_deeply_nested_json_is_malformed_not_a_crash(tmp_path: Path) -> None:
     with pytest.raises(EvidenceError) as exc:
         load_collateral(directory)
     assert _reason(exc) == "collateral-malformed"
+
+
+# ------------------------------------------------------------------------------------------- bounds
+
+
+def _dcap_doc() -> dict[str, str]:
+    doc: dict[str, str] = json.loads(DCAP_QVL_COLLATERAL.read_bytes())
+    return doc
+
+
+def _with_tcb_info(edit: object) -> bytes:
+    doc = _dcap_doc()
+    tcb_info = json.loads(doc["tcb_info"])
+    edit(tcb_info)  # type: ignore[operator]
+    return json.dumps({**doc, "tcb_info": json.dumps(tcb_info)}, sort_keys=True).encode()
+
+
+def _malformed_message(data: bytes) -> str:
+    with pytest.raises(EvidenceError) as exc:
+        parse_dcap_qvl_collateral(data)
+    assert _reason(exc) == "collateral-malformed"
+    assert len(exc.value.message) < 300  # never echoes the oversize input
+    return exc.value.message
+
+
+def test_every_real_collateral_is_within_the_bounds_by_a_wide_margin() -> None:
+    """The bounds' reference: Intel's real collateral (every vector) against each bound."""
+    documents = [
+        vec("tdx/dcap-qvl/tdx_quote_collateral.json"),
+        vec("tdx/dcap-qvl/tdx_quote_outdated_collateral.json"),
+    ]
+    assert max(len(d) for d in documents) * 10 < MAX_COLLATERAL_JSON
+    tcb_infos = [json.loads(json.loads(d)["tcb_info"]) for d in documents]
+    for rel in (
+        "tdx/zkdcap/tcbinfov3_00806f050000.json",
+        "tdx/trustee/tcbInfo.json",
+        "tdx/go-tdx-guest/sample_tcbInfo_response",
+        "tdx/go-tdx-guest/sample_tcbinfo_response_v5",
+    ):
+        assert len(vec(rel)) * 10 < MAX_COLLATERAL_JSON
+        tcb_infos.append(json.loads(vec(rel))["tcbInfo"])
+    levels = [lvl for info in tcb_infos for lvl in info["tcbLevels"]]
+    module_levels = [
+        m for info in tcb_infos for ident in info.get("tdxModuleIdentities", []) for m in ident["tcbLevels"]
+    ]
+    assert max(len(info["tcbLevels"]) for info in tcb_infos) * 10 < MAX_TCB_LEVELS
+    assert max(len(info.get("tdxModuleIdentities", [])) for info in tcb_infos) * 5 < MAX_MODULE_IDENTITIES
+    advisories = [lvl.get("advisoryIDs", []) for lvl in levels + module_levels]
+    assert max(len(a) for a in advisories) * 5 < MAX_ADVISORY_IDS
+    strings = [a for ids in advisories for a in ids] + [
+        c[key]
+        for lvl in levels
+        for part in lvl["tcb"].values()
+        if isinstance(part, list)
+        for c in part
+        for key in ("category", "type")
+        if key in c
+    ]
+    assert max(len(text) for text in strings) * 4 < MAX_FREE_STRING
+
+
+def test_the_reviews_padded_advisory_list_is_refused_by_size() -> None:
+    """The review's document (advisoryIDs padded with 125,000 two-character strings) is refused before
+    it is decoded: it is larger than any real collateral may be."""
+
+    def pad(tcb_info: dict[str, object]) -> None:
+        tcb_info["tcbLevels"][-1].setdefault("advisoryIDs", []).extend(["AB"] * 125_000)  # type: ignore[index]
+
+    message = _malformed_message(_with_tcb_info(pad))
+    assert f"at most {MAX_COLLATERAL_JSON} are accepted" in message
+
+
+def test_oversize_collateral_is_refused() -> None:
+    doc = _dcap_doc()
+    base = json.dumps(doc, sort_keys=True).encode()
+    room = MAX_COLLATERAL_JSON - len(base) - len(b', "pck_certificate_chain": ""')
+    fits = json.dumps({**doc, "pck_certificate_chain": " " * room}, sort_keys=True).encode()
+    assert len(fits) == MAX_COLLATERAL_JSON
+    assert parse_dcap_qvl_collateral(fits).tcb_info.raw == doc["tcb_info"].encode()
+    over = json.dumps({**doc, "pck_certificate_chain": " " * (room + 1)}, sort_keys=True).encode()
+    assert "dcap-qvl collateral: 262145 bytes; at most 262144" in _malformed_message(over)
+    for parse, rel in (
+        (parse_pcs_tcb_info, "tdx/zkdcap/tcbinfov3_00806f050000.json"),
+        (parse_pcs_qe_identity, "tdx/zkdcap/qeidentityv2_tdx.json"),
+    ):
+        body = vec(rel)
+        padded = body + b" " * (MAX_COLLATERAL_JSON - len(body))
+        parse(padded)
+        with pytest.raises(EvidenceError) as exc:
+            parse(padded + b" ")
+        assert _reason(exc) == "collateral-malformed"
+        assert f"at most {MAX_COLLATERAL_JSON} are accepted" in exc.value.message
+    with pytest.raises(EvidenceError) as exc:
+        parse_dcap_qvl_collateral(json.dumps({**doc, "pck_certificate_chain": 1}).encode())
+    assert "pck_certificate_chain: expected a string" in exc.value.message
+
+
+@pytest.mark.parametrize(
+    ("edit", "where", "bound"),
+    [
+        (
+            lambda t: t["tcbLevels"][-1].update(
+                advisoryIDs=[f"INTEL-SA-{i:05}" for i in range(MAX_ADVISORY_IDS + 1)]
+            ),
+            "tcbInfo.tcbLevels[1].advisoryIDs",
+            f"a list of {MAX_ADVISORY_IDS + 1} items; at most {MAX_ADVISORY_IDS}",
+        ),
+        (
+            lambda t: t["tdxModuleIdentities"][1]["tcbLevels"][0].update(
+                advisoryIDs=["INTEL-SA-00001"] * (MAX_ADVISORY_IDS + 1)
+            ),
+            "tcbInfo.tdxModuleIdentities[1].tcbLevels[0].advisoryIDs",
+            f"at most {MAX_ADVISORY_IDS}",
+        ),
+        (
+            lambda t: t["tcbLevels"][-1].update(advisoryIDs=["INTEL-SA-" + "0" * MAX_FREE_STRING]),
+            "tcbInfo.tcbLevels[1].advisoryIDs[0]",
+            f"a string of {MAX_FREE_STRING + 9} characters; at most {MAX_FREE_STRING}",
+        ),
+        (
+            lambda t: t["tcbLevels"][0]["tcb"]["sgxtcbcomponents"][0].update(
+                category="x" * (MAX_FREE_STRING + 1)
+            ),
+            "tcbInfo.tcbLevels[0].tcb.sgxtcbcomponents[0].category",
+            f"at most {MAX_FREE_STRING}",
+        ),
+        (
+            lambda t: t["tcbLevels"][0]["tcb"]["tdxtcbcomponents"][2].update(
+                type="x" * (MAX_FREE_STRING + 1)
+            ),
+            "tcbInfo.tcbLevels[0].tcb.tdxtcbcomponents[2].type",
+            f"at most {MAX_FREE_STRING}",
+        ),
+        (
+            lambda t: t.update(tcbLevels=t["tcbLevels"] * (MAX_TCB_LEVELS // 2 + 1)),
+            "tcbInfo.tcbLevels",
+            f"a list of {MAX_TCB_LEVELS + 2} items; at most {MAX_TCB_LEVELS}",
+        ),
+        (
+            lambda t: t["tdxModuleIdentities"][1].update(
+                tcbLevels=t["tdxModuleIdentities"][1]["tcbLevels"] * (MAX_TCB_LEVELS // 2 + 1)
+            ),
+            "tcbInfo.tdxModuleIdentities[1].tcbLevels",
+            f"at most {MAX_TCB_LEVELS}",
+        ),
+        (
+            lambda t: t.update(
+                tdxModuleIdentities=[
+                    {**t["tdxModuleIdentities"][0], "id": f"TDX_{i:02X}"}
+                    for i in range(MAX_MODULE_IDENTITIES + 1)
+                ]
+            ),
+            "tcbInfo.tdxModuleIdentities",
+            f"a list of {MAX_MODULE_IDENTITIES + 1} items; at most {MAX_MODULE_IDENTITIES}",
+        ),
+    ],
+)
+def test_oversize_lists_and_strings_are_refused(edit: object, where: str, bound: str) -> None:
+    message = _malformed_message(_with_tcb_info(edit))
+    assert message.startswith(f"{where}: ")
+    assert bound in message
+
+
+def test_an_oversize_qe_identity_level_list_is_refused() -> None:
+    doc = _dcap_doc()
+    qe = json.loads(doc["qe_identity"])
+    qe["tcbLevels"] = qe["tcbLevels"] * (MAX_TCB_LEVELS + 1)
+    message = _malformed_message(json.dumps({**doc, "qe_identity": json.dumps(qe)}).encode())
+    assert message.startswith("enclaveIdentity.tcbLevels: ")
+    assert f"at most {MAX_TCB_LEVELS}" in message
+
+
+def test_collateral_at_each_bound_still_parses() -> None:
+    """Exactly at each bound is accepted (only beyond it is refused)."""
+
+    def advisories(t: dict[str, Any]) -> None:
+        t["tcbLevels"][-1]["advisoryIDs"] = ["A" * MAX_FREE_STRING] * MAX_ADVISORY_IDS
+        t["tcbLevels"][0]["tcb"]["sgxtcbcomponents"][0]["category"] = "c" * MAX_FREE_STRING
+
+    def levels(t: dict[str, Any]) -> None:
+        t["tcbLevels"] = (t["tcbLevels"] * MAX_TCB_LEVELS)[:MAX_TCB_LEVELS]
+
+    for edit in (advisories, levels):
+        data = _with_tcb_info(edit)
+        assert len(data) <= MAX_COLLATERAL_JSON
+        info = parse_dcap_qvl_collateral(data).tcb_info.tcb_info
+        if edit is levels:
+            assert len(info.tcb_levels) == MAX_TCB_LEVELS
+        else:
+            assert max(len(level.advisory_ids) for level in info.tcb_levels) == MAX_ADVISORY_IDS

@@ -1,9 +1,11 @@
-"""Property tests: arbitrary input never raises anything but EvidenceError, and no edit to a byte that
-contributes to the verdict ever verifies."""
+"""Property tests: arbitrary input never raises anything but EvidenceError, no edit to a byte that
+contributes to the verdict ever verifies, and collateral is parsed exactly when it is within its bounds."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import json
 import struct
 
 import pytest
@@ -17,7 +19,15 @@ from keyserver.evidence.tdx import (
     replay_ccel,
     verify_tdx_quote,
 )
-from keyserver.evidence.tdx.collateral import parse_pcs_tcb_info
+from keyserver.evidence.tdx.collateral import (
+    MAX_ADVISORY_IDS,
+    MAX_COLLATERAL_JSON,
+    MAX_FREE_STRING,
+    MAX_MODULE_IDENTITIES,
+    MAX_TCB_LEVELS,
+    parse_pcs_tcb_info,
+    parse_tcb_info,
+)
 from keyserver.evidence.tdx.quote import SIG_DATA_OFFSET, SIGNED_SIZE
 from tests.fuzzing import fuzz_settings
 
@@ -102,6 +112,88 @@ def test_random_collateral_only_raises_evidence_error(data: bytes) -> None:
     for parse in (parse_dcap_qvl_collateral, parse_pcs_tcb_info):
         with contextlib.suppress(EvidenceError):
             parse(data)
+
+
+REAL_TCB_INFO = json.loads(json.loads(vec("tdx/dcap-qvl/tdx_quote_collateral.json"))["tcb_info"])
+DCAP_QVL_DOCUMENT = json.loads(vec("tdx/dcap-qvl/tdx_quote_collateral.json"))
+
+
+def _near(bound: int) -> st.SearchStrategy[int]:
+    """Sizes that matter for a bound: around it, and anywhere below and a little above."""
+    return st.one_of(st.integers(max(0, bound - 2), bound + 2), st.integers(0, bound + bound // 4))
+
+
+@fuzz_settings(200)
+@given(
+    levels=_near(MAX_TCB_LEVELS),
+    module_levels=_near(MAX_TCB_LEVELS),
+    identities=_near(MAX_MODULE_IDENTITIES),
+    advisories=_near(MAX_ADVISORY_IDS),
+    advisory_length=_near(MAX_FREE_STRING),
+    category_length=_near(MAX_FREE_STRING),
+    at=st.integers(0, 10_000),
+)
+def test_tcb_info_is_parsed_iff_within_every_bound(
+    levels: int,
+    module_levels: int,
+    identities: int,
+    advisories: int,
+    advisory_length: int,
+    category_length: int,
+    at: int,
+) -> None:
+    """The real TCB info with its lists and free strings resized: parsed exactly when every size is within
+    its bound, otherwise collateral-malformed naming a bound that was exceeded."""
+    tcb_info = copy.deepcopy(REAL_TCB_INFO)
+    all_levels = [copy.deepcopy(tcb_info["tcbLevels"][i % 2]) for i in range(levels)]
+    if all_levels:
+        target = all_levels[at % len(all_levels)]
+        target["advisoryIDs"] = [("INTEL-SA-" + "9" * advisory_length)[:advisory_length]] * advisories
+        target["tcb"]["sgxtcbcomponents"][at % 16]["category"] = "c" * category_length
+    tcb_info["tcbLevels"] = all_levels
+    module = tcb_info["tdxModuleIdentities"][1]
+    module["tcbLevels"] = [copy.deepcopy(module["tcbLevels"][i % 2]) for i in range(max(1, module_levels))]
+    tcb_info["tdxModuleIdentities"] = [
+        {**copy.deepcopy(tcb_info["tdxModuleIdentities"][i % 2]), "id": f"TDX_{i:02X}"}
+        for i in range(identities)
+    ]
+    exceeded = [
+        bound
+        for bound, over in (
+            (MAX_TCB_LEVELS, levels > MAX_TCB_LEVELS or (identities > 1 and module_levels > MAX_TCB_LEVELS)),
+            (MAX_MODULE_IDENTITIES, identities > MAX_MODULE_IDENTITIES),
+            (MAX_ADVISORY_IDS, levels > 0 and advisories > MAX_ADVISORY_IDS),
+            (MAX_FREE_STRING, levels > 0 and category_length > MAX_FREE_STRING),
+            (MAX_FREE_STRING, levels > 0 and advisories > 0 and advisory_length > MAX_FREE_STRING),
+        )
+        if over
+    ]
+    if levels and not exceeded:
+        parsed = parse_tcb_info(tcb_info)
+        assert len(parsed.tcb_levels) == levels
+        assert len(parsed.tdx_module_identities) == identities
+        return
+    with pytest.raises(EvidenceError) as exc:
+        parse_tcb_info(tcb_info)
+    assert exc.value.reason == "collateral-malformed"
+    assert len(exc.value.message) < 300
+    expected = [f"at most {bound} are accepted" for bound in exceeded]
+    if not levels:
+        expected.append("tcbLevels must be a non-empty list")
+    assert any(text in exc.value.message for text in expected), exc.value.message
+
+
+@fuzz_settings(100)
+@given(padding=_near(MAX_COLLATERAL_JSON - len(json.dumps(DCAP_QVL_DOCUMENT)) - 40))
+def test_a_dcap_qvl_document_is_parsed_iff_within_the_size_bound(padding: int) -> None:
+    data = json.dumps({**DCAP_QVL_DOCUMENT, "pck_certificate_chain": " " * padding}).encode()
+    if len(data) <= MAX_COLLATERAL_JSON:
+        parse_dcap_qvl_collateral(data)
+        return
+    with pytest.raises(EvidenceError) as exc:
+        parse_dcap_qvl_collateral(data)
+    assert exc.value.reason == "collateral-malformed"
+    assert f"{len(data)} bytes; at most {MAX_COLLATERAL_JSON} are accepted" in exc.value.message
 
 
 @fuzz_settings(200)

@@ -29,6 +29,11 @@ or two files of one kind, is an error.
 Loading only parses: authenticity and freshness are checked by :func:`verify_collateral` at verification
 time, against the trusted root and ``now``. Parsing is strict: unknown members, duplicate keys, wrong
 types or sizes are ``collateral-malformed``; a document for the wrong TEE/version is ``collateral-mismatch``.
+Parsing is also bounded, as it runs before anything is authenticated: a dcap-qvl document or a PCS JSON
+body over :data:`MAX_COLLATERAL_JSON` bytes, more than :data:`MAX_TCB_LEVELS` TCB levels (of the TCB info,
+a TDX module identity or the QE identity), :data:`MAX_MODULE_IDENTITIES` TDX module identities or
+:data:`MAX_ADVISORY_IDS` advisory IDs in a level, or an advisory ID or component category/type longer
+than :data:`MAX_FREE_STRING` characters is ``collateral-malformed``, saying which bound.
 """
 
 from __future__ import annotations
@@ -66,6 +71,18 @@ from .certs import (
 
 MAX_COLLATERAL_FILE = 2 * 1024 * 1024
 MAX_COLLATERAL_FILES = 32
+
+# Bounds on what a collateral document may hold, each a refusal (collateral-malformed) when exceeded: the
+# parser runs on unauthenticated input before any signature is checked. Real Intel collateral (the vectors
+# under tests/vectors/tdx) is far below each: dcap-qvl documents of 16,072 and 18,793 bytes, PCS TCB info
+# bodies up to 4,921 bytes; at most 4 tcbLevels, 3 levels per TDX module identity, 2 module identities,
+# 1 QE identity level; at most 19 advisoryIDs per level, each 14 characters ("INTEL-SA-00960"); component
+# category/type strings up to 25 characters.
+MAX_COLLATERAL_JSON = 256 * 1024  # a dcap-qvl document, or a PCS TCB info / QE identity body (~13x)
+MAX_TCB_LEVELS = 64  # tcbLevels of the TCB info, of each TDX module identity and of the QE identity (16x)
+MAX_MODULE_IDENTITIES = 16  # tdxModuleIdentities (8x)
+MAX_ADVISORY_IDS = 128  # advisoryIDs of one level (~7x)
+MAX_FREE_STRING = 128  # an advisory ID, a TCB component's category or type (~5x)
 
 TCB_STATUSES = (
     "UpToDate",
@@ -209,6 +226,14 @@ def _loads(text: str, what: str) -> Any:
     return value
 
 
+def _bounded(data: bytes, what: str) -> bytes:
+    if len(data) > MAX_COLLATERAL_JSON:
+        raise _malformed(
+            what, f"{len(data)} bytes; at most {MAX_COLLATERAL_JSON} are accepted (Intel's are ~20 KB)"
+        )
+    return data
+
+
 def _decode_utf8(data: bytes, what: str) -> str:
     try:
         return data.decode("utf-8")
@@ -319,12 +344,32 @@ def _status(value: Any, what: str, allowed: tuple[str, ...]) -> str:
     return text
 
 
+def _free_str(value: Any, what: str) -> str:
+    """A string this verifier does not interpret (passed on, or only compared): at most
+    :data:`MAX_FREE_STRING` characters."""
+    text = _str(value, what)
+    if len(text) > MAX_FREE_STRING:
+        raise _malformed(what, f"a string of {len(text)} characters; at most {MAX_FREE_STRING} are accepted")
+    return text
+
+
+def _list(value: Any, what: str, max_items: int) -> list[Any]:
+    if not isinstance(value, list):
+        raise _malformed(what, "expected a list")
+    if len(value) > max_items:
+        raise _malformed(what, f"a list of {len(value)} items; at most {max_items} are accepted")
+    return value
+
+
 def _advisories(value: Any, what: str) -> tuple[str, ...]:
     if value is None:
         return ()
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+    if not isinstance(value, list):
         raise _malformed(what, "advisoryIDs must be a list of strings")
-    return tuple(value)
+    _list(value, what, MAX_ADVISORY_IDS)
+    if not all(isinstance(v, str) for v in value):
+        raise _malformed(what, "advisoryIDs must be a list of strings")
+    return tuple(_free_str(v, f"{what}[{i}]") for i, v in enumerate(value))
 
 
 def _signature(value: Any, what: str) -> bytes:
@@ -342,7 +387,7 @@ def _components(value: Any, what: str) -> tuple[int, ...]:
         c = _obj(comp, f"{what}[{i}]", {"svn"}, {"category", "type"})
         for key in ("category", "type"):
             if key in c:
-                _str(c[key], f"{what}[{i}].{key}")
+                _free_str(c[key], f"{what}[{i}].{key}")
         out.append(_int(c["svn"], f"{what}[{i}].svn", 0xFF))
     return tuple(out)
 
@@ -351,7 +396,7 @@ def _identity_levels(value: Any, what: str) -> tuple[IdentityTcbLevel, ...]:
     if not isinstance(value, list) or not value:
         raise _malformed(what, "expected a non-empty list of TCB levels")
     levels = []
-    for i, raw in enumerate(value):
+    for i, raw in enumerate(_list(value, what, MAX_TCB_LEVELS)):
         lvl = _obj(raw, f"{what}[{i}]", {"tcb", "tcbDate", "tcbStatus"}, {"advisoryIDs"})
         tcb = _obj(lvl["tcb"], f"{what}[{i}].tcb", {"isvsvn"})
         levels.append(
@@ -428,6 +473,7 @@ def parse_tcb_info(value: Any) -> TcbInfo:
     raw_ids = obj.get("tdxModuleIdentities", [])
     if not isinstance(raw_ids, list):
         raise _malformed(what, "tdxModuleIdentities must be a list")
+    _list(raw_ids, "tcbInfo.tdxModuleIdentities", MAX_MODULE_IDENTITIES)
     seen: set[str] = set()
     for i, raw in enumerate(raw_ids):
         w = f"tcbInfo.tdxModuleIdentities[{i}]"
@@ -446,7 +492,7 @@ def parse_tcb_info(value: Any) -> TcbInfo:
     if not isinstance(obj["tcbLevels"], list) or not obj["tcbLevels"]:
         raise _malformed(what, "tcbLevels must be a non-empty list")
     levels = []
-    for i, raw in enumerate(obj["tcbLevels"]):
+    for i, raw in enumerate(_list(obj["tcbLevels"], "tcbInfo.tcbLevels", MAX_TCB_LEVELS)):
         w = f"tcbInfo.tcbLevels[{i}]"
         lvl = _obj(raw, w, {"tcb", "tcbDate", "tcbStatus"}, {"advisoryIDs"})
         tcb = _obj(lvl["tcb"], f"{w}.tcb", {"sgxtcbcomponents", "pcesvn", "tdxtcbcomponents"})
@@ -531,7 +577,7 @@ def parse_qe_identity(value: Any) -> QeIdentity:
 def parse_pcs_tcb_info(body: bytes) -> SignedTcbInfo:
     """A PCS "Get TDX TCB Info" response body: ``{"tcbInfo": {...}, "signature": "..."}``."""
     what = "TCB info response"
-    members = raw_members(_decode_utf8(body, what), what)
+    members = raw_members(_decode_utf8(_bounded(body, what), what), what)
     if set(members) != {"tcbInfo", "signature"}:
         raise _malformed(what, f"expected members tcbInfo and signature, found {sorted(members)}")
     value, raw = members["tcbInfo"]
@@ -545,7 +591,7 @@ def parse_pcs_tcb_info(body: bytes) -> SignedTcbInfo:
 def parse_pcs_qe_identity(body: bytes) -> SignedQeIdentity:
     """A PCS "Get TDX QE Identity" response body: ``{"enclaveIdentity": {...}, "signature": "..."}``."""
     what = "QE identity response"
-    members = raw_members(_decode_utf8(body, what), what)
+    members = raw_members(_decode_utf8(_bounded(body, what), what), what)
     if set(members) != {"enclaveIdentity", "signature"}:
         raise _malformed(what, f"expected members enclaveIdentity and signature, found {sorted(members)}")
     value, raw = members["enclaveIdentity"]
@@ -636,8 +682,15 @@ _DCAP_QVL_KEYS = {
 def parse_dcap_qvl_collateral(data: bytes) -> Collateral:
     """dcap-qvl's ``QuoteCollateralV3`` serialised as one JSON document (see module docstring)."""
     what = "dcap-qvl collateral"
-    doc = _obj(_loads(_decode_utf8(data, what), what), what, _DCAP_QVL_KEYS, {"pck_certificate_chain"})
+    doc = _obj(
+        _loads(_decode_utf8(_bounded(data, what), what), what),
+        what,
+        _DCAP_QVL_KEYS,
+        {"pck_certificate_chain"},
+    )
     strings = {k: _str(doc[k], f"{what}.{k}") for k in _DCAP_QVL_KEYS}
+    if doc.get("pck_certificate_chain") is not None:  # not used: the quote carries the PCK chain
+        _str(doc["pck_certificate_chain"], f"{what}.pck_certificate_chain")
     tcb_raw, qe_raw = strings["tcb_info"], strings["qe_identity"]
     return Collateral(
         tcb_info=SignedTcbInfo(
