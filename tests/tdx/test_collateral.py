@@ -663,3 +663,22 @@ def test_collateral_at_each_bound_still_parses() -> None:
             assert len(info.tcb_levels) == MAX_TCB_LEVELS
         else:
             assert max(len(level.advisory_ids) for level in info.tcb_levels) == MAX_ADVISORY_IDS
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda t: t["tcbLevels"][0].update(tcbStatus="UpToDate" * 10_000),
+        lambda t: t["tcbLevels"][0].update(tcbDate="2025" * 10_000),
+        lambda t: t.update({"x" * 50_000: 1}),
+        lambda t: t.update(id="TDX" * 10_000),
+        lambda t: t.update(fmspc="00" * 20_000),
+        lambda t: t["tcbLevels"][0]["tcb"].update(pcesvn=["x" * 1000] * 50),
+        lambda t: t["tdxModuleIdentities"][0].update(id="TDX_" * 10_000),
+    ],
+)
+def test_a_refusal_never_echoes_a_large_value(edit: object) -> None:
+    with pytest.raises(EvidenceError) as exc:
+        parse_dcap_qvl_collateral(_with_tcb_info(edit))
+    assert _reason(exc) in ("collateral-malformed", "collateral-mismatch")
+    assert len(exc.value.message) < 300

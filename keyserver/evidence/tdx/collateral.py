@@ -212,6 +212,13 @@ def _malformed(what: str, message: str) -> EvidenceError:
     return EvidenceError(_MALFORMED, f"{what}: {message}")
 
 
+def _show(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` for a refusal's message, cut to ``limit`` characters: the input is hostile and may
+    be large, and the message goes to the caller and the log."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 _DECODER = STRICT_DECODER
 _JSON_WS = " \t\n\r"
 
@@ -278,7 +285,7 @@ def raw_members(text: str, what: str) -> dict[str, tuple[Any, str]]:
             if not isinstance(key, str):
                 raise _malformed(what, "bad member name")
             if key in members:
-                raise _malformed(what, f"duplicate member {key!r}")
+                raise _malformed(what, f"duplicate member {_show(key)}")
             members[key] = (value, text[start:pos])
             pos = skip_ws(pos)
             if pos < len(text) and text[pos] == ",":
@@ -303,14 +310,14 @@ def _obj(
     unknown = keys - required - optional
     if unknown:
         raise _malformed(
-            what, f"unknown members {sorted(unknown)} (refusing what this verifier cannot interpret)"
+            what, f"unknown members {_show(sorted(unknown))} (refusing what this verifier cannot interpret)"
         )
     return value
 
 
 def _int(value: Any, what: str, max_value: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= max_value:
-        raise _malformed(what, f"expected an integer in 0..{max_value}, got {value!r}")
+        raise _malformed(what, f"expected an integer in 0..{max_value}, got {_show(value)}")
     return value
 
 
@@ -323,24 +330,24 @@ def _str(value: Any, what: str) -> str:
 def _hex(value: Any, what: str, size: int) -> bytes:
     text = _str(value, what)
     if len(text) != 2 * size or not re.fullmatch(r"[0-9a-fA-F]*", text):
-        raise _malformed(what, f"expected {size} bytes of hex, got {text[:40]!r}")
+        raise _malformed(what, f"expected {size} bytes of hex, got {_show(text, 40)}")
     return bytes.fromhex(text)
 
 
 def _date(value: Any, what: str) -> datetime:
     text = _str(value, what)
     if not _DATE_RE.fullmatch(text):
-        raise _malformed(what, f"expected an ISO 8601 UTC time like 2025-01-21T11:14:05Z, got {text!r}")
+        raise _malformed(what, f"expected an ISO 8601 UTC time like 2025-01-21T11:14:05Z, got {_show(text)}")
     try:
         return datetime.fromisoformat(text[:-1]).replace(tzinfo=UTC)
     except ValueError as exc:
-        raise _malformed(what, f"invalid date {text!r}") from exc
+        raise _malformed(what, f"invalid date {_show(text)}") from exc
 
 
 def _status(value: Any, what: str, allowed: tuple[str, ...]) -> str:
     text = _str(value, what)
     if text not in allowed:
-        raise _malformed(what, f"unknown TCB status {text!r} (known: {', '.join(allowed)})")
+        raise _malformed(what, f"unknown TCB status {_show(text)} (known: {', '.join(allowed)})")
     return text
 
 
@@ -442,11 +449,11 @@ def parse_tcb_info(value: Any) -> TcbInfo:
         raise _malformed(what, "expected a JSON object")
     if value.get("id") != "TDX":
         raise EvidenceError(
-            _MISMATCH, f"tcbInfo id is {value.get('id')!r}; TDX quotes need the TDX TCB info (id 'TDX')"
+            _MISMATCH, f"tcbInfo id is {_show(value.get('id'))}; TDX quotes need the TDX TCB info (id 'TDX')"
         )
     if value.get("version") != 3:
         raise EvidenceError(
-            _MISMATCH, f"tcbInfo version {value.get('version')!r} is not supported; TDX uses version 3"
+            _MISMATCH, f"tcbInfo version {_show(value.get('version'))} is not supported; TDX uses version 3"
         )
     obj = _obj(
         value,
@@ -480,7 +487,7 @@ def parse_tcb_info(value: Any) -> TcbInfo:
         ident_module, ident = _tdx_module(raw, w, {"id", "tcbLevels"})
         ident_id = _str(ident["id"], f"{w}.id").upper()
         if not re.fullmatch(r"TDX_[0-9A-F]{2}", ident_id) or ident_id in seen:
-            raise _malformed(w, f"bad or repeated id {ident['id']!r}")
+            raise _malformed(w, f"bad or repeated id {_show(ident['id'])}")
         seen.add(ident_id)
         identities.append(
             TdxModuleIdentity(
@@ -529,12 +536,12 @@ def parse_qe_identity(value: Any) -> QeIdentity:
         raise _malformed(what, "expected a JSON object")
     if value.get("id") != "TD_QE":
         raise EvidenceError(
-            _MISMATCH, f"enclaveIdentity id is {value.get('id')!r}; TDX quotes need the TD_QE identity"
+            _MISMATCH, f"enclaveIdentity id is {_show(value.get('id'))}; TDX quotes need the TD_QE identity"
         )
     if value.get("version") != 2:
         raise EvidenceError(
             _MISMATCH,
-            f"enclaveIdentity version {value.get('version')!r} is not supported; TDX uses version 2",
+            f"enclaveIdentity version {_show(value.get('version'))} is not supported; TDX uses version 2",
         )
     obj = _obj(
         value,
@@ -579,7 +586,7 @@ def parse_pcs_tcb_info(body: bytes) -> SignedTcbInfo:
     what = "TCB info response"
     members = raw_members(_decode_utf8(_bounded(body, what), what), what)
     if set(members) != {"tcbInfo", "signature"}:
-        raise _malformed(what, f"expected members tcbInfo and signature, found {sorted(members)}")
+        raise _malformed(what, f"expected members tcbInfo and signature, found {_show(sorted(members))}")
     value, raw = members["tcbInfo"]
     return SignedTcbInfo(
         raw=raw.encode("utf-8"),
@@ -593,7 +600,9 @@ def parse_pcs_qe_identity(body: bytes) -> SignedQeIdentity:
     what = "QE identity response"
     members = raw_members(_decode_utf8(_bounded(body, what), what), what)
     if set(members) != {"enclaveIdentity", "signature"}:
-        raise _malformed(what, f"expected members enclaveIdentity and signature, found {sorted(members)}")
+        raise _malformed(
+            what, f"expected members enclaveIdentity and signature, found {_show(sorted(members))}"
+        )
     value, raw = members["enclaveIdentity"]
     return SignedQeIdentity(
         raw=raw.encode("utf-8"),
