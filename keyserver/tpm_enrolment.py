@@ -6,7 +6,8 @@ An AK is trusted only after one of:
   of the tenant's ``ek-ca`` anchors, or the tenant admin pinned its public key — and the TPM proves, with
   TPM2_ActivateCredential, that it holds that EK and an AK of exactly this Name. The keyserver makes the
   credential in software (MakeCredential), keeps only a hash of the secret, and accepts it back once,
-  within five minutes;
+  within five minutes, if the EK is trusted still (its pin, or an anchor its certificate chained to, may
+  have been removed meanwhile);
 - **an AK certificate** chaining to one of the tenant's ``ak-ca`` anchors (cloud vTPMs, e.g. GCE).
 
 Every change to what a tenant trusts is a release-log entry, in the same transaction.
@@ -27,7 +28,7 @@ from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -220,6 +221,47 @@ async def pin_ek(
     return pinned
 
 
+async def list_pinned_eks(session: AsyncSession, tenant_id: uuid.UUID) -> list[TpmPinnedEk]:
+    query = (
+        select(TpmPinnedEk)
+        .where(TpmPinnedEk.tenant_id == tenant_id)
+        .order_by(TpmPinnedEk.created_at, TpmPinnedEk.fingerprint)
+    )
+    return list((await session.execute(query)).scalars())
+
+
+async def unpin_ek(
+    session: AsyncSession, log: ReleaseLog, tenant: Tenant, fingerprint: str, *, principal: uuid.UUID
+) -> None:
+    """Stop vouching for the EK of this SHA-256 (SubjectPublicKeyInfo, hex). It enrols no AK from now on,
+    and an enrolment it began is refused at activation; the AKs it enrolled stay until revoked, as those
+    of a removed anchor do (docs/tpm.md). Logged."""
+    # One statement, so that two removals at once are one removal and one 404 (the second's DELETE waits
+    # for the first's commit and then matches nothing), never a 500 from a row that vanished between a
+    # read and its delete.
+    removed = await session.execute(
+        delete(TpmPinnedEk)
+        .where(TpmPinnedEk.tenant_id == tenant.id, TpmPinnedEk.fingerprint == fingerprint)
+        .returning(TpmPinnedEk.description)
+        .execution_options(synchronize_session=False)
+    )
+    description = removed.scalar_one_or_none()
+    if description is None:
+        raise NotFound(f"no pinned EK sha256:{fingerprint} in this tenant")
+    await log.append(
+        session,
+        tenant,
+        [
+            records.record(
+                records.TPM_EK_UNPINNED,
+                principal=_principal(principal),
+                ek_sha256=fingerprint,
+                description=description,
+            )
+        ],
+    )
+
+
 # --- enrolment (the TPM's side; authenticated by the TPM itself) -------------------------------------
 
 
@@ -237,13 +279,15 @@ async def begin_enrolment(
     ek = parse_tpm2b_public(ek_public)
     ak = AkPublic.from_tpm2b_public(ak_public)
     fingerprint = key_fingerprint(ek.public_key())
+    ek_anchors: str | None = None
     if ek_certificate is not None:
         anchors = await _anchors(session, tenant.id, "ek-ca")
         if not anchors:
             raise EvidenceError("ek-untrusted", "this tenant trusts no EK CA yet; its admin must add one")
-        verify_ek_certificate(
+        verified = verify_ek_certificate(
             ek_certificate, roots=anchors, intermediates=list(ek_intermediates), now=now, ek_public=ek
         )
+        ek_anchors = " ".join(_anchors_in_chain(verified.chain[1:], anchors))
         trust = "certificate"
     else:
         if await session.get(TpmPinnedEk, (tenant.id, fingerprint)) is None:
@@ -263,6 +307,7 @@ async def begin_enrolment(
         ak_name=ak.public.name().hex(),
         ek_fingerprint=fingerprint,
         ek_trust=trust,
+        ek_anchors=ek_anchors,
         secret_hash=hashlib.sha256(secret).digest(),
         created_at=now,
         expires_at=now + ENROLMENT_LIFETIME,
@@ -298,6 +343,8 @@ async def activate(
             "credential-mismatch",
             "the returned secret is not the credential: the TPM does not hold both this EK and this AK",
         )
+    # After the secret: only the TPM the credential was made for learns whether its EK is trusted still.
+    await _check_ek_still_trusted(session, tenant.id, enrolment)
     enrolment.completed_at = now
     return await _trust_ak(
         session,
@@ -309,6 +356,63 @@ async def activate(
         ek_fingerprint=enrolment.ek_fingerprint,
         now=now,
         detail={"ek_trust": enrolment.ek_trust, "enrolment": str(enrolment.id)},
+    )
+
+
+def _anchors_in_chain(chain: Sequence[x509.Certificate], anchors: Sequence[x509.Certificate]) -> list[str]:
+    """The fingerprints (as ``add_anchor`` stores them) of the anchors among the EK certificate's verified
+    issuers: what activation requires to be anchors still."""
+    configured = {_der_sha256(anchor) for anchor in anchors}
+    found = [fingerprint for fingerprint in map(_der_sha256, chain) if fingerprint in configured]
+    if not found:
+        # A verified chain ends in the store it was verified against; refuse rather than record nothing.
+        raise EvidenceError("ek-untrusted", "the EK certificate chains to none of this tenant's EK CAs")
+    return found
+
+
+def _der_sha256(certificate: x509.Certificate) -> str:
+    return hashlib.sha256(certificate.public_bytes(Encoding.DER)).hexdigest()
+
+
+async def _check_ek_still_trusted(
+    session: AsyncSession, tenant_id: uuid.UUID, enrolment: TpmEnrolment
+) -> None:
+    """Refuse the activation unless the EK that began the enrolment is trusted now: its pin is there, or
+    one of the anchors its certificate chained to is. The tenant admin may have removed either since.
+
+    Read FOR SHARE (PostgreSQL; SQLite's write lock serialises anyway): a removal waits for this
+    activation to commit, or this activation waits for the removal and then finds nothing, so the AK's
+    enrolment and the removal are logged in the order they took effect."""
+    if enrolment.ek_trust == "pinned":
+        pin = (
+            select(TpmPinnedEk.fingerprint)
+            .where(TpmPinnedEk.tenant_id == tenant_id, TpmPinnedEk.fingerprint == enrolment.ek_fingerprint)
+            .with_for_update(read=True)
+        )
+        if (await session.execute(pin)).first() is None:
+            raise EvidenceError(
+                "ek-untrusted",
+                f"EK sha256:{enrolment.ek_fingerprint} is no longer pinned by this tenant (its pin was"
+                " removed after the enrolment began); the AK was not enrolled",
+            )
+        return
+    anchors = (enrolment.ek_anchors or "").split() if enrolment.ek_trust == "certificate" else []
+    if anchors:
+        anchor = (
+            select(TpmTrustAnchor.id)
+            .where(
+                TpmTrustAnchor.tenant_id == tenant_id,
+                TpmTrustAnchor.kind == "ek-ca",
+                TpmTrustAnchor.fingerprint.in_(anchors),
+            )
+            .with_for_update(read=True)
+        )
+        if (await session.execute(anchor)).first() is not None:
+            return
+    raise EvidenceError(
+        "ek-untrusted",
+        "the EK certificate no longer chains to an EK CA of this tenant (the anchor it chained to was removed"
+        " after the enrolment began); the AK was not enrolled",
     )
 
 

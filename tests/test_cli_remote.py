@@ -315,6 +315,14 @@ def test_a_tenant_from_scratch_with_only_the_cli(
     # The rest of the admin's commands, as JSON: pin an EK, revoke what was set up, remove an anchor.
     pinned = admin.json("tpm", "ek", "pin", str(tmp_path / "ek.pub"), "--description", "spare")
     assert pinned["description"] == "spare"
+    assert [p["sha256"] for p in admin.json("tpm", "ek", "list")] == [pinned["sha256"]]
+    # Unpinned, the EK's AK (enrolled by its certificate) is trusted still, and the command says which.
+    enrolled = admin.json("tpm", "ak", "list")[0]["ak_name"]
+    assert admin.json("tpm", "ek", "unpin", pinned["sha256"]) == {
+        "unpinned": pinned["sha256"],
+        "aks_still_trusted": [enrolled],
+    }
+    assert admin.json("tpm", "ek", "list") == []
     assert admin.json("refs", "revoke", "loader", "1")["revoked_at"] is not None
     assert admin.json("signer", "revoke", "ci")["revoked_at"] is not None
     ci_id = next(t["id"] for t in admin.json("token", "list") if t["role"] == "ci-signer")
@@ -389,7 +397,7 @@ def test_completion_covers_every_command() -> None:
     assert {"key", "policy", "refs", "signer", "tpm", "limits", "log", "whoami", "token"} <= set(words[""])
     assert "dry-run" in words["policy"]
     assert "--evidence" in words["policy dry-run"]
-    assert "pin" in words["tpm ek"]
+    assert {"pin", "list", "unpin"} <= set(words["tpm ek"])
     script = completion_script("bash")
     assert "complete -o filenames -F _keyserver_remote keyserver" in script
     checked = subprocess.run(["bash", "-n"], input=script, text=True, capture_output=True, timeout=30)

@@ -10,9 +10,9 @@ What "isolated" means here (README, "Roles and tokens"; docs/api.md, "not-found"
 
 * a tenant route naming beta, called with an alpha token, answers exactly what it answers for a tenant
   that does not exist (status, problem type, and detail up to the name itself), and never 2xx;
-* a route on alpha's own path that names one of beta's things (a token, an anchor, an AK, an enrolment, a
-  key, a policy, a reference-value set, a CI signer, a challenge, an attestation result) answers exactly
-  what it answers for a thing that does not exist, and never 2xx — with or without a token;
+* a route on alpha's own path that names one of beta's things (a token, an anchor, a pinned EK, an AK, an
+  enrolment, a key, a policy, a reference-value set, a CI signer, a challenge, an attestation result)
+  answers exactly what it answers for a thing that does not exist, and never 2xx — with or without a token;
 * no answer to alpha carries beta's tenant id;
 * afterwards beta's state, as beta's admin reads it through every list route, is what it was; and on
   PostgreSQL every tenant table has row-level security forced and an unfiltered query in alpha's scope
@@ -65,6 +65,7 @@ PARAM_REFS = {
     "anchor_id": "anchor_id",
     "ak_name": "ak_name",
     "enrolment_id": "enrolment_id",
+    "fingerprint": "pinned_ek",
 }
 FIXED_PARAMS = {"version": "1", "path": "openapi.json", "file": "explorer.js"}
 DROPPED = {"request_id", "instance", "log_index", "receipt"}
@@ -229,6 +230,8 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("POST", T + "/tpm/pinned-eks"): Route(
         "tenant", _const({"ek_public": b64(bytes(range(64))), "description": "walk"})
     ),
+    ("GET", T + "/tpm/pinned-eks"): Route("tenant"),
+    ("DELETE", T + "/tpm/pinned-eks/{fingerprint}"): Route("tenant"),
     ("GET", T + "/tpm/aks"): Route("tenant"),
     ("DELETE", T + "/tpm/aks/{ak_name}"): Route("tenant"),
     ("GET", T + "/keys"): Route("tenant"),
@@ -361,6 +364,8 @@ class Walk:
             return str(uuid.uuid4())
         if ref == "ak_name":
             return "000b" + uuid.uuid4().hex * 2
+        if ref == "pinned_ek":  # a SHA-256 no EK here has
+            return uuid.uuid4().hex * 2
         if ref == "attestation_token":
             # Well formed and bound to alpha's loader key, from a key this keyserver never had.
             return issue_attestation_result(

@@ -73,6 +73,29 @@ async def acme(service: Service) -> TenantFixture:
     return tenant
 
 
+async def tpm_entries(service: Service, tenant: TenantFixture) -> list[dict[str, Any]]:
+    """The tenant's log entries about TPM trust, in order (the tenant's token-issued entries left out)."""
+    auditor = bearer(tenant.auditor)
+    checkpoint = await service.client.get(f"/v1/tenants/{tenant.name}/log/checkpoint", headers=auditor)
+    size = int(checkpoint.text.split()[1])
+    page = await service.client.get(
+        f"/v1/tenants/{tenant.name}/log/entries", params={"start": 0, "end": size}, headers=auditor
+    )
+    entries = [e["entry"] for e in page.json()["entries"]]
+    return [e for e in entries if e["kind"].startswith("tpm-")]
+
+
+async def pin(service: Service, tenant: TenantFixture, tpm: SoftTpm, description: str = "") -> str:
+    spki = tpm.ek.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    pinned = await service.client.post(
+        f"/v1/tenants/{tenant.name}/tpm/pinned-eks",
+        json={"ek_public": b64(spki), "description": description},
+        headers=bearer(tenant.admin),
+    )
+    assert pinned.status_code == 201, pinned.text
+    return str(pinned.json()["sha256"])
+
+
 async def trust_test_ek_ca(service: Service, tenant: TenantFixture) -> None:
     for name, cert in (("test root", ek_ca().root), ("test issuer", ek_ca().issuer)):
         response = await service.client.post(
@@ -185,6 +208,112 @@ async def test_pinned_ek_enrols_without_a_certificate(service: Service, acme: Te
         json={"secret": tpm.activate(challenge)},
     )
     assert activated.status_code == 201
+
+
+async def test_pinned_eks_are_listed_and_removed(service: Service, acme: TenantFixture) -> None:
+    first = SoftTpm(ec_key("secp256r1", 13), ec_key("secp256r1", 14))
+    second = SoftTpm(ec_key("secp256r1", 15), ec_key("secp256r1", 16))
+    rack4, rack5 = await pin(service, acme, first, "rack 4"), await pin(service, acme, second, "rack 5")
+    url = "/v1/tenants/acme/tpm/pinned-eks"
+    listed = await service.client.get(url, headers=bearer(acme.auditor))
+    assert listed.status_code == 200, listed.text
+    assert [(p["sha256"], p["description"]) for p in listed.json()] == [(rack4, "rack 4"), (rack5, "rack 5")]
+    assert all(p["created_at"] for p in listed.json())
+    # Removing is the admin's; an auditor reads only.
+    assert (await service.client.delete(f"{url}/{rack4}", headers=bearer(acme.auditor))).status_code == 403
+    assert (await service.client.delete(f"{url}/{rack4}")).status_code == 401
+    removed = await service.client.delete(f"{url}/{rack4}", headers=bearer(acme.admin))
+    assert removed.status_code == 204, removed.text
+    assert [p["sha256"] for p in (await service.client.get(url, headers=bearer(acme.admin))).json()] == [
+        rack5
+    ]
+    # Gone, unknown, or another tenant's: the same 404.
+    again = await service.client.delete(f"{url}/{rack4}", headers=bearer(acme.admin))
+    assert again.status_code == 404
+    assert again.json()["type"] == "urn:keyserver:problem:not-found"
+    assert (await service.client.delete(f"{url}/{'0' * 64}", headers=bearer(acme.admin))).status_code == 404
+    globex = await service.client.delete(
+        f"/v1/tenants/globex/tpm/pinned-eks/{rack5}", headers=bearer(acme.admin)
+    )
+    assert globex.status_code == 404
+    # The removed EK enrols nothing any more; the other still does.
+    unpinned = await service.client.post(
+        "/v1/tenants/acme/tpm/enrolments", json={"ek_public": first.ek_public, "ak_public": first.ak_public}
+    )
+    assert unpinned.status_code == 403
+    assert unpinned.json()["reason"] == "ek-untrusted"
+    still = await service.client.post(
+        "/v1/tenants/acme/tpm/enrolments", json={"ek_public": second.ek_public, "ak_public": second.ak_public}
+    )
+    assert still.status_code == 201, still.text
+    # Logged, with who did it; the failed removals are not.
+    entries = await tpm_entries(service, acme)
+    assert [e["kind"] for e in entries] == ["tpm-ek-pinned", "tpm-ek-pinned", "tpm-ek-unpinned"]
+    assert entries[2]["ek_sha256"] == rack4
+    assert entries[2]["description"] == "rack 4"
+    assert entries[2]["principal"].startswith("token:")
+
+
+async def test_removing_a_pin_refuses_its_enrolments_in_flight_and_keeps_its_aks(
+    service: Service, acme: TenantFixture
+) -> None:
+    """The pin stops the EK enrolling; AKs it enrolled stay, as a removed anchor's do (docs/tpm.md)."""
+    tpm = SoftTpm(ec_key("secp256r1", 13), ec_key("secp256r1", 14))
+    fingerprint = await pin(service, acme, tpm, "rack 4")
+    body = {"ek_public": tpm.ek_public, "ak_public": tpm.ak_public}
+    enrolled = (await service.client.post("/v1/tenants/acme/tpm/enrolments", json=body)).json()
+    url = f"/v1/tenants/acme/tpm/enrolments/{enrolled['enrolment_id']}/activate"
+    assert (await service.client.post(url, json={"secret": tpm.activate(enrolled)})).status_code == 201
+    # A second AK of the same TPM: begun under the pin, to be activated after its removal.
+    later = SoftTpm(ec_key("secp256r1", 13), ec_key("secp256r1", 17))
+    body = {"ek_public": later.ek_public, "ak_public": later.ak_public}
+    pending = (await service.client.post("/v1/tenants/acme/tpm/enrolments", json=body)).json()
+    removed = await service.client.delete(
+        f"/v1/tenants/acme/tpm/pinned-eks/{fingerprint}", headers=bearer(acme.admin)
+    )
+    assert removed.status_code == 204
+    url = f"/v1/tenants/acme/tpm/enrolments/{pending['enrolment_id']}/activate"
+    refused = await service.client.post(url, json={"secret": later.activate(pending)})
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["reason"] == "ek-untrusted"
+    # A wrong secret is still told only that it is wrong.
+    wrong = await service.client.post(url, json={"secret": b64(bytes(32))})
+    assert wrong.json()["reason"] == "credential-mismatch"
+    aks = (await service.client.get("/v1/tenants/acme/tpm/aks", headers=bearer(acme.admin))).json()
+    assert [(a["ak_name"], a["ek_sha256"], a["revoked_at"]) for a in aks] == [
+        (tpm.ak.name().hex(), fingerprint, None)
+    ]
+    assert [e["kind"] for e in await tpm_entries(service, acme)] == [
+        "tpm-ek-pinned",
+        "tpm-ak-enrolled",
+        "tpm-ek-unpinned",
+    ]
+    # Pinned again (within the enrolment's five minutes), the EK is trusted again, and so is its proof.
+    await pin(service, acme, tpm, "rack 4, back")
+    assert (await service.client.post(url, json={"secret": later.activate(pending)})).status_code == 201
+
+
+async def test_removing_the_anchor_refuses_the_enrolments_begun_under_it(
+    service: Service, acme: TenantFixture
+) -> None:
+    await trust_test_ek_ca(service, acme)
+    tpm = SoftTpm(rsa_key(2048, 7), ec_key("secp256r1", 8))
+    body = {"ek_public": tpm.ek_public, "ak_public": tpm.ak_public, "ek_certificate": tpm.ek_certificate}
+    pending = (await service.client.post("/v1/tenants/acme/tpm/enrolments", json=body)).json()
+    anchors = (await service.client.get("/v1/tenants/acme/tpm/anchors", headers=bearer(acme.admin))).json()
+    for anchor in anchors:
+        removed = await service.client.delete(
+            f"/v1/tenants/acme/tpm/anchors/{anchor['id']}", headers=bearer(acme.admin)
+        )
+        assert removed.status_code == 204
+    url = f"/v1/tenants/acme/tpm/enrolments/{pending['enrolment_id']}/activate"
+    refused = await service.client.post(url, json={"secret": tpm.activate(pending)})
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["reason"] == "ek-untrusted"
+    assert (await service.client.get("/v1/tenants/acme/tpm/aks", headers=bearer(acme.admin))).json() == []
+    # The same certificate under the same CA, trusted again: activated.
+    await trust_test_ek_ca(service, acme)
+    assert (await service.client.post(url, json={"secret": tpm.activate(pending)})).status_code == 201
 
 
 async def test_an_ak_that_is_not_a_restricted_signing_key_is_refused(

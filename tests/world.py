@@ -104,6 +104,7 @@ class World:
     tenant_id: str
     token_ids: dict[str, str]  # role -> token id
     anchor_id: str
+    pinned_ek: str  # the pinned EK's SHA-256 (hex)
     ak_name: str
     enrolment_id: str  # begun, never activated
     signer: str
@@ -161,13 +162,15 @@ async def populate(service: Service, name: str, seed: int, material: bytes | Non
     ak_private = ec_key("secp256r1", 100 + seed)
     tpm = SoftTpm(rsa_key(2048, 100 + seed), ak_private)
     pinned = SoftTpm(ec_key("secp256r1", 200 + seed), ec_key("secp256r1", 300 + seed))
-    await _ok(
-        await client.post(
-            f"{base}/tpm/pinned-eks",
-            json={"ek_public": pinned.ek_public, "description": f"{name} pinned"},
-            headers=admin,
+    pinned_ek = (
+        await _ok(
+            await client.post(
+                f"{base}/tpm/pinned-eks",
+                json={"ek_public": pinned.ek_public, "description": f"{name} pinned"},
+                headers=admin,
+            )
         )
-    )
+    )["sha256"]
     enrolment = {"ek_public": tpm.ek_public, "ak_public": tpm.ak_public, "ek_certificate": tpm.ek_certificate}
     started = await _ok(await client.post(f"{base}/tpm/enrolments", json=enrolment))
     await _ok(
@@ -265,6 +268,7 @@ async def populate(service: Service, name: str, seed: int, material: bytes | Non
         tenant_id=tenant_id,
         token_ids=token_ids,
         anchor_id=anchor_id,
+        pinned_ek=pinned_ek,
         ak_name=tpm.ak.name().hex(),
         enrolment_id=pending["enrolment_id"],
         signer=signer,

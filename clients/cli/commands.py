@@ -319,6 +319,32 @@ async def ek_pin(args: argparse.Namespace, client: KeyserverClient, out: Printer
     return EXIT_OK
 
 
+async def ek_list(args: argparse.Namespace, client: KeyserverClient, out: Printer) -> int:
+    pinned = await client.admin.list_pinned_eks()
+    rows = [[p.sha256, p.description, p.created_at] for p in pinned]
+    out.emit(pinned, out.table(["SHA256", "DESCRIPTION", "PINNED"], rows))
+    return EXIT_OK
+
+
+async def ek_unpin(args: argparse.Namespace, client: KeyserverClient, out: Printer) -> int:
+    await client.admin.unpin_ek(args.sha256)
+    # Removing the pin stops new enrolments only: say which AKs of this EK are trusted still, so that a
+    # retired or compromised TPM is not taken for gone while its AKs can still release keys.
+    still = [
+        a.ak_name
+        for a in await client.admin.list_aks()
+        if a.ek_sha256 == args.sha256 and a.revoked_at is None
+    ]
+    text = f"unpinned EK sha256 {args.sha256}"
+    if still:
+        text += (
+            f"; {len(still)} AK(s) it enrolled are trusted until revoked (tpm ak revoke NAME): "
+            + ", ".join(still)
+        )
+    out.emit({"unpinned": args.sha256, "aks_still_trusted": still}, text)
+    return EXIT_OK
+
+
 async def ak_list(args: argparse.Namespace, client: KeyserverClient, out: Printer) -> int:
     aks = await client.admin.list_aks()
     out.emit(aks, out.table(["AK NAME", "METHOD"], [[a.ak_name, a.method] for a in aks]))
@@ -416,6 +442,8 @@ _HANDLERS: dict[str, Handler] = {
     "tpm anchor list": anchor_list,
     "tpm anchor remove": anchor_remove,
     "tpm ek pin": ek_pin,
+    "tpm ek list": ek_list,
+    "tpm ek unpin": ek_unpin,
     "tpm ak list": ak_list,
     "tpm ak revoke": ak_revoke,
     "limits show": limits_show,

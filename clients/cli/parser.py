@@ -135,6 +135,10 @@ def _tpm(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     pin.add_argument("ek_public", type=Path)
     pin.add_argument("--description", default="")
+    _json(ek.add_parser("list", help="the tenant's pinned EKs"))
+    _json(
+        ek.add_parser("unpin", help="stop vouching for an EK (its AKs stay until revoked: tpm ak revoke)")
+    ).add_argument("sha256", help="the EK's SHA-256, as pin and list show it")
     ak = tpm.add_parser("ak", help="enrolled attestation keys").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )

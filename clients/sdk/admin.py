@@ -114,6 +114,17 @@ class AdminApi(TenantRoutes):
             (await self._transport.call("POST", self._path("tpm", "pinned-eks"), body=body)).fields()
         )
 
+    async def list_pinned_eks(self) -> list[PinnedEk]:
+        reply = await self._transport.call("GET", self._path("tpm", "pinned-eks"))
+        return [PinnedEk.parse(f) for f in reply.items()]
+
+    async def unpin_ek(self, sha256: str) -> None:
+        """Stop vouching for the EK of this SHA-256 (as ``pin_ek`` answered it). It enrols no AK from now
+        on; AKs it already enrolled stay trusted until revoked (``revoke_ak``; ``list_aks`` names their
+        EK)."""
+        path = self._path("tpm", "pinned-eks", segment(sha256, "EK SHA-256"))
+        (await self._transport.call("DELETE", path)).nothing()
+
     async def list_aks(self) -> list[AttestationKey]:
         reply = await self._transport.call("GET", self._path("tpm", "aks"))
         return [AttestationKey.parse(f) for f in reply.items()]

@@ -98,10 +98,11 @@ class TrustAnchor:
 class PinnedEk:
     sha256: str
     description: str
+    created_at: datetime
 
     @classmethod
     def parse(cls, f: Fields) -> PinnedEk:
-        return cls(f.string("sha256"), f.string("description"))
+        return cls(f.string("sha256"), f.string("description"), f.timestamp("created_at"))
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from litestar.params import FromPath, JSONBody
 from keyserver import tpm_enrolment as tpm
 from keyserver.api.auth import SECURITY, tenant_session
 from keyserver.api.problems import LOADER, TOKEN_READ, TOKEN_WRITE
-from keyserver.db.models import TpmAk, TpmTrustAnchor
+from keyserver.db.models import TpmAk, TpmPinnedEk, TpmTrustAnchor
 from keyserver.db.session import Database, Scope
 from keyserver.evidence.tpm.ek import MAX_INTERMEDIATES
 from keyserver.releaselog.store import ReleaseLog
@@ -54,6 +54,11 @@ class PinnedEkCreate(msgspec.Struct, forbid_unknown_fields=True):
 class PinnedEkOut(msgspec.Struct):
     sha256: str
     description: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, pinned: TpmPinnedEk) -> PinnedEkOut:
+        return cls(pinned.fingerprint, pinned.description, pinned.created_at)
 
 
 class EnrolmentCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -103,7 +108,8 @@ def _certificate_bytes(text: str) -> bytes:
 
 
 class TpmAdminController(Controller):
-    """What the tenant trusts for TPMs (tenant-admin; anchors and AKs also readable by auditors)."""
+    """What the tenant trusts for TPMs (tenant-admin; anchors, pinned EKs and AKs also readable by
+    auditors)."""
 
     path = "/v1/tenants/{tenant:str}/tpm"
     tags = ("tpm",)
@@ -176,7 +182,34 @@ class TpmAdminController(Controller):
                 description=data.description,
                 principal=principal.token_id,
             )
-        return PinnedEkOut(sha256=pinned.fingerprint, description=pinned.description)
+        return PinnedEkOut.of(pinned)
+
+    @get("/pinned-eks", summary="The EKs the tenant vouches for directly", responses=TOKEN_READ)
+    async def pinned_eks(
+        self, principal: NamedDependency[Principal], db: NamedDependency[Database], tenant: FromPath[str]
+    ) -> list[PinnedEkOut]:
+        async with tenant_session(db, principal, tenant, Role.TENANT_ADMIN, Role.AUDITOR) as (
+            session,
+            target,
+        ):
+            return [PinnedEkOut.of(p) for p in await tpm.list_pinned_eks(session, target.id)]
+
+    @delete(
+        "/pinned-eks/{fingerprint:str}",
+        status_code=204,
+        summary="Stop vouching for an EK (its SHA-256); AKs it enrolled stay until revoked",
+        responses=TOKEN_WRITE,
+    )
+    async def unpin_ek(
+        self,
+        principal: NamedDependency[Principal],
+        db: NamedDependency[Database],
+        release_log: NamedDependency[ReleaseLog],
+        tenant: FromPath[str],
+        fingerprint: FromPath[str],
+    ) -> None:
+        async with tenant_session(db, principal, tenant, Role.TENANT_ADMIN) as (session, target):
+            await tpm.unpin_ek(session, release_log, target, fingerprint, principal=principal.token_id)
 
     @get("/aks", summary="The tenant's enrolled attestation keys", responses=TOKEN_READ)
     async def aks(

@@ -170,6 +170,9 @@ class TpmEnrolment(Base):
     ak_name: Mapped[str] = mapped_column(String(140))  # hex
     ek_fingerprint: Mapped[str] = mapped_column(String(64))
     ek_trust: Mapped[str] = mapped_column(String(32))  # "certificate" or "pinned"
+    # "certificate": the SHA-256 fingerprints (hex, space-separated) of the tenant's ek-ca anchors in the
+    # EK certificate's verified chain; activation requires one of them to be an anchor still (0015).
+    ek_anchors: Mapped[str | None] = mapped_column(Text)
     secret_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

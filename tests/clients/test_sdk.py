@@ -247,6 +247,15 @@ async def test_tpm_trust_and_enrolment(sdk: Clients) -> None:
 
     loader = SoftLoader(2)
     ak_name = await loader.enrol(sdk.admin)
+    pinned = await sdk.auditor.admin.list_pinned_eks()
+    assert [(p.sha256, p.description) for p in pinned] == [
+        (hashlib.sha256(loader.ek_spki).hexdigest(), "soft TPM")
+    ]
+    await admin.unpin_ek(pinned[0].sha256)
+    assert await admin.list_pinned_eks() == []
+    with pytest.raises(NotFound):
+        await admin.unpin_ek(pinned[0].sha256)
+    # The AK it enrolled stays until revoked (docs/tpm.md).
     assert [a.ak_name for a in await sdk.auditor.admin.list_aks()] == [ak_name]
     assert (await admin.revoke_ak(ak_name)).revoked_at is not None
 
