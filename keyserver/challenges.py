@@ -70,13 +70,16 @@ def new_challenge(tenant_id: uuid.UUID, now: datetime) -> Challenge:
     )
 
 
-def purge_before(tenant_id: uuid.UUID, now: datetime) -> datetime | None:
+def purge_before(
+    tenant_id: uuid.UUID, now: datetime, *, last_purge: BoundedCache[uuid.UUID, datetime] = _last_purge
+) -> datetime | None:
     """The expiry before which the tenant's challenges are to be deleted with this issue, or None when
-    this process purged them less than PURGE_INTERVAL ago."""
-    last = _last_purge.get(tenant_id)
+    this process purged them less than PURGE_INTERVAL ago. ``last_purge``: when this process last purged
+    each tenant, for another kind of short-lived row purged the same way (TPM enrolments)."""
+    last = last_purge.get(tenant_id)
     if last is not None and abs(now - last) < PURGE_INTERVAL:
         return None
-    _last_purge.put(tenant_id, now)
+    last_purge.put(tenant_id, now)
     return now - PURGE_AFTER
 
 

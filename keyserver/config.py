@@ -123,7 +123,8 @@ class Settings:
     # Release limits that apply where the tenant admin set none: attempts per tenant, grants per key.
     release_limit_tenant: Budget | None = DEFAULT_TENANT_LIMIT
     release_limit_key: Budget | None = None
-    # Challenges a tenant may be issued per window (KEYSERVER_CHALLENGE_LIMIT, N/S or off).
+    # Challenges a tenant may be issued, TPM enrolments begun included, per window
+    # (KEYSERVER_CHALLENGE_LIMIT, N/S or off).
     challenge_limit: Budget | None = DEFAULT_CHALLENGE_LIMIT
     # Tenants whose release log anyone may read without a token (the log routes and the explorer):
     # KEYSERVER_PUBLIC_LOGS=acme,umbrella. Empty by default: a log is read with an auditor token.

@@ -51,7 +51,8 @@ from keyserver.releaselog import records
 from keyserver.releaselog.store import ReleaseLog
 
 TENANT = "tenant"
-# Challenge issuance, counted like attempts under the operator's KEYSERVER_CHALLENGE_LIMIT.
+# Challenge issuance (and TPM enrolments begun), counted like attempts under the operator's
+# KEYSERVER_CHALLENGE_LIMIT.
 CHALLENGES = "challenges"
 RELEASE_LIMIT_SET = "release-limit-set"
 RELEASE_LIMIT_REMOVED = "release-limit-removed"
@@ -406,6 +407,9 @@ _PG_ADMIT_ATTEMPT = (
 # migrations/versions/0012: a challenge counted, the long-expired purged and the new one stored, in one
 # statement, its own transaction.
 _PG_ISSUE_CHALLENGE = "SELECT keyserver_issue_challenge($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+# migrations/versions/0012: one counted against a scope's budget, in the caller's transaction (what
+# keyserver_issue_challenge counts a challenge with).
+_PG_TAKE = "SELECT keyserver_take($1, $2, $3, $4, $5)"
 
 
 class ReleaseLimiter:
@@ -509,12 +513,49 @@ class ReleaseLimiter:
         assert budget is not None  # the function refuses only against a budget it was given
         raise self._challenges_spent(tenant, budget, retry_after)
 
+    async def take_challenge(self, session: AsyncSession, tenant: Tenant, now: datetime) -> None:
+        """Count one against ``tenant``'s challenge budget in ``session``'s transaction, for something
+        other than a challenge that a caller without a token makes the keyserver store (a TPM enrolment
+        begun); ``RateLimited`` as ``issue_challenge`` raises it when the budget of this window is spent.
+
+        The same counter and the same counting as a challenge's (PostgreSQL's ``keyserver_take``, SQLite's
+        procedure), in the caller's transaction: the count commits with what it paid for, and a refusal,
+        or a failure after the count, rolls back with it. The counter row stays locked until that
+        transaction ends, so the caller counts after its slow work, just before it writes."""
+        budget = self.settings.challenge_limit
+        if budget is None:
+            return
+        counted = await hot.fetch(
+            session,
+            _PG_TAKE,
+            tenant.id,
+            CHALLENGES,
+            budget.max_releases,
+            budget.window_seconds,
+            now.timestamp(),
+        )
+        retry_after: int | None
+        if counted is not None:  # PostgreSQL: migrations 0012's function
+            retry_after = counted[0][0]
+        else:  # SQLite: the same steps, one hand-off to its thread
+            retry_after = await hot.run_sqlite(
+                session,
+                _sqlite_count,
+                hot.sqlite_uuid(tenant.id),
+                CHALLENGES,
+                budget.max_releases,
+                budget.window_seconds,
+                now.timestamp(),
+            )
+        if retry_after is not None:
+            raise self._challenges_spent(tenant, budget, retry_after)
+
     @staticmethod
     def _challenges_spent(tenant: Tenant, budget: Budget, retry_after: int) -> RateLimited:
         REFUSALS.labels(limit="challenges").inc()
         return RateLimited(
-            f"tenant {tenant.name!r} was issued its {budget.max_releases} challenges for this"
-            f" {budget.window_seconds} s window; retry after {retry_after} s",
+            f"tenant {tenant.name!r} was issued its {budget.max_releases} challenges (TPM enrolments"
+            f" included) for this {budget.window_seconds} s window; retry after {retry_after} s",
             retry_after,
         )
 

@@ -11,6 +11,12 @@ An AK is trusted only after one of:
 - **an AK certificate** chaining to one of the tenant's ``ak-ca`` anchors (cloud vTPMs, e.g. GCE).
 
 Every change to what a tenant trusts is a release-log entry, in the same transaction.
+
+Beginning an enrolment takes no token and stores a row, as issuing a challenge does, so it is budgeted and
+purged as challenges are: each counts against the tenant's challenge budget (KEYSERVER_CHALLENGE_LIMIT),
+and the tenant's enrolments that expired over an hour ago without being activated are deleted when a new
+one is begun (at most once a minute per process). An activated enrolment is kept: the tpm-ak-enrolled
+entry names it.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyserver.cache import BoundedCache
+from keyserver.challenges import purge_before
 from keyserver.db import hot
 from keyserver.db.models import Tenant, TpmAk, TpmEnrolment, TpmPinnedEk, TpmTrustAnchor
 from keyserver.db.types import utcnow
@@ -41,10 +48,13 @@ from keyserver.evidence.tpm.credential import make_credential
 from keyserver.evidence.tpm.ek import load_ca_certificates, verify_ak_certificate, verify_ek_certificate
 from keyserver.evidence.tpm.quote import AkPublic, PublicKey
 from keyserver.evidence.tpm.structures import TpmtPublic, parse_tpm2b_public
+from keyserver.ratelimits import ReleaseLimiter
 from keyserver.releaselog import records
 from keyserver.releaselog.store import ReleaseLog
 
 ENROLMENT_LIFETIME = timedelta(minutes=5)
+# When this process last purged each tenant's expired enrolments (keyserver.challenges.purge_before).
+_last_purge: BoundedCache[uuid.UUID, datetime] = BoundedCache(65536)
 CREDENTIAL_BYTES = 32
 ANCHOR_KINDS = ("ek-ca", "ak-ca")
 MAX_BLOB_BYTES = 16 * 1024
@@ -269,6 +279,7 @@ async def begin_enrolment(
     session: AsyncSession,
     tenant: Tenant,
     *,
+    limiter: ReleaseLimiter,
     ek_public: bytes,
     ak_public: bytes,
     ek_certificate: bytes | None,
@@ -312,6 +323,20 @@ async def begin_enrolment(
         created_at=now,
         expires_at=now + ENROLMENT_LIFETIME,
     )
+    # Counted last, just before the writes: the counter row is locked from here to the commit, which must
+    # not wait for the certificate checks and MakeCredential above (the tenant's challenges would queue
+    # behind it). An enrolment refused before here writes nothing and is not counted.
+    await limiter.take_challenge(session, tenant, now)
+    purge = purge_before(tenant.id, now, last_purge=_last_purge)
+    if purge is not None:
+        await session.execute(
+            delete(TpmEnrolment).where(
+                TpmEnrolment.tenant_id == tenant.id,
+                TpmEnrolment.expires_at < purge,
+                # An activated enrolment stays: the tpm-ak-enrolled entry names it (``enrolment``).
+                TpmEnrolment.completed_at.is_(None),
+            )
+        )
     session.add(enrolment)
     await session.flush()
     return Challenge(enrolment, made.credential_blob, made.encrypted_secret)

@@ -22,6 +22,7 @@ from keyserver.api.problems import LOADER, TOKEN_READ, TOKEN_WRITE
 from keyserver.db.models import TpmAk, TpmPinnedEk, TpmTrustAnchor
 from keyserver.db.session import Database, Scope
 from keyserver.evidence.tpm.ek import MAX_INTERMEDIATES
+from keyserver.release import ReleaseService
 from keyserver.releaselog.store import ReleaseLog
 from keyserver.tenancy import Principal, Role, lookup_tenant
 
@@ -248,13 +249,19 @@ class TpmEnrolmentController(Controller):
         responses=LOADER,
     )
     async def begin(
-        self, db: NamedDependency[Database], tenant: FromPath[str], data: JSONBody[EnrolmentCreate]
+        self,
+        release_service: NamedDependency[ReleaseService],
+        tenant: FromPath[str],
+        data: JSONBody[EnrolmentCreate],
     ) -> EnrolmentChallenge:
+        # The release service for its limiter: a begun enrolment counts against the challenge budget.
+        db = release_service.db
         target = await lookup_tenant(db, tenant)
         async with db.transaction(_scope(target.id)) as session:
             challenge = await tpm.begin_enrolment(
                 session,
                 target,
+                limiter=release_service.limiter,
                 ek_public=tpm.decode_b64(data.ek_public, "ek_public"),
                 ak_public=tpm.decode_b64(data.ak_public, "ak_public"),
                 ek_certificate=tpm.decode_b64(data.ek_certificate, "ek_certificate")

@@ -163,6 +163,8 @@ class TpmEnrolment(Base):
     returns the secret (TPM2_ActivateCredential), once, before ``expires_at``."""
 
     __tablename__ = "tpm_enrolments"
+    # Expired enrolments are purged per tenant by age, as challenges are (migration 0016).
+    __table_args__ = (Index("ix_tpm_enrolments_tenant_id_expires_at", "tenant_id", "expires_at"),)
 
     tenant_id: Mapped[uuid.UUID] = tenant_key()
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
