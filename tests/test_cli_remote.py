@@ -386,7 +386,10 @@ def test_the_token_never_comes_from_argv_and_files_are_checked(
     )
     assert done.returncode == 0, done.stderr
     assert "\x1b[" not in done.stdout
-    assert "(0 of 0 entries)" in done.stdout
+    # The log holds one entry: the auditor token itself, made on the server's command line.
+    assert "(1 of 1 entries)" in done.stdout
+    assert "token-issued  auditor" in done.stdout
+    assert "host" in done.stdout
     # Unreachable: exit 1 and what to check.
     assert cli_main(["--url", "http://127.0.0.1:9", "--token-file", str(token_file), "key", "list"]) == 1
     assert "is the keyserver running" in capsys.readouterr().err

@@ -91,10 +91,13 @@ def describe(entry: dict[str, Any]) -> str:
         if isinstance(value, dict) and "name" in value:
             version = value.get("version")
             return f"{value['name']}@{version}" if version is not None else str(value["name"])
-    for member in ("scope", "ak_name", "name", "signer"):
+    token = entry.get("token")
+    if isinstance(token, dict) and isinstance(token.get("role"), str):  # token-issued, token-revoked
+        return f"{token['role']} {str(token.get('id', ''))[:8]}"
+    for member in ("scope", "ak_name", "name", "signer", "ek_sha256"):
         value = entry.get(member)
         if isinstance(value, str):
-            return value
+            return value if member != "ek_sha256" else f"EK {value[:16]}"
     return ""
 
 
@@ -103,6 +106,8 @@ def who(entry: dict[str, Any]) -> str:
     principal = entry.get("principal")
     if isinstance(principal, str) and principal:
         return principal[:18]
+    if entry.get("issuer_role") == "host":  # a token made or revoked on the server's command line
+        return "host"
     thumbprint = entry.get("requester_thumbprint")
     return f"key {thumbprint[:12]}" if isinstance(thumbprint, str) and thumbprint else ""
 

@@ -140,7 +140,10 @@ function subject(entry) {
       return value.version != null ? `${value.name}@${value.version}` : String(value.name);
     }
   }
+  const token = entry.token;
+  if (token && typeof token === "object" && typeof token.role === "string") return `${token.role} ${String(token.id ?? "").slice(0, 8)}`;
   for (const member of ["scope", "ak_name", "name", "signer"]) if (typeof entry[member] === "string") return entry[member];
+  if (typeof entry.ek_sha256 === "string") return `EK ${entry.ek_sha256.slice(0, 16)}`;
   return "";
 }
 
