@@ -11,10 +11,10 @@ so with two or more workers another tenant always finds one within one deadline.
 A worker receives the stored policy document's bytes (it parses and compiles them itself, once per
 document: compiled CEL programs cannot cross a process boundary) with the claims, the reference-value
 sets and the time, and sends back the :class:`~policy.evaluate.Decision`. A release batch's members are
-sent together (:meth:`EvaluationPool.evaluate_all`): one message each way for the batch, since the
-exchange, not the evaluation, is most of what one costs; a batch that misses its deadline or whose worker
-fails is evaluated again one job at a time, each under its own deadline, so that a slow rule denies only
-the release under it.
+sent together (:meth:`EvaluationPool.evaluate_all`): one message for the batch, since the exchange,
+not the evaluation, is most of what one costs; the worker answers each job as it finishes it, and each
+answer is held to the deadline on its own, so that a slow rule denies only the release under it (the
+worker is killed and the jobs after it are evaluated anew).
 
 Workers are started with ``spawn`` (the service process has threads; forking it is unsafe), which imports
 the parent's main module again in each worker: an entry point must guard its start with
@@ -93,8 +93,8 @@ class Job:
 
 def worker_main(conn: Connection, handle: Callable[[Job], Decision] | None = None) -> None:
     """The child: handle jobs until the pipe closes (``handle`` is a test seam; the tests make it slow).
-    A message is one job, answered with its decision, or a tuple of jobs (a batch's), answered with
-    theirs in order."""
+    A message is one job, or a tuple of jobs (a batch's); each job is answered with its decision, in
+    order."""
     engine()  # the CEL environment built before the first job's deadline starts
     conn.send(READY)
     run = handle or evaluate_job
@@ -103,7 +103,10 @@ def worker_main(conn: Connection, handle: Callable[[Job], Decision] | None = Non
             message = conn.recv()
         except EOFError:
             return
-        conn.send(tuple(run(job) for job in message) if isinstance(message, tuple) else run(message))
+        # A batch's decisions go back one by one, as each is made: the parent holds each to its own
+        # deadline, and knows which job a slow or failing evaluation was.
+        for job in message if isinstance(message, tuple) else (message,):
+            conn.send(run(job))
 
 
 _parsed: dict[bytes, Policy | Mapping[str, Any]] = {}
@@ -162,30 +165,23 @@ class _Worker:
 
     async def roundtrip(self, job: Job) -> Decision:
         """One job: sent, then its decision read back."""
-        decision = await self._exchange(job)
-        if not isinstance(decision, Decision):
-            raise OSError("the evaluation process answered with something other than a decision")
-        return decision
+        await self.send(job)
+        return await self.decision()
 
-    async def roundtrip_all(self, jobs: tuple[Job, ...]) -> tuple[Decision, ...]:
-        """Several jobs in one message, their decisions read back in one (in the same order)."""
-        decisions = await self._exchange(jobs)
-        if not (
-            isinstance(decisions, tuple)
-            and len(decisions) == len(jobs)
-            and all(isinstance(d, Decision) for d in decisions)
-        ):
-            raise OSError("the evaluation process did not answer with one decision per job")
-        return decisions
-
-    async def _exchange(self, message: Job | tuple[Job, ...]) -> Any:
+    async def send(self, message: Job | tuple[Job, ...]) -> None:
+        """One job, or a batch's jobs in one message (answered one decision each, in order)."""
         if self.sock.fileno() < 0:
             raise EOFError("the evaluation process was killed")
         data = ForkingPickler.dumps(message)
         header = _SHORT.pack(len(data)) if len(data) < 0x7FFFFFFF else _SHORT.pack(-1) + _LONG.pack(len(data))
-        loop = asyncio.get_running_loop()
-        await loop.sock_sendall(self.sock, header + bytes(data))
-        return await self.receive()
+        await asyncio.get_running_loop().sock_sendall(self.sock, header + bytes(data))
+
+    async def decision(self) -> Decision:
+        """The next decision the child sends."""
+        decision = await self.receive()
+        if not isinstance(decision, Decision):
+            raise OSError("the evaluation process answered with something other than a decision")
+        return decision
 
     async def _read(self, loop: asyncio.AbstractEventLoop, size: int) -> bytes:
         buffer = bytearray(size)
@@ -293,25 +289,27 @@ class EvaluationPool:
         return decision
 
     async def evaluate_all(self, tenant_id: uuid.UUID, requests: Sequence[Request]) -> list[Decision]:
-        """:meth:`evaluate` for each of ``requests`` (one batch of one tenant's releases), in ONE exchange
-        with one worker: one message there and one back, whatever their number (measured: the exchange,
-        not the evaluation, is most of a lone evaluation's cost). The batch has one deadline; a batch
-        that misses it, or whose worker fails, is evaluated again one request at a time, each under its
-        own deadline, so that a slow or failing rule denies only the releases under it."""
+        """:meth:`evaluate` for each of ``requests`` (one batch of one tenant's releases) with one worker
+        and one message to it, whatever their number (measured: the exchange, not the evaluation, is most
+        of a lone evaluation's cost). The worker answers each job as it finishes it, and each answer is
+        held to the deadline on its own: a job that misses it, or during which the worker fails, is
+        denied as a lone one would be, the worker killed, and the jobs after it evaluated anew."""
         if not requests:
             return []
         jobs = tuple(Job(r.document, dict(r.claims), tuple(r.sets), r.now) for r in requests)
+        decisions: list[Decision] = []
+        sent = False
         async with self._slot(tenant_id):
             try:
                 worker = self._idle.pop() if self._idle else await self._start()
-            except (TimeoutError, EOFError, OSError) as exc:
+            except Exception as exc:  # TimeoutError, EOFError, OSError, or the spawn itself failing
                 return [_denial(f"no evaluation process could be started ({type(exc).__name__})")] * len(jobs)
             try:
-                async with asyncio.timeout(self.deadline_s):
-                    if len(jobs) == 1:
-                        decisions: Sequence[Decision] = (await worker.roundtrip(jobs[0]),)
-                    else:
-                        decisions = await worker.roundtrip_all(jobs)
+                await worker.send(jobs[0] if len(jobs) == 1 else jobs)
+                sent = True
+                for _ in jobs:
+                    async with asyncio.timeout(self.deadline_s):
+                        decisions.append(await worker.decision())
             except TimeoutError:
                 log.warning("policy evaluation exceeded its deadline of %ss; worker killed", self.deadline_s)
                 worker.kill()
@@ -324,16 +322,20 @@ class EvaluationPool:
                 worker.kill()
                 failure = f"internal error: {type(exc).__name__}"
             except asyncio.CancelledError:
-                # The request went away mid-evaluation: the worker's answer would be read by nobody.
+                # The request went away mid-evaluation: the worker's answers would be read by nobody.
                 worker.kill()
                 raise
             else:
                 self._release(worker)
-                return list(decisions)
-        if len(jobs) == 1:
-            return [_denial(failure)]
-        # Which job failed is unknown: each again on its own (the slot given back first, as anyone's).
-        return [(await self.evaluate_all(tenant_id, [request]))[0] for request in requests]
+                return decisions
+        if not sent and len(jobs) > 1:
+            # The batch never reached the worker (one of its jobs cannot cross): each on its own.
+            return [(await self.evaluate_all(tenant_id, [request]))[0] for request in requests]
+        # Jobs are evaluated in order: the one under way failed; those after it start again (the slot
+        # was given back first, as anyone's).
+        failed = len(decisions)
+        rest = await self.evaluate_all(tenant_id, requests[failed + 1 :])
+        return [*decisions, _denial(failure), *rest]
 
     @contextlib.asynccontextmanager
     async def _slot(self, tenant_id: uuid.UUID) -> AsyncIterator[None]:

@@ -185,13 +185,13 @@ async def test_a_batchs_policy_evaluations_are_one_exchange_and_a_refused_member
     a member refused before its evaluation (its evidence bound to another key) is decided without one,
     and each member still gets its own decision."""
     exchanged: list[int] = []
-    exchange = evaluation._Worker._exchange
+    send = evaluation._Worker.send
 
-    async def counted(self: evaluation._Worker, message: Any) -> Any:
+    async def counted(self: evaluation._Worker, message: Any) -> None:
         exchanged.append(len(message) if isinstance(message, tuple) else 1)
-        return await exchange(self, message)
+        await send(self, message)
 
-    monkeypatch.setattr(evaluation._Worker, "_exchange", counted)
+    monkeypatch.setattr(evaluation._Worker, "send", counted)
     extend(tpm_esapi, b"reviewed loader build 1")
     with loader_ak(tpm_esapi) as ak:
         await tenant_and_log_key(service, swtpm, tpm_esapi, ak)

@@ -164,14 +164,14 @@ def _expected(request: Request) -> Decision:
 
 async def test_a_batch_is_one_exchange_and_each_answer_is_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
     exchanges = 0
-    exchange = _Worker._exchange
+    send = _Worker.send
 
-    async def counted(self: _Worker, message: object) -> object:
+    async def counted(self: _Worker, message: Job | tuple[Job, ...]) -> None:
         nonlocal exchanges
         exchanges += 1
-        return await exchange(self, message)  # type: ignore[arg-type]
+        await send(self, message)
 
-    monkeypatch.setattr(_Worker, "_exchange", counted)
+    monkeypatch.setattr(_Worker, "send", counted)
     pool = EvaluationPool(1, 10.0)
     try:
         await pool.start()
@@ -185,12 +185,40 @@ async def test_a_batch_is_one_exchange_and_each_answer_is_its_own(monkeypatch: p
         pool.close()
 
 
-async def test_a_batch_whose_worker_fails_is_evaluated_again_one_by_one() -> None:
+async def test_a_batch_whose_worker_fails_denies_the_job_under_way_and_evaluates_the_rest_anew() -> None:
     pool = EvaluationPool(1, 10.0, worker_target=breaks_on_a_batch)
     try:
-        requests = _requests((DOCUMENT, "a"), (DOCUMENT, "b"))
-        decisions = await pool.evaluate_all(TENANT, requests)
-        assert decisions == [_expected(r) for r in requests]
+        requests = _requests((DOCUMENT, "a"), (DOCUMENT, "b"), (DOCUMENT, "a"))
+        first, *rest = await pool.evaluate_all(TENANT, requests)
+        assert not first.granted
+        assert "failed (EOFError)" in first.results[0].detail
+        # The rest went to a new worker as a batch again (this one fails again: its first is denied),
+        # then the last alone, which this worker answers.
+        assert not rest[0].granted
+        assert rest[1] == _expected(requests[2])
+    finally:
+        pool.close()
+
+
+def _slowish(job: Job) -> Decision:
+    time.sleep(0.3)
+    return evaluate_job(job)
+
+
+def slowish(conn: Connection) -> None:
+    worker_main(conn, _slowish)
+
+
+async def test_each_job_of_a_batch_has_its_own_deadline() -> None:
+    """Found by review: a batch under one deadline killed its worker whenever its jobs together took
+    longer than one is allowed. Three jobs of 0.3 s under a 0.5 s deadline: all answered, none killed."""
+    pool = EvaluationPool(1, 0.5, worker_target=slowish)
+    try:
+        await pool.start()
+        (worker,) = pool._idle
+        requests = _requests((DOCUMENT, "a"), (DOCUMENT, "b"), (DOCUMENT, "a"))
+        assert await pool.evaluate_all(TENANT, requests) == [_expected(r) for r in requests]
+        assert pool._idle == [worker], "the worker was kept"
     finally:
         pool.close()
 
