@@ -48,7 +48,6 @@ from keyserver.evidence.tpm.credential import make_credential
 from keyserver.evidence.tpm.ek import load_ca_certificates, verify_ak_certificate, verify_ek_certificate
 from keyserver.evidence.tpm.quote import AkPublic, PublicKey
 from keyserver.evidence.tpm.structures import TpmtPublic, parse_tpm2b_public
-from keyserver.ratelimits import ReleaseLimiter
 from keyserver.releaselog import records
 from keyserver.releaselog.store import ReleaseLog
 
@@ -279,7 +278,6 @@ async def begin_enrolment(
     session: AsyncSession,
     tenant: Tenant,
     *,
-    limiter: ReleaseLimiter,
     ek_public: bytes,
     ak_public: bytes,
     ek_certificate: bytes | None,
@@ -323,10 +321,7 @@ async def begin_enrolment(
         created_at=now,
         expires_at=now + ENROLMENT_LIFETIME,
     )
-    # Counted last, just before the writes: the counter row is locked from here to the commit, which must
-    # not wait for the certificate checks and MakeCredential above (the tenant's challenges would queue
-    # behind it). An enrolment refused before here writes nothing and is not counted.
-    await limiter.take_challenge(session, tenant, now)
+    # Counted against the challenge budget by the caller, before any of this (keyserver/api/tpm.py).
     purge = purge_before(tenant.id, now, last_purge=_last_purge)
     if purge is not None:
         await session.execute(

@@ -53,16 +53,17 @@ async def test_enrolments_count_against_the_challenge_budget(service: Service, d
     tpm_ = SoftTpm(ec_key("secp256r1", 13), ec_key("secp256r1", 14))
     await pin(service, acme, tpm_)
     body = {"ek_public": tpm_.ek_public, "ak_public": tpm_.ak_public}
-    # Refused before anything is stored (an EK the tenant does not trust): not counted.
+    # Counted before its EK is checked, so a refused start costs the budget too (found by review: counted
+    # after the costly certificate checks, refused starts were free to repeat).
     stranger = SoftTpm(ec_key("secp256r1", 15), ec_key("secp256r1", 16))
     untrusted = await service.client.post(
         "/v1/tenants/acme/tpm/enrolments",
         json={"ek_public": stranger.ek_public, "ak_public": stranger.ak_public},
     )
     assert untrusted.status_code == 403
-    # One budget for both: a challenge and two enrolments spend it.
+    # One budget for all: that refused start, a challenge and the enrolments spend it.
     assert (await service.client.post("/v1/tenants/acme/challenges")).status_code == 201
-    for _ in range(BUDGET - 1):
+    for _ in range(BUDGET - 2):
         started = await service.client.post("/v1/tenants/acme/tpm/enrolments", json=body)
         assert started.status_code == 201, started.text
     refusals = REFUSALS.labels(limit="challenges")._value.get()
@@ -75,7 +76,7 @@ async def test_enrolments_count_against_the_challenge_budget(service: Service, d
     assert "TPM enrolments" in problem["detail"]
     assert REFUSALS.labels(limit="challenges")._value.get() == refusals + 1
     # The refused enrolment stored nothing; challenges are refused as well now.
-    assert len(await _enrolment_ids(db, await _tenant_id(service, acme))) == BUDGET - 1
+    assert len(await _enrolment_ids(db, await _tenant_id(service, acme))) == BUDGET - 2
     assert (await service.client.post("/v1/tenants/acme/challenges")).status_code == 429
     # Another tenant's budget is its own.
     assert (await service.client.post(f"/v1/tenants/{globex.name}/challenges")).status_code == 201

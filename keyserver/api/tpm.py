@@ -19,8 +19,9 @@ from litestar.params import FromPath, JSONBody
 from keyserver import tpm_enrolment as tpm
 from keyserver.api.auth import SECURITY, tenant_session
 from keyserver.api.problems import LOADER, TOKEN_READ, TOKEN_WRITE
-from keyserver.db.models import TpmAk, TpmPinnedEk, TpmTrustAnchor
+from keyserver.db.models import Tenant, TpmAk, TpmPinnedEk, TpmTrustAnchor
 from keyserver.db.session import Database, Scope
+from keyserver.db.types import utcnow
 from keyserver.evidence.tpm.ek import MAX_INTERMEDIATES
 from keyserver.release import ReleaseService
 from keyserver.releaselog.store import ReleaseLog
@@ -254,14 +255,13 @@ class TpmEnrolmentController(Controller):
         tenant: FromPath[str],
         data: JSONBody[EnrolmentCreate],
     ) -> EnrolmentChallenge:
-        # The release service for its limiter: a begun enrolment counts against the challenge budget.
         db = release_service.db
         target = await lookup_tenant(db, tenant)
+        await _count_against_challenges(release_service, target)
         async with db.transaction(_scope(target.id)) as session:
             challenge = await tpm.begin_enrolment(
                 session,
                 target,
-                limiter=release_service.limiter,
                 ek_public=tpm.decode_b64(data.ek_public, "ek_public"),
                 ak_public=tpm.decode_b64(data.ak_public, "ak_public"),
                 ek_certificate=tpm.decode_b64(data.ek_certificate, "ek_certificate")
@@ -300,12 +300,14 @@ class TpmEnrolmentController(Controller):
     @post("/enrolments/certified", summary="Enrol an AK by its certificate (cloud vTPMs)", responses=LOADER)
     async def certified(
         self,
-        db: NamedDependency[Database],
+        release_service: NamedDependency[ReleaseService],
         release_log: NamedDependency[ReleaseLog],
         tenant: FromPath[str],
         data: JSONBody[CertifiedAkCreate],
     ) -> AkOut:
+        db = release_service.db
         target = await lookup_tenant(db, tenant)
+        await _count_against_challenges(release_service, target)
         async with db.transaction(_scope(target.id)) as session:
             ak = await tpm.enrol_certified(
                 session,
@@ -316,6 +318,15 @@ class TpmEnrolmentController(Controller):
                 intermediates=[tpm.decode_b64(i, "intermediates") for i in data.intermediates],
             )
         return AkOut.of(ak)
+
+
+async def _count_against_challenges(release_service: ReleaseService, tenant: Tenant) -> None:
+    """An enrolment begun without a token is counted against the tenant's challenge budget first, in a
+    short transaction of its own — before its certificate chain is verified (the costly part), and
+    whatever it then becomes: a refused start costs the budget as a used challenge does (found by review:
+    counted after the verification, refused starts were free to repeat)."""
+    async with release_service.db.transaction(_scope(tenant.id)) as session:
+        await release_service.limiter.take_challenge(session, tenant, utcnow())
 
 
 def _scope(tenant_id: uuid.UUID) -> Scope:
