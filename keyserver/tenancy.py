@@ -290,7 +290,8 @@ async def revoke_tenant_token(
 ) -> ApiToken:
     """:func:`revoke_token` of one of ``tenant``'s tokens, logged (``token-revoked``) when it takes effect:
     revoking a revoked token again changes nothing and logs nothing."""
-    token = await _token_of(session, tenant.id, token_id)
+    # Locked: two revocations at once are one revocation and one entry (the second sees the first's).
+    token = await _token_of(session, tenant.id, token_id, for_update=True)
     if token.revoked_at is None:
         token.revoked_at = utcnow()
         await session.flush()
@@ -298,8 +299,13 @@ async def revoke_tenant_token(
     return token
 
 
-async def _token_of(session: AsyncSession, tenant_id: uuid.UUID | None, token_id: uuid.UUID) -> ApiToken:
+async def _token_of(
+    session: AsyncSession, tenant_id: uuid.UUID | None, token_id: uuid.UUID, *, for_update: bool = False
+) -> ApiToken:
     query = select(ApiToken).where(ApiToken.id == token_id)
+    if for_update:
+        # populate_existing: a row this session already holds is read afresh once its lock is granted.
+        query = query.with_for_update().execution_options(populate_existing=True)
     if tenant_id is None:
         query = query.where(ApiToken.tenant_id.is_(None))
     else:

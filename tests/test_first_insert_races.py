@@ -53,7 +53,7 @@ from keyserver.ratelimits import TENANT, list_limits, set_limit
 from keyserver.reference_values import add_reference_values
 from keyserver.releaselog.signing import LogSigner
 from keyserver.releaselog.store import ReleaseLog
-from keyserver.tenancy import create_tenant
+from keyserver.tenancy import Role, create_tenant, issue_token, revoke_tenant_token
 from keyserver.tpm_enrolment import _trust_ak, add_anchor
 from keyserver.witness.tenant_config import parse_config, set_config
 
@@ -191,6 +191,25 @@ async def test_the_same_reference_values_published_twice_at_once_are_one_version
         await _loser_waits_for_winner(
             migrated_db, tenant, _publishing(log, tenant, "bb"), _publishing(log, tenant, "cc")
         )
+
+
+async def test_a_token_revoked_twice_at_once_is_revoked_and_logged_once(
+    migrated_db: Database, log: ReleaseLog, tenant: Tenant
+) -> None:
+    """Found by review: both revocations read the token unrevoked, and each logged a token-revoked."""
+    async with migrated_db.transaction(Scope.for_tenant(tenant.id)) as session:
+        issued = await issue_token(session, tenant_id=tenant.id, role=Role.AUDITOR)
+    token_id = issued.token.id
+
+    async def revoke(session: AsyncSession) -> Any:
+        return (await revoke_tenant_token(session, log, tenant, None, token_id)).revoked_at
+
+    first_revoked = await _loser_waits_for_winner(migrated_db, tenant, revoke, revoke)
+    async with migrated_db.transaction(Scope.for_tenant(tenant.id)) as session:
+        entries = (await session.execute(select(LogEntry))).scalars().all()
+    kinds = [decode_entry(bytes(e.entry))["kind"] for e in entries]
+    assert kinds.count("token-revoked") == 1
+    assert first_revoked is not None
 
 
 async def test_a_policys_first_activation_twice_at_once_takes_effect_in_turn(

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InvalidRequestError
 
 from audit.entry import canonical_bytes
 from clients.loader.config import ConfigError, LoaderConfig
@@ -122,10 +122,11 @@ async def test_a_verifier_bug_reached_by_evidence_is_a_refusal(monkeypatch: pyte
     [
         NotFound("a typed refusal keeps its own code"),
         DBAPIError("SELECT 1", None, Exception("connection lost")),
+        InvalidRequestError("a session in a failed transaction"),
         TimeoutError(),
         OSError("the database's socket"),
     ],
-    ids=["typed", "database", "timeout", "os"],
+    ids=["typed", "database", "session", "timeout", "os"],
 )
 async def test_refusals_and_database_failures_pass_through(
     monkeypatch: pytest.MonkeyPatch, error: BaseException

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyserver.binding import report_data_for
@@ -137,8 +137,8 @@ async def verify_evidence(
             now=now,
             enrolled_ak=enrolled_ak,
         )
-    except (KeyserverError, DBAPIError, TimeoutError, OSError):
-        raise
+    except (KeyserverError, SQLAlchemyError, TimeoutError, OSError):
+        raise  # a refusal of its own, or the database's failure (the whole batch's: 503)
     except Exception as exc:
         log.exception("a verifier raised on hostile evidence; refused as evidence-unverifiable")
         raise EvidenceError(
