@@ -187,23 +187,6 @@ def names_to_read_ahead(tenant_id: uuid.UUID, key_name: str) -> tuple[str, ...]:
     return _named_last.get((tenant_id, key_name)) or ()
 
 
-async def appraise(
-    session: AsyncSession,
-    tenant_id: uuid.UUID,
-    policy_name: str,
-    row: PolicyRow | None,
-    claims: Mapping[str, Any] | Claims,
-    now: datetime,
-    ahead: SetsReadAhead | None = None,
-) -> Appraisal:
-    """``claims`` under ``row``, the active version of the key's policy ``policy_name`` (None: it has
-    none, a denial), with the reference values it names read now (or, if ``ahead`` holds exactly those,
-    as read ahead in this transaction)."""
-    if row is None:
-        return policy_missing(policy_name)
-    return await decide(await prepare(session, tenant_id, row, ahead), claims, now)
-
-
 def policy_missing(policy_name: str) -> Appraisal:
     """The denial of a key whose policy has no active version (nothing to evaluate)."""
     return Appraisal(False, POLICY_MISSING, f"the key's policy {policy_name!r} has no active version", None)

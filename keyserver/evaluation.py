@@ -163,11 +163,6 @@ class _Worker:
             raise OSError(f"the evaluation process sent a message of {size} bytes")
         return ForkingPickler.loads(await self._read(loop, size))
 
-    async def roundtrip(self, job: Job) -> Decision:
-        """One job: sent, then its decision read back."""
-        await self.send(job)
-        return await self.decision()
-
     async def send(self, message: Job | tuple[Job, ...]) -> None:
         """One job, or a batch's jobs in one message (answered one decision each, in order)."""
         if self.sock.fileno() < 0:
