@@ -74,15 +74,9 @@ async def acme(service: Service) -> TenantFixture:
 
 
 async def tpm_entries(service: Service, tenant: TenantFixture) -> list[dict[str, Any]]:
-    """The tenant's log entries about TPM trust, in order (the tenant's token-issued entries left out)."""
-    auditor = bearer(tenant.auditor)
-    checkpoint = await service.client.get(f"/v1/tenants/{tenant.name}/log/checkpoint", headers=auditor)
-    size = int(checkpoint.text.split()[1])
-    page = await service.client.get(
-        f"/v1/tenants/{tenant.name}/log/entries", params={"start": 0, "end": size}, headers=auditor
-    )
-    entries = [e["entry"] for e in page.json()["entries"]]
-    return [e for e in entries if e["kind"].startswith("tpm-")]
+    """The tenant's log entries about TPM trust, in order."""
+    entries = await logged(service, tenant.name, bearer(tenant.auditor))
+    return [e for e in entries if str(e["kind"]).startswith("tpm-")]
 
 
 async def pin(service: Service, tenant: TenantFixture, tpm: SoftTpm, description: str = "") -> str:
