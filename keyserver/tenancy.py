@@ -262,9 +262,7 @@ def _logged_token(token: ApiToken) -> dict[str, Any]:
     return {
         "id": str(token.id),
         "role": token.role,
-        "expires_at": None
-        if expires is None
-        else expires.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+        "expires_at": None if expires is None else records.timestamp(expires),
     }
 
 
