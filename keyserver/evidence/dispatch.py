@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -77,6 +78,7 @@ def tdx_collateral_cache() -> CollateralCache:
 
 
 log = logging.getLogger("keyserver.evidence")
+P = ParamSpec("P")
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,32 @@ def _only(evidence: Mapping[str, Any], allowed: set[str]) -> None:
         raise EvidenceError("evidence-malformed", f"unknown evidence fields: {', '.join(sorted(unknown))}")
 
 
+def _refusing_verifier_bugs(
+    verify: Callable[P, Coroutine[Any, Any, VerifiedEvidence]],
+) -> Callable[P, Coroutine[Any, Any, VerifiedEvidence]]:
+    """Evidence is hostile input: anything a verifier raises that is not a refusal (``EvidenceError`` or
+    another typed error) nor the database's is a verifier bug reached by that input, and it too becomes
+    a refusal (``evidence-unverifiable``), logged here with its stack — so the request is still denied
+    and logged like any other, never a 500 with its challenge left unused (found by review: a key on a
+    curve ``cryptography`` does not support raised ``UnsupportedAlgorithm`` through three parsers)."""
+
+    @functools.wraps(verify)
+    async def refusing(*args: P.args, **kwargs: P.kwargs) -> VerifiedEvidence:
+        try:
+            return await verify(*args, **kwargs)
+        except (KeyserverError, SQLAlchemyError, TimeoutError, OSError):
+            raise  # a refusal of its own, or the database's failure (the whole batch's: 503)
+        except Exception as exc:
+            log.exception("a verifier raised on hostile evidence; refused as evidence-unverifiable")
+            raise EvidenceError(
+                "evidence-unverifiable",
+                f"the evidence could not be verified ({type(exc).__name__} in keyserver's verifier; logged)",
+            ) from None
+
+    return refusing
+
+
+@_refusing_verifier_bugs
 async def verify_evidence(
     session: AsyncSession,
     tenant_id: uuid.UUID,
@@ -120,48 +148,12 @@ async def verify_evidence(
     enrolled_ak: EnrolledAk | None = None,
 ) -> VerifiedEvidence:
     """``enrolled_ak``: a TPM AK already read in this transaction (keyserver/release_reads.py); used only
-    for the AK the evidence names.
-
-    Evidence is hostile input: anything a verifier raises that is not a refusal (``EvidenceError`` or
-    another typed error) nor the database's is a verifier bug reached by that input, and it too becomes
-    a refusal (``evidence-unverifiable``), logged here with its stack — so the request is still denied
-    and logged like any other, never a 500 with its challenge left unused (found by review: a key on a
-    curve ``cryptography`` does not support raised ``UnsupportedAlgorithm`` through three parsers)."""
-    try:
-        return await _verify_evidence(
-            session,
-            tenant_id,
-            evidence,
-            nonce=nonce,
-            ephemeral_jwk=ephemeral_jwk,
-            now=now,
-            enrolled_ak=enrolled_ak,
-        )
-    except (KeyserverError, SQLAlchemyError, TimeoutError, OSError):
-        raise  # a refusal of its own, or the database's failure (the whole batch's: 503)
-    except Exception as exc:
-        log.exception("a verifier raised on hostile evidence; refused as evidence-unverifiable")
-        raise EvidenceError(
-            "evidence-unverifiable",
-            f"the evidence could not be verified ({type(exc).__name__} in keyserver's verifier; logged)",
-        ) from None
-
-
-async def _verify_evidence(
-    session: AsyncSession,
-    tenant_id: uuid.UUID,
-    evidence: Mapping[str, Any],
-    *,
-    nonce: bytes,
-    ephemeral_jwk: Mapping[str, Any],
-    now: datetime,
-    enrolled_ak: EnrolledAk | None = None,
-) -> VerifiedEvidence:
+    for the AK the evidence names. A verifier's bug on this evidence is a refusal (the decorator)."""
     if "gpus" in evidence:  # composite: the VM's evidence, then its GPUs' reports (docs/nvidia-gpu.md)
         from keyserver.evidence.nvidia.composite import gpu_claims
 
         vm_evidence = {name: value for name, value in evidence.items() if name != "gpus"}
-        vm = await _verify_evidence(
+        vm = await verify_evidence(
             session,
             tenant_id,
             vm_evidence,
