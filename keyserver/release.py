@@ -238,7 +238,7 @@ class ReleaseService:
 
     async def _evaluate_all(self, tenant: Tenant, requests: list[Any]) -> list[Any]:
         """A batch's shared step: its members' policy evaluations, one exchange (keyserver/evaluation.py)."""
-        return list(await evaluation.pool().evaluate_all(tenant.id, requests))
+        return await evaluation.pool().evaluate_all(tenant.id, requests)
 
     async def _wrap(self, tenant: Tenant, key: ReleasableKey, public: EphemeralPublicKey) -> tuple[str, bool]:
         """The JWE for the loader, and whether the key stayed inside the backend to make it.
@@ -289,10 +289,10 @@ def _refusal_of(exc: KeyserverError | BackendError) -> _Refusal:
 
 @dataclass(frozen=True)
 class _Ready:
-    """What a release's first stage found: the key, the loader's key to wrap it to, the policy's inputs
-    (None: the key's policy has no active version) and the key's limit as the first statement read it."""
+    """What a release's first stage found besides the key (``_ReleaseDecision.key``): the loader's key to
+    wrap it to, the policy's inputs (None: the key's policy has no active version) and the key's limit as
+    the first statement read it."""
 
-    key: ReleasableKey
     public: EphemeralPublicKey
     prepared: Prepared | None
     key_limit: KeyLimitRead
@@ -363,11 +363,11 @@ class _ReleaseDecision:
             entry["key"] = {"name": key.key.name, "version": key.version.version}
             await service._step(ReleaseStep.KEY_FOUND, session)
             if inputs.policy is None:  # nothing to evaluate: a denial, made in the second stage
-                self.ready = _Ready(key, public, None, first.key_limit)
+                self.ready = _Ready(public, None, first.key_limit)
                 return None
             # The reference sets as read ahead by the first statement, if they are the policy's.
             prepared = await prepare(session, tenant.id, inputs.policy, first.sets_ahead)
-            self.ready = _Ready(key, public, prepared, first.key_limit)
+            self.ready = _Ready(public, prepared, first.key_limit)
             return evaluation_request(prepared, verified.claims, now)
         except _REFUSALS as exc:
             self.refusal = _refusal_of(exc)
@@ -378,9 +378,8 @@ class _ReleaseDecision:
     ) -> tuple[dict[str, Any], Outcome]:
         """The policy's decision (None: none was asked for) taken, the grant counted, the key wrapped."""
         service, tenant, now, entry = self.service, self.tenant, self.now, self.entry
-        granted, jwe, ready = False, None, self.ready
-        if self.refusal is None and ready is not None:
-            key = ready.key
+        granted, jwe, ready, key = False, None, self.ready, self.key
+        if self.refusal is None and ready is not None and key is not None:
             if ready.prepared is None:
                 appraisal = policy_missing(key.key.policy_name)
             elif decision is None:  # a bug of the batch's: this member raises, as for any bug
@@ -408,14 +407,13 @@ class _ReleaseDecision:
         refusal = self.refusal or _Refusal(None, "granted")
         entry["decision"] = "granted" if granted else "denied"
         entry["reason"] = refusal.reason
-        released = self.key
         outcome = Outcome(
             granted=granted,
             reason=refusal.reason,
             detail=refusal.detail,
             receipt=_PENDING_RECEIPT,
             jwe=jwe if granted else None,
-            kid=None if released is None else f"{released.key.name}/{released.version.version}",
+            kid=None if key is None else f"{key.key.name}/{key.version.version}",
             results=[] if self.appraisal is None else self.appraisal.results,
             unavailable=refusal.unavailable,
             retry_after=refusal.retry_after,
